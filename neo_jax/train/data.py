@@ -1,0 +1,144 @@
+"""From task examples to fixed-shape training batches.
+
+An example becomes `[bos] prompt completion [eos]`; the loss covers the completion and the eos
+only. Examples are packed first-fit into rows of `seq_len` tokens with segment ids (1, 2, ...
+per row, 0 = padding) and per-segment positions, so that attention never crosses examples.
+
+Batch order is a pure function of (seed, step): `PackedData.batch(step)` returns the same
+batch for the same step in every run, which makes resuming after preemption exact without
+checkpointing any iterator state beyond the step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from neo_jax.tasks.types import Example
+from neo_jax.tokenizer.base import Tokenizer
+
+_PACK_WINDOW = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class Tokenized:
+  tokens: np.ndarray  # (T,) int32
+  loss_mask: np.ndarray  # (T,) bool: True on completion tokens and eos
+
+
+def tokenize_example(ex: Example, tokenizer: Tokenizer, max_len: int) -> tuple[Tokenized, bool]:
+  """Returns the tokenised example and whether its prompt had to be cut to fit `max_len`.
+
+  Over-long prompts lose their oldest tokens (the far end of a history), never the
+  completion: a completion that cannot fit raises, because training on a cut answer would
+  teach the model to stop mid-SID.
+  """
+  prompt = tokenizer.encode(ex.prompt)
+  completion = tokenizer.encode(ex.completion) + [tokenizer.eos_id]
+  room = max_len - 1 - len(completion)
+  if room < 1:
+    raise ValueError(
+        f'completion of a {ex.task!r} example has {len(completion)} tokens; it cannot fit '
+        f'seq_len={max_len}: {ex.completion[:80]!r}')
+  truncated = len(prompt) > room
+  if truncated:
+    prompt = prompt[len(prompt) - room:]
+  tokens = np.array([tokenizer.bos_id] + prompt + completion, np.int32)
+  mask = np.zeros(tokens.shape, bool)
+  mask[len(tokens) - len(completion):] = True
+  return Tokenized(tokens, mask), truncated
+
+
+@dataclasses.dataclass
+class PackedData:
+  """Packed rows; every array is (R, seq_len)."""
+
+  tokens: np.ndarray
+  segment_ids: np.ndarray
+  positions: np.ndarray
+  loss_mask: np.ndarray
+  batch_size: int
+  seed: int
+  stats: dict
+
+  @property
+  def num_rows(self) -> int:
+    return int(self.tokens.shape[0])
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return max(1, self.num_rows // self.batch_size)
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    """The batch for global step `step`: epoch e = step // steps_per_epoch reads a permutation
+    of the rows seeded by (seed, e); a last partial batch of an epoch is skipped."""
+    epoch, i = divmod(int(step), self.steps_per_epoch)
+    order = np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
+    if self.num_rows < self.batch_size:  # tiny data: repeat rows to fill one batch
+      order = np.resize(order, self.batch_size)
+    rows = order[i * self.batch_size:(i + 1) * self.batch_size]
+    return {
+        'tokens': self.tokens[rows],
+        'segment_ids': self.segment_ids[rows],
+        'positions': self.positions[rows],
+        'loss_mask': self.loss_mask[rows],
+    }
+
+
+def pack_examples(examples: Sequence[Example], tokenizer: Tokenizer, seq_len: int,
+                  batch_size: int, seed: int = 0) -> PackedData:
+  """Tokenises and packs `examples` first-fit (in a seeded order) into rows of `seq_len`."""
+  if not examples:
+    raise ValueError('no examples to pack')
+  order = np.random.default_rng(seed).permutation(len(examples))
+  items, truncated = [], 0
+  for n in order:
+    tok, cut = tokenize_example(examples[n], tokenizer, seq_len)
+    items.append(tok)
+    truncated += cut
+  # First-fit over a window of the most recently opened rows that still have room for the
+  # shortest example: bounded cost per example, and rows close once they are nearly full.
+  shortest = min(len(t.tokens) for t in items)
+  rows: list[list[Tokenized]] = []
+  free: list[int] = []
+  open_rows: list[int] = []
+  for tok in items:
+    n = len(tok.tokens)
+    for r in open_rows:
+      if free[r] >= n:
+        break
+    else:
+      r = len(rows)
+      rows.append([])
+      free.append(seq_len)
+      open_rows.append(r)
+      if len(open_rows) > _PACK_WINDOW:
+        open_rows.pop(0)
+    rows[r].append(tok)
+    free[r] -= n
+    if free[r] < shortest:
+      open_rows.remove(r)
+  shape = (len(rows), seq_len)
+  tokens = np.full(shape, tokenizer.pad_id, np.int32)
+  segs = np.zeros(shape, np.int32)
+  pos = np.zeros(shape, np.int32)
+  mask = np.zeros(shape, bool)
+  for r, row in enumerate(rows):
+    at = 0
+    for s, tok in enumerate(row, start=1):
+      n = len(tok.tokens)
+      tokens[r, at:at + n] = tok.tokens
+      segs[r, at:at + n] = s
+      pos[r, at:at + n] = np.arange(n)
+      mask[r, at:at + n] = tok.loss_mask
+      at += n
+  stats = {
+      'examples': len(items),
+      'rows': len(rows),
+      'truncated_prompts': truncated,
+      'fill': float((segs > 0).mean()),
+      'loss_tokens': int(mask.sum()),
+  }
+  return PackedData(tokens, segs, pos, mask, batch_size, seed, stats)
