@@ -1,0 +1,300 @@
+"""The whole NEO pipeline as one library call: data -> SIDs -> tokenizer -> model -> the two
+training stages -> constrained generation -> evaluation beside baselines.
+
+`run(config, workdir)` is what `experiments/quickstart.py` calls; each stage is a function of
+its own so that later experiments can reuse or replace any of them. Every stage writes its
+artifact under `workdir` (see WORKSPACE.md for the layout).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from neo_jax.catalog import io as catalog_io
+from neo_jax.catalog import synthetic
+from neo_jax.catalog.splits import Split, leave_one_out
+from neo_jax.catalog.types import Dataset
+from neo_jax.decode import generate as generate_lib
+from neo_jax.decode.trie import SIDTrie
+from neo_jax.eval import baselines, metrics
+from neo_jax.eval.neo import NEORanker
+from neo_jax.model import vocab as vocab_lib
+from neo_jax.model.config import get_config
+from neo_jax.model.decoder import Decoder
+from neo_jax.sid import builder as sid_builder
+from neo_jax.sid import features
+from neo_jax.sid.types import SIDMap
+from neo_jax.tasks import builders
+from neo_jax.tasks.types import Example
+from neo_jax.tokenizer.spm import SentencePieceTokenizer, train_sentencepiece
+from neo_jax.train import loop
+from neo_jax.train.data import pack_examples
+
+Log = Callable[[str], None]
+
+
+@dataclasses.dataclass
+class Artifacts:
+  dataset: Dataset
+  split: Split
+  sid_map: SIDMap
+  tokenizer: SentencePieceTokenizer
+  model: Decoder | None = None
+  trie: SIDTrie | None = None
+
+
+# -- data --------------------------------------------------------------------------------------
+
+def load_data(cfg: ml_collections.ConfigDict, workdir: str, log: Log) -> Dataset:
+  if cfg.data.source == 'synthetic':
+    out = os.path.join(workdir, 'data')
+    if not os.path.exists(os.path.join(out, 'items.jsonl')):
+      scfg = synthetic.SyntheticConfig(**cfg.data.synthetic.to_dict())
+      synthetic.write_synthetic(scfg, out)
+    path = out
+  elif cfg.data.source == 'generic':
+    if not cfg.data.path:
+      raise ValueError("data.source='generic' needs data.path (a directory in the generic format)")
+    path = cfg.data.path
+  else:
+    raise ValueError(f"unknown data.source {cfg.data.source!r}; use 'synthetic' or 'generic'")
+  ds = catalog_io.load_dataset(path, on_unknown_item=cfg.data.get('on_unknown_item', 'error'))
+  log(f'data: {len(ds.catalog)} items of types {ds.catalog.type_names}, '
+      f'{len(ds.interactions.user_names)} users, {len(ds.interactions)} interactions, '
+      f'{len(ds.queries)} queries' + (f'; skipped {ds.skipped}' if ds.skipped else ''))
+  return ds
+
+
+# -- SIDs --------------------------------------------------------------------------------------
+
+def build_sids(cfg: ml_collections.ConfigDict, ds: Dataset, split: Split, workdir: str,
+               log: Log) -> tuple[SIDMap, dict[str, Any]]:
+  t0 = time.perf_counter()
+  encoder = features.HashedTfidfEncoder.fit(
+      [ds.catalog.text(i) for i in range(len(ds.catalog))], dim=cfg.sid.feature_dim,
+      seed=cfg.seed)
+  emb = features.embed_catalog(ds.catalog, encoder)
+  train_rows = np.concatenate(list(split.train.values())) if split.train else np.zeros(0, int)
+  popularity = np.bincount(train_rows, minlength=len(ds.catalog)).astype(np.float64)
+  sid_map, report = sid_builder.build_sid_map(
+      ds.catalog, emb, levels=cfg.sid.levels, k=cfg.sid.k, collision=cfg.sid.collision,
+      popularity=popularity, seed=cfg.seed, iters=cfg.sid.iters)
+  sid_dir = os.path.join(workdir, 'sids')
+  os.makedirs(sid_dir, exist_ok=True)
+  sid_builder.save_sid_map(sid_map, os.path.join(sid_dir, 'sid_map'))
+  with open(os.path.join(sid_dir, 'report.json'), 'w') as f:
+    json.dump(report, f, indent=1)
+  log(f'sids: {sid_map.num_levels} levels, sizes {sid_map.level_sizes}, collision rate '
+      f'{report["collision_rate"]:.4f}, unreachable {report["unreachable_items"]} '
+      f'({time.perf_counter() - t0:.1f}s)')
+  return sid_map, report
+
+
+# -- tokenizer ---------------------------------------------------------------------------------
+
+def build_tokenizer(cfg: ml_collections.ConfigDict, ds: Dataset, sid_map: SIDMap, workdir: str,
+                    log: Log) -> SentencePieceTokenizer:
+  texts = [ds.catalog.text(i) for i in range(len(ds.catalog))]
+  texts += [q.text for q in ds.queries]
+  texts += [u.summary for u in ds.users.values() if u.summary]
+  texts += builders.template_texts()  # the prompts' fixed words
+  proto = train_sentencepiece(texts, vocab_size=cfg.tokenizer.vocab_size,
+                              model_type=cfg.tokenizer.model_type, seed=cfg.seed)
+  tok = SentencePieceTokenizer.from_sid_map(proto, sid_map)
+  tok.save(os.path.join(workdir, 'tokenizer'))
+  log(f'tokenizer: {tok.text_vocab_size} text tokens + {tok.sid.size} SID tokens')
+  return tok
+
+
+# -- examples ----------------------------------------------------------------------------------
+
+def build_examples(cfg: ml_collections.ConfigDict, ds: Dataset, split: Split, sid_map: SIDMap,
+                   tok: SentencePieceTokenizer) -> dict[str, list[Example]]:
+  """Grounding examples, capability (training) examples, and evaluation examples."""
+  seed = cfg.seed
+  vocab = tok.sid
+  t = cfg.tasks
+  train_q, valid_q, test_q = builders.split_queries(
+      ds.queries, t.query_valid_fraction, t.query_test_fraction, seed)
+  grounding = (builders.sid_to_text_examples(ds.catalog, sid_map, vocab, seed=seed)
+               + builders.text_to_sid_examples(ds.catalog, sid_map, vocab, seed=seed)
+               + builders.sid_to_type_examples(ds.catalog, sid_map, vocab, seed=seed))
+  rec_train = builders.recommend_examples(
+      split, ds.catalog, sid_map, vocab, mode='train', history_len=t.history_len,
+      max_targets_per_user=t.train_targets_per_user, mixed_fraction=t.mixed_fraction, seed=seed)
+  search_train = builders.search_examples(train_q, ds.catalog, sid_map, vocab, seed=seed)
+  summaries = builders.user_summary_examples(ds.users, split.train, sid_map, vocab,
+                                             history_len=t.history_len, seed=seed)
+  capability = rec_train + search_train + summaries + grounding
+  return {
+      'grounding': grounding,
+      'capability': capability,
+      'rec_test': builders.recommend_examples(
+          split, ds.catalog, sid_map, vocab, mode='test', history_len=t.history_len, seed=seed),
+      'search_test': builders.search_examples(test_q, ds.catalog, sid_map, vocab, seed=seed),
+  }
+
+
+# -- model and training ------------------------------------------------------------------------
+
+def build_model(cfg: ml_collections.ConfigDict, tok: SentencePieceTokenizer) -> Decoder:
+  """The decoder over the text vocabulary, then extended with the SID rows: the same path a
+  pretrained backbone takes (its text rows come from the checkpoint)."""
+  overrides = {k: v for k, v in cfg.model.to_dict().items() if k not in ('preset', 'sid_init')}
+  mcfg = get_config(cfg.model.preset, **overrides, vocab_size=tok.text_vocab_size)
+  model = Decoder(mcfg, rngs=nnx.Rngs(cfg.seed))
+  vocab_lib.extend_vocab(model, tok.vocab_size, init=cfg.model.sid_init,
+                         rng=jax.random.key(cfg.seed + 1))
+  return model
+
+
+def train(cfg: ml_collections.ConfigDict, model: Decoder, tok: SentencePieceTokenizer,
+          examples: dict[str, list[Example]], workdir: str, log: Log) -> dict[str, Any]:
+  out = {}
+  for stage in ('grounding', 'capability'):
+    scfg = cfg[stage]
+    if int(scfg.steps) <= 0:
+      log(f'[{stage}] skipped (0 steps)')
+      continue
+    data = pack_examples(examples[stage], tok, cfg.train.seq_len, cfg.train.batch_size,
+                         seed=cfg.seed)
+    log(f'[{stage}] {data.stats["examples"]} examples packed into {data.stats["rows"]} rows '
+        f'of {cfg.train.seq_len} (fill {data.stats["fill"]:.2f}, '
+        f'{data.stats["truncated_prompts"]} prompts cut)')
+    mask = vocab_lib.sid_row_mask(model, tok.text_vocab_size) if stage == 'grounding' else None
+    summary = loop.train_stage(model, data, scfg, name=stage, workdir=workdir,
+                               update_mask=mask, log=log)
+    out.update({f'{stage}_{k}': v for k, v in summary.items()})
+  return out
+
+
+# -- evaluation --------------------------------------------------------------------------------
+
+def _subsample(examples: list[Example], n: int, seed: int) -> list[Example]:
+  if len(examples) <= n:
+    return examples
+  idx = np.sort(np.random.default_rng(seed).choice(len(examples), n, replace=False))
+  return [examples[i] for i in idx]
+
+
+def evaluate(cfg: ml_collections.ConfigDict, art: Artifacts, examples: dict[str, list[Example]],
+             log: Log) -> tuple[dict[str, float], dict[str, Any]]:
+  ecfg = cfg.eval
+  ks = tuple(ecfg.ks)
+  k_max = max(ks)
+  ds, split = art.dataset, art.split
+  ranker = NEORanker(art.model, art.tokenizer, art.trie, prompt_len=cfg.train.seq_len - 8,
+                     batch_size=ecfg.batch_size)
+  train_rows = np.concatenate(list(split.train.values()))
+  pop = baselines.Popularity(ds.catalog, train_rows)
+  bm25 = baselines.BM25(ds.catalog)
+  results: dict[str, float] = {}
+  checked = valid = 0
+  for task, key in (('recommend', 'rec_test'), ('search', 'search_test')):
+    exs = _subsample(examples[key], ecfg.max_requests, cfg.seed)
+    if not exs:
+      log(f'eval {task}: no test requests')
+      continue
+    relevant = [list(e.target_items) for e in exs]
+    types = [e.target_type for e in exs]
+    t0 = time.perf_counter()
+    neo_items, _ = ranker.rank([e.prompt for e in exs], types, num_beams=max(ecfg.num_beams, k_max))
+    neo_seconds = time.perf_counter() - t0
+    # Every beam answer must be a catalog item of the requested type: count, never assume.
+    for row, t in zip(neo_items, types):
+      for item in row[row >= 0]:
+        checked += 1
+        valid += bool(art.sid_map.reachable()[item] and ds.catalog.type_of(int(item)) == t)
+    if task == 'recommend':
+      by_user = {tg.user_id: tg.history for tg in split.test}
+      histories = [by_user[e.user_id] for e in exs]
+      text_items = bm25.rank_for_histories(histories, types, k_max)
+    else:
+      text_items = bm25.rank([builders.query_of(e) for e in exs], types, k_max)
+    pop_items = pop.rank(types, k_max)
+    for name, ranked in (('neo', neo_items), ('popularity', pop_items), ('bm25', text_items)):
+      for metric, value in metrics.ranking_metrics(ranked, relevant, ks).items():
+        results[f'{task}/{name}/{metric}'] = value
+    results[f'{task}/requests'] = len(exs)
+    results[f'{task}/neo_seconds_per_request'] = neo_seconds / len(exs)
+    log(f'eval {task}: {len(exs)} requests, NEO {neo_seconds:.1f}s')
+  generations = sample_generations(cfg, art, examples)
+  for g in generations:
+    for row, _, _ in g['items']:
+      checked += 1
+      valid += row is not None
+  results['sid_checked'] = checked
+  results['valid_sid_fraction'] = valid / checked if checked else float('nan')
+  return results, {'generations': generations}
+
+
+def sample_generations(cfg: ml_collections.ConfigDict, art: Artifacts,
+                       examples: dict[str, list[Example]]) -> list[dict[str, Any]]:
+  """One free generation per output format for the first test user, items decoded back."""
+  ex = examples['rec_test'][0]
+  target_type = ex.target_type
+  out = []
+  for fmt in ('ids', 'text', 'mixed'):
+    prompt = builders.reformat_prompt(ex.prompt, ex.task, target_type, fmt)
+    text = generate_lib.generate_text(
+        art.model, art.tokenizer, art.trie, [prompt], output_format=fmt,
+        max_new_tokens=48, max_items=3)[0]
+    items = builders.describe_items(text, art.sid_map, art.tokenizer.sid, art.dataset.catalog)
+    out.append({'format': fmt, 'prompt': prompt, 'output': text, 'items': items})
+  return out
+
+
+# -- the whole run -----------------------------------------------------------------------------
+
+def run(cfg: ml_collections.ConfigDict, workdir: str, log: Log = print) -> dict[str, Any]:
+  """Builds everything under `workdir`, trains, evaluates; returns the flat result dict."""
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(cfg.to_json_best_effort(indent=1))
+  timings = {}
+  t_all = time.perf_counter()
+
+  t0 = time.perf_counter()
+  ds = load_data(cfg, workdir, log)
+  split = leave_one_out(ds.interactions)
+  timings['seconds_data'] = time.perf_counter() - t0
+
+  t0 = time.perf_counter()
+  sid_map, sid_report = build_sids(cfg, ds, split, workdir, log)
+  timings['seconds_sids'] = time.perf_counter() - t0
+
+  t0 = time.perf_counter()
+  tok = build_tokenizer(cfg, ds, sid_map, workdir, log)
+  examples = build_examples(cfg, ds, split, sid_map, tok)
+  timings['seconds_tokenizer_examples'] = time.perf_counter() - t0
+  log('examples: ' + ', '.join(f'{k} {len(v)}' for k, v in examples.items()))
+
+  model = build_model(cfg, tok)
+  log(f'model: {vocab_lib.count_params(model):,} parameters, vocab {model.cfg.vocab_size}')
+  t0 = time.perf_counter()
+  train_summary = train(cfg, model, tok, examples, workdir, log)
+  timings['seconds_train'] = time.perf_counter() - t0
+
+  art = Artifacts(ds, split, sid_map, tok, model, SIDTrie.build(sid_map, tok.sid))
+  t0 = time.perf_counter()
+  results, extras = evaluate(cfg, art, examples, log)
+  timings['seconds_eval'] = time.perf_counter() - t0
+  timings['seconds_total'] = time.perf_counter() - t_all
+
+  flat = {**results, **{f'train/{k}': v for k, v in train_summary.items()},
+          'sid/collision_rate': sid_report['collision_rate'],
+          'sid/unreachable_items': sid_report['unreachable_items'],
+          'num_items': len(ds.catalog), 'num_users': len(ds.interactions.user_names),
+          'num_params': vocab_lib.count_params(model), **timings}
+  flat = {k: (float(v) if isinstance(v, (np.floating, np.integer)) else v)
+          for k, v in flat.items()}
+  return {'result': flat, 'generations': extras['generations']}
