@@ -1,0 +1,461 @@
+"""Example builders: catalog, sequences, queries and users -> prompt/completion `Example`s.
+
+Every builder is deterministic given its `seed` (users are visited in sorted id order, queries
+and targets in the order given). Items without an SID (made unreachable by a collision policy)
+cannot be written: they are left out of histories and training targets, and every such
+omission is counted in the optional `skipped` dict a caller passes in (nothing is dropped
+silently). Free text from the data (titles, queries, summaries) goes through
+`prompts.plain_text`, so it can never be parsed as SID markup.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from neo_jax.catalog.splits import Split, Target
+from neo_jax.catalog.types import Catalog, Query, User
+from neo_jax.sid.types import SIDMap
+from neo_jax.tasks import prompts
+from neo_jax.tasks.types import OUTPUT_FORMATS, Example
+from neo_jax.tokenizer.sid_vocab import CODE_RE, SID_CLOSE, SID_OPEN, SIDVocab
+
+_SPAN_RE = re.compile(re.escape(SID_OPEN) + '(.*?)' + re.escape(SID_CLOSE), re.DOTALL)
+_CODES_RE = re.compile('(?:' + CODE_RE.pattern + ')+')
+
+
+def _check_inputs(catalog: Catalog, sid_map: SIDMap, vocab: SIDVocab) -> None:
+  if len(catalog) != len(sid_map):
+    raise ValueError(f'catalog has {len(catalog)} items but the SID map {len(sid_map)}')
+  if tuple(catalog.type_names) != tuple(sid_map.type_names):
+    raise ValueError(f'catalog types {catalog.type_names} != SID map types '
+                     f'{sid_map.type_names}')
+  if not np.array_equal(catalog.type_index, sid_map.type_index):
+    raise ValueError('catalog and SID map disagree on the type of some items')
+  if tuple(vocab.type_names) != tuple(sid_map.type_names):
+    raise ValueError(f'SID vocab types {vocab.type_names} != SID map types '
+                     f'{sid_map.type_names}')
+  for t in sid_map.type_names:
+    if tuple(vocab.level_sizes[t]) != tuple(int(k) for k in sid_map.level_sizes[t]):
+      raise ValueError(f'SID vocab level sizes {vocab.level_sizes[t]} != SID map level sizes '
+                       f'{sid_map.level_sizes[t]} for type {t!r}')
+
+
+def _formats(output_format: str | Sequence[str]) -> tuple[str, ...]:
+  formats = (output_format,) if isinstance(output_format, str) else tuple(output_format)
+  if not formats:
+    raise ValueError('output_format is empty')
+  for f in formats:
+    if f not in OUTPUT_FORMATS:
+      raise ValueError(f'unknown output format {f!r}; known: {OUTPUT_FORMATS}')
+  return formats
+
+
+def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:
+  return options[int(rng.integers(len(options)))] if len(options) > 1 else options[0]
+
+
+def _count(skipped: dict[str, int] | None, key: str, n: int = 1) -> None:
+  if skipped is not None and n:
+    skipped[key] = skipped.get(key, 0) + int(n)
+
+
+def _reachable_window(seq: np.ndarray, reachable: np.ndarray, history_len: int,
+                      skipped: dict[str, int] | None) -> np.ndarray:
+  """The last `history_len` items of `seq` that have an SID."""
+  keep = reachable[seq]
+  _count(skipped, 'unreachable_history_items', int(np.sum(~keep[-history_len:])))
+  return seq[keep][-history_len:]
+
+
+def grounded_rationale(catalog: Catalog, target: int, history: Sequence[int],
+                       rng: np.random.Generator, max_tags: int = 2) -> str:
+  """A short explanation of `target` built only from catalog facts.
+
+  Names the item's title, type and up to `max_tags` tags, then what ties it to the history:
+  the item itself appearing earlier, else a tag shared with the most recent history item
+  that has one (named by title), else other items of the same type, else that it is new.
+  """
+  title = prompts.plain_text(catalog.titles[target])
+  type_name = catalog.type_of(target)
+  tags = [prompts.plain_text(t) for t in catalog.tags[target][:max_tags]]
+  if tags:
+    what = prompts.WHAT_TAGS.format(title=title, type=type_name, tags=' and '.join(tags))
+  else:
+    what = prompts.WHAT.format(title=title, type=type_name)
+  history = [int(h) for h in history]
+  if target in history:
+    return prompts.RATIONALE_REPEAT.format(what=what)
+  for h in reversed(history):
+    shared = [t for t in catalog.tags[target] if t in set(catalog.tags[h])]
+    if shared:
+      return _pick(rng, prompts.RATIONALE_SHARED).format(
+          what=what, tag=prompts.plain_text(shared[0]),
+          other=prompts.plain_text(catalog.titles[h]))
+  if any(catalog.type_index[h] == catalog.type_index[target] for h in history):
+    return prompts.RATIONALE_SAME_TYPE.format(what=what, type=type_name)
+  return prompts.RATIONALE_NEW.format(what=what)
+
+
+def _item_completion(catalog: Catalog, sid_map: SIDMap, vocab: SIDVocab, target: int,
+                     history: Sequence[int], output_format: str,
+                     rng: np.random.Generator) -> str:
+  if output_format == 'text':
+    return prompts.plain_text(catalog.titles[target])
+  span = prompts.render_sid(sid_map, vocab, target)
+  if output_format == 'ids':
+    return span
+  return span + ' ' + grounded_rationale(catalog, target, history, rng)
+
+
+def recommend_examples(data: Split | Mapping[str, np.ndarray] | Sequence[Target],
+                       catalog: Catalog, sid_map: SIDMap, vocab: SIDVocab, *,
+                       mode: str = 'train', eval_split: str = 'test',
+                       output_format: str | Sequence[str] = 'ids', history_len: int = 10,
+                       max_per_user: int | None = 10, seed: int = 0,
+                       skipped: dict[str, int] | None = None) -> list[Example]:
+  """Next-item recommendation: history (SID spans, any types) -> the next item.
+
+  Args:
+    data: train mode: a `Split` (its `train` sequences) or user -> (T,) rows oldest first;
+      eval mode: a `Split` (its `eval_split` targets) or a sequence of `Target`s.
+    catalog, sid_map, vocab: the items, their SIDs and the SID token layout.
+    mode: 'train': per user, targets at sliding-window positions t >= 1 (history = the items
+      before t), at most `max_per_user` of them drawn at random; 'eval': one example per
+      target, in order, history = `Target.history`.
+    eval_split: 'valid' or 'test' when `data` is a `Split` in eval mode.
+    output_format: 'ids' (the SID span), 'mixed' (SID span + grounded rationale) or 'text'
+      (the title); a sequence of formats draws one per example.
+    history_len: H, the number of most recent items shown.
+    max_per_user: cap on train examples per user (None: every position).
+    seed: seeds template, position and format choices.
+    skipped: if given, counts of what was left out are added to it.
+
+  Returns:
+    Examples with task 'recommend', target_type = the target's type, target_items =
+    (target,). In eval mode a target without an SID still gets its example (it counts as a
+    miss), with an empty completion.
+  """
+  _check_inputs(catalog, sid_map, vocab)
+  formats = _formats(output_format)
+  if history_len < 1:
+    raise ValueError(f'history_len must be >= 1, got {history_len}')
+  if max_per_user is not None and max_per_user < 1:
+    raise ValueError(f'max_per_user must be >= 1 or None, got {max_per_user}')
+  rng = np.random.default_rng(seed)
+  reachable = sid_map.reachable()
+  out = []
+
+  def make(history_rows, target, user_id, can_write):
+    fmt = _pick(rng, formats)
+    type_name = catalog.type_of(target)
+    prompt = prompts.render_prompt(
+        'recommend', type_name, fmt, rng,
+        prompts.render_history(sid_map, vocab, history_rows))
+    completion = (_item_completion(catalog, sid_map, vocab, target, history_rows, fmt, rng)
+                  if can_write else '')
+    return Example('recommend', prompt, completion, fmt, type_name, (int(target),), user_id)
+
+  if mode == 'train':
+    if isinstance(data, Split):
+      sequences = data.train
+    elif isinstance(data, Mapping):
+      sequences = data
+    else:
+      raise TypeError(f'train mode needs a Split or a mapping user -> sequence, got '
+                      f'{type(data).__name__}')
+    for user in sorted(sequences):
+      seq = np.asarray(sequences[user], np.int64)
+      positions = np.arange(1, seq.size)
+      ok = reachable[seq[positions]]
+      _count(skipped, 'unreachable_targets', int(np.sum(~ok)))
+      positions = positions[ok]
+      if max_per_user is not None and positions.size > max_per_user:
+        positions = np.sort(rng.choice(positions, max_per_user, replace=False))
+      for t in positions:
+        history = _reachable_window(seq[:t], reachable, history_len, skipped)
+        out.append(make(history, int(seq[t]), user, True))
+  elif mode == 'eval':
+    if isinstance(data, Split):
+      if eval_split not in ('valid', 'test'):
+        raise ValueError(f"eval_split must be 'valid' or 'test', got {eval_split!r}")
+      targets = getattr(data, eval_split)
+    else:
+      targets = list(data)
+    for tg in targets:
+      if not isinstance(tg, Target):
+        raise TypeError(f'eval mode needs Target objects, got {type(tg).__name__}')
+      history = _reachable_window(np.asarray(tg.history, np.int64), reachable, history_len,
+                                  skipped)
+      can_write = bool(reachable[tg.target])
+      if not can_write:
+        _count(skipped, 'unreachable_targets')
+      out.append(make(history, int(tg.target), tg.user_id, can_write))
+  else:
+    raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
+  return out
+
+
+def search_examples(queries: Iterable[Query], catalog: Catalog, sid_map: SIDMap,
+                    vocab: SIDVocab, *, max_items: int | None = None, seed: int = 0,
+                    skipped: dict[str, int] | None = None) -> list[Example]:
+  """Text search: query -> the SID spans of its relevant items, format 'ids'.
+
+  A query whose relevant items span several types yields one example per type (in order of
+  first appearance), so a prompt's `Type:` always matches every item of its completion; the
+  first example's type is the type of the query's first relevant item.
+
+  Args:
+    queries: the queries; `Query.item_index` are catalog rows.
+    max_items: at most this many items per completion (None: all relevant of the type).
+    seed: seeds template choices.
+    skipped: counts of left-out items and queries are added to it.
+
+  Returns:
+    Examples with target_items = the rows named in the completion, in order.
+  """
+  _check_inputs(catalog, sid_map, vocab)
+  if max_items is not None and max_items < 1:
+    raise ValueError(f'max_items must be >= 1 or None, got {max_items}')
+  rng = np.random.default_rng(seed)
+  reachable = sid_map.reachable()
+  out = []
+  for n, q in enumerate(queries):
+    by_type: dict[str, list[int]] = {}
+    for r in q.item_index:
+      r = int(r)
+      if not 0 <= r < len(catalog):
+        raise ValueError(f'query {n} ({q.text!r}) names item row {r}, out of range '
+                         f'[0, {len(catalog)})')
+      if not reachable[r]:
+        _count(skipped, 'unreachable_relevant_items')
+        continue
+      rows = by_type.setdefault(catalog.type_of(r), [])
+      if r not in rows:
+        rows.append(r)
+    if not by_type:
+      _count(skipped, 'queries_without_reachable_items')
+      continue
+    query = prompts.plain_text(q.text)
+    for type_name, rows in by_type.items():
+      if max_items is not None and len(rows) > max_items:
+        _count(skipped, 'relevant_items_over_max_items', len(rows) - max_items)
+        rows = rows[:max_items]
+      prompt = prompts.render_prompt('search', type_name, 'ids', rng,
+                                     query)
+      completion = ' '.join(prompts.render_sid(sid_map, vocab, r) for r in rows)
+      out.append(Example('search', prompt, completion, 'ids', type_name, tuple(rows),
+                         q.user_id))
+  return out
+
+
+def user_summary_examples(users: Mapping[str, User] | Iterable[User],
+                          sequences: Split | Mapping[str, np.ndarray], catalog: Catalog,
+                          sid_map: SIDMap, vocab: SIDVocab, *, history_len: int = 10,
+                          seed: int = 0,
+                          skipped: dict[str, int] | None = None) -> list[Example]:
+  """User understanding: history -> the user's summary text, format 'text'.
+
+  Args:
+    users: user id -> `User` (as in `Dataset.users`) or the `User`s; only users with a
+      summary give examples.
+    sequences: a `Split` (its `train` sequences, so no evaluation target leaks) or user ->
+      (T,) rows oldest first.
+    history_len: H, the number of most recent items shown.
+  """
+  _check_inputs(catalog, sid_map, vocab)
+  if history_len < 1:
+    raise ValueError(f'history_len must be >= 1, got {history_len}')
+  users = list(users.values()) if isinstance(users, Mapping) else list(users)
+  seqs = sequences.train if isinstance(sequences, Split) else sequences
+  rng = np.random.default_rng(seed)
+  reachable = sid_map.reachable()
+  out = []
+  for user in sorted(users, key=lambda u: u.id):
+    if not user.summary:
+      _count(skipped, 'users_without_summary')
+      continue
+    seq = seqs.get(user.id)
+    if seq is None or len(seq) == 0:
+      _count(skipped, 'users_with_summary_but_no_history')
+      continue
+    history = _reachable_window(np.asarray(seq, np.int64), reachable, history_len, skipped)
+    prompt = prompts.render_prompt('user_summary', prompts.USER_TYPE, 'text',
+                                   rng,
+                                   prompts.render_history(sid_map, vocab, history))
+    out.append(Example('user_summary', prompt, prompts.plain_text(user.summary), 'text',
+                       None, (), user.id))
+  return out
+
+
+def _grounding_rows(sid_map: SIDMap, items: Sequence[int] | None) -> np.ndarray:
+  reachable = sid_map.reachable()
+  if items is None:
+    return np.flatnonzero(reachable)
+  rows = np.asarray(items, np.int64).reshape(-1)
+  bad = rows[(rows < 0) | (rows >= len(sid_map))]
+  if bad.size:
+    raise ValueError(f'item rows {bad[:5].tolist()} out of range [0, {len(sid_map)})')
+  if not reachable[rows].all():
+    raise ValueError(f'item rows {rows[~reachable[rows]][:5].tolist()} have no SID')
+  return rows
+
+
+def _first_words(text: str, n: int) -> str:
+  words = text.split()
+  return ' '.join(words[:n])
+
+
+def sid_to_text_examples(catalog: Catalog, sid_map: SIDMap, vocab: SIDVocab, *,
+                         items: Sequence[int] | None = None, description_words: int = 24,
+                         seed: int = 0) -> list[Example]:
+  """Grounding: SID -> `title. description` (first `description_words` words), format text.
+
+  Args:
+    items: catalog rows to describe (default: every item with an SID).
+  """
+  _check_inputs(catalog, sid_map, vocab)
+  rng = np.random.default_rng(seed)
+  out = []
+  for r in _grounding_rows(sid_map, items):
+    r = int(r)
+    type_name = catalog.type_of(r)
+    prompt = prompts.render_prompt('sid_to_text', type_name, 'text', rng,
+                                   prompts.render_sid(sid_map, vocab, r))
+    completion = catalog.titles[r]
+    desc = _first_words(catalog.descriptions[r], description_words)
+    if desc:
+      completion += '. ' + desc
+    out.append(Example('sid_to_text', prompt, prompts.plain_text(completion), 'text', type_name,
+                       (r,)))
+  return out
+
+
+def text_to_sid_examples(catalog: Catalog, sid_map: SIDMap, vocab: SIDVocab, *,
+                         items: Sequence[int] | None = None, description_words: int = 8,
+                         description_prob: float = 0.5, seed: int = 0) -> list[Example]:
+  """Grounding: title (+ the first `description_words` words of the description, with
+  probability `description_prob`) -> SID span, format ids."""
+  _check_inputs(catalog, sid_map, vocab)
+  if not 0.0 <= description_prob <= 1.0:
+    raise ValueError(f'description_prob must be in [0, 1], got {description_prob}')
+  rng = np.random.default_rng(seed)
+  out = []
+  for r in _grounding_rows(sid_map, items):
+    r = int(r)
+    type_name = catalog.type_of(r)
+    text = catalog.titles[r]
+    desc = _first_words(catalog.descriptions[r], description_words).rstrip('.')
+    if desc and rng.random() < description_prob:
+      text += ' - ' + desc
+    prompt = prompts.render_prompt('text_to_sid', type_name, 'ids', rng,
+                                   prompts.plain_text(text))
+    out.append(Example('text_to_sid', prompt, prompts.render_sid(sid_map, vocab, r), 'ids',
+                       type_name, (r,)))
+  return out
+
+
+def sid_to_type_examples(catalog: Catalog, sid_map: SIDMap, vocab: SIDVocab, *,
+                         items: Sequence[int] | None = None, seed: int = 0) -> list[Example]:
+  """Grounding: SID -> its entity type name, format text. The prompt's `Type:` is
+  `prompts.ANY_TYPE` and target_type None, since naming the type would give the answer."""
+  _check_inputs(catalog, sid_map, vocab)
+  rng = np.random.default_rng(seed)
+  out = []
+  for r in _grounding_rows(sid_map, items):
+    r = int(r)
+    prompt = prompts.render_prompt('sid_to_type', prompts.ANY_TYPE, 'text',
+                                   rng,
+                                   prompts.render_sid(sid_map, vocab, r))
+    out.append(Example('sid_to_type', prompt, catalog.type_of(r), 'text', None, (r,)))
+  return out
+
+
+def tokenizer_corpus(catalog: Catalog, queries: Iterable[Query] = (),
+                     users: Iterable[User] = ()) -> Iterator[str]:
+  """Sentences to train a text vocabulary on: item texts, queries, user summaries and every
+  prompt header and template, so that the words prompts are made of get their own pieces."""
+  for i in range(len(catalog)):
+    yield catalog.text(i)
+  for q in queries:
+    yield q.text
+  for u in users:
+    if u.summary:
+      yield u.summary
+  for task, templates in prompts.TEMPLATES.items():
+    for type_name in catalog.type_names + (prompts.USER_TYPE, prompts.ANY_TYPE):
+      for fmt in OUTPUT_FORMATS:
+        head = prompts.header(task, type_name, fmt)
+        for template in templates:
+          yield template.format(header=head, history='', query='', item='', text='')
+  rationales = (prompts.RATIONALE_REPEAT,) + prompts.RATIONALE_SHARED + (
+      prompts.RATIONALE_SAME_TYPE, prompts.RATIONALE_NEW)
+  for type_name in catalog.type_names:
+    what = prompts.WHAT_TAGS.format(title='', type=type_name, tags='')
+    for r in rationales:
+      yield r.format(what=what, type=type_name, tag='', other='')
+
+
+def split_queries(queries: Sequence[Query], valid_fraction: float, test_fraction: float,
+                  seed: int = 0) -> tuple[list[Query], list[Query], list[Query]]:
+  """Deterministic (train, valid, test) split of search queries.
+
+  Queries with identical text always land in the same part, so evaluation never sees a query
+  that was trained on; parts therefore match the fractions up to one group of duplicates.
+  Each part keeps the input order.
+  """
+  for name, f in (('valid_fraction', valid_fraction), ('test_fraction', test_fraction)):
+    if not 0.0 <= f < 1.0:
+      raise ValueError(f'{name} must be in [0, 1), got {f}')
+  if valid_fraction + test_fraction >= 1.0:
+    raise ValueError(f'valid_fraction + test_fraction must be < 1, got '
+                     f'{valid_fraction + test_fraction}')
+  queries = list(queries)
+  groups: dict[str, list[int]] = {}
+  for n, q in enumerate(queries):
+    groups.setdefault(q.text, []).append(n)
+  keys = list(groups)
+  order = np.random.default_rng(seed).permutation(len(keys))
+  want_test = round(len(queries) * test_fraction)
+  want_valid = round(len(queries) * valid_fraction)
+  parts: tuple[list[int], list[int], list[int]] = ([], [], [])
+  for g in order:
+    members = groups[keys[g]]
+    if len(parts[2]) < want_test:
+      parts[2].extend(members)
+    elif len(parts[1]) < want_valid:
+      parts[1].extend(members)
+    else:
+      parts[0].extend(members)
+  train, valid, test = ([queries[n] for n in sorted(p)] for p in parts)
+  return train, valid, test
+
+
+def describe_items(text: str, sid_map: SIDMap, vocab: SIDVocab,
+                   catalog: Catalog) -> list[tuple[int | None, str | None, str | None]]:
+  """Resolves every `[SID]...[/SID]` span of a (generated) text, in order.
+
+  Returns:
+    (row, title, type) per span: the catalog row and title of the item it names, or None for
+    both when the span names no catalog item; type is the span's entity type, or None when the
+    span is not a well-formed SID (mixed or unknown types, wrong levels, other text inside).
+  """
+  out = []
+  for m in _SPAN_RE.finditer(text):
+    inner = m.group(1)
+    if not _CODES_RE.fullmatch(inner):
+      out.append((None, None, None))
+      continue
+    codes = CODE_RE.findall(inner)
+    types = {t for t, _, _ in codes}
+    levels = [int(l) for _, l, _ in codes]
+    type_name = codes[0][0]
+    if (len(types) != 1 or type_name not in vocab.level_sizes or
+        levels != list(range(vocab.num_levels))):
+      out.append((None, None, None))
+      continue
+    row = sid_map.item_of(type_name, tuple(int(c) for _, _, c in codes))
+    out.append((row, None if row is None else catalog.titles[row], type_name))
+  return out

@@ -1,0 +1,139 @@
+"""Prompt templates: every prompt states the task, the target type and the output format.
+
+A prompt is text with SID markup that ends with a space, so that `prompt + completion` is the
+full training text and the first thing a model writes is the completion's first word or
+`[SID]`. Every template contains the same header `Task: <name>. Type: <type>. Format: <fmt>.`
+(only its position and the surrounding words vary), so task conditioning stays unambiguous for a
+tiny model while the phrasing still varies. Prompts are kept short: the SID spans of the
+history dominate their length.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from neo_jax.sid.types import SIDMap
+from neo_jax.tasks.types import OUTPUT_FORMATS, TASKS
+from neo_jax.tokenizer.sid_vocab import CODE_RE, SID_CLOSE, SID_OPEN, SIDVocab
+
+# The words each task is called by in prompts.
+TASK_NAMES = {
+    'recommend': 'recommend',
+    'search': 'search',
+    'user_summary': 'summarize user',
+    'sid_to_text': 'describe item',
+    'text_to_sid': 'find item',
+    'sid_to_type': 'name item type',
+}
+# The `Type:` field where the output is not an item of one entity type.
+USER_TYPE = 'user'  # user_summary: the output describes the user
+ANY_TYPE = 'any'  # sid_to_type: naming the type would give the answer away
+NO_HISTORY = 'none'
+
+# Fields: {header} always; {history}, {query}, {item}, {text} per task.
+TEMPLATES: dict[str, tuple[str, ...]] = {
+    'recommend': (
+        '{header} History: {history}. Answer: ',
+        '{header} The user engaged with {history}. Next: ',
+        'History: {history}. {header} Answer: ',
+    ),
+    'search': (
+        '{header} Query: {query}. Answer: ',
+        '{header} Find items for: {query}. Answer: ',
+        'Query: {query}. {header} Answer: ',
+    ),
+    'user_summary': (
+        '{header} History: {history}. Answer: ',
+        '{header} The user engaged with {history}. Summary: ',
+        'History: {history}. {header} Answer: ',
+    ),
+    'sid_to_text': (
+        '{header} Item: {item}. Answer: ',
+        '{header} What is {item}? Answer: ',
+        'Item: {item}. {header} Answer: ',
+    ),
+    'text_to_sid': (
+        '{header} Item: {text}. Answer: ',
+        '{header} Which item is this: {text}? Answer: ',
+        'Item: {text}. {header} Answer: ',
+    ),
+    'sid_to_type': (
+        '{header} Item: {item}. Answer: ',
+        '{header} What kind of item is {item}? Answer: ',
+        'Item: {item}. {header} Answer: ',
+    ),
+}
+# Rationales of 'mixed' completions (see builders.grounded_rationale); every field is a fact
+# from the catalog. {what} is WHAT_TAGS or WHAT.
+WHAT_TAGS = '{title}, a {type} about {tags}'
+WHAT = '{title}, a {type}'
+RATIONALE_REPEAT = '{what}, which you engaged with before.'
+RATIONALE_SHARED = ('{what}; it shares {tag} with {other}.', '{what}, like {other} ({tag}).')
+RATIONALE_SAME_TYPE = '{what}, matching the {type} items in your history.'
+RATIONALE_NEW = '{what}, new to your history.'
+
+_FIELDS = {'recommend': 'history', 'search': 'query', 'user_summary': 'history',
+           'sid_to_text': 'item', 'text_to_sid': 'text', 'sid_to_type': 'item'}
+
+# Free text (titles, queries, summaries) must never be parsed as SIDs by `Tokenizer.encode`.
+_MARKUP_RE = re.compile(re.escape(SID_OPEN) + '|' + re.escape(SID_CLOSE) + '|' + CODE_RE.pattern)
+
+
+def header(task: str, type_name: str, output_format: str) -> str:
+  """`Task: <name>. Type: <type>. Format: <format>.`"""
+  if task not in TASKS:
+    raise ValueError(f'unknown task {task!r}; known: {TASKS}')
+  if output_format not in OUTPUT_FORMATS:
+    raise ValueError(f'unknown output format {output_format!r}; known: {OUTPUT_FORMATS}')
+  return f'Task: {TASK_NAMES[task]}. Type: {type_name}. Format: {output_format}.'
+
+
+def render_prompt(task: str, type_name: str, output_format: str,
+                  template: int | np.random.Generator, body: str) -> str:
+  """Fills one template of `task` with its one body field.
+
+  Args:
+    task: one of `TASKS`.
+    type_name: the `Type:` field (entity type, or `USER_TYPE` / `ANY_TYPE`).
+    output_format: one of `OUTPUT_FORMATS`.
+    template: index into `TEMPLATES[task]`, or a generator that draws one uniformly.
+    body: the history / query / item / text, already rendered (SID markup allowed).
+  """
+  if task not in TEMPLATES:
+    raise ValueError(f'unknown task {task!r}; known: {TASKS}')
+  templates = TEMPLATES[task]
+  if isinstance(template, np.random.Generator):
+    template = int(template.integers(len(templates)))
+  if not 0 <= template < len(templates):
+    raise ValueError(f'template {template} out of range [0, {len(templates)}) for {task}')
+  return templates[template].format(header=header(task, type_name, output_format),
+                                    **{_FIELDS[task]: body})
+
+
+def plain_text(text: str) -> str:
+  """`text` with anything that reads as SID markup defused: `[SID]` -> `(SID)`,
+  `[/SID]` -> `(/SID)`, `<t:l:c>` -> `(t:l:c)`. Other text is unchanged."""
+  return _MARKUP_RE.sub(lambda m: '(' + m.group(0)[1:-1] + ')', text)
+
+
+def render_sid(sid_map: SIDMap, sid_vocab: SIDVocab, item_row: int) -> str:
+  """SID markup of catalog row `item_row`: `[SID]<t:0:c0>...[/SID]`.
+
+  Raises:
+    ValueError: the row is out of range or the item has no SID (collision policy).
+  """
+  row = int(item_row)
+  if not 0 <= row < len(sid_map):
+    raise ValueError(f'item row {row} out of range [0, {len(sid_map)})')
+  codes = sid_map.codes[row]
+  if codes[0] < 0:
+    raise ValueError(f'item row {row} has no SID (unreachable under the collision policy)')
+  return sid_vocab.render(sid_map.type_names[int(sid_map.type_index[row])], codes)
+
+
+def render_history(sid_map: SIDMap, sid_vocab: SIDVocab, rows) -> str:
+  """SID spans of `rows` (oldest first) separated by spaces, or `NO_HISTORY` when empty."""
+  spans = [render_sid(sid_map, sid_vocab, r) for r in rows]
+  return ' '.join(spans) if spans else NO_HISTORY
