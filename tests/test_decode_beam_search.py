@@ -1,0 +1,178 @@
+"""Trie-constrained beam search equals exhaustive enumeration under a fixed-table Markov model."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from neo_jax.decode.beam_search import NEG_INF, sid_beam_search
+from neo_jax.decode.cache import left_pad, prefill
+from neo_jax.decode.testing import markov_cache, markov_lm, markov_logits
+from neo_jax.decode.trie import SIDTrie, SIDVocabArrays
+from neo_jax.sid.types import SIDMap
+from neo_jax.tokenizer.sid_vocab import SIDVocab
+
+TEXT_VOCAB = 6
+PAD = 0
+
+
+def log_softmax(x):
+  x = x - x.max()
+  return x - np.log(np.exp(x).sum())
+
+
+def random_catalog(rng, sizes, counts):
+  """Random distinct SIDs: counts[t] items of type t, rows shuffled."""
+  names = tuple(sizes)
+  codes, types = [], []
+  for ti, t in enumerate(names):
+    flat = rng.choice(int(np.prod(sizes[t])), size=counts[ti], replace=False)
+    codes.append(np.stack(np.unravel_index(flat, sizes[t]), axis=1))
+    types.append(np.full(counts[ti], ti))
+  codes = np.concatenate(codes).astype(np.int32)
+  types = np.concatenate(types).astype(np.int32)
+  perm = rng.permutation(len(types))
+  return SIDMap(names, sizes, codes[perm], types[perm])
+
+
+def exhaustive(sid_map, vocab, first, second, prompt, allowed_types):
+  """Every admissible item scored by the numpy chain, best first: [(score, row)]."""
+  out = []
+  for n in range(len(sid_map)):
+    t = int(sid_map.type_index[n])
+    if not allowed_types[t]:
+      continue
+    history, score = list(prompt), 0.0
+    for l, c in enumerate(sid_map.codes[n]):
+      tok = vocab.token_id(sid_map.type_names[t], l, int(c))
+      score += log_softmax(markov_logits(first, second, history))[tok]
+      history.append(tok)
+    out.append((score, n))
+  return sorted(out, reverse=True)
+
+
+def reference_beam_search(sid_map, vocab, first, second, prompt, allowed_types, num_beams):
+  """A plain-Python beam search over the SID map's prefixes (no trie): [(score, row)]."""
+  paths = {}
+  for n in range(len(sid_map)):
+    if allowed_types[int(sid_map.type_index[n])]:
+      paths[(int(sid_map.type_index[n]),) + tuple(int(c) for c in sid_map.codes[n])] = n
+  beams = [(0.0, list(prompt), ())]
+  for level in range(sid_map.num_levels):
+    candidates = []
+    for score, history, path in beams:
+      logp = log_softmax(markov_logits(first, second, history))
+      # path is (type, c_0..c_{level-1}), or () before the first code.
+      nexts = sorted({p[:level + 2] for p in paths if p[:len(path)] == path})
+      for nxt in nexts:
+        tok = vocab.token_id(sid_map.type_names[nxt[0]], level, nxt[-1])
+        candidates.append((score + logp[tok], history + [tok], nxt))
+    beams = sorted(candidates, key=lambda c: -c[0])[:num_beams]
+  return [(score, paths[path]) for score, _, path in beams]
+
+
+@pytest.fixture(scope='module')
+def setup():
+  rng = np.random.default_rng(0)
+  sizes = {'a': (3, 4, 2), 'b': (5, 2, 3)}
+  sid_map = random_catalog(rng, sizes, counts=(14, 20))
+  vocab = SIDVocab(('a', 'b'), sizes, TEXT_VOCAB)
+  v = vocab.end + 2  # logits wider than the SID block, as with a padded vocabulary
+  first = rng.normal(0, 2, (v, v)).astype(np.float32)
+  second = rng.normal(0, 2, (v, v)).astype(np.float32)
+  step_fn = markov_lm(first, second)
+  prompts = [[1, 2, vocab.sid_open_id], [3, vocab.sid_open_id],
+             [4, 5, 1, 2, vocab.sid_open_id]]
+  allowed = np.array([[True, True], [True, False], [False, True]])
+  tokens, positions, valid = left_pad(prompts, PAD)
+  cache = markov_cache(len(prompts), tokens.shape[1] + sid_map.num_levels)
+  last_logits, last_positions, cache = prefill(step_fn, cache, jnp.asarray(tokens),
+                                               jnp.asarray(positions), jnp.asarray(valid))
+  return dict(sid_map=sid_map, vocab=vocab, first=first, second=second, step_fn=step_fn,
+              prompts=prompts, allowed=allowed, cache=cache, last_logits=last_logits,
+              last_positions=last_positions, trie=SIDTrie.build(sid_map, vocab),
+              arrays=SIDVocabArrays.from_vocab(vocab))
+
+
+@pytest.mark.parametrize('num_beams', [1, 7, 30])
+def test_beam_search_matches_reference_and_exhaustive_enumeration(setup, num_beams):
+  s = setup
+  items, scores = sid_beam_search(s['step_fn'], s['cache'], s['last_logits'],
+                                  s['last_positions'], s['trie'], s['arrays'], num_beams,
+                                  jnp.asarray(s['allowed']))
+  items, scores = np.asarray(items), np.asarray(scores)
+  assert items.shape == scores.shape == (len(s['prompts']), num_beams)
+  for b, prompt in enumerate(s['prompts']):
+    top = reference_beam_search(s['sid_map'], s['vocab'], s['first'], s['second'], prompt,
+                                s['allowed'][b], num_beams)
+    if num_beams == 30:
+      # 30 beams exceed the number of prefixes at every level but the last, so nothing is
+      # pruned and the search must return the exhaustive top 30.
+      ref = exhaustive(s['sid_map'], s['vocab'], s['first'], s['second'], prompt,
+                       s['allowed'][b])
+      assert [n for _, n in top] == [n for _, n in ref[:num_beams]]
+    np.testing.assert_array_equal(items[b, :len(top)], [n for _, n in top])
+    np.testing.assert_allclose(scores[b, :len(top)], [x for x, _ in top], rtol=1e-5, atol=1e-4)
+    # Fewer admissible items than beams: the rest are -1 / NEG_INF.
+    np.testing.assert_array_equal(items[b, len(top):], -1)
+    np.testing.assert_array_equal(scores[b, len(top):], np.float32(NEG_INF))
+
+
+def test_all_types_allowed_by_default(setup):
+  s = setup
+  items, _ = sid_beam_search(s['step_fn'], s['cache'], s['last_logits'], s['last_positions'],
+                             s['trie'], s['arrays'], 7)
+  for b, prompt in enumerate(s['prompts']):
+    ref = reference_beam_search(s['sid_map'], s['vocab'], s['first'], s['second'], prompt,
+                                [True, True], 7)
+    np.testing.assert_array_equal(np.asarray(items[b]), [n for _, n in ref])
+
+
+def greedy_trap():
+  """A chain where the greedy first code leads to a worse item than the beam finds.
+
+  One type, K=(2, 2), items (0,0)=row 0, (0,1)=row 1, (1,0)=row 2. After `[SID]` code 0 has
+  p=0.6, code 1 p=0.4; after code 0 the second codes have p=0.55/0.45, after code 1 p=0.9/0.1.
+  Best item: (1,0) with 0.36; greedy takes (0,0) with 0.33.
+  """
+  sizes = {'a': (2, 2)}
+  vocab = SIDVocab(('a',), sizes, 2)
+  sid_map = SIDMap(('a',), sizes, np.array([[0, 0], [0, 1], [1, 0]], np.int32),
+                   np.zeros(3, np.int32))
+  v = vocab.end
+  table = np.full((v, v), -1e4, np.float32)
+  c0 = [vocab.token_id('a', 0, c) for c in range(2)]
+  c1 = [vocab.token_id('a', 1, c) for c in range(2)]
+  table[vocab.sid_open_id, c0] = np.log([0.6, 0.4])
+  table[c0[0], c1] = np.log([0.55, 0.45])
+  table[c0[1], c1] = np.log([0.9, 0.1])
+  return sid_map, vocab, table
+
+
+def test_beam_finds_the_item_greedy_misses():
+  sid_map, vocab, table = greedy_trap()
+  step_fn = markov_lm(table)
+  tokens, positions, valid = left_pad([[1, vocab.sid_open_id]], PAD)
+  trie, arrays = SIDTrie.build(sid_map, vocab), SIDVocabArrays.from_vocab(vocab)
+  results = {}
+  for k in (1, 2):
+    cache = markov_cache(1, 4)
+    logits, last_pos, cache = prefill(step_fn, cache, jnp.asarray(tokens),
+                                      jnp.asarray(positions), jnp.asarray(valid))
+    items, scores = sid_beam_search(step_fn, cache, logits, last_pos, trie, arrays, k)
+    results[k] = (np.asarray(items)[0], np.asarray(scores)[0])
+  np.testing.assert_array_equal(results[1][0], [0])
+  np.testing.assert_allclose(results[1][1], np.log([0.6 * 0.55]), rtol=1e-5)
+  np.testing.assert_array_equal(results[2][0], [2, 0])
+  np.testing.assert_allclose(results[2][1], np.log([0.4 * 0.9, 0.6 * 0.55]), rtol=1e-5)
+
+
+def test_bad_shapes_are_rejected(setup):
+  s = setup
+  with pytest.raises(ValueError, match='allowed_types_BxT'):
+    sid_beam_search(s['step_fn'], s['cache'], s['last_logits'], s['last_positions'],
+                    s['trie'], s['arrays'], 3, jnp.ones((3, 5), bool))
+  with pytest.raises(ValueError, match='SID block ends'):
+    sid_beam_search(s['step_fn'], s['cache'], s['last_logits'][:, :10], s['last_positions'],
+                    s['trie'], s['arrays'], 3)
