@@ -12,7 +12,8 @@ import pytest
 from neo_jax.catalog.splits import Target, leave_one_out
 from neo_jax.catalog.types import Catalog, Interactions, Query, User
 from neo_jax.sid.types import SIDMap
-from neo_jax.tasks import (TASK_NAMES, header, tokenizer_corpus, describe_items, grounded_rationale, plain_text,
+from neo_jax.tasks import (TASK_NAMES, header, prompt_body, query_of, reformat_prompt,
+                           tokenizer_corpus, describe_items, grounded_rationale, plain_text,
                            recommend_examples, render_sid, search_examples,
                            sid_to_text_examples, sid_to_type_examples, split_queries,
                            text_to_sid_examples, user_summary_examples)
@@ -104,7 +105,7 @@ def _check_ids_completion(ex):
 def test_recommend_train(fmt):
   skipped = {}
   exs = recommend_examples(SPLIT, CATALOG, SID_MAP, VOCAB, mode='train', output_format=fmt,
-                           history_len=3, max_per_user=None, seed=1, skipped=skipped)
+                           history_len=3, max_targets_per_user=None, seed=1, skipped=skipped)
   # Every sliding-window position whose target has an SID, per user.
   want = [(u, t) for u in sorted(SPLIT.train) for t in range(1, len(SPLIT.train[u]))
           if SPLIT.train[u][t] != UNREACHABLE]
@@ -125,7 +126,7 @@ def test_recommend_train(fmt):
 
 
 def test_recommend_train_cap_and_determinism():
-  kw = dict(mode='train', output_format=('ids', 'mixed'), max_per_user=2)
+  kw = dict(mode='train', output_format=('ids', 'mixed'), max_targets_per_user=2)
   a = recommend_examples(SPLIT.train, CATALOG, SID_MAP, VOCAB, seed=3, **kw)
   b = recommend_examples(SPLIT.train, CATALOG, SID_MAP, VOCAB, seed=3, **kw)
   c = recommend_examples(SPLIT.train, CATALOG, SID_MAP, VOCAB, seed=4, **kw)
@@ -137,6 +138,33 @@ def test_recommend_train_cap_and_determinism():
   assert {ex.output_format for ex in a} == {'ids', 'mixed'}
   # Several phrasings are in use.
   assert len({ex.prompt.split('[SID]')[0] for ex in a}) > 1
+
+
+def test_output_format_weights_and_mode_aliases():
+  kw = dict(max_targets_per_user=None, seed=2)
+  mixed = recommend_examples(SPLIT, CATALOG, SID_MAP, VOCAB, mixed_fraction=0.25, **kw)
+  share = np.mean([ex.output_format == 'mixed' for ex in mixed])
+  assert {ex.output_format for ex in mixed} == {'ids', 'mixed'} and 0.1 < share < 0.4
+  weighted = recommend_examples(SPLIT, CATALOG, SID_MAP, VOCAB,
+                                output_format={'ids': 0.75, 'mixed': 0.25}, **kw)
+  assert weighted == mixed
+  none = recommend_examples(SPLIT, CATALOG, SID_MAP, VOCAB, mixed_fraction=0.0, **kw)
+  assert {ex.output_format for ex in none} == {'ids'}
+  for which in ('valid', 'test'):
+    assert (recommend_examples(SPLIT, CATALOG, SID_MAP, VOCAB, mode=which) ==
+            recommend_examples(SPLIT, CATALOG, SID_MAP, VOCAB, mode='eval', eval_split=which))
+
+
+def test_prompt_body_and_reformat():
+  exs = recommend_examples(SPLIT, CATALOG, SID_MAP, VOCAB, mode='test', history_len=4, seed=5)
+  for ex, tg in zip(exs, SPLIT.test):
+    want = ' '.join(_span(r) for r in _reachable(tg.history)[-4:])
+    assert prompt_body(ex.prompt, 'recommend', ex.target_type, 'ids') == want
+    text = reformat_prompt(ex.prompt, 'recommend', ex.target_type, 'text')
+    assert text == ex.prompt.replace('Format: ids.', 'Format: text.')
+    assert prompt_body(text, 'recommend', ex.target_type, 'text') == want
+  with pytest.raises(ValueError, match='matches no'):
+    prompt_body(exs[0].prompt, 'recommend', exs[0].target_type, 'mixed')
 
 
 @pytest.mark.parametrize('which', ['valid', 'test'])
@@ -206,6 +234,7 @@ def test_search_examples():
     _check_header(ex, ex.target_type)
     _check_ids_completion(ex)
   assert 'jazz movies (SID) (book:0:1)' in exs[0].prompt
+  assert [query_of(ex) for ex in exs] == ['jazz movies (SID) (book:0:1)'] * 2 + ['songs']
   capped = search_examples(queries[:1], CATALOG, SID_MAP, VOCAB, max_items=2)
   assert capped[0].target_items == (1, 4)
   _check_ids_completion(capped[0])
@@ -215,7 +244,7 @@ def test_user_summary_examples():
   users = {'u0': User('u0', summary='Likes jazz.'), 'u3': User('u3'),
            'u5': User('u5', summary='Space fan'), 'nobody': User('nobody', summary='x')}
   skipped = {}
-  exs = user_summary_examples(users, SPLIT, CATALOG, SID_MAP, VOCAB, history_len=2,
+  exs = user_summary_examples(users, SPLIT, SID_MAP, VOCAB, history_len=2,
                               skipped=skipped)
   assert [ex.user_id for ex in exs] == ['u0', 'u5']
   in_window = sum(int(np.sum(SPLIT.train[u][-2:] == UNREACHABLE)) for u in ('u0', 'u5'))
@@ -301,7 +330,7 @@ def test_mismatched_inputs_raise():
   bad_vocab = SIDVocab(TYPES, {**LEVELS, 'song': (2, 2, 4)}, base=500)
   with pytest.raises(ValueError, match='level sizes'):
     sid_to_type_examples(CATALOG, SID_MAP, bad_vocab)
-  with pytest.raises(ValueError, match="mode must be 'train' or 'eval'"):
+  with pytest.raises(ValueError, match="mode must be 'train', 'eval'"):
     recommend_examples(SPLIT, CATALOG, SID_MAP, VOCAB, mode='predict')
   with pytest.raises(ValueError, match='unknown output format'):
     recommend_examples(SPLIT, CATALOG, SID_MAP, VOCAB, output_format='json')
@@ -313,7 +342,7 @@ def test_examples_fit_the_token_budget():
   assert header('recommend', 'movie', 'mixed') in '\n'.join(corpus)
   tok = SentencePieceTokenizer.from_sid_map(train_sentencepiece(corpus, 600), SID_MAP)
   exs = recommend_examples(SPLIT, CATALOG, SID_MAP, tok.sid, output_format=('ids', 'mixed'),
-                           history_len=10, max_per_user=None)
+                           history_len=10, max_targets_per_user=None)
   exs += recommend_examples(SPLIT, CATALOG, SID_MAP, tok.sid, mode='eval', history_len=10)
   lengths = [len(tok.encode(ex.prompt + ex.completion)) for ex in exs]
   assert max(lengths) <= 128, max(lengths)

@@ -22,6 +22,10 @@ from neo_jax.tasks import prompts
 from neo_jax.tasks.types import OUTPUT_FORMATS, Example
 from neo_jax.tokenizer.sid_vocab import CODE_RE, SID_CLOSE, SID_OPEN, SIDVocab
 
+# Prompt helpers callers reach through this module too.
+reformat_prompt = prompts.reformat_prompt
+template_texts = prompts.template_texts
+
 _SPAN_RE = re.compile(re.escape(SID_OPEN) + '(.*?)' + re.escape(SID_CLOSE), re.DOTALL)
 _CODES_RE = re.compile('(?:' + CODE_RE.pattern + ')+')
 
@@ -34,6 +38,10 @@ def _check_inputs(catalog: Catalog, sid_map: SIDMap, vocab: SIDVocab) -> None:
                      f'{sid_map.type_names}')
   if not np.array_equal(catalog.type_index, sid_map.type_index):
     raise ValueError('catalog and SID map disagree on the type of some items')
+  _check_vocab(sid_map, vocab)
+
+
+def _check_vocab(sid_map: SIDMap, vocab: SIDVocab) -> None:
   if tuple(vocab.type_names) != tuple(sid_map.type_names):
     raise ValueError(f'SID vocab types {vocab.type_names} != SID map types '
                      f'{sid_map.type_names}')
@@ -43,18 +51,40 @@ def _check_inputs(catalog: Catalog, sid_map: SIDMap, vocab: SIDVocab) -> None:
                        f'{sid_map.level_sizes[t]} for type {t!r}')
 
 
-def _formats(output_format: str | Sequence[str]) -> tuple[str, ...]:
-  formats = (output_format,) if isinstance(output_format, str) else tuple(output_format)
+def _format_sampler(output_format: str | Sequence[str] | Mapping[str, float],
+                    mixed_fraction: float | None):
+  """(formats, probabilities or None) from the builder arguments, validated."""
+  if mixed_fraction is not None:
+    if not isinstance(output_format, str):
+      raise ValueError('mixed_fraction needs a single base output_format, got '
+                       f'{output_format!r}')
+    if not 0.0 <= mixed_fraction <= 1.0:
+      raise ValueError(f'mixed_fraction must be in [0, 1], got {mixed_fraction}')
+    if output_format != 'mixed':
+      output_format = {output_format: 1.0 - mixed_fraction, 'mixed': mixed_fraction}
+  if isinstance(output_format, str):
+    formats, probs = (output_format,), None
+  elif isinstance(output_format, Mapping):
+    formats = tuple(output_format)
+    weights = np.array([float(output_format[f]) for f in formats])
+    if not formats or np.any(weights < 0) or weights.sum() <= 0:
+      raise ValueError(f'output_format weights must be >= 0 with a positive sum, got '
+                       f'{dict(output_format)}')
+    probs = weights / weights.sum()
+  else:
+    formats, probs = tuple(output_format), None
   if not formats:
     raise ValueError('output_format is empty')
   for f in formats:
     if f not in OUTPUT_FORMATS:
       raise ValueError(f'unknown output format {f!r}; known: {OUTPUT_FORMATS}')
-  return formats
+  return formats, probs
 
 
-def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:
-  return options[int(rng.integers(len(options)))] if len(options) > 1 else options[0]
+def _pick(rng: np.random.Generator, options: Sequence[str], probs=None) -> str:
+  if len(options) == 1:
+    return options[0]
+  return options[int(rng.choice(len(options), p=probs))]
 
 
 def _count(skipped: dict[str, int] | None, key: str, n: int = 1) -> None:
@@ -113,47 +143,52 @@ def _item_completion(catalog: Catalog, sid_map: SIDMap, vocab: SIDVocab, target:
 def recommend_examples(data: Split | Mapping[str, np.ndarray] | Sequence[Target],
                        catalog: Catalog, sid_map: SIDMap, vocab: SIDVocab, *,
                        mode: str = 'train', eval_split: str = 'test',
-                       output_format: str | Sequence[str] = 'ids', history_len: int = 10,
-                       max_per_user: int | None = 10, seed: int = 0,
+                       output_format: str | Sequence[str] | Mapping[str, float] = 'ids',
+                       mixed_fraction: float | None = None, history_len: int = 10,
+                       max_targets_per_user: int | None = 10, seed: int = 0,
                        skipped: dict[str, int] | None = None) -> list[Example]:
   """Next-item recommendation: history (SID spans, any types) -> the next item.
 
   Args:
     data: train mode: a `Split` (its `train` sequences) or user -> (T,) rows oldest first;
-      eval mode: a `Split` (its `eval_split` targets) or a sequence of `Target`s.
+      evaluation modes: a `Split` or a sequence of `Target`s.
     catalog, sid_map, vocab: the items, their SIDs and the SID token layout.
     mode: 'train': per user, targets at sliding-window positions t >= 1 (history = the items
-      before t), at most `max_per_user` of them drawn at random; 'eval': one example per
-      target, in order, history = `Target.history`.
-    eval_split: 'valid' or 'test' when `data` is a `Split` in eval mode.
+      before t), at most `max_targets_per_user` of them drawn at random. 'eval': one example
+      per target, in order, history = `Target.history`; the targets are `data` itself or, for
+      a `Split`, its `eval_split` list. 'valid' / 'test': 'eval' with that `eval_split`.
+    eval_split: 'valid' or 'test', the `Split` list that mode 'eval' reads.
     output_format: 'ids' (the SID span), 'mixed' (SID span + grounded rationale) or 'text'
-      (the title); a sequence of formats draws one per example.
+      (the title); a sequence of formats draws one per example uniformly, a mapping
+      format -> weight draws with those weights.
+    mixed_fraction: shorthand for `{output_format: 1 - f, 'mixed': f}`.
     history_len: H, the number of most recent items shown.
-    max_per_user: cap on train examples per user (None: every position).
+    max_targets_per_user: cap on train examples per user (None: every position).
     seed: seeds template, position and format choices.
     skipped: if given, counts of what was left out are added to it.
 
   Returns:
     Examples with task 'recommend', target_type = the target's type, target_items =
-    (target,). In eval mode a target without an SID still gets its example (it counts as a
+    (target,). In evaluation a target without an SID still gets its example (it counts as a
     miss), with an empty completion.
   """
   _check_inputs(catalog, sid_map, vocab)
-  formats = _formats(output_format)
+  formats, probs = _format_sampler(output_format, mixed_fraction)
   if history_len < 1:
     raise ValueError(f'history_len must be >= 1, got {history_len}')
-  if max_per_user is not None and max_per_user < 1:
-    raise ValueError(f'max_per_user must be >= 1 or None, got {max_per_user}')
+  if max_targets_per_user is not None and max_targets_per_user < 1:
+    raise ValueError(f'max_targets_per_user must be >= 1 or None, got {max_targets_per_user}')
+  if mode in ('valid', 'test'):
+    mode, eval_split = 'eval', mode
   rng = np.random.default_rng(seed)
   reachable = sid_map.reachable()
   out = []
 
   def make(history_rows, target, user_id, can_write):
-    fmt = _pick(rng, formats)
+    fmt = _pick(rng, formats, probs)
     type_name = catalog.type_of(target)
-    prompt = prompts.render_prompt(
-        'recommend', type_name, fmt, rng,
-        prompts.render_history(sid_map, vocab, history_rows))
+    prompt = prompts.render_prompt('recommend', type_name, fmt, rng,
+                                   prompts.render_history(sid_map, vocab, history_rows))
     completion = (_item_completion(catalog, sid_map, vocab, target, history_rows, fmt, rng)
                   if can_write else '')
     return Example('recommend', prompt, completion, fmt, type_name, (int(target),), user_id)
@@ -172,8 +207,8 @@ def recommend_examples(data: Split | Mapping[str, np.ndarray] | Sequence[Target]
       ok = reachable[seq[positions]]
       _count(skipped, 'unreachable_targets', int(np.sum(~ok)))
       positions = positions[ok]
-      if max_per_user is not None and positions.size > max_per_user:
-        positions = np.sort(rng.choice(positions, max_per_user, replace=False))
+      if max_targets_per_user is not None and positions.size > max_targets_per_user:
+        positions = np.sort(rng.choice(positions, max_targets_per_user, replace=False))
       for t in positions:
         history = _reachable_window(seq[:t], reachable, history_len, skipped)
         out.append(make(history, int(seq[t]), user, True))
@@ -186,7 +221,7 @@ def recommend_examples(data: Split | Mapping[str, np.ndarray] | Sequence[Target]
       targets = list(data)
     for tg in targets:
       if not isinstance(tg, Target):
-        raise TypeError(f'eval mode needs Target objects, got {type(tg).__name__}')
+        raise TypeError(f'evaluation needs Target objects, got {type(tg).__name__}')
       history = _reachable_window(np.asarray(tg.history, np.int64), reachable, history_len,
                                   skipped)
       can_write = bool(reachable[tg.target])
@@ -194,7 +229,7 @@ def recommend_examples(data: Split | Mapping[str, np.ndarray] | Sequence[Target]
         _count(skipped, 'unreachable_targets')
       out.append(make(history, int(tg.target), tg.user_id, can_write))
   else:
-    raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
+    raise ValueError(f"mode must be 'train', 'eval', 'valid' or 'test', got {mode!r}")
   return out
 
 
@@ -252,8 +287,8 @@ def search_examples(queries: Iterable[Query], catalog: Catalog, sid_map: SIDMap,
 
 
 def user_summary_examples(users: Mapping[str, User] | Iterable[User],
-                          sequences: Split | Mapping[str, np.ndarray], catalog: Catalog,
-                          sid_map: SIDMap, vocab: SIDVocab, *, history_len: int = 10,
+                          sequences: Split | Mapping[str, np.ndarray], sid_map: SIDMap,
+                          vocab: SIDVocab, *, history_len: int = 10,
                           seed: int = 0,
                           skipped: dict[str, int] | None = None) -> list[Example]:
   """User understanding: history -> the user's summary text, format 'text'.
@@ -265,7 +300,7 @@ def user_summary_examples(users: Mapping[str, User] | Iterable[User],
       (T,) rows oldest first.
     history_len: H, the number of most recent items shown.
   """
-  _check_inputs(catalog, sid_map, vocab)
+  _check_vocab(sid_map, vocab)
   if history_len < 1:
     raise ValueError(f'history_len must be >= 1, got {history_len}')
   users = list(users.values()) if isinstance(users, Mapping) else list(users)
@@ -384,18 +419,15 @@ def tokenizer_corpus(catalog: Catalog, queries: Iterable[Query] = (),
   for u in users:
     if u.summary:
       yield u.summary
-  for task, templates in prompts.TEMPLATES.items():
-    for type_name in catalog.type_names + (prompts.USER_TYPE, prompts.ANY_TYPE):
-      for fmt in OUTPUT_FORMATS:
-        head = prompts.header(task, type_name, fmt)
-        for template in templates:
-          yield template.format(header=head, history='', query='', item='', text='')
-  rationales = (prompts.RATIONALE_REPEAT,) + prompts.RATIONALE_SHARED + (
-      prompts.RATIONALE_SAME_TYPE, prompts.RATIONALE_NEW)
-  for type_name in catalog.type_names:
-    what = prompts.WHAT_TAGS.format(title='', type=type_name, tags='')
-    for r in rationales:
-      yield r.format(what=what, type=type_name, tag='', other='')
+  yield from prompts.template_texts(catalog.type_names)
+
+
+def query_of(example: Example) -> str:
+  """The query text of a search example (as written in its prompt)."""
+  if example.task != 'search':
+    raise ValueError(f'query_of needs a search example, got task {example.task!r}')
+  return prompts.prompt_body(example.prompt, 'search', example.target_type,
+                             example.output_format)
 
 
 def split_queries(queries: Sequence[Query], valid_fraction: float, test_fraction: float,

@@ -112,6 +112,65 @@ def render_prompt(task: str, type_name: str, output_format: str,
                                     **{_FIELDS[task]: body})
 
 
+def type_field(task: str, target_type: str | None) -> str:
+  """What the `Type:` field of a `task` prompt says for an example with `target_type`."""
+  if task == 'user_summary':
+    return USER_TYPE
+  if task == 'sid_to_type':
+    return ANY_TYPE
+  if target_type is None:
+    raise ValueError(f'a {task} prompt needs a target type')
+  return target_type
+
+
+def reformat_prompt(prompt: str, task: str, target_type: str | None,
+                    output_format: str) -> str:
+  """`prompt` with its `Format:` changed to `output_format` (the rest unchanged)."""
+  type_name = type_field(task, target_type)
+  new = header(task, type_name, output_format)
+  for fmt in OUTPUT_FORMATS:
+    old = header(task, type_name, fmt)
+    if prompt.count(old) == 1:
+      return prompt.replace(old, new)
+  raise ValueError(f'no single {task!r} header of type {type_name!r} in prompt {prompt!r}')
+
+
+def prompt_body(prompt: str, task: str, target_type: str | None, output_format: str) -> str:
+  """The history / query / item / text field a `task` prompt was filled with.
+
+  Raises:
+    ValueError: `prompt` is not one of `TEMPLATES[task]` with this header.
+  """
+  head = header(task, type_field(task, target_type), output_format)
+  field = _FIELDS[task]
+  for template in TEMPLATES[task]:
+    before, after = template.split('{' + field + '}')
+    pattern = (re.escape(before.format(header=head)) + '(.*)' +
+               re.escape(after.format(header=head)))
+    m = re.fullmatch(pattern, prompt, re.DOTALL)
+    if m:
+      return m.group(1)
+  raise ValueError(f'prompt {prompt!r} matches no {task!r} template with header {head!r}')
+
+
+def template_texts(type_names: tuple[str, ...] | list[str] = ()) -> list[str]:
+  """The fixed words of every prompt and rationale, for training a text vocabulary: headers
+  of every task, format and type in `type_names` (plus the user/any types), each template
+  with empty fields, and the rationale phrases."""
+  types = tuple(type_names) + (USER_TYPE, ANY_TYPE)
+  out = []
+  for task, templates in TEMPLATES.items():
+    for type_name in types:
+      for fmt in OUTPUT_FORMATS:
+        head = header(task, type_name, fmt)
+        out.extend(t.format(header=head, **{_FIELDS[task]: ''}) for t in templates)
+  rationales = (RATIONALE_REPEAT,) + RATIONALE_SHARED + (RATIONALE_SAME_TYPE, RATIONALE_NEW)
+  for type_name in types:
+    what = WHAT_TAGS.format(title='', type=type_name, tags='')
+    out.extend(r.format(what=what, type=type_name, tag='', other='') for r in rationales)
+  return out
+
+
 def plain_text(text: str) -> str:
   """`text` with anything that reads as SID markup defused: `[SID]` -> `(SID)`,
   `[/SID]` -> `(/SID)`, `<t:l:c>` -> `(t:l:c)`. Other text is unchanged."""
