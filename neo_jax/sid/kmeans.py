@@ -326,8 +326,8 @@ def _perplexity(codes: np.ndarray, k: int) -> float:
   return float(np.exp(-np.sum(p * np.log(p))))
 
 
-def residual_kmeans(x_NxD, level_ks: tuple[int, ...], seed: int = 0, iters: int = 50
-                    ) -> tuple[np.ndarray, list[np.ndarray], dict]:
+def residual_kmeans(x_NxD, level_ks: tuple[int, ...], seed: int = 0, iters: int = 50,
+                    key: jax.Array | None = None) -> tuple[np.ndarray, list[np.ndarray], dict]:
   """Residual k-means: level l clusters what levels < l left unexplained.
 
   A level whose K exceeds the number of points N is clamped to K = N (then level l already
@@ -338,6 +338,7 @@ def residual_kmeans(x_NxD, level_ks: tuple[int, ...], seed: int = 0, iters: int 
     level_ks: requested K of each level.
     seed: integer seed; level l uses `fold_in(PRNGKey(seed), l)`.
     iters: maximum Lloyd passes per level.
+    key: a PRNG key to use instead of `PRNGKey(seed)` (e.g. one stream per entity type).
 
   Returns:
     codes_NxM: (N, M) int32, M = len(level_ks).
@@ -354,7 +355,7 @@ def residual_kmeans(x_NxD, level_ks: tuple[int, ...], seed: int = 0, iters: int 
   if not level_ks or any(k < 1 for k in level_ks):
     raise ValueError(f'level_ks must be a non-empty tuple of positive ints, got {level_ks}')
   n = x.shape[0]
-  base = jax.random.PRNGKey(seed)
+  base = jax.random.PRNGKey(seed) if key is None else key
   residual = x.copy()
   codes = np.zeros((n, len(level_ks)), np.int32)
   codebooks = []

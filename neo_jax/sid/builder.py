@@ -1,0 +1,387 @@
+"""Builds, validates, saves and loads the SID map.
+
+One residual k-means quantiser per entity type (a shared one hurt badly in the paper). Items
+of a type whose k-means codes coincide form a collision group; the policy decides what the
+group becomes:
+
+* 'disambiguate' (default): one extra level is appended whose code is the item's rank in its
+  group (most popular first when a popularity is known, else catalog row order). Its size is
+  the largest group of that type (at least 1), so every item is reachable and unique.
+* 'popular': only the most popular item of a group keeps its codes (ties: lowest catalog
+  row); the others get codes -1 and are unreachable.
+
+On disk a map is a directory holding `sid_map.npz` (arrays) and `sid_map.json` (manifest with
+a checksum of the codes), each written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+import zipfile
+from typing import Mapping, Sequence, Union
+
+import jax
+import numpy as np
+
+from neo_jax.catalog.types import Catalog
+from neo_jax.sid.kmeans import residual_kmeans
+from neo_jax.sid.types import SIDMap
+
+COLLISION_POLICIES = ('disambiguate', 'popular')
+NPZ_NAME = 'sid_map.npz'
+MANIFEST_NAME = 'sid_map.json'
+FORMAT = 'neo_jax.sid_map'
+FORMAT_VERSION = 1
+
+KSpec = Union[int, Sequence[int], Mapping[str, Union[int, Sequence[int]]]]
+
+
+def _level_ks(k: KSpec, type_names: tuple[str, ...], levels: int) -> dict[str, tuple[int, ...]]:
+  """Requested K per type per k-means level from an int, a per-level tuple, or a dict."""
+
+  def one(spec, what):
+    if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
+      ks = (int(spec),) * levels
+    elif isinstance(spec, (tuple, list)):
+      ks = tuple(spec)
+      if len(ks) != levels:
+        raise ValueError(f'{what}: {len(ks)} per-level sizes {ks} for levels={levels}')
+      if not all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in ks):
+        raise ValueError(f'{what}: per-level sizes must be ints, got {ks}')
+      ks = tuple(int(x) for x in ks)
+    else:
+      raise ValueError(f'{what}: expected an int or a tuple of {levels} ints, got {spec!r}')
+    if any(x < 1 for x in ks):
+      raise ValueError(f'{what}: every K must be >= 1, got {ks}')
+    return ks
+
+  if isinstance(k, Mapping):
+    unknown = sorted(set(k) - set(type_names))
+    if unknown:
+      raise ValueError(f'k has entries for unknown entity types {unknown}; known: {type_names}')
+    missing = [t for t in type_names if t not in k]
+    if missing:
+      raise ValueError(f'k has no entry for entity types {missing}')
+    return {t: one(k[t], f'k[{t!r}]') for t in type_names}
+  ks = one(k, 'k')
+  return {t: ks for t in type_names}
+
+
+def _resolve_popularity(catalog: Catalog, popularity, required: bool
+                        ) -> tuple[np.ndarray | None, str]:
+  n = len(catalog)
+  if popularity is not None:
+    pop = np.asarray(popularity, np.float64)
+    if pop.shape != (n,):
+      raise ValueError(f'popularity must have shape ({n},), got {pop.shape}')
+    if not np.all(np.isfinite(pop)):
+      raise ValueError(f'popularity has {int(np.sum(~np.isfinite(pop)))} non-finite entries')
+    return pop, 'argument'
+  pop = np.asarray(catalog.popularity, np.float64)
+  if pop.shape == (n,) and np.all(np.isfinite(pop)):
+    return pop, 'catalog'
+  if required:
+    raise ValueError("collision='popular' needs a popularity for every item: the catalog's "
+                     f'is missing for {int(np.sum(~np.isfinite(pop)))} of {n} items; pass '
+                     'popularity= (e.g. Dataset.item_counts())')
+  return None, 'row_order'
+
+
+def build_sid_map(catalog: Catalog, embeddings_NxD, *, levels: int = 3, k: KSpec = 256,
+                  collision: str = 'disambiguate', popularity=None, seed: int = 0,
+                  iters: int = 50, encoder_name: str | None = None
+                  ) -> tuple[SIDMap, dict[str, float]]:
+  """Quantises each entity type's item embeddings into SIDs.
+
+  Args:
+    catalog: the N items.
+    embeddings_NxD: (N, D) float item embeddings, row n = item n.
+    levels: number of residual k-means levels (the 'disambiguate' policy adds one more).
+    k: K per level: an int (all types, all levels), a tuple of `levels` ints (all types), or a
+      dict type name -> int or tuple covering every type. A K larger than the number of items
+      of a type is clamped to that number (reported as '{type}/k_clamped').
+    collision: 'disambiguate' or 'popular' (see the module docstring).
+    popularity: (N,) popularity per item; default the catalog's when it has one for every
+      item. Required (here or in the catalog) by 'popular'; orders ranks for 'disambiguate'.
+    seed: k-means seed; type t uses `fold_in(PRNGKey(seed), t)`.
+    iters: maximum Lloyd passes per level.
+    encoder_name: recorded in the map's meta (which encoder produced the embeddings).
+
+  Returns:
+    (sid_map, report): the report is a flat dict of numbers, overall and per type
+    ('{type}/...'): num_items, collision_rate (share of items whose k-means codes equal
+    another item's), colliding_groups, max_group, unreachable_items, k_l{l} (effective K),
+    k_clamped, utilisation_l{l} (perplexity of code usage / K), mse_input and mse_l{l}
+    (mean squared residual norm before / after level l), seconds.
+  """
+  t_start = time.perf_counter()
+  if collision not in COLLISION_POLICIES:
+    raise ValueError(f'unknown collision policy {collision!r}; known: {COLLISION_POLICIES}')
+  if not isinstance(levels, (int, np.integer)) or levels < 1:
+    raise ValueError(f'levels must be a positive int, got {levels!r}')
+  n = len(catalog)
+  emb = np.asarray(embeddings_NxD)
+  if emb.ndim != 2 or emb.shape[0] != n:
+    raise ValueError(f'embeddings must have shape ({n}, D) for {n} catalog items, '
+                     f'got {emb.shape}')
+  if not np.issubdtype(emb.dtype, np.floating) or not np.all(np.isfinite(emb)):
+    raise ValueError('embeddings must be finite floating-point values')
+  emb = emb.astype(np.float32)
+  type_names = tuple(catalog.type_names)
+  type_index = np.asarray(catalog.type_index, np.int32)
+  ks = _level_ks(k, type_names, int(levels))
+  pop, pop_source = _resolve_popularity(catalog, popularity, required=collision == 'popular')
+
+  num_levels = levels + (1 if collision == 'disambiguate' else 0)
+  codes_NxL = np.full((n, num_levels), -1, np.int32)
+  level_sizes: dict[str, tuple[int, ...]] = {}
+  report: dict[str, float] = {}
+  totals = {'colliding': 0, 'unreachable': 0, 'mse_input': 0.0}
+  totals.update({f'mse_l{l}': 0.0 for l in range(levels)})
+  totals.update({f'utilisation_l{l}': 0.0 for l in range(levels)})
+  base_key = jax.random.PRNGKey(seed)
+
+  for ti, t in enumerate(type_names):
+    t0 = time.perf_counter()
+    rows = np.flatnonzero(type_index == ti)
+    if rows.size == 0:
+      raise ValueError(f'entity type {t!r} has no items; the catalog is inconsistent')
+    kcodes, _, info = residual_kmeans(emb[rows], ks[t], iters=iters,
+                                      key=jax.random.fold_in(base_key, ti))
+    sizes = tuple(info[f'k_l{l}'] for l in range(levels))
+
+    # Groups of identical k-means codes; within a group, most popular (then lowest row) first.
+    _, group, group_size = np.unique(kcodes, axis=0, return_inverse=True, return_counts=True)
+    group = group.reshape(-1)
+    size_of_item = group_size[group]
+    neg_pop = -pop[rows] if pop is not None else np.zeros(rows.size)
+    order = np.lexsort((rows, neg_pop, group))
+    starts = np.concatenate([[0], np.cumsum(group_size)[:-1]])
+    rank = np.empty(rows.size, np.int64)
+    rank[order] = np.arange(rows.size) - starts[group[order]]
+    max_group = int(group_size.max())
+
+    if collision == 'disambiguate':
+      codes_NxL[rows, :levels] = kcodes
+      codes_NxL[rows, levels] = rank
+      sizes = sizes + (max_group,)
+      unreachable = 0
+    else:
+      keep = rank == 0
+      codes_NxL[rows[keep], :] = kcodes[keep]
+      unreachable = int(np.sum(~keep))
+    level_sizes[t] = sizes
+
+    colliding = int(np.sum(size_of_item > 1))
+    seconds = time.perf_counter() - t0
+    report[f'{t}/num_items'] = int(rows.size)
+    report[f'{t}/collision_rate'] = colliding / rows.size
+    report[f'{t}/colliding_groups'] = int(np.sum(group_size > 1))
+    report[f'{t}/max_group'] = max_group
+    report[f'{t}/unreachable_items'] = unreachable
+    report[f'{t}/k_clamped'] = info['k_clamped']
+    report[f'{t}/mse_input'] = info['mse_input']
+    for l in range(levels):
+      report[f'{t}/k_l{l}'] = info[f'k_l{l}']
+      report[f'{t}/utilisation_l{l}'] = info[f'utilisation_l{l}']
+      report[f'{t}/mse_l{l}'] = info[f'mse_l{l}']
+      report[f'{t}/iterations_l{l}'] = info[f'iterations_l{l}']
+      totals[f'mse_l{l}'] += info[f'mse_l{l}'] * rows.size
+      totals[f'utilisation_l{l}'] += report[f'{t}/utilisation_l{l}'] * rows.size
+    report[f'{t}/seconds'] = seconds
+    totals['colliding'] += colliding
+    totals['unreachable'] += unreachable
+    totals['mse_input'] += info['mse_input'] * rows.size
+    logging.info('SIDs for %s: %d items, K=%s, collision rate %.4f, %.1fs', t, rows.size, sizes,
+                 colliding / rows.size, seconds)
+
+  report['num_items'] = n
+  report['num_types'] = len(type_names)
+  report['num_levels'] = num_levels
+  report['collision_rate'] = totals['colliding'] / n
+  report['unreachable_items'] = totals['unreachable']
+  report['mse_input'] = totals['mse_input'] / n
+  for l in range(levels):
+    report[f'mse_l{l}'] = totals[f'mse_l{l}'] / n
+    # Item-weighted mean over types.
+    report[f'utilisation_l{l}'] = totals[f'utilisation_l{l}'] / n
+  report['seconds'] = time.perf_counter() - t_start
+
+  meta = {
+      'kmeans_levels': int(levels),
+      'num_levels': num_levels,
+      'k_requested': {t: list(ks[t]) for t in type_names},
+      'seed': int(seed),
+      'iters': int(iters),
+      'collision': collision,
+      'popularity_source': pop_source,
+      'encoder': encoder_name,
+      'embedding_dim': int(emb.shape[1]),
+  }
+  sid_map = SIDMap(type_names=type_names, level_sizes=level_sizes, codes=codes_NxL,
+                   type_index=type_index.copy(), meta=meta)
+  validate_sid_map(sid_map)
+  return sid_map, report
+
+
+def validate_sid_map(sid_map: SIDMap) -> None:
+  """Raises ValueError unless the map satisfies the SIDMap contract: every type has level
+  sizes of the same length L >= 1, all >= 1; codes is (N, L) int32; a row is either all -1
+  (unreachable) or has each code within its level's size; reachable SIDs are unique per type.
+  """
+  codes, type_index = sid_map.codes, sid_map.type_index
+  names = tuple(sid_map.type_names)
+  if codes.ndim != 2 or codes.shape[1] < 1:
+    raise ValueError(f'codes must be (N, L) with L >= 1, got shape {codes.shape}')
+  if codes.dtype != np.int32:
+    raise ValueError(f'codes must be int32, got {codes.dtype}')
+  n, num_levels = codes.shape
+  if type_index.shape != (n,):
+    raise ValueError(f'type_index must have shape ({n},), got {type_index.shape}')
+  if n and (type_index.min() < 0 or type_index.max() >= len(names)):
+    raise ValueError(f'type_index values must lie in [0, {len(names)})')
+  if set(sid_map.level_sizes) != set(names):
+    raise ValueError(f'level_sizes types {sorted(sid_map.level_sizes)} != type_names {names}')
+  for t in names:
+    sizes = np.asarray(sid_map.level_sizes[t], np.int64)
+    if sizes.shape != (num_levels,) or np.any(sizes < 1):
+      raise ValueError(f'level sizes of {t!r} must be {num_levels} ints >= 1, got '
+                       f'{tuple(sid_map.level_sizes[t])}')
+  for ti, t in enumerate(names):
+    sizes = np.asarray(sid_map.level_sizes[t], np.int64)
+    c = codes[type_index == ti]
+    reach = c[:, 0] >= 0
+    if np.any(c[~reach] != -1):
+      raise ValueError(f'{t!r}: a row with code -1 at level 0 must be -1 at every level')
+    cr = c[reach]
+    bad = (cr < 0) | (cr >= sizes[None, :])
+    if np.any(bad):
+      row, level = np.argwhere(bad)[0]
+      raise ValueError(f'{t!r}: code {int(cr[row, level])} at level {int(level)} outside '
+                       f'[0, {int(sizes[level])})')
+    if cr.shape[0] and np.unique(cr, axis=0).shape[0] != cr.shape[0]:
+      raise ValueError(f'{t!r}: two reachable items share an SID')
+
+
+def _sha256(arr: np.ndarray) -> str:
+  h = hashlib.sha256()
+  h.update(f'{arr.dtype.str}{arr.shape}'.encode())
+  h.update(np.ascontiguousarray(arr).tobytes())
+  return h.hexdigest()
+
+
+def _atomic_write(path: str, write_fn, mode: str) -> None:
+  directory = os.path.dirname(path) or '.'
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path), suffix='.tmp')
+  try:
+    with os.fdopen(fd, mode) as f:
+      write_fn(f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def save_sid_map(sid_map: SIDMap, directory: str | os.PathLike) -> None:
+  """Writes `sid_map.npz` and `sid_map.json` under `directory` (created if needed), each via
+  a temp file + os.replace. The map is validated first; `meta` must be JSON-serialisable."""
+  validate_sid_map(sid_map)
+  directory = os.fspath(directory)
+  os.makedirs(directory, exist_ok=True)
+  names = tuple(sid_map.type_names)
+  codes = np.asarray(sid_map.codes, np.int32)
+  type_index = np.asarray(sid_map.type_index, np.int32)
+  sizes_TxL = np.array([sid_map.level_sizes[t] for t in names], np.int32)
+  manifest = {
+      'format': FORMAT,
+      'version': FORMAT_VERSION,
+      'num_items': int(codes.shape[0]),
+      'num_levels': int(codes.shape[1]),
+      'type_names': list(names),
+      'level_sizes': {t: [int(x) for x in sid_map.level_sizes[t]] for t in names},
+      'items_per_type': {t: int(np.sum(type_index == ti)) for ti, t in enumerate(names)},
+      'reachable_items': int(np.sum(codes[:, 0] >= 0)),
+      'seed': sid_map.meta.get('seed'),
+      'encoder': sid_map.meta.get('encoder'),
+      'codes_sha256': _sha256(codes),
+      'type_index_sha256': _sha256(type_index),
+      'meta': sid_map.meta,
+  }
+  try:
+    text = json.dumps(manifest, indent=2, sort_keys=True)
+  except TypeError as e:
+    raise ValueError(f'SIDMap.meta must be JSON-serialisable: {e}') from e
+  _atomic_write(os.path.join(directory, NPZ_NAME),
+                lambda f: np.savez(f, codes=codes, type_index=type_index, level_sizes=sizes_TxL,
+                                   type_names=np.array(names, dtype=str)), 'wb')
+  _atomic_write(os.path.join(directory, MANIFEST_NAME), lambda f: f.write(text + '\n'), 'w')
+
+
+def load_sid_map(directory: str | os.PathLike) -> SIDMap:
+  """Reads a map written by `save_sid_map`, checking it against its manifest and contract."""
+  directory = os.fspath(directory)
+  mpath = os.path.join(directory, MANIFEST_NAME)
+  apath = os.path.join(directory, NPZ_NAME)
+  for p in (mpath, apath):
+    if not os.path.exists(p):
+      raise FileNotFoundError(f'{p}: missing (not a saved SID map directory?)')
+  try:
+    with open(mpath) as f:
+      manifest = json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f'{mpath}: not valid JSON ({e})') from e
+  if not isinstance(manifest, dict) or manifest.get('format') != FORMAT:
+    raise ValueError(f'{mpath}: not an SID map manifest (format != {FORMAT!r})')
+  if manifest.get('version') != FORMAT_VERSION:
+    raise ValueError(f'{mpath}: unsupported version {manifest.get("version")!r}, '
+                     f'expected {FORMAT_VERSION}')
+  required = ('num_items', 'num_levels', 'type_names', 'level_sizes', 'codes_sha256',
+              'type_index_sha256', 'meta')
+  missing = [key for key in required if key not in manifest]
+  if missing:
+    raise ValueError(f'{mpath}: manifest lacks fields {missing}')
+  try:
+    with np.load(apath, allow_pickle=False) as z:
+      arrays = {key: z[key] for key in z.files}
+  except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as e:
+    raise ValueError(f'{apath}: unreadable ({e})') from e
+  for key in ('codes', 'type_index', 'level_sizes', 'type_names'):
+    if key not in arrays:
+      raise ValueError(f'{apath}: missing array {key!r}')
+  codes, type_index = arrays['codes'], arrays['type_index']
+  names = tuple(str(x) for x in arrays['type_names'].tolist())
+  n, num_levels = manifest['num_items'], manifest['num_levels']
+  if codes.shape != (n, num_levels) or codes.dtype != np.int32:
+    raise ValueError(f'{apath}: codes are {codes.dtype}{codes.shape}, manifest says '
+                     f'int32({n}, {num_levels})')
+  if type_index.shape != (n,) or type_index.dtype != np.int32:
+    raise ValueError(f'{apath}: type_index is {type_index.dtype}{type_index.shape}, '
+                     f'expected int32({n},)')
+  if list(names) != list(manifest['type_names']):
+    raise ValueError(f'{apath}: type names {names} != manifest {manifest["type_names"]}')
+  sizes_TxL = arrays['level_sizes']
+  level_sizes = {t: tuple(int(x) for x in manifest['level_sizes'].get(t, ())) for t in names}
+  if sizes_TxL.shape != (len(names), num_levels) or any(
+      tuple(int(x) for x in sizes_TxL[ti]) != level_sizes[t] for ti, t in enumerate(names)):
+    raise ValueError(f'{apath}: level sizes {sizes_TxL.tolist()} disagree with the manifest '
+                     f'{manifest["level_sizes"]}')
+  if _sha256(codes) != manifest['codes_sha256']:
+    raise ValueError(f'{apath}: codes checksum mismatch (file corrupted or not the one the '
+                     'manifest describes)')
+  if _sha256(type_index) != manifest['type_index_sha256']:
+    raise ValueError(f'{apath}: type_index checksum mismatch')
+  sid_map = SIDMap(type_names=names, level_sizes=level_sizes, codes=codes,
+                   type_index=type_index, meta=dict(manifest['meta']))
+  try:
+    validate_sid_map(sid_map)
+  except ValueError as e:
+    raise ValueError(f'{directory}: invalid SID map: {e}') from e
+  return sid_map
