@@ -10,8 +10,12 @@ from __future__ import annotations
 import collections
 import dataclasses
 import filecmp
+import json
 import os
+import pathlib
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -19,6 +23,8 @@ import pytest
 from neo_jax.catalog import io
 from neo_jax.catalog import synthetic as syn
 from neo_jax.catalog.splits import user_sequences
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # Two user blocks (512) and two query blocks (1024), so block boundaries are exercised.
 SMALL = syn.SyntheticConfig(
@@ -294,3 +300,30 @@ def test_user_summaries_match_history(small):
 def test_bad_config_names_field(change, field):
   with pytest.raises(ValueError, match=f'SyntheticConfig.{field}'):
     syn.generate_synthetic(dataclasses.replace(SMALL, **change))
+
+
+def test_items_per_type_overrides_counts():
+  config = syn.SyntheticConfig(items_per_type=40, num_topics=6, num_users=5, num_queries=3)
+  assert config.item_counts == {'movie': 40, 'book': 40, 'podcast': 40}
+  assert dataclasses.replace(config, seed=1).item_counts == config.item_counts
+  assert len(syn.generate_synthetic(config).catalog) == 120
+
+
+def test_make_synthetic_entry_point(tmp_path):
+  out = tmp_path / 'made'
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.make_synthetic', f'--out={out}', '--num_items=100',
+       '--num_users=30', '--num_queries=7', '--num_topics=5', '--types=movie,book,game',
+       '--seed=2'],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=True)
+  lines = result.stdout.strip().splitlines()
+  assert any('items/s' in line for line in lines[:-1])
+  summary = json.loads(lines[-1])
+  loaded = io.load_dataset(out)
+  assert summary['num_items'] == len(loaded.catalog) == 100
+  assert loaded.catalog.type_names == ('book', 'game', 'movie')
+  assert np.bincount(loaded.catalog.type_index).tolist() == [33, 33, 34]  # movie gets the +1
+  assert summary['num_users'] == len(loaded.interactions.user_names) == 30
+  assert summary['num_interactions'] == len(loaded.interactions)
+  assert summary['num_queries'] == len(loaded.queries) == 7
+  assert summary['seconds'] > 0

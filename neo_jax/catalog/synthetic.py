@@ -142,18 +142,18 @@ FILLER_SENTENCES = (
 # Words a query drops from a title because they carry no meaning for search.
 QUERY_STOPWORDS = frozenset(('the', 'a', 'of', 'for'))
 
-_ARTICLE_BEFORE_VOWEL = re.compile(r'\b([Aa]) (?=[AEIOUaeiou])')
+def _with_article(word: str) -> str:
+  return ('An ' if word[0] in 'AEIOUaeiou' else 'A ') + word
 
 
-def _articles(text: str) -> str:
-  """'A owl' -> 'An owl': templates write 'A' before words that may start with a vowel."""
-  return _ARTICLE_BEFORE_VOWEL.sub(r'\1n ', text)
-
-
-# Series-name templates; {tw} is a topic word.
+# Series-name templates: {tw} a capitalised topic word, {a_tw} the same with its article.
 _TITLE_TEMPLATES = (
     'The {adj} {tw}', "{name}'s {tw} {noun}", '{tw} {noun}', '{adj} {tw} {noun}',
-    'A {tw} for {name}', '{noun} of the {adj} {tw}')
+    '{a_tw} for {name}', '{noun} of the {adj} {tw}')
+# Capitalised and article forms, computed once rather than per item.
+_ADJ_CAP = tuple(a.capitalize() for a in ADJECTIVES)
+_ADJ_A = tuple(_with_article(a) for a in ADJECTIVES)
+_NOUN_CAP = tuple(n.capitalize() for n in NOUNS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,24 +163,25 @@ class TypeStyle:
   plural: str  # 'movies'
   verb: str  # what a user does with it: 'watches'
   part: str  # numbering of a series: 'Part'
-  description: str  # template with {adj} {Adj} {tw1} {tw2} {sw} {filler} {noun}
+  # Template with {adj} {Adj} {A_adj} ('An endless') {tw1} {tw2} {sw} {filler}.
+  description: str
 
 
 TYPE_STYLES: dict[str, TypeStyle] = {
     'movie': TypeStyle('film', 'movies', 'watches', 'Part',
-                       'A {adj} film about {tw1} and {tw2}, with a detour into {sw}. '
+                       '{A_adj} film about {tw1} and {tw2}, with a detour into {sw}. '
                        '{filler}'),
     'book': TypeStyle('book', 'books', 'reads', 'Volume',
-                      'A {adj} book on {tw1} and {tw2}, touching on {sw} along the way. '
+                      '{A_adj} book on {tw1} and {tw2}, touching on {sw} along the way. '
                       '{filler}'),
     'podcast': TypeStyle('show', 'podcasts', 'listens to', 'Episode',
                          '{Adj} conversations about {tw1} and {tw2}; this episode also '
                          'covers {sw}. {filler}'),
     'article': TypeStyle('article', 'articles', 'reads', 'Part',
-                         'A {adj} article on {tw1} and {tw2}, with a note on {sw}. '
+                         '{A_adj} article on {tw1} and {tw2}, with a note on {sw}. '
                          '{filler}'),
     'game': TypeStyle('game', 'games', 'plays', 'Chapter',
-                      'A {adj} game of {tw1} and {tw2}, with a side quest about {sw}. '
+                      '{A_adj} game of {tw1} and {tw2}, with a side quest about {sw}. '
                       '{filler}'),
 }
 
@@ -190,12 +191,12 @@ def type_style(type_name: str) -> TypeStyle:
   if type_name in TYPE_STYLES:
     return TYPE_STYLES[type_name]
   return TypeStyle(type_name, f'{type_name} items', 'enjoys', 'Part',
-                   'A {adj} ' + type_name + ' about {tw1} and {tw2}, with some {sw}. {filler}')
+                   '{A_adj} ' + type_name + ' about {tw1} and {tw2}, with some {sw}. {filler}')
 
 
 # Hand-formatted JSON (much faster than json.dumps at 10M items) is valid only because no
 # generated string contains a quote, backslash or control character; checked here.
-_JSON_SAFE = re.compile(r"[A-Za-z0-9 ,.;:'!?{}-]*")
+_JSON_SAFE = re.compile(r"[A-Za-z0-9_ ,.;:'!?{}-]*")
 for _word in ([n for n, _ in TOPICS] + [w for _, ws in TOPICS for w in ws] + list(ADJECTIVES)
               + list(NOUNS) + list(NAMES) + list(FILLER_SENTENCES) + list(_TITLE_TEMPLATES)
               + [f.description for f in TYPE_STYLES.values()]):
@@ -214,6 +215,8 @@ class SyntheticConfig:
   Attributes:
     seed: the seed; equal configs give byte-identical files.
     item_counts: entity type name -> number of items (>= num_topics each); file order.
+    items_per_type: when set, every type of `item_counts` gets this many items instead (a
+      one-number knob for configs); kept, so the config records how it was made.
     num_topics: latent topics, the first `num_topics` of `TOPICS`.
     num_users: users, each with min_events..max_events interactions.
     min_events, max_events: inclusive range of history lengths (uniform).
@@ -242,6 +245,7 @@ class SyntheticConfig:
   seed: int = 0
   item_counts: dict[str, int] = dataclasses.field(
       default_factory=lambda: {'movie': 1200, 'book': 1000, 'podcast': 800})
+  items_per_type: int | None = None
   num_topics: int = 20
   num_users: int = 2000
   min_events: int = 8
@@ -262,6 +266,12 @@ class SyntheticConfig:
   start_spread_seconds: int = 365 * 86_400
   mean_gap_seconds: float = 2 * 86_400.0
   name: str = 'synthetic'
+
+  def __post_init__(self):
+    self.item_counts = dict(self.item_counts)
+    if self.items_per_type is not None:
+      self.item_counts = {t: self.items_per_type for t in self.item_counts}
+    self.topics_per_user = tuple(self.topics_per_user)
 
   def validate(self) -> None:
     """Raises ValueError naming the first bad field."""
@@ -397,6 +407,8 @@ class _Layout:
     self.num_topics = config.num_topics
     self.topic_names = tuple(name for name, _ in TOPICS[:config.num_topics])
     self.topic_words = [list(words) for _, words in TOPICS[:config.num_topics]]
+    self.topic_words_cap = [[w.capitalize() for w in ws] for ws in self.topic_words]
+    self.topic_words_a = [[_with_article(w) for w in ws] for ws in self.topic_words_cap]
     self.types: list[_TypeLayout] = []
     offset = 0
     for ti, (name, count) in enumerate(config.item_counts.items()):
@@ -466,11 +478,10 @@ def _series_names(layout: _Layout, t: _TypeLayout, topic: np.ndarray,
   template, word, adj, noun, name = (p.tolist() for p in _picks(
       layout.config.seed, 'series', t.index, topic * (1 << 40) + series,
       (len(_TITLE_TEMPLATES), 15, len(ADJECTIVES), len(NOUNS), len(NAMES))))
-  words = layout.topic_words
+  words_cap, words_a = layout.topic_words_cap, layout.topic_words_a
   return [
-      _articles(_TITLE_TEMPLATES[k].format(
-          tw=words[tp][w].capitalize(), adj=ADJECTIVES[a].capitalize(),
-          noun=NOUNS[n].capitalize(), name=NAMES[m]))
+      _TITLE_TEMPLATES[k].format(tw=words_cap[tp][w], a_tw=words_a[tp][w], adj=_ADJ_CAP[a],
+                                 noun=_NOUN_CAP[n], name=NAMES[m])
       for k, tp, w, a, n, m in zip(template, topic.tolist(), word, adj, noun, name)]
 
 
@@ -506,14 +517,14 @@ def _item_chunk(layout: _Layout, t: _TypeLayout, start: int, stop: int) -> _Item
   year = (1950 + year).tolist()
   with_secondary = (secondary_draw < round(cfg.secondary_tag_prob * (1 << 16))).tolist()
   words, names = layout.topic_words, layout.topic_names
-  template, noun = t.style.description, t.style.noun
+  template = t.style.description
   descriptions, tags = [], []
   for tp, sec, w1, w2, w3, s, a, fl, ws in zip(f.topic.tolist(), f.secondary.tolist(),
                                                tw1.tolist(), tw2.tolist(), tw3.tolist(), sw,
                                                adj, filler, with_secondary):
-    descriptions.append(_articles(template.format(
-        adj=ADJECTIVES[a], Adj=ADJECTIVES[a].capitalize(), tw1=words[tp][w1],
-        tw2=words[tp][w2], sw=words[sec][s], filler=FILLER_SENTENCES[fl], noun=noun)))
+    descriptions.append(template.format(
+        adj=ADJECTIVES[a], Adj=_ADJ_CAP[a], A_adj=_ADJ_A[a], tw1=words[tp][w1],
+        tw2=words[tp][w2], sw=words[sec][s], filler=FILLER_SENTENCES[fl]))
     tags.append((names[tp], words[tp][w3], names[sec]) if ws else (names[tp], words[tp][w3]))
   popularity = ((f.rank + 1.0)**-cfg.popularity_alpha).astype(np.float32)
   return _ItemChunk(type_index=t.index, rows_in_type=rows, titles=_titles(layout, t, f),
@@ -711,7 +722,7 @@ def _query_block(layout: _Layout, block: int) -> _QueryBlock:
     sel = np.flatnonzero(typ == t.index)
     for i, name in zip(sel.tolist(), _series_names(layout, t, topic[sel], series[sel])):
       names[i] = name
-  texts, relevant = [], []
+  texts, rel_type, rel_topic, rel_rank, rel_len = [], [], [], [], []
   for b in range(B):
     style = layout.types[typ[b]].style
     words = ' '.join(w for w in names[b].lower().split() if w not in QUERY_STOPWORDS)
@@ -724,9 +735,14 @@ def _query_block(layout: _Layout, block: int) -> _QueryBlock:
                  f'{words} {layout.topic_names[topic[b]]}', f'looking for {words}')
       ranks = list(range(series[b] * L, series[b] * L + series_len[b]))
     texts.append(choices[template[b] % len(choices)])
-    n = len(ranks)
-    relevant.append(layout.global_rows(np.full(n, typ[b]), np.full(n, topic[b]),
-                                       np.array(ranks, np.int64)).tolist())
+    rel_type.extend([typ[b]] * len(ranks))
+    rel_topic.extend([topic[b]] * len(ranks))
+    rel_rank.extend(ranks)
+    rel_len.append(len(ranks))
+  rows = layout.global_rows(np.array(rel_type, np.int64), np.array(rel_topic, np.int64),
+                            np.array(rel_rank, np.int64)).tolist()
+  bounds = np.cumsum([0] + rel_len).tolist()
+  relevant = [rows[bounds[b]:bounds[b + 1]] for b in range(B)]
   return _QueryBlock(texts=texts, relevant=relevant)
 
 
