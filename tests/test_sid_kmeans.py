@@ -219,3 +219,16 @@ def test_bad_input_errors():
     km.residual_kmeans(X, (4, 0))
   with pytest.raises(ValueError, match='centroids'):
     km.lloyd(X[:3], X[:4], 5)
+
+
+def test_chunked_distances_used_for_large_problems(monkeypatch):
+  # Shrink the thresholds so that this small problem takes the row-block path.
+  monkeypatch.setattr(km, '_MAX_DIST_ELEMS', 1)
+  monkeypatch.setattr(km, '_BLOCK_DIST_ELEMS', 256)
+  assert km._chunk_for(120, 9) == 8
+  init = km.kmeans_plusplus(X, 9, jax.random.PRNGKey(11))
+  res = km.lloyd(X, init, iters=100)
+  c_ref, assign_ref, it_ref, _ = ref_lloyd(X, init, 100)
+  np.testing.assert_array_equal(res.codes, assign_ref)
+  np.testing.assert_allclose(res.centroids, c_ref, atol=1e-5)
+  assert res.iterations == it_ref
