@@ -36,8 +36,9 @@ def random_catalog(rng, sizes, counts):
   return SIDMap(names, sizes, codes[perm], types[perm])
 
 
-def exhaustive(sid_map, vocab, first, second, prompt, allowed_types):
+def exhaustive(sid_map, vocab, tables, prompt, allowed_types):
   """Every admissible item scored by the numpy chain, best first: [(score, row)]."""
+  first, second, position = tables
   out = []
   for n in range(len(sid_map)):
     t = int(sid_map.type_index[n])
@@ -46,14 +47,15 @@ def exhaustive(sid_map, vocab, first, second, prompt, allowed_types):
     history, score = list(prompt), 0.0
     for l, c in enumerate(sid_map.codes[n]):
       tok = vocab.token_id(sid_map.type_names[t], l, int(c))
-      score += log_softmax(markov_logits(first, second, history))[tok]
+      score += log_softmax(markov_logits(first, second, history, position))[tok]
       history.append(tok)
     out.append((score, n))
   return sorted(out, reverse=True)
 
 
-def reference_beam_search(sid_map, vocab, first, second, prompt, allowed_types, num_beams):
+def reference_beam_search(sid_map, vocab, tables, prompt, allowed_types, num_beams):
   """A plain-Python beam search over the SID map's prefixes (no trie): [(score, row)]."""
+  first, second, position = tables
   paths = {}
   for n in range(len(sid_map)):
     if allowed_types[int(sid_map.type_index[n])]:
@@ -62,7 +64,7 @@ def reference_beam_search(sid_map, vocab, first, second, prompt, allowed_types, 
   for level in range(sid_map.num_levels):
     candidates = []
     for score, history, path in beams:
-      logp = log_softmax(markov_logits(first, second, history))
+      logp = log_softmax(markov_logits(first, second, history, position))
       # path is (type, c_0..c_{level-1}), or () before the first code.
       nexts = sorted({p[:level + 2] for p in paths if p[:len(path)] == path})
       for nxt in nexts:
@@ -81,7 +83,8 @@ def setup():
   v = vocab.end + 2  # logits wider than the SID block, as with a padded vocabulary
   first = rng.normal(0, 2, (v, v)).astype(np.float32)
   second = rng.normal(0, 2, (v, v)).astype(np.float32)
-  step_fn = markov_lm(first, second)
+  position = rng.normal(0, 2, (5, v)).astype(np.float32)
+  step_fn = markov_lm(first, second, position)
   prompts = [[1, 2, vocab.sid_open_id], [3, vocab.sid_open_id],
              [4, 5, 1, 2, vocab.sid_open_id]]
   allowed = np.array([[True, True], [True, False], [False, True]])
@@ -89,10 +92,10 @@ def setup():
   cache = markov_cache(len(prompts), tokens.shape[1] + sid_map.num_levels)
   last_logits, last_positions, cache = prefill(step_fn, cache, jnp.asarray(tokens),
                                                jnp.asarray(positions), jnp.asarray(valid))
-  return dict(sid_map=sid_map, vocab=vocab, first=first, second=second, step_fn=step_fn,
-              prompts=prompts, allowed=allowed, cache=cache, last_logits=last_logits,
-              last_positions=last_positions, trie=SIDTrie.build(sid_map, vocab),
-              arrays=SIDVocabArrays.from_vocab(vocab))
+  return dict(sid_map=sid_map, vocab=vocab, tables=(first, second, position),
+              step_fn=step_fn, prompts=prompts, allowed=allowed, cache=cache,
+              last_logits=last_logits, last_positions=last_positions,
+              trie=SIDTrie.build(sid_map, vocab), arrays=SIDVocabArrays.from_vocab(vocab))
 
 
 @pytest.mark.parametrize('num_beams', [1, 7, 30])
@@ -104,12 +107,12 @@ def test_beam_search_matches_reference_and_exhaustive_enumeration(setup, num_bea
   items, scores = np.asarray(items), np.asarray(scores)
   assert items.shape == scores.shape == (len(s['prompts']), num_beams)
   for b, prompt in enumerate(s['prompts']):
-    top = reference_beam_search(s['sid_map'], s['vocab'], s['first'], s['second'], prompt,
+    top = reference_beam_search(s['sid_map'], s['vocab'], s['tables'], prompt,
                                 s['allowed'][b], num_beams)
     if num_beams == 30:
       # 30 beams exceed the number of prefixes at every level but the last, so nothing is
       # pruned and the search must return the exhaustive top 30.
-      ref = exhaustive(s['sid_map'], s['vocab'], s['first'], s['second'], prompt,
+      ref = exhaustive(s['sid_map'], s['vocab'], s['tables'], prompt,
                        s['allowed'][b])
       assert [n for _, n in top] == [n for _, n in ref[:num_beams]]
     np.testing.assert_array_equal(items[b, :len(top)], [n for _, n in top])
@@ -124,7 +127,7 @@ def test_all_types_allowed_by_default(setup):
   items, _ = sid_beam_search(s['step_fn'], s['cache'], s['last_logits'], s['last_positions'],
                              s['trie'], s['arrays'], 7)
   for b, prompt in enumerate(s['prompts']):
-    ref = reference_beam_search(s['sid_map'], s['vocab'], s['first'], s['second'], prompt,
+    ref = reference_beam_search(s['sid_map'], s['vocab'], s['tables'], prompt,
                                 [True, True], 7)
     np.testing.assert_array_equal(np.asarray(items[b]), [n for _, n in ref])
 

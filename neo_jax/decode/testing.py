@@ -3,11 +3,13 @@
 `markov_lm` is a second-order Markov chain over tokens with fixed logit tables:
 
   logits(next | history) = first_RxV[last % R] + second_RxV[previous % R]
+                           + position_PxV[position of last % P]
 
 where `last` is the newest valid token and `previous` the valid token before it (no term when
-there is none). It keeps the token history in a cache with the default layout (a (1, N, S, 1, 1)
+there is none). It keeps the history in a cache with the default layout (a (1, N, S, 1, 1)
 leaf, an (N, S) leaf and a scalar write index), so a search that hands a beam the wrong
-parent's cache gets wrong logits. Its probabilities are easy to recompute in numpy.
+parent's cache, or feeds wrong positions, gets wrong logits. Its probabilities are easy to
+recompute in numpy (`markov_logits`).
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ def markov_cache(batch: int, max_len: int) -> dict:
   }
 
 
-def markov_lm(first_RxV: np.ndarray, second_RxV: np.ndarray | None = None):
+def markov_lm(first_RxV: np.ndarray, second_RxV: np.ndarray | None = None,
+              position_PxV: np.ndarray | None = None):
   """A step_fn for the chain above (tables float32, R rows; a token t uses row t % R)."""
   first = jnp.asarray(first_RxV, jnp.float32)
   second = None if second_RxV is None else jnp.asarray(second_RxV, jnp.float32)
+  by_position = None if position_PxV is None else jnp.asarray(position_PxV, jnp.float32)
   rows = first.shape[0]
 
   def step_fn(tokens_NxT, positions_NxT, cache, valid_NxT):
@@ -56,18 +60,25 @@ def markov_lm(first_RxV: np.ndarray, second_RxV: np.ndarray | None = None):
     logits = jnp.where((last_NxT >= 0)[..., None], first[last_tok % rows], 0.0)
     if second is not None:
       logits = logits + jnp.where((before_NxT >= 0)[..., None], second[before_tok % rows], 0.0)
+    if by_position is not None:
+      last_pos = jnp.take_along_axis(positions, jnp.maximum(last_NxT, 0), axis=1)
+      logits = logits + jnp.where((last_NxT >= 0)[..., None],
+                                  by_position[last_pos % by_position.shape[0]], 0.0)
     return logits, cache
 
   return step_fn
 
 
-def markov_logits(first_RxV: np.ndarray, second_RxV: np.ndarray | None,
-                  history: list[int]) -> np.ndarray:
-  """Numpy reference: the (V,) next-token logits of `markov_lm` after `history` (valid ids)."""
+def markov_logits(first_RxV: np.ndarray, second_RxV: np.ndarray | None, history: list[int],
+                  position_PxV: np.ndarray | None = None) -> np.ndarray:
+  """Numpy reference: the (V,) next-token logits of `markov_lm` after `history` (the valid
+  ids, at positions 0, 1, ...)."""
   rows = first_RxV.shape[0]
   out = np.zeros(first_RxV.shape[1], np.float64)
   if history:
     out += first_RxV[history[-1] % rows]
   if second_RxV is not None and len(history) >= 2:
     out += second_RxV[history[-2] % rows]
+  if position_PxV is not None and history:
+    out += position_PxV[(len(history) - 1) % position_PxV.shape[0]]
   return out

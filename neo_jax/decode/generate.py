@@ -1,0 +1,240 @@
+"""Interleaved generation: free text, and trie-constrained spans `[SID]c_0..c_{L-1}[/SID]`.
+
+One jitted `lax.while_loop` over fixed-size buffers, batched over requests. Each row runs a small
+state machine: `level` = -1 outside a span, 0..L-1 while the next token is the level-l code of
+a span, L when the span is complete and `[/SID]` is forced. The next token is chosen from the
+logits under a per-row mask:
+
+  outside a span   'text': text tokens only; 'mixed': text tokens and `[SID]`;
+                   'ids': `[SID]`, the caller's separator tokens and eos.
+                   `[SID]` is masked once a row has named `max_items` items, and for rows whose
+                   allowed types have no item.
+  in a span        the codes the trie admits after the span's prefix (level 0: every allowed
+                   type's first codes; the first code fixes the span's type).
+  span complete    `[/SID]` only.
+
+Tokens are greedy by default; with temperature > 0 text tokens are sampled (codes too when
+`sample_codes`). A row stops after eos outside a span or after max_new_tokens.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from neo_jax.decode.beam_search import NEG_INF
+from neo_jax.decode.cache import StepFn
+from neo_jax.decode.trie import SIDTrie, SIDVocabArrays, child_index, codes_mask, root_codes_mask
+
+OUTPUT_FORMATS = ('ids', 'text', 'mixed')
+_OUTSIDE = -1
+
+
+@struct.dataclass
+class GenerateOutput:
+  """Attributes:
+    tokens: (B, max_new_tokens) int32 generated ids; pad_id after a row's end.
+    lengths: (B,) int32 number of generated tokens per row, eos included.
+    items: (B, I) int32 catalog rows of the completed spans, in order; -1 after the last.
+    num_items: (B,) int32 number of completed spans.
+  """
+
+  tokens: jax.Array
+  lengths: jax.Array
+  items: jax.Array
+  num_items: jax.Array
+
+
+def generate(step_fn: StepFn, cache, last_logits_BxV: jax.Array, last_positions_B: jax.Array,
+             trie: SIDTrie, sid_vocab_arrays: SIDVocabArrays, *, max_new_tokens: int,
+             eos_id: int, pad_id: int, output_format: str = 'mixed',
+             separator_ids: Sequence[int] = (), max_items: int | None = None,
+             allowed_types_BxT: jax.Array | None = None, temperature: float = 0.0,
+             rng: jax.Array | None = None, sample_codes: bool = False) -> GenerateOutput:
+  """Generates up to max_new_tokens tokens after each prompt.
+
+  Args:
+    step_fn: the model closure (see neo_jax/decode/cache.py); static.
+    cache: the cache after the prompts (batch B); it needs room for max_new_tokens more tokens.
+    last_logits_BxV: float logits after each prompt's last token.
+    last_positions_B: int32 position of each prompt's last token.
+    trie: the valid SIDs.
+    sid_vocab_arrays: the SID token layout; ids below its base are text tokens.
+    max_new_tokens: buffer length M (static).
+    eos_id: end-of-sequence text token (static).
+    pad_id: id written after a row's end (static).
+    output_format: 'ids', 'text' or 'mixed' (static), see the module docstring.
+    separator_ids: text tokens allowed between spans in the 'ids' format.
+    max_items: most spans per row (static); None: no limit beyond the buffer.
+    allowed_types_BxT: bool, entity types each row may name; None allows all.
+    temperature: 0 for greedy; > 0 samples from softmax(logits / temperature).
+    rng: PRNG key for sampling; defaults to key 0.
+    sample_codes: sample the codes too (else they are greedy even when text is sampled).
+
+  Returns:
+    GenerateOutput.
+  """
+  if output_format not in OUTPUT_FORMATS:
+    raise ValueError(f'unknown output_format {output_format!r}; known: {OUTPUT_FORMATS}')
+  if last_logits_BxV.ndim != 2:
+    raise ValueError(f'last_logits_BxV must be (B, V), got {last_logits_BxV.shape}')
+  batch, vocab_size = last_logits_BxV.shape
+  if last_positions_B.shape != (batch,):
+    raise ValueError(f'last_positions_B must be ({batch},), got {last_positions_B.shape}')
+  if vocab_size < sid_vocab_arrays.end:
+    raise ValueError(f'logits have {vocab_size} entries but the SID block ends at id '
+                     f'{sid_vocab_arrays.end}')
+  if max_new_tokens < 1:
+    raise ValueError(f'max_new_tokens must be >= 1, got {max_new_tokens}')
+  if max_items is not None and max_items < 0:
+    raise ValueError(f'max_items must be >= 0 or None, got {max_items}')
+  for name, token in (('eos_id', eos_id), ('pad_id', pad_id)):
+    if not 0 <= token < sid_vocab_arrays.base:
+      raise ValueError(f'{name} {token} is not a text token id (< {sid_vocab_arrays.base})')
+  separators = tuple(int(s) for s in separator_ids)
+  bad = [s for s in separators if not 0 <= s < sid_vocab_arrays.base]
+  if bad:
+    raise ValueError(f'separator ids {bad} are not text token ids (< {sid_vocab_arrays.base})')
+  if allowed_types_BxT is not None and allowed_types_BxT.shape != (batch, trie.num_types):
+    raise ValueError(f'allowed_types_BxT must be ({batch}, {trie.num_types}), got '
+                     f'{allowed_types_BxT.shape}')
+  # A span takes at least L + 1 tokens before its item is complete, so no row can complete more
+  # than this many; with max_items the buffer is also the limit that masks `[SID]`.
+  item_slots = max_new_tokens // (trie.num_levels + 1) + 1
+  if max_items is not None:
+    item_slots = min(item_slots, max_items)
+  return _generate(step_fn, cache, last_logits_BxV, last_positions_B, trie, sid_vocab_arrays,
+                   jnp.asarray(separators, jnp.int32), allowed_types_BxT,
+                   jnp.asarray(temperature, jnp.float32),
+                   jax.random.key(0) if rng is None else rng,
+                   jnp.asarray(sample_codes, bool), max_new_tokens=max_new_tokens,
+                   eos_id=eos_id, pad_id=pad_id, output_format=output_format,
+                   item_slots=item_slots)
+
+
+@functools.partial(jax.jit, static_argnames=('step_fn', 'max_new_tokens', 'eos_id', 'pad_id',
+                                             'output_format', 'item_slots'))
+def _generate(step_fn, cache, last_logits_BxV, last_positions_B, trie: SIDTrie,
+              vocab: SIDVocabArrays, separators_S, allowed_types_BxT, temperature, rng,
+              sample_codes, *, max_new_tokens, eos_id, pad_id, output_format, item_slots):
+  batch, vocab_size = last_logits_BxV.shape
+  num_levels, num_types = trie.num_levels, trie.num_types
+  offsets_TxL = vocab.offsets_TxL
+  rows_B = jnp.arange(batch, dtype=jnp.int32)
+  ids_V = jnp.arange(vocab_size, dtype=jnp.int32)
+
+  # Outside-span tokens other than `[SID]` (which depends on the row).
+  if output_format == 'ids':
+    outside_V = jnp.zeros(vocab_size, bool).at[separators_S].set(True).at[eos_id].set(True)
+  else:
+    outside_V = ids_V < vocab.base
+  # Level-0 codes are the same at every step: build their mask once.
+  root_ok_BxTxK0 = root_codes_mask(trie, allowed_types_BxT, batch)
+  root_tokens_TxK0 = offsets_TxL[:, 0, None] + jnp.arange(trie.kmax[0], dtype=jnp.int32)
+  root_idx_BxC = jnp.where(root_ok_BxTxK0, root_tokens_TxK0, vocab_size).reshape(batch, -1)
+  level0_BxV = jnp.zeros((batch, vocab_size), bool).at[rows_B[:, None], root_idx_BxC].set(
+      True, mode='drop')
+  can_open_B = jnp.any(root_ok_BxTxK0, axis=(1, 2)) & (output_format != 'text')
+  level_sizes = [trie.bitmaps[l].shape[0] for l in range(num_levels)]
+
+  def mask_for(level_B, type_B, node_B, num_items_B):
+    outside_B = level_B == _OUTSIDE
+    span_BxV = jnp.where((level_B == 0)[:, None], level0_BxV, False)
+    for l in range(1, num_levels):
+      kl = trie.kmax[l]
+      node = jnp.clip(node_B, 0, level_sizes[l] - 1)
+      ok_BxKl = codes_mask(trie, l, node) & (level_B == l)[:, None]
+      tokens_BxKl = offsets_TxL[type_B, l][:, None] + jnp.arange(kl, dtype=jnp.int32)
+      span_BxV = span_BxV.at[rows_B[:, None], jnp.where(ok_BxKl, tokens_BxKl, vocab_size)].set(
+          True, mode='drop')
+    mask_BxV = jnp.where(outside_B[:, None], outside_V[None], span_BxV)
+    open_B = outside_B & can_open_B & (num_items_B < item_slots)
+    mask_BxV = mask_BxV.at[:, vocab.open_id].set(open_B)
+    return mask_BxV.at[:, vocab.close_id].set(level_B == num_levels)
+
+  def advance(tok_B, level_B, type_B, node_B):
+    """Next (level, type, node) and the completed item (or -1) after emitting tok_B."""
+    in_code_B = (level_B >= 0) & (level_B < num_levels)
+    lvl_B = jnp.clip(level_B, 0, num_levels - 1)
+    # Level-0 blocks are laid out in type order, so a first code's type is the number of
+    # level-0 blocks starting at or before it, minus one.
+    type_of_tok_B = jnp.sum(tok_B[:, None] >= offsets_TxL[None, :, 0], axis=1) - 1
+    new_type_B = jnp.where(level_B == 0, jnp.clip(type_of_tok_B, 0, num_types - 1), type_B)
+    code_B = tok_B - offsets_TxL[new_type_B, lvl_B]
+    parent_B = jnp.where(level_B == 0, new_type_B, node_B)
+    new_node_B = node_B
+    for l in range(num_levels):
+      child_B = child_index(trie, l, jnp.clip(parent_B, 0, level_sizes[l] - 1),
+                            jnp.clip(code_B, 0, trie.kmax[l] - 1))
+      new_node_B = jnp.where(level_B == l, child_B, new_node_B)
+    completes_B = level_B == num_levels - 1
+    leaf_B = jnp.clip(new_node_B, 0, trie.num_items - 1)
+    item_B = jnp.where(completes_B, trie.leaf_item[leaf_B], -1)
+    next_level_B = jnp.where(
+        in_code_B, level_B + 1,
+        jnp.where((level_B == _OUTSIDE) & (tok_B == vocab.open_id), 0, _OUTSIDE))
+    return next_level_B, new_type_B, new_node_B, item_B
+
+  def cond(state):
+    return (state['t'] < max_new_tokens) & ~jnp.all(state['done'])
+
+  def body(state):
+    t, done_B = state['t'], state['done']
+    level_B, type_B, node_B = state['level'], state['type'], state['node']
+    mask_BxV = mask_for(level_B, type_B, node_B, state['num_items'])
+    logits_BxV = jnp.where(mask_BxV, state['logits'], NEG_INF)
+    rng, key = jax.random.split(state['rng'])
+    greedy_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+    scale = jnp.where(temperature > 0, temperature, 1.0)
+    sampled_B = jax.random.categorical(key, logits_BxV / scale, axis=-1).astype(jnp.int32)
+    in_code_B = (level_B >= 0) & (level_B < num_levels)
+    sample_B = (temperature > 0) & (sample_codes | ~in_code_B)
+    tok_B = jnp.where(done_B, pad_id, jnp.where(sample_B, sampled_B, greedy_B))
+
+    next_level_B, next_type_B, next_node_B, item_B = advance(tok_B, level_B, type_B, node_B)
+    live_B = ~done_B
+    completes_B = live_B & (item_B >= 0)
+    slot_B = jnp.where(completes_B, state['num_items'], item_slots)
+    items_BxI = state['items'].at[rows_B, slot_B].set(item_B, mode='drop')
+    new_done_B = done_B | ((level_B == _OUTSIDE) & (tok_B == eos_id))
+    logits_Nx1xV, cache = step_fn(tok_B[:, None], (state['position'] + t)[:, None],
+                                  state['cache'], live_B[:, None])
+    return {
+        't': t + 1,
+        'logits': logits_Nx1xV[:, -1].astype(jnp.float32),
+        'cache': cache,
+        'level': jnp.where(live_B, next_level_B, level_B),
+        'type': jnp.where(live_B, next_type_B, type_B),
+        'node': jnp.where(live_B, next_node_B, node_B),
+        'num_items': state['num_items'] + completes_B.astype(jnp.int32),
+        'items': items_BxI,
+        'done': new_done_B,
+        'tokens': state['tokens'].at[:, t].set(tok_B),
+        'lengths': state['lengths'] + live_B.astype(jnp.int32),
+        'position': state['position'],
+        'rng': rng,
+    }
+
+  zeros_B = jnp.zeros(batch, jnp.int32)
+  state = {
+      't': jnp.zeros((), jnp.int32),
+      'logits': last_logits_BxV.astype(jnp.float32),
+      'cache': cache,
+      'level': jnp.full(batch, _OUTSIDE, jnp.int32),
+      'type': zeros_B,
+      'node': zeros_B,
+      'num_items': zeros_B,
+      'items': jnp.full((batch, item_slots), -1, jnp.int32),
+      'done': jnp.zeros(batch, bool),
+      'tokens': jnp.full((batch, max_new_tokens), pad_id, jnp.int32),
+      'lengths': zeros_B,
+      'position': last_positions_B.astype(jnp.int32) + 1,
+      'rng': rng,
+  }
+  state = jax.lax.while_loop(cond, body, state)
+  return GenerateOutput(tokens=state['tokens'], lengths=state['lengths'], items=state['items'],
+                        num_items=state['num_items'])

@@ -1,0 +1,198 @@
+"""Interleaved generation: output formats, spans name real items, limits, greedy vs a reference."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from neo_jax.decode.cache import left_pad, prefill
+from neo_jax.decode.generate import generate
+from neo_jax.decode.testing import markov_cache, markov_lm, markov_logits
+from neo_jax.decode.trie import SIDTrie, SIDVocabArrays
+from neo_jax.sid.types import SIDMap
+from neo_jax.tokenizer.sid_vocab import SIDVocab
+
+PAD, EOS = 0, 1
+SEPARATORS = (2, 3)
+TEXT_VOCAB = 8
+MAX_NEW = 24
+
+
+@pytest.fixture(scope='module')
+def setup():
+  rng = np.random.default_rng(1)
+  sizes = {'a': (3, 4), 'b': (2, 3)}
+  codes = np.array([[0, 0], [0, 3], [1, 2], [2, 1], [2, 3], [0, 1], [1, 0], [1, 2]], np.int32)
+  types = np.array([0, 0, 0, 0, 0, 1, 1, 1], np.int32)
+  sid_map = SIDMap(('a', 'b'), sizes, codes, types)
+  vocab = SIDVocab(('a', 'b'), sizes, TEXT_VOCAB)
+  v = vocab.end
+  first = rng.normal(0, 1.5, (v, v)).astype(np.float32)
+  second = rng.normal(0, 1.5, (v, v)).astype(np.float32)
+  position = rng.normal(0, 1.5, (7, v)).astype(np.float32)
+  first[:, vocab.sid_open_id] += 2.0  # make spans common, so the tests see many of them
+  first[:, EOS] -= 1.0
+  step_fn = markov_lm(first, second, position)
+  prompts = [[4, 5], [6], [7, 4, 5], [5, 5]]
+  allowed = np.array([[True, True], [True, False], [False, True], [True, True]])
+  return dict(sid_map=sid_map, vocab=vocab, first=first, second=second, position=position,
+              step_fn=step_fn, prompts=prompts, allowed=allowed, trie=SIDTrie.build(sid_map, vocab),
+              arrays=SIDVocabArrays.from_vocab(vocab))
+
+
+def run(s, prompts=None, **kwargs):
+  prompts = s['prompts'] if prompts is None else prompts
+  tokens, positions, valid = left_pad(prompts, PAD)
+  cache = markov_cache(len(prompts), tokens.shape[1] + MAX_NEW)
+  logits, last_pos, cache = prefill(s['step_fn'], cache, jnp.asarray(tokens),
+                                    jnp.asarray(positions), jnp.asarray(valid))
+  out = generate(s['step_fn'], cache, logits, last_pos, s['trie'], s['arrays'],
+                 max_new_tokens=MAX_NEW, eos_id=EOS, pad_id=PAD, **kwargs)
+  return jax.tree.map(np.asarray, out)
+
+
+def parse(vocab, sid_map, tokens):
+  """Splits one row's tokens into text and spans; returns (text ids, [catalog row of span])."""
+  text, items, i = [], [], 0
+  while i < len(tokens):
+    if tokens[i] != vocab.sid_open_id:
+      assert not vocab.is_code(tokens[i]) and tokens[i] != vocab.sid_close_id, tokens
+      text.append(tokens[i])
+      i += 1
+      continue
+    span = tokens[i + 1:i + 1 + vocab.num_levels]
+    described = [vocab.describe(int(x)) for x in span]
+    type_name = described[0][0]
+    assert [d[0] for d in described] == [type_name] * len(span), tokens
+    assert [d[1] for d in described] == list(range(len(span))), tokens
+    i += 1 + len(span)
+    if len(span) < vocab.num_levels:  # cut by max_new_tokens
+      break
+    item = sid_map.item_of(type_name, tuple(d[2] for d in described))
+    assert item is not None, f'span {described} is not a catalog item'
+    items.append(item)
+    if i < len(tokens):
+      assert tokens[i] == vocab.sid_close_id, tokens
+      i += 1
+  return text, items
+
+
+def reference_greedy(s, prompt, allowed_types, output_format, max_items):
+  """Plain-Python greedy decoding with the masks spelled out from the SID map (no trie)."""
+  vocab, sid_map = s['vocab'], s['sid_map']
+  paths = {(int(sid_map.type_index[n]),) + tuple(int(c) for c in sid_map.codes[n])
+           for n in range(len(sid_map)) if allowed_types[int(sid_map.type_index[n])]}
+  history, out, items, span = list(prompt), [], [], None
+  for _ in range(MAX_NEW):
+    logits = markov_logits(s['first'], s['second'], history, s['position'])
+    if span is None:
+      allowed = (set(SEPARATORS) | {EOS}) if output_format == 'ids' else set(range(TEXT_VOCAB))
+      if output_format != 'text' and len(items) < max_items and paths:
+        allowed.add(vocab.sid_open_id)
+    elif len(span) == vocab.num_levels + 1:
+      allowed = {vocab.sid_close_id}
+    else:
+      level = max(len(span) - 1, 0)
+      allowed = {vocab.token_id(sid_map.type_names[p[0]], level, p[level + 1])
+                 for p in paths if p[:len(span)] == span}
+    tok = max(allowed, key=lambda a: (logits[a], -a))
+    out.append(tok)
+    history.append(tok)
+    if span is None:
+      if tok == EOS:
+        break
+      span = () if tok == vocab.sid_open_id else None
+    elif tok == vocab.sid_close_id:
+      span = None
+    else:
+      type_name, _, code = vocab.describe(tok)
+      span = span + ((sid_map.type_names.index(type_name),) if not span else ()) + (code,)
+      if len(span) == vocab.num_levels + 1:
+        items.append(sid_map.item_of(type_name, span[1:]))
+  return out, items
+
+
+def check_row(s, out, b):
+  """Common invariants of one row: padding after the end, items = parsed spans."""
+  n = int(out.lengths[b])
+  row = out.tokens[b, :n].tolist()
+  assert (out.tokens[b, n:] == PAD).all()
+  if n < MAX_NEW:
+    assert row[-1] == EOS
+  text, items = parse(s['vocab'], s['sid_map'], row)
+  assert int(out.num_items[b]) == len(items)
+  assert out.items[b, :len(items)].tolist() == items
+  assert (out.items[b, len(items):] == -1).all()
+  for item in items:
+    assert s['allowed'][b, int(s['sid_map'].type_index[item])]
+  return row, text, items
+
+
+@pytest.mark.parametrize('temperature', [0.0, 1.0])
+def test_text_format_never_emits_sid_tokens(setup, temperature):
+  s = setup
+  for seed in range(2 if temperature else 1):
+    out = run(s, output_format='text', temperature=temperature, rng=jax.random.key(seed),
+              allowed_types_BxT=jnp.asarray(s['allowed']))
+    assert (out.tokens < s['vocab'].base).all()
+    assert (out.num_items == 0).all() and (out.items == -1).all()
+    for b in range(len(s['prompts'])):
+      check_row(s, out, b)
+
+
+def test_ids_format_emits_only_spans_and_separators(setup):
+  s = setup
+  total = 0
+  for temperature, seed in ((0.0, 0), (1.0, 0), (1.0, 1)):
+    out = run(s, output_format='ids', separator_ids=SEPARATORS, max_items=2,
+              allowed_types_BxT=jnp.asarray(s['allowed']), temperature=temperature,
+              rng=jax.random.key(seed), sample_codes=True)
+    for b in range(len(s['prompts'])):
+      _, text, items = check_row(s, out, b)
+      assert set(text) <= set(SEPARATORS) | {EOS}
+      assert len(items) <= 2
+      total += len(items)
+  assert total >= 6  # the chain favours `[SID]`, so the runs must name items
+
+
+@pytest.mark.parametrize('output_format, max_items', [('mixed', 3), ('ids', 2)])
+def test_greedy_matches_reference(setup, output_format, max_items):
+  s = setup
+  out = run(s, output_format=output_format, separator_ids=SEPARATORS, max_items=max_items,
+            allowed_types_BxT=jnp.asarray(s['allowed']))
+  for b, prompt in enumerate(s['prompts']):
+    row, _, items = check_row(s, out, b)
+    ref_row, ref_items = reference_greedy(s, prompt, s['allowed'][b], output_format, max_items)
+    assert row == ref_row
+    assert items == ref_items
+
+
+def test_greedy_generation_takes_the_greedy_item():
+  # The chain of test_decode_beam_search.greedy_trap: greedy names row 0, beam search row 2.
+  sizes = {'a': (2, 2)}
+  vocab = SIDVocab(('a',), sizes, 2)
+  sid_map = SIDMap(('a',), sizes, np.array([[0, 0], [0, 1], [1, 0]], np.int32),
+                   np.zeros(3, np.int32))
+  table = np.full((vocab.end, vocab.end), -1e4, np.float32)
+  c0 = [vocab.token_id('a', 0, c) for c in range(2)]
+  c1 = [vocab.token_id('a', 1, c) for c in range(2)]
+  table[1, vocab.sid_open_id] = 0.0
+  table[vocab.sid_open_id, c0] = np.log([0.6, 0.4])
+  table[c0[0], c1] = np.log([0.55, 0.45])
+  table[c0[1], c1] = np.log([0.9, 0.1])
+  table[vocab.sid_close_id, EOS] = 0.0
+  s = dict(step_fn=markov_lm(table), trie=SIDTrie.build(sid_map, vocab),
+           arrays=SIDVocabArrays.from_vocab(vocab))
+  out = run(s, prompts=[[1]], output_format='mixed')
+  assert out.tokens[0, :5].tolist() == [vocab.sid_open_id, c0[0], c1[0], vocab.sid_close_id, EOS]
+  assert out.items[0, 0] == 0 and out.num_items[0] == 1 and out.lengths[0] == 5
+
+
+def test_bad_arguments_are_rejected(setup):
+  s = setup
+  with pytest.raises(ValueError, match='output_format'):
+    run(s, output_format='json')
+  with pytest.raises(ValueError, match='separator ids'):
+    run(s, output_format='ids', separator_ids=(s['vocab'].sid_open_id,))
