@@ -226,7 +226,10 @@ class Decoder(nnx.Module):
 
   def embed(self, tokens_BxL: jax.Array) -> jax.Array:
     """(B, L) int token ids -> (B, L, D) input embeddings in the compute dtype."""
-    x = jnp.take(self.embed_tokens[...], tokens_BxL, axis=0).astype(self.cfg.compute_dtype)
+    # Gathering from a table split over 'embed' makes the partitioner replicate the result
+    # before splitting it by batch; all-gathering that (small) dimension first avoids it.
+    table_VxD = constrain(self.embed_tokens[...], ('vocab', None))
+    x = jnp.take(table_VxD, tokens_BxL, axis=0).astype(self.cfg.compute_dtype)
     return constrain(x, ('batch', 'length', 'act_embed'))
 
   def head_weight(self) -> jax.Array:
