@@ -41,10 +41,12 @@ class NEORanker:
     """bos + prompt + `[SID]`, the prompt cut from the left to fit `prompt_len`."""
     ids = self.tokenizer.encode(prompt)
     room = self.prompt_len - 2
-    return [self.tokenizer.bos_id] + ids[max(0, len(ids) - room):] + [self.tokenizer.sid.sid_open_id]
+    return ([self.tokenizer.bos_id] + ids[max(0, len(ids) - room):]
+            + [self.tokenizer.sid.sid_open_id])
 
   @functools.partial(jax.jit, static_argnames=('self', 'num_beams'))
-  def _search(self, state, trie, vocab_arrays, tokens_BxT, positions_BxT, valid_BxT, allowed_BxT, num_beams):
+  def _search(self, state, trie, vocab_arrays, tokens_BxT, positions_BxT, valid_BxT,
+              allowed_BxT, num_beams):
     model = nnx.merge(self.graphdef, state)
     batch, width = tokens_BxT.shape
     cache = model.init_cache(batch, width + trie.num_levels)
@@ -77,8 +79,9 @@ class NEORanker:
           allowed[b] = True
         else:
           allowed[b, self.type_names.index(t)] = True
-      it, sc = self._search(self.state, self.trie, self.vocab_arrays, jnp.asarray(tokens), jnp.asarray(positions),
-                            jnp.asarray(valid), jnp.asarray(allowed), num_beams)
+      it, sc = self._search(self.state, self.trie, self.vocab_arrays, jnp.asarray(tokens),
+                            jnp.asarray(positions), jnp.asarray(valid), jnp.asarray(allowed),
+                            num_beams)
       items.append(np.asarray(it)[:real])
       scores.append(np.asarray(sc)[:real])
     return np.concatenate(items), np.concatenate(scores)
