@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import hypothesis
 import hypothesis.strategies as st
 import jax
@@ -11,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from neo_jax.decode.trie import (SIDTrie, SIDVocabArrays, child_index, codes_mask,
-                                 root_codes_mask)
+from neo_jax.decode.trie import (SIDTrie, SIDVocabArrays, allowed_types_mask, child_index,
+                                 codes_mask, root_codes_mask)
 from neo_jax.sid.types import SIDMap
 from neo_jax.tokenizer.sid_vocab import SIDVocab
 
@@ -46,29 +44,30 @@ def sid_maps(draw):
   return sid_map, SIDVocab(names, sizes, base), allowed
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def expand(trie: SIDTrie, level: int, nodes_N: jax.Array):
-  """Admitted codes and the child each code leads to, for every node: two (N, kmax) arrays."""
-  codes_NxK = jnp.broadcast_to(jnp.arange(trie.kmax[level], dtype=jnp.int32),
-                               nodes_N.shape + (trie.kmax[level],))
-  return (codes_mask(trie, level, nodes_N),
-          child_index(trie, level, jnp.broadcast_to(nodes_N[:, None], codes_NxK.shape),
-                      codes_NxK))
+@jax.jit
+def lookup_tables(trie: SIDTrie):
+  """Per level, for every node and code: (admitted (n_l, kmax_l), child index (n_l, kmax_l))."""
+  out = []
+  for level in range(trie.num_levels):
+    nodes_N = jnp.arange(trie.bitmaps[level].shape[0], dtype=jnp.int32)
+    codes_NxK = jnp.broadcast_to(jnp.arange(trie.kmax[level], dtype=jnp.int32),
+                                 nodes_N.shape + (trie.kmax[level],))
+    out.append((codes_mask(trie, level, nodes_N),
+                child_index(trie, level, jnp.broadcast_to(nodes_N[:, None], codes_NxK.shape),
+                            codes_NxK)))
+  return out
 
 
 def walk(trie: SIDTrie, root_mask_TxK0: np.ndarray) -> dict[tuple[int, ...], int]:
   """All paths the trie admits from the given level-0 mask: (type, codes...) -> catalog row."""
-  # Walking every node of a level at once keeps it to one compiled lookup per level.
+  # One compiled call tabulates every lookup; the walk then follows the tables.
+  tables = [(np.asarray(m), np.asarray(c)) for m, c in lookup_tables(trie)]
   frontier = [((t,), t) for t in range(trie.num_types)]  # (path so far, node)
-  for level in range(trie.num_levels):
-    nodes = np.array([n for _, n in frontier], np.int32)
-    mask, children = (np.asarray(a) for a in expand(trie, level, jnp.asarray(nodes)))
+  for level, (mask, children) in enumerate(tables):
     if level == 0:
       mask = mask & root_mask_TxK0
-    rows, cols = np.nonzero(mask)
-    frontier = [(frontier[r][0] + (int(c),), int(children[r, c])) for r, c in zip(rows, cols)]
-    if not frontier:
-      return {}
+    frontier = [(path + (int(c),), int(children[node, c]))
+                for path, node in frontier for c in np.flatnonzero(mask[node])]
   leaf_item = np.asarray(trie.leaf_item)
   return {path: int(leaf_item[leaf]) for path, leaf in frontier}
 
@@ -82,7 +81,7 @@ def catalog_paths(sid_map: SIDMap, allowed_types: np.ndarray | None = None):
   return out
 
 
-@hypothesis.settings(max_examples=40, deadline=None, derandomize=True)
+@hypothesis.settings(max_examples=30, deadline=None, derandomize=True)
 @hypothesis.given(sid_maps())
 def test_trie_admits_exactly_the_catalog(case):
   sid_map, vocab, allowed = case
@@ -139,3 +138,11 @@ def test_map_and_vocab_must_agree():
     SIDTrie.build(sid_map, SIDVocab(('a',), {'a': (2, 5)}, 0))
   with pytest.raises(ValueError, match='types'):
     SIDTrie.build(sid_map, SIDVocab(('b',), {'b': (2, 4)}, 0))
+
+
+def test_allowed_types_mask():
+  mask = allowed_types_mask(('book', 'movie', 'song'), ['movie', None, ('book', 'song')])
+  np.testing.assert_array_equal(mask, [[False, True, False], [True, True, True],
+                                       [True, False, True]])
+  with pytest.raises(ValueError, match="unknown entity type 'film'"):
+    allowed_types_mask(('book', 'movie'), ['film'])

@@ -14,6 +14,7 @@ rank 1 or 2 ((N,) or (N, S), batch at axis 0). A model with another layout passe
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 import jax
@@ -90,6 +91,7 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int,
   return tokens, positions, valid
 
 
+@functools.partial(jax.jit, static_argnames='step_fn')
 def prefill(step_fn: StepFn, cache, tokens_BxT: jax.Array, positions_BxT: jax.Array,
             valid_BxT: jax.Array) -> tuple[jax.Array, jax.Array, Any]:
   """Runs left-padded prompts through the model once.

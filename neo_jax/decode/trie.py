@@ -21,6 +21,7 @@ rank directory saves one gather and one int32 per node compared with storing the
 from __future__ import annotations
 
 import dataclasses
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -243,6 +244,26 @@ def root_codes_mask(trie: SIDTrie, allowed_types_BxT: jax.Array | None,
     raise ValueError(f'allowed_types_BxT must be (B, {trie.num_types}), got '
                      f'{allowed_types_BxT.shape}')
   return roots_TxK[None] & allowed_types_BxT.astype(bool)[:, :, None]
+
+
+def allowed_types_mask(type_names: Sequence[str],
+                       requested: Sequence[str | Sequence[str] | None]) -> np.ndarray:
+  """The (B, T) bool `allowed_types_BxT` of B requests.
+
+  Args:
+    type_names: the T entity types, in SID vocabulary order.
+    requested: per request, one type name, several, or None for every type.
+  """
+  mask = np.zeros((len(requested), len(type_names)), bool)
+  for b, req in enumerate(requested):
+    if req is None:
+      mask[b] = True
+      continue
+    for name in ([req] if isinstance(req, str) else req):
+      if name not in type_names:
+        raise ValueError(f'request {b}: unknown entity type {name!r}; known: {tuple(type_names)}')
+      mask[b, list(type_names).index(name)] = True
+  return mask
 
 
 @struct.dataclass
