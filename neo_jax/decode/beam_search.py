@@ -69,7 +69,8 @@ def sid_beam_search(step_fn: StepFn, cache, last_logits_BxV: jax.Array,
     step_fn: the model closure (see neo_jax/decode/cache.py); static, so pass the same function
       object to reuse the compiled search. To keep large parameters out of the compiled
       constants, call this from inside a jitted function that takes the parameters as arguments.
-    cache: the cache after the prompts (batch B), each prompt ending with `[SID]`.
+    cache: the cache after the prompts (batch B), each prompt ending with `[SID]`; it needs room
+      for num_levels - 1 more tokens.
     last_logits_BxV: float logits after each prompt's last token (they score the first code).
     last_positions_B: int32 position of each prompt's last token; code l is fed at
       last_positions_B + 1 + l.
