@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -102,6 +103,7 @@ def test_load_known_answer(tmp_path):
                      'carol': User('carol')}
   assert d.skipped == {}
   assert io.load_dataset(tmp_path / 'ds', name='other').name == 'other'
+  assert gc.isenabled()  # the loader pauses the collector and restores it
 
 
 def _awkward_dataset() -> Dataset:
