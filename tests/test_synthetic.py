@@ -296,6 +296,7 @@ def test_user_summaries_match_history(small):
     ({'drift': 1.5}, 'drift'),
     ({'min_events': 10, 'max_events': 5}, 'min_events'),
     ({'series_length': 0}, 'series_length'),
+    ({'seed': -1}, 'seed'),
 ])
 def test_bad_config_names_field(change, field):
   with pytest.raises(ValueError, match=f'SyntheticConfig.{field}'):

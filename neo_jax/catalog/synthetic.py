@@ -279,6 +279,8 @@ class SyntheticConfig:
     def fail(field, message):
       raise ValueError(f'SyntheticConfig.{field}: {message}')
 
+    if int(self.seed) != self.seed or self.seed < 0:
+      fail('seed', f'must be an integer >= 0, got {self.seed}')
     if not self.item_counts:
       fail('item_counts', 'needs at least one entity type')
     if not 2 <= self.num_topics <= len(TOPICS):
@@ -501,7 +503,6 @@ class _ItemChunk:
   tags: list[tuple[str, ...]]
   years: list[int]
   popularity: np.ndarray  # (K,) float32
-  fields: _ItemFields
 
 
 def _item_chunk(layout: _Layout, t: _TypeLayout, start: int, stop: int) -> _ItemChunk:
@@ -529,7 +530,7 @@ def _item_chunk(layout: _Layout, t: _TypeLayout, start: int, stop: int) -> _Item
   popularity = ((f.rank + 1.0)**-cfg.popularity_alpha).astype(np.float32)
   return _ItemChunk(type_index=t.index, rows_in_type=rows, titles=_titles(layout, t, f),
                     descriptions=descriptions, tags=tags, years=year,
-                    popularity=popularity, fields=f)
+                    popularity=popularity)
 
 
 def _item_chunks(layout: _Layout, chunk_size: int) -> Iterator[_ItemChunk]:
