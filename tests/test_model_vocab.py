@@ -17,7 +17,13 @@ TOKENS = np.random.default_rng(0).integers(0, OLD_V, (2, 8)).astype(np.int32)
 
 
 def _model(tied: bool, seed: int = 0) -> Decoder:
-  return Decoder(config_lib.get_config('tiny', tie_embeddings=tied), rngs=nnx.Rngs(seed))
+  """Random weights from numpy on eval_shape'd parameters (no init program to compile)."""
+  cfg = config_lib.get_config('tiny', tie_embeddings=tied)
+  model = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
+  rng = np.random.default_rng(seed)
+  for _, var in nnx.to_flat_state(nnx.state(model)):
+    var.set_value(jnp.asarray(0.1 * rng.standard_normal(var.get_value().shape), jnp.float32))
+  return model
 
 
 @nnx.jit
