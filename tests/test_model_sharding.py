@@ -17,7 +17,8 @@ _SCRIPT = textwrap.dedent('''
     from flax import nnx
     from jax.sharding import NamedSharding, PartitionSpec as P
     from neo_jax.model import config as config_lib, sharding
-    from neo_jax.model.decoder import Decoder, init_cache
+    from neo_jax.model.decoder import init_cache
+    from neo_jax.model.vocab import extend_vocab
 
     assert jax.device_count() == 8, jax.devices()
     cfg = config_lib.get_config('tiny', tie_embeddings=False, qkv_bias=True)
@@ -70,6 +71,13 @@ _SCRIPT = textwrap.dedent('''
       for g, r, name in zip(got, ref, ('forward', 'prefill', 'step')):
         err = float(np.abs(np.asarray(g) - r).max())
         assert err < 1e-5, (shape, name, err)
+      # Growing the vocabulary keeps the layout (600 rows still split over 'tensor').
+      before = np.asarray(model.lm_head.get_value())
+      extend_vocab(model, 600, rng=jax.random.key(0))
+      for var in (model.embed_tokens, model.lm_head):
+        grown = var.get_value()
+        assert grown.shape == (600, 64) and grown.sharding.spec == P('tensor', 'fsdp')
+      np.testing.assert_array_equal(np.asarray(model.lm_head.get_value())[:512], before)
       print('OK', shape)
 ''')
 

@@ -5,20 +5,23 @@ under `lax.scan`, so compile time does not grow with depth. Parameter names and 
 1:1 onto the Hugging Face checkpoints (W is the HF `weight`, N/K query/kv heads, H head_dim,
 F mlp_dim; layer i of ours is row i of the stacked array):
 
-  ours                              shape           from HF
-  embed_tokens                      (V, D)          model.embed_tokens.weight
-  layers.input_layernorm            (nl, D)         model.layers.i.input_layernorm.weight
-  layers.q_proj                     (nl, D, N, H)   self_attn.q_proj.weight (N*H, D): W.T.reshape(D, N, H)
-  layers.k_proj, layers.v_proj      (nl, D, K, H)   self_attn.{k,v}_proj.weight (K*H, D): likewise
-  layers.q_bias                     (nl, N, H)      self_attn.q_proj.bias (N*H,)    [qkv_bias]
-  layers.k_bias, layers.v_bias      (nl, K, H)      self_attn.{k,v}_proj.bias       [qkv_bias]
-  layers.q_norm, layers.k_norm      (nl, H)         self_attn.{q,k}_norm.weight     [qk_norm]
-  layers.o_proj                     (nl, N, H, D)   self_attn.o_proj.weight (D, N*H): W.T.reshape(N, H, D)
-  layers.post_attention_layernorm   (nl, D)         model.layers.i.post_attention_layernorm.weight
-  layers.gate_proj, layers.up_proj  (nl, D, F)      mlp.{gate,up}_proj.weight (F, D): W.T
-  layers.down_proj                  (nl, F, D)      mlp.down_proj.weight (D, F): W.T
-  norm                              (D,)            model.norm.weight
-  lm_head                           (V, D)          lm_head.weight   [untied only]
+  ours                             shape          HF tensor (layer i: model.layers.i.)
+  embed_tokens                     (V, D)         model.embed_tokens.weight
+  layers.input_layernorm           (nl, D)        input_layernorm.weight
+  layers.q_proj                    (nl, D, N, H)  self_attn.q_proj.weight (N*H, D) -> W.T
+  layers.k_proj, layers.v_proj     (nl, D, K, H)  self_attn.{k,v}_proj.weight (K*H, D) -> W.T
+  layers.q_bias                    (nl, N, H)     self_attn.q_proj.bias (N*H,)      [qkv_bias]
+  layers.k_bias, layers.v_bias     (nl, K, H)     self_attn.{k,v}_proj.bias (K*H,)  [qkv_bias]
+  layers.q_norm, layers.k_norm     (nl, H)        self_attn.{q,k}_norm.weight       [qk_norm]
+  layers.o_proj                    (nl, N, H, D)  self_attn.o_proj.weight (D, N*H) -> W.T
+  layers.post_attention_layernorm  (nl, D)        post_attention_layernorm.weight
+  layers.gate_proj, layers.up_proj (nl, D, F)     mlp.{gate,up}_proj.weight (F, D) -> W.T
+  layers.down_proj                 (nl, F, D)     mlp.down_proj.weight (D, F) -> W.T
+  norm                             (D,)           model.norm.weight
+  lm_head                          (V, D)         lm_head.weight                    [untied]
+
+"-> W.T" means transpose, then reshape the fused head axis row-major into (heads, head_dim),
+e.g. q_proj = W.T.reshape(D, N, H) and o_proj = W.T.reshape(N, H, D).
 
 RoPE follows the HF convention (rotate_half over the first/second halves of each head), so
 HF weights load unpermuted; GGUF files store q/k rows permuted for llama.cpp's interleaved
