@@ -23,7 +23,6 @@ from neo_jax.catalog import io as catalog_io
 from neo_jax.catalog import synthetic
 from neo_jax.catalog.splits import Split, leave_one_out
 from neo_jax.catalog.types import Dataset
-from neo_jax.decode import generate as generate_lib
 from neo_jax.decode.trie import SIDTrie
 from neo_jax.eval import baselines, metrics
 from neo_jax.eval.neo import NEORanker
@@ -34,6 +33,7 @@ from neo_jax.sid import builder as sid_builder
 from neo_jax.sid import features
 from neo_jax.sid.types import SIDMap
 from neo_jax.tasks import builders
+from neo_jax.tasks import prompts
 from neo_jax.tasks.types import Example
 from neo_jax.tokenizer.spm import SentencePieceTokenizer, train_sentencepiece
 from neo_jax.train import loop
@@ -106,7 +106,7 @@ def build_tokenizer(cfg: ml_collections.ConfigDict, ds: Dataset, sid_map: SIDMap
   texts = [ds.catalog.text(i) for i in range(len(ds.catalog))]
   texts += [q.text for q in ds.queries]
   texts += [u.summary for u in ds.users.values() if u.summary]
-  texts += builders.template_texts()  # the prompts' fixed words
+  texts += prompts.template_texts(ds.catalog.type_names)  # the prompts' fixed words
   proto = train_sentencepiece(texts, vocab_size=cfg.tokenizer.vocab_size,
                               model_type=cfg.tokenizer.model_type, seed=cfg.seed)
   tok = SentencePieceTokenizer.from_sid_map(proto, sid_map)
@@ -227,7 +227,7 @@ def evaluate(cfg: ml_collections.ConfigDict, art: Artifacts, examples: dict[str,
     results[f'{task}/requests'] = len(exs)
     results[f'{task}/neo_seconds_per_request'] = neo_seconds / len(exs)
     log(f'eval {task}: {len(exs)} requests, NEO {neo_seconds:.1f}s')
-  generations = sample_generations(cfg, art, examples)
+  generations = sample_generations(ranker, art, examples)
   for g in generations:
     for row, _, _ in g['items']:
       checked += 1
@@ -237,17 +237,16 @@ def evaluate(cfg: ml_collections.ConfigDict, art: Artifacts, examples: dict[str,
   return results, {'generations': generations}
 
 
-def sample_generations(cfg: ml_collections.ConfigDict, art: Artifacts,
-                       examples: dict[str, list[Example]]) -> list[dict[str, Any]]:
-  """One free generation per output format for the first test user, items decoded back."""
+def sample_generations(ranker: NEORanker, art: Artifacts, examples: dict[str, list[Example]]
+                       ) -> list[dict[str, Any]]:
+  """One constrained generation per output format for the first test user, with the items it
+  names decoded back to titles and types."""
   ex = examples['rec_test'][0]
-  target_type = ex.target_type
   out = []
   for fmt in ('ids', 'text', 'mixed'):
-    prompt = builders.reformat_prompt(ex.prompt, ex.task, target_type, fmt)
-    text = generate_lib.generate_text(
-        art.model, art.tokenizer, art.trie, [prompt], output_format=fmt,
-        max_new_tokens=48, max_items=3)[0]
+    prompt = prompts.reformat_prompt(ex.prompt, ex.task, ex.target_type, fmt)
+    text, _ = ranker.generate([prompt], fmt, target_types=[ex.target_type], max_new_tokens=48,
+                              max_items=3)[0]
     items = builders.describe_items(text, art.sid_map, art.tokenizer.sid, art.dataset.catalog)
     out.append({'format': fmt, 'prompt': prompt, 'output': text, 'items': items})
   return out

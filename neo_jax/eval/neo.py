@@ -1,4 +1,5 @@
-"""NEO as a ranker: prompts in, the top-K catalog items out, by trie-constrained beam search.
+"""NEO at inference: prompts in; ranked catalog items (trie-constrained beam search) or
+interleaved text and SIDs (constrained generation) out.
 
 The prompt of every request is run once (left-padded to a fixed width so that one compiled
 program serves every batch), its KV cache is shared by the beams, and the beams decode exactly
@@ -16,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from neo_jax.decode import cache as cache_lib
+from neo_jax.decode.generate import generate as constrained_generate
 from neo_jax.decode.beam_search import sid_beam_search
 from neo_jax.decode.trie import SIDTrie, SIDVocabArrays
 from neo_jax.model.decoder import Decoder
@@ -37,12 +39,37 @@ class NEORanker:
     self.cfg = model.cfg
     self.type_names = tokenizer.sid.type_names
 
-  def prompt_tokens(self, prompt: str) -> list[int]:
-    """bos + prompt + `[SID]`, the prompt cut from the left to fit `prompt_len`."""
+  def prompt_tokens(self, prompt: str, open_sid: bool = True) -> list[int]:
+    """bos + prompt (+ `[SID]`), the prompt cut from the left to fit `prompt_len`, the way
+    training cuts over-long prompts."""
     ids = self.tokenizer.encode(prompt)
-    room = self.prompt_len - 2
-    return ([self.tokenizer.bos_id] + ids[max(0, len(ids) - room):]
-            + [self.tokenizer.sid.sid_open_id])
+    tail = [self.tokenizer.sid.sid_open_id] if open_sid else []
+    room = self.prompt_len - 1 - len(tail)
+    return [self.tokenizer.bos_id] + ids[max(0, len(ids) - room):] + tail
+
+  def _allowed(self, types: Sequence[str | None]) -> np.ndarray:
+    allowed = np.zeros((len(types), len(self.type_names)), bool)
+    for b, t in enumerate(types):
+      if t is None:
+        allowed[b] = True
+      else:
+        allowed[b, self.type_names.index(t)] = True
+    return allowed
+
+  def _batches(self, prompts, target_types, open_sid):
+    """Fixed-shape batches: (real count, tokens, positions, valid, allowed types)."""
+    if len(prompts) != len(target_types):
+      raise ValueError(f'{len(prompts)} prompts but {len(target_types)} target types')
+    for start in range(0, len(prompts), self.batch_size):
+      chunk = [self.prompt_tokens(p, open_sid) for p in prompts[start:start + self.batch_size]]
+      types = list(target_types[start:start + self.batch_size])
+      real = len(chunk)
+      chunk += [chunk[0]] * (self.batch_size - real)
+      types += [types[0]] * (self.batch_size - real)
+      tokens, positions, valid = cache_lib.left_pad(chunk, self.tokenizer.pad_id,
+                                                    length=self.prompt_len)
+      yield (real, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(valid),
+             jnp.asarray(self._allowed(types)))
 
   @functools.partial(jax.jit, static_argnames=('self', 'num_beams'))
   def _search(self, state, trie, vocab_arrays, tokens_BxT, positions_BxT, valid_BxT,
@@ -61,27 +88,53 @@ class NEORanker:
 
   def rank(self, prompts: Sequence[str], target_types: Sequence[str | None], num_beams: int
            ) -> tuple[np.ndarray, np.ndarray]:
-    """(items (B, num_beams) int32 rows best first, -1 if fewer exist; scores (B, num_beams))."""
-    if len(prompts) != len(target_types):
-      raise ValueError(f'{len(prompts)} prompts but {len(target_types)} target types')
+    """(items (B, num_beams) int32 rows best first, -1 if fewer exist; scores (B, num_beams)).
+
+    `target_types[b]` restricts request b to one entity type (None: any type)."""
     items, scores = [], []
-    for start in range(0, len(prompts), self.batch_size):
-      chunk = [self.prompt_tokens(p) for p in prompts[start:start + self.batch_size]]
-      types = list(target_types[start:start + self.batch_size])
-      real = len(chunk)
-      chunk += [chunk[0]] * (self.batch_size - real)
-      types += [types[0]] * (self.batch_size - real)
-      tokens, positions, valid = cache_lib.left_pad(chunk, self.tokenizer.pad_id,
-                                                    length=self.prompt_len)
-      allowed = np.zeros((self.batch_size, len(self.type_names)), bool)
-      for b, t in enumerate(types):
-        if t is None:
-          allowed[b] = True
-        else:
-          allowed[b, self.type_names.index(t)] = True
-      it, sc = self._search(self.state, self.trie, self.vocab_arrays, jnp.asarray(tokens),
-                            jnp.asarray(positions), jnp.asarray(valid), jnp.asarray(allowed),
-                            num_beams)
+    for real, tokens, positions, valid, allowed in self._batches(prompts, target_types, True):
+      it, sc = self._search(self.state, self.trie, self.vocab_arrays, tokens, positions, valid,
+                            allowed, num_beams)
       items.append(np.asarray(it)[:real])
       scores.append(np.asarray(sc)[:real])
     return np.concatenate(items), np.concatenate(scores)
+
+  @functools.partial(jax.jit, static_argnames=('self', 'output_format', 'max_new_tokens',
+                                               'max_items', 'separators'))
+  def _generate(self, state, trie, vocab_arrays, tokens_BxT, positions_BxT, valid_BxT,
+                allowed_BxT, output_format, max_new_tokens, max_items, separators):
+    model = nnx.merge(self.graphdef, state)
+    batch, width = tokens_BxT.shape
+    cache = model.init_cache(batch, width + max_new_tokens)
+
+    def step_fn(tokens, positions, cache, valid):
+      return model.decode(tokens, positions, cache, valid)
+
+    last_logits, last_pos, cache = cache_lib.prefill(step_fn, cache, tokens_BxT, positions_BxT,
+                                                     valid_BxT)
+    return constrained_generate(
+        step_fn, cache, last_logits, last_pos, trie, vocab_arrays,
+        max_new_tokens=max_new_tokens, eos_id=self.tokenizer.eos_id,
+        pad_id=self.tokenizer.pad_id, output_format=output_format, separator_ids=separators,
+        max_items=max_items, allowed_types_BxT=allowed_BxT)
+
+  def generate(self, prompts: Sequence[str], output_format: str, *,
+               target_types: Sequence[str | None] | None = None, max_new_tokens: int = 48,
+               max_items: int | None = None) -> list[tuple[str, list[int]]]:
+    """Greedy constrained generation; per prompt (the decoded text with SID markup, the
+    catalog rows of the items it names). In the 'ids' format spaces, commas and newlines may
+    separate the spans."""
+    if target_types is None:
+      target_types = [None] * len(prompts)
+    separators = tuple(sorted({i for s in (' ', ', ', ',', '\n')
+                               for i in self.tokenizer.encode_text(s)}))
+    out = []
+    for real, tokens, positions, valid, allowed in self._batches(prompts, target_types, False):
+      res = self._generate(self.state, self.trie, self.vocab_arrays, tokens, positions, valid,
+                           allowed, output_format, max_new_tokens, max_items, separators)
+      toks, lengths = np.asarray(res.tokens), np.asarray(res.lengths)
+      items, counts = np.asarray(res.items), np.asarray(res.num_items)
+      for b in range(real):
+        ids = [int(t) for t in toks[b, :lengths[b]] if t != self.tokenizer.eos_id]
+        out.append((self.tokenizer.decode(ids), items[b, :counts[b]].tolist()))
+    return out
