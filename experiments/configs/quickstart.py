@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
       items_per_type=300, num_users=1200, num_queries=1500, seed=0))
 
   c.sid = ml_collections.ConfigDict(dict(
-      feature_dim=128, levels=2, k=16, collision='disambiguate', iters=30))
+      feature_dim=128, levels=3, k=16, collision='disambiguate', iters=30))
 
   c.tokenizer = ml_collections.ConfigDict(dict(vocab_size=1500, model_type='bpe'))
 
@@ -44,9 +44,9 @@ def get_config() -> ml_collections.ConfigDict:
       query_test_fraction=0.2, mixed_fraction=0.25))
 
   c.train = ml_collections.ConfigDict(dict(seq_len=128, batch_size=32))
-  c.grounding = _stage(steps=300, lr=3e-3, warmup=30)
-  c.capability = _stage(steps=1500, lr=2e-3, warmup=100)
+  c.grounding = _stage(steps=100, lr=3e-3, warmup=20)
+  c.capability = _stage(steps=900, lr=2e-3, warmup=60)
 
   c.eval = ml_collections.ConfigDict(dict(
-      num_beams=20, ks=(1, 5, 10), max_requests=400, batch_size=50))
+      num_beams=20, ks=(1, 5, 10), max_requests=300, batch_size=50))
   return c
