@@ -33,7 +33,7 @@ def results_table(result: dict[str, Any]) -> str:
 def generations_text(generations: list[dict[str, Any]]) -> str:
   lines = []
   for g in generations:
-    lines.append(f'--- format {g["format"]} ---')
+    lines.append(f'--- {g["task"]}, format {g["format"]} ---')
     lines.append(f'prompt: {g["prompt"]}')
     lines.append(f'output: {g["output"]}')
     for row, title, type_name in g['items']:

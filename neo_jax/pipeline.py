@@ -239,16 +239,25 @@ def evaluate(cfg: ml_collections.ConfigDict, art: Artifacts, examples: dict[str,
 
 def sample_generations(ranker: NEORanker, art: Artifacts, examples: dict[str, list[Example]]
                        ) -> list[dict[str, Any]]:
-  """One constrained generation per output format for the first test user, with the items it
-  names decoded back to titles and types."""
+  """Steering by prompt alone, for the first test user: a recommendation in each output
+  format (`ids`, `text`, `mixed`) and a summary of the user, with every item named decoded
+  back to its title and type."""
   ex = examples['rec_test'][0]
+  requests = [(ex.task, fmt, prompts.reformat_prompt(ex.prompt, ex.task, ex.target_type, fmt),
+               ex.target_type) for fmt in ('ids', 'text', 'mixed')]
+  user = art.dataset.users.get(ex.user_id)
+  if user is not None and user.summary:
+    history = {tg.user_id: tg.history for tg in art.split.test}[ex.user_id]
+    summary = builders.user_summary_examples([user], {user.id: history}, art.sid_map,
+                                             art.tokenizer.sid, seed=0)
+    if summary:
+      requests.append(('user_summary', 'text', summary[0].prompt, None))
   out = []
-  for fmt in ('ids', 'text', 'mixed'):
-    prompt = prompts.reformat_prompt(ex.prompt, ex.task, ex.target_type, fmt)
-    text, _ = ranker.generate([prompt], fmt, target_types=[ex.target_type], max_new_tokens=48,
+  for task, fmt, prompt, target_type in requests:
+    text, _ = ranker.generate([prompt], fmt, target_types=[target_type], max_new_tokens=48,
                               max_items=3)[0]
     items = builders.describe_items(text, art.sid_map, art.tokenizer.sid, art.dataset.catalog)
-    out.append({'format': fmt, 'prompt': prompt, 'output': text, 'items': items})
+    out.append({'task': task, 'format': fmt, 'prompt': prompt, 'output': text, 'items': items})
   return out
 
 

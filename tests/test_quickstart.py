@@ -42,7 +42,8 @@ def test_quickstart_runs_end_to_end(tmp_path):
   out = proc.stdout
   assert 'recommend  NEO' in out and 'BM25 text match' in out
   for fmt in ('ids', 'text', 'mixed'):
-    assert f'--- format {fmt} ---' in out
+    assert f'--- recommend, format {fmt} ---' in out
+  assert '--- user_summary, format text ---' in out
   # Every stage left its artifact.
   for path in ('data/items.jsonl', 'sids/report.json', 'tokenizer/spm.model',
                'logs/capability.jsonl', 'checkpoints/capability', 'config.json'):

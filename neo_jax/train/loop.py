@@ -91,7 +91,7 @@ def train_stage(model: nnx.Module, data: PackedData, cfg: ml_collections.ConfigD
 
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
-    metrics['grad_norm'] = optax.global_norm(grads)
+    metrics['grad_norm'] = optax.tree.norm(grads)
     return optax.apply_updates(params, updates), opt_state, metrics
 
   logs_dir = os.path.join(workdir, 'logs')
