@@ -199,6 +199,7 @@ def evaluate(cfg: ml_collections.ConfigDict, art: Artifacts, examples: dict[str,
   bm25 = baselines.BM25(ds.catalog)
   results: dict[str, float] = {}
   checked = valid = 0
+  reachable = art.sid_map.reachable()
   for task, key in (('recommend', 'rec_test'), ('search', 'search_test')):
     exs = _subsample(examples[key], ecfg.max_requests, cfg.seed)
     if not exs:
@@ -207,13 +208,14 @@ def evaluate(cfg: ml_collections.ConfigDict, art: Artifacts, examples: dict[str,
     relevant = [list(e.target_items) for e in exs]
     types = [e.target_type for e in exs]
     t0 = time.perf_counter()
-    neo_items, _ = ranker.rank([e.prompt for e in exs], types, num_beams=max(ecfg.num_beams, k_max))
+    neo_items, _ = ranker.rank([e.prompt for e in exs], types,
+                               num_beams=max(ecfg.num_beams, k_max))
     neo_seconds = time.perf_counter() - t0
     # Every beam answer must be a catalog item of the requested type: count, never assume.
     for row, t in zip(neo_items, types):
       for item in row[row >= 0]:
         checked += 1
-        valid += bool(art.sid_map.reachable()[item] and ds.catalog.type_of(int(item)) == t)
+        valid += bool(reachable[item] and ds.catalog.type_of(int(item)) == t)
     if task == 'recommend':
       by_user = {tg.user_id: tg.history for tg in split.test}
       histories = [by_user[e.user_id] for e in exs]
