@@ -67,7 +67,7 @@ def load_data(cfg: ml_collections.ConfigDict, workdir: str, log: Log) -> Dataset
     path = cfg.data.path
   else:
     raise ValueError(f"unknown data.source {cfg.data.source!r}; use 'synthetic' or 'generic'")
-  ds = catalog_io.load_dataset(path, on_unknown_item=cfg.data.get('on_unknown_item', 'error'))
+  ds = catalog_io.load_dataset(path, on_unknown_item=cfg.data.on_unknown_item)
   log(f'data: {len(ds.catalog)} items of types {ds.catalog.type_names}, '
       f'{len(ds.interactions.user_names)} users, {len(ds.interactions)} interactions, '
       f'{len(ds.queries)} queries' + (f'; skipped {ds.skipped}' if ds.skipped else ''))

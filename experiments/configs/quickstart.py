@@ -27,6 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
   # 'synthetic' generates the catalog into <workdir>/data; 'generic' reads data.path.
   c.data.source = 'synthetic'
   c.data.path = ''
+  # Interactions/queries naming unknown items: 'error', or 'skip' (counted and reported).
+  c.data.on_unknown_item = 'error'
   c.data.synthetic = ml_collections.ConfigDict(dict(
       items_per_type=300, num_users=1200, num_queries=1500, seed=0))
 
