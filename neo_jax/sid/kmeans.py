@@ -140,23 +140,28 @@ def update_centroids(stats: LloydStats, centroids_KxD: jax.Array) -> tuple[jax.A
 
 
 @functools.partial(jax.jit, static_argnames=('chunk',))
-def _lloyd_core(x_NxD, valid_N, init_KxD, iters, chunk):
+def _lloyd_core(x_NxD, valid_N, init_KxD, iters, tol, chunk):
   x_sq_N = jnp.sum(x_NxD * x_NxD, axis=-1)
   n = x_NxD.shape[0]
 
   def cond(carry):
-    it, _, _, changed, _ = carry
-    return (it < iters) & changed
+    it, _, _, changed, _, _, converged = carry
+    return (it < iters) & changed & ~converged
 
   def body(carry):
-    it, c_KxD, prev_N, _, reseeded = carry
+    it, c_KxD, prev_N, _, reseeded, prev_sse, _ = carry
     stats = lloyd_stats(x_NxD, valid_N, c_KxD, x_sq_N, chunk)
     changed = jnp.any((stats.assign_B != prev_N) & valid_N)
     new_KxD, num_empty = update_centroids(stats, c_KxD)
-    return it + 1, new_KxD, stats.assign_B, changed, reseeded + num_empty
+    # Relative decrease of the squared error over the last update; the update of this pass
+    # is still made (as in the streaming version), then the loop stops.
+    converged = (tol > 0) & (it > 0) & (prev_sse - stats.sse <= tol * prev_sse)
+    return (it + 1, new_KxD, stats.assign_B, changed, reseeded + num_empty, stats.sse,
+            converged)
 
-  init = (jnp.int32(0), init_KxD, jnp.full((n,), -1, jnp.int32), jnp.bool_(True), jnp.int32(0))
-  it, c_KxD, _, changed, reseeded = jax.lax.while_loop(cond, body, init)
+  init = (jnp.int32(0), init_KxD, jnp.full((n,), -1, jnp.int32), jnp.bool_(True), jnp.int32(0),
+          jnp.float32(0), jnp.bool_(False))
+  it, c_KxD, _, changed, reseeded, _, _ = jax.lax.while_loop(cond, body, init)
   # The pass that found no change updated nothing: do not count it.
   it = it - (~changed).astype(jnp.int32)
   final = lloyd_stats(x_NxD, valid_N, c_KxD, x_sq_N, chunk)
@@ -287,13 +292,15 @@ class KMeansResult:
     return float(np.mean(self.sq_dist))
 
 
-def lloyd(x_NxD, init_centroids_KxD, iters: int) -> KMeansResult:
+def lloyd(x_NxD, init_centroids_KxD, iters: int, tol: float = 0.0) -> KMeansResult:
   """Lloyd iterations from given centroids, with empty-cluster reseeding.
 
   Args:
     x_NxD: (N, D) points.
     init_centroids_KxD: (K, D) starting centroids, K <= N.
     iters: maximum number of update passes (>= 0).
+    tol: also stop after a pass that lowered the squared error by less than this fraction of
+      the previous pass's (0: stop only when no assignment changes).
 
   Returns:
     KMeansResult; `codes` is the assignment to the final centroids.
@@ -307,17 +314,19 @@ def lloyd(x_NxD, init_centroids_KxD, iters: int) -> KMeansResult:
     raise ValueError(f'K={c.shape[0]} centroids for only N={n} points')
   if iters < 0:
     raise ValueError(f'iters must be >= 0, got {iters}')
+  if not tol >= 0:
+    raise ValueError(f'tol must be >= 0, got {tol}')
   xp, valid = _padded(x)
   cents, assign, d2, counts, _, it, reseeded = _lloyd_core(
-      xp, valid, jnp.asarray(c), jnp.int32(iters), chunk=_chunk_for(xp.shape[0], c.shape[0]))
+      xp, valid, jnp.asarray(c), jnp.int32(iters), jnp.float32(tol), chunk=_chunk_for(xp.shape[0], c.shape[0]))
   return KMeansResult(centroids=np.asarray(cents), codes=np.asarray(assign)[:n],
                       sq_dist=np.asarray(d2)[:n], counts=np.asarray(counts),
                       iterations=int(it), reseeded=int(reseeded))
 
 
-def kmeans(x_NxD, k: int, key: jax.Array, iters: int = 50) -> KMeansResult:
+def kmeans(x_NxD, k: int, key: jax.Array, iters: int = 50, tol: float = 0.0) -> KMeansResult:
   """k-means++ seeding then Lloyd. Deterministic for a given key."""
-  return lloyd(x_NxD, kmeans_plusplus(x_NxD, k, key), iters)
+  return lloyd(x_NxD, kmeans_plusplus(x_NxD, k, key), iters, tol)
 
 
 def _perplexity(codes: np.ndarray, k: int) -> float:
@@ -327,7 +336,8 @@ def _perplexity(codes: np.ndarray, k: int) -> float:
 
 
 def residual_kmeans(x_NxD, level_ks: tuple[int, ...], seed: int = 0, iters: int = 50,
-                    key: jax.Array | None = None) -> tuple[np.ndarray, list[np.ndarray], dict]:
+                    key: jax.Array | None = None, tol: float = 0.0
+                    ) -> tuple[np.ndarray, list[np.ndarray], dict]:
   """Residual k-means: level l clusters what levels < l left unexplained.
 
   A level whose K exceeds the number of points N is clamped to K = N (then level l already
@@ -339,6 +349,7 @@ def residual_kmeans(x_NxD, level_ks: tuple[int, ...], seed: int = 0, iters: int 
     seed: integer seed; level l uses `fold_in(PRNGKey(seed), l)`.
     iters: maximum Lloyd passes per level.
     key: a PRNG key to use instead of `PRNGKey(seed)` (e.g. one stream per entity type).
+    tol: relative squared-error decrease below which a level stops early (see `lloyd`).
 
   Returns:
     codes_NxM: (N, M) int32, M = len(level_ks).
@@ -364,7 +375,7 @@ def residual_kmeans(x_NxD, level_ks: tuple[int, ...], seed: int = 0, iters: int 
   for level, k_req in enumerate(level_ks):
     k = min(k_req, n)
     clamped += k < k_req
-    res = kmeans(residual, k, jax.random.fold_in(base, level), iters)
+    res = kmeans(residual, k, jax.random.fold_in(base, level), iters, tol)
     codes[:, level] = res.codes
     codebooks.append(res.centroids)
     residual = residual - res.centroids[res.codes]
