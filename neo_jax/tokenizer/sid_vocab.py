@@ -34,9 +34,10 @@ class SIDVocab:
       if t not in level_sizes:
         raise ValueError(f'no level sizes for entity type {t!r}')
     levels = {len(level_sizes[t]) for t in self.type_names}
-    if len(levels) != 1:
+    if len(levels) > 1:
       raise ValueError(f'every type needs the same number of levels, got {level_sizes}')
-    self.num_levels = levels.pop()
+    # No types (a text-only tokenizer): the block is just the two delimiters.
+    self.num_levels = levels.pop() if levels else 0
     self.level_sizes = {t: tuple(int(k) for k in level_sizes[t]) for t in self.type_names}
     self.base = int(base)
     self.sid_open_id = self.base
