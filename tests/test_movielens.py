@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import importlib.util
 import os
-import pathlib
 import zipfile
 
 import numpy as np

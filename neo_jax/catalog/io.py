@@ -27,7 +27,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,7 @@ USERS_FILE = 'users.jsonl'
 
 TYPE_NAME_RE = re.compile(r'[A-Za-z0-9_-]+')
 UNKNOWN_ITEM_POLICIES = ('error', 'skip')
+OUT_OF_ORDER_POLICIES = ('allow', 'error')
 REQUIRED_COLUMNS = ('user_id', 'item_id', 'timestamp')
 
 # Keys of `Dataset.skipped` that the 'skip' policy fills.
@@ -156,7 +157,7 @@ def _json_type(value) -> str:
 # Readers.
 
 
-def _read_items(path: str) -> Catalog:
+def _read_items(path: str, allowed_types: frozenset[str] | None = None) -> Catalog:
   ids, types, titles, descriptions, tags, attributes, popularity = [], [], [], [], [], [], []
   first_line: dict[str, int] = {}
   for line_no, obj in _json_lines(path):
@@ -170,6 +171,10 @@ def _read_items(path: str) -> Catalog:
     if not TYPE_NAME_RE.fullmatch(type_name):
       raise DatasetError(path, line_no, 'type',
                          f'entity type {type_name!r} must match {TYPE_NAME_RE.pattern}')
+    if allowed_types is not None and type_name not in allowed_types:
+      raise DatasetError(path, line_no, 'type',
+                         f'unknown entity type {type_name!r}; the declared types are '
+                         f'{sorted(allowed_types)}')
     title = _required_str(path, line_no, obj, 'title')
     description = _optional_str(path, line_no, obj, 'description') or ''
     item_tags = tuple(_str_list(path, line_no, obj, 'tags', required=False))
@@ -387,7 +392,8 @@ def _gc_paused() -> Iterator[None]:
 
 
 def load_dataset(directory: str | os.PathLike, name: str | None = None,
-                 on_unknown_item: str = 'error') -> Dataset:
+                 on_unknown_item: str = 'error', allowed_types: Sequence[str] | None = None,
+                 on_out_of_order: str = 'allow') -> Dataset:
   """Reads a generic dataset directory.
 
   Args:
@@ -396,6 +402,13 @@ def load_dataset(directory: str | os.PathLike, name: str | None = None,
     on_unknown_item: what to do with an interaction or query naming an item id that is not in
       items.jsonl: 'error' raises; 'skip' drops the interaction (or the unknown id of a query,
       and the query when none of its ids is known) and counts it in `Dataset.skipped`.
+    allowed_types: the declared entity types; an item of any other type is an error (catches
+      a misspelt type such as 'moive', which would otherwise become a type of its own).
+      None accepts every name matching TYPE_NAME_RE.
+    on_out_of_order: interactions need not be sorted by time; 'allow' keeps file order (splits
+      sort each user's events by time, ties in file order; `interaction_report` counts the
+      events that come before an earlier-numbered event of the same user), 'error' rejects
+      the first event whose timestamp is earlier than its user's previous event in the file.
 
   Returns:
     The dataset; catalog rows in items.jsonl order, interactions in file order.
@@ -406,6 +419,16 @@ def load_dataset(directory: str | os.PathLike, name: str | None = None,
   if on_unknown_item not in UNKNOWN_ITEM_POLICIES:
     raise ValueError(
         f'on_unknown_item must be one of {UNKNOWN_ITEM_POLICIES}, got {on_unknown_item!r}')
+  if on_out_of_order not in OUT_OF_ORDER_POLICIES:
+    raise ValueError(
+        f'on_out_of_order must be one of {OUT_OF_ORDER_POLICIES}, got {on_out_of_order!r}')
+  if allowed_types is not None:
+    if isinstance(allowed_types, str):
+      raise ValueError(f'allowed_types must be a sequence of type names, got {allowed_types!r}')
+    for t in allowed_types:
+      if not isinstance(t, str) or not TYPE_NAME_RE.fullmatch(t):
+        raise ValueError(f'allowed_types: {t!r} does not match {TYPE_NAME_RE.pattern}')
+    allowed_types = frozenset(allowed_types)
   directory = os.fspath(directory)
   if not os.path.isdir(directory):
     raise DatasetError(directory, None, None, 'not a directory')
@@ -415,9 +438,25 @@ def load_dataset(directory: str | os.PathLike, name: str | None = None,
                          'required file is missing')
   skipped: dict[str, int] = {}
   with _gc_paused():
-    catalog = _read_items(os.path.join(directory, ITEMS_FILE))
-    interactions = _read_interactions(os.path.join(directory, INTERACTIONS_FILE), catalog,
-                                      on_unknown_item, skipped)
+    catalog = _read_items(os.path.join(directory, ITEMS_FILE), allowed_types)
+    interactions_path = os.path.join(directory, INTERACTIONS_FILE)
+    interactions = _read_interactions(interactions_path, catalog, on_unknown_item, skipped)
+    if on_out_of_order == 'error':
+      bad = _first_out_of_order(interactions)
+      if bad is not None:
+        row, previous = bad
+        user = interactions.user_names[int(interactions.user_index[row])]
+        # Skipped rows shift the row numbering, so the file line is then not known here.
+        if skipped.get(SKIP_UNKNOWN_INTERACTIONS):
+          where = None
+        else:
+          where = _csv_line_of_row(interactions_path, row)
+        raise DatasetError(
+            interactions_path, where, 'timestamp',
+            f'user {user!r}: timestamp {int(interactions.timestamp[row])} is earlier than '
+            f'the previous event of this user ({int(interactions.timestamp[previous])}); '
+            "events must be sorted by time within each user, or load with "
+            "on_out_of_order='allow' (splits sort them)")
     queries_path = os.path.join(directory, QUERIES_FILE)
     queries = (_read_queries(queries_path, catalog, on_unknown_item, skipped)
                if os.path.isfile(queries_path) else [])
@@ -427,6 +466,51 @@ def load_dataset(directory: str | os.PathLike, name: str | None = None,
     name = os.path.basename(os.path.normpath(os.path.abspath(directory)))
   return Dataset(name=name, catalog=catalog, interactions=interactions, queries=queries,
                  users=users, skipped=skipped)
+
+
+def _first_out_of_order(interactions: Interactions) -> tuple[int, int] | None:
+  """(row, previous row of the same user) of the first event earlier than its predecessor."""
+  rows = out_of_order_rows(interactions)
+  if not rows.size:
+    return None
+  row = int(rows[0])
+  same = np.flatnonzero(interactions.user_index[:row] == interactions.user_index[row])
+  return row, int(same[-1])
+
+
+def out_of_order_rows(interactions: Interactions) -> np.ndarray:
+  """Rows (ascending) whose timestamp is earlier than the same user's previous row."""
+  n = len(interactions)
+  if n == 0:
+    return np.zeros(0, np.int64)
+  order = np.lexsort((np.arange(n), interactions.user_index))  # by user, then file order
+  users, times = interactions.user_index[order], interactions.timestamp[order]
+  bad = np.zeros(n, bool)
+  bad[1:] = (users[1:] == users[:-1]) & (times[1:] < times[:-1])
+  return np.sort(order[bad])
+
+
+def interaction_report(dataset: Dataset) -> dict[str, int]:
+  """Counts of what documented policies do with a dataset's interactions; nothing is hidden.
+
+  `interactions_out_of_order`: events earlier than their user's previous event in file order
+  (kept; splits sort each user's events by time, ties in file order).
+  `users_with_fewer_than_2_interactions`: kept for training, never evaluated (splits count
+  them in `Split.skipped`). `users_without_interactions`: in users.jsonl but with no event.
+  `duplicate_interactions`: rows repeating a (user, item, timestamp) of an earlier row (kept).
+  """
+  inter = dataset.interactions
+  counts = np.bincount(inter.user_index, minlength=len(inter.user_names))
+  seen_users = set(inter.user_names)
+  triples = np.stack([inter.user_index.astype(np.int64), inter.item_index.astype(np.int64),
+                      inter.timestamp], axis=1) if len(inter) else np.zeros((0, 3), np.int64)
+  distinct = np.unique(triples, axis=0).shape[0] if len(inter) else 0
+  return {
+      'interactions_out_of_order': int(out_of_order_rows(inter).size),
+      'users_with_fewer_than_2_interactions': int((counts < 2).sum()),
+      'users_without_interactions': sum(u not in seen_users for u in dataset.users),
+      'duplicate_interactions': len(inter) - distinct,
+  }
 
 
 # ---------------------------------------------------------------------------------------------
