@@ -8,8 +8,12 @@ import pytest
 
 from neo_jax.decode.beam_search import NEG_INF, sid_beam_search
 from neo_jax.decode.cache import left_pad, prefill
-from neo_jax.decode.testing import markov_cache, markov_lm, markov_logits
-from neo_jax.decode.trie import SIDTrie, SIDVocabArrays
+import hypothesis
+import hypothesis.strategies as st
+
+from neo_jax.decode.beam_search import vocab_beam_search
+from neo_jax.decode.testing import markov_cache, markov_lm, markov_logits, rows_only
+from neo_jax.decode.trie import SIDTrie, SIDVocabArrays, request_filter
 from neo_jax.sid.types import SIDMap
 from neo_jax.tokenizer.sid_vocab import SIDVocab
 
@@ -36,18 +40,32 @@ def random_catalog(rng, sizes, counts):
   return SIDMap(names, sizes, codes[perm], types[perm])
 
 
-def exhaustive(sid_map, vocab, tables, prompt, allowed_types):
-  """Every admissible item scored by the numpy chain, best first: [(score, row)]."""
+def code_log_softmax(logits, vocab, level, type_name=None):
+  """log-softmax over the real level-`level` codes (of one type, or of all types at level 0)."""
+  names = vocab.type_names if type_name is None else (type_name,)
+  toks = [vocab.token_id(t, level, c) for t in names for c in range(vocab.level_sizes[t][level])]
+  out = np.full(logits.shape, -np.inf)
+  out[toks] = log_softmax(logits[toks])
+  return out
+
+
+def exhaustive(sid_map, vocab, tables, prompt, allowed_types, keep=None, score_mode='vocab'):
+  """Every admissible item (of an allowed type, in `keep` when given) scored by the numpy
+  chain, best first: [(score, row)]."""
   first, second, position = tables
   out = []
   for n in range(len(sid_map)):
     t = int(sid_map.type_index[n])
-    if not allowed_types[t]:
+    if not allowed_types[t] or (keep is not None and n not in keep):
       continue
     history, score = list(prompt), 0.0
     for l, c in enumerate(sid_map.codes[n]):
       tok = vocab.token_id(sid_map.type_names[t], l, int(c))
-      score += log_softmax(markov_logits(first, second, history, position))[tok]
+      logits = markov_logits(first, second, history, position)
+      if score_mode == 'vocab':
+        score += log_softmax(logits)[tok]
+      else:
+        score += code_log_softmax(logits, vocab, l, None if l == 0 else sid_map.type_names[t])[tok]
       history.append(tok)
     out.append((score, n))
   return sorted(out, reverse=True)
@@ -179,3 +197,84 @@ def test_bad_shapes_are_rejected(setup):
   with pytest.raises(ValueError, match='SID block ends'):
     sid_beam_search(s['step_fn'], s['cache'], s['last_logits'][:, :10], s['last_positions'],
                     s['trie'], s['arrays'], 3)
+
+
+def _search(s, trie, num_beams, allowed, **kwargs):
+  items, scores = sid_beam_search(s['step_fn'], s['cache'], s['last_logits'],
+                                  s['last_positions'], trie, s['arrays'], num_beams,
+                                  jnp.asarray(allowed), **kwargs)
+  return np.asarray(items), np.asarray(scores)
+
+
+@pytest.mark.parametrize('rows', [False, True])
+def test_code_scores_equal_exhaustive(setup, rows):
+  """score='codes' (level-normalised), through full logits or the rows-only step, equals
+  exhaustive scoring with the same normalisation when the beams cover every item."""
+  s = setup
+  kwargs = dict(score='codes')
+  if rows:
+    kwargs.update(row_step_fn=rows_only(s['step_fn']))
+  items, scores = _search(s, s['trie'], 40, s['allowed'], **kwargs)
+  for b, prompt in enumerate(s['prompts']):
+    ref = exhaustive(s['sid_map'], s['vocab'], s['tables'], prompt, s['allowed'][b],
+                     score_mode='codes')
+    np.testing.assert_array_equal(items[b, :len(ref)], [n for _, n in ref])
+    np.testing.assert_allclose(scores[b, :len(ref)], [x for x, _ in ref], rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(items[b, len(ref):], -1)
+
+
+@hypothesis.settings(max_examples=25, deadline=None, derandomize=True)
+@hypothesis.given(data=st.data())
+def test_filtered_beam_search_equals_exhaustive_on_filtered_catalog(setup, data):
+  """Random removals, exclusions, allow-lists and allowed types: with more beams than items
+  the search returns exactly the admissible items, ranked as exhaustive search ranks them
+  (so no inadmissible item ever appears and no admissible one is lost)."""
+  s = setup
+  n = len(s['sid_map'])
+  rows = st.lists(st.integers(0, n - 1), max_size=6)
+  removed = data.draw(rows)
+  excluded = [data.draw(rows) for _ in s['prompts']]
+  allow = [data.draw(st.one_of(st.none(), rows)) for _ in s['prompts']]
+  allowed = np.array([[data.draw(st.booleans()) for _ in range(2)] for _ in s['prompts']])
+  trie = s['trie'].set_live(removed, False) if removed else s['trie']
+  request = request_filter(trie, excluded=excluded, allowed=allow, width=6)
+  items, scores = _search(s, trie, 40, allowed, request=request)
+  for b, prompt in enumerate(s['prompts']):
+    keep = (set(range(n)) - set(removed) - set(excluded[b])) & set(
+        range(n) if allow[b] is None else allow[b])
+    ref = exhaustive(s['sid_map'], s['vocab'], s['tables'], prompt, allowed[b], keep)
+    got = items[b][items[b] >= 0].tolist()
+    assert got == [r for _, r in ref]
+    np.testing.assert_allclose(scores[b, :len(ref)], [x for x, _ in ref], rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(items[b, len(ref):], -1)
+
+
+def test_removed_items_are_never_returned_and_restore_works(setup):
+  s = setup
+  full, _ = _search(s, s['trie'], 7, s['allowed'])
+  gone = sorted({int(x) for x in full[:, :3].ravel() if x >= 0})
+  trie = s['trie'].set_live(gone, False)
+  assert trie.num_live == len(s['sid_map']) - len(gone)
+  items, _ = _search(s, trie, 7, s['allowed'])
+  assert not set(items.ravel().tolist()) & set(gone)
+  back, _ = _search(s, trie.set_live(gone, True), 7, s['allowed'])
+  np.testing.assert_array_equal(back, full)
+  with pytest.raises(ValueError, match='outside'):
+    s['trie'].set_live([len(s['sid_map'])], False)
+
+
+def test_vocab_beam_search_matches_brute_force(setup):
+  """The unconstrained baseline: with K >= V the first step keeps every token; 2 steps."""
+  s = setup
+  v = s['last_logits'].shape[1]
+  tokens, scores = vocab_beam_search(s['step_fn'], s['cache'], s['last_logits'],
+                                     s['last_positions'], v, 2)
+  first, second, position = s['tables']
+  for b, prompt in enumerate(s['prompts']):
+    lp0 = log_softmax(markov_logits(first, second, prompt, position))
+    best = sorted(((lp0[a] + log_softmax(markov_logits(first, second, prompt + [a],
+                                                       position))[c], a, c)
+                   for a in range(v) for c in range(v)), reverse=True)[:v]
+    np.testing.assert_array_equal(np.asarray(tokens[b]), [[a, c] for _, a, c in best])
+    np.testing.assert_allclose(np.asarray(scores[b]), [x for x, _, _ in best], rtol=1e-5,
+                               atol=1e-4)

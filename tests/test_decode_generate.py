@@ -10,7 +10,7 @@ import pytest
 from neo_jax.decode.cache import left_pad, prefill
 from neo_jax.decode.generate import generate
 from neo_jax.decode.testing import markov_cache, markov_lm, markov_logits
-from neo_jax.decode.trie import SIDTrie, SIDVocabArrays
+from neo_jax.decode.trie import SIDTrie, SIDVocabArrays, request_filter
 from neo_jax.sid.types import SIDMap
 from neo_jax.tokenizer.sid_vocab import SIDVocab
 
@@ -79,13 +79,19 @@ def parse(vocab, sid_map, tokens):
   return text, items
 
 
-def reference_greedy(s, prompt, allowed_types, output_format, max_items):
-  """Plain-Python greedy decoding with the masks spelled out from the SID map (no trie)."""
+def reference_greedy(s, prompt, allowed_types, output_format, max_items, excluded=(),
+                     allow_list=None, removed=()):
+  """Plain-Python greedy decoding with the masks spelled out from the SID map (no trie): the
+  admissible items are those of allowed types, not removed, not excluded, in the allow-list
+  when there is one, and not named before in the answer."""
   vocab, sid_map = s['vocab'], s['sid_map']
-  paths = {(int(sid_map.type_index[n]),) + tuple(int(c) for c in sid_map.codes[n])
-           for n in range(len(sid_map)) if allowed_types[int(sid_map.type_index[n])]}
+  path_of = {n: (int(sid_map.type_index[n]),) + tuple(int(c) for c in sid_map.codes[n])
+             for n in range(len(sid_map)) if allowed_types[int(sid_map.type_index[n])]
+             and n not in removed and n not in excluded
+             and (allow_list is None or n in allow_list)}
   history, out, items, span = list(prompt), [], [], None
   for _ in range(MAX_NEW):
+    paths = {p for n, p in path_of.items() if n not in items}
     logits = markov_logits(s['first'], s['second'], history, s['position'])
     if span is None:
       allowed = (set(SEPARATORS) | {EOS}) if output_format == 'ids' else set(range(TEXT_VOCAB))
@@ -125,6 +131,7 @@ def check_row(s, out, b):
   assert int(out.num_items[b]) == len(items)
   assert out.items[b, :len(items)].tolist() == items
   assert (out.items[b, len(items):] == -1).all()
+  assert len(set(items)) == len(items), f'row {b} names an item twice: {items}'
   for item in items:
     assert s['allowed'][b, int(s['sid_map'].type_index[item])]
   return row, text, items
@@ -196,3 +203,30 @@ def test_bad_arguments_are_rejected(setup):
     run(s, output_format='json')
   with pytest.raises(ValueError, match='separator ids'):
     run(s, output_format='ids', separator_ids=(s['vocab'].sid_open_id,))
+
+
+def test_filters_and_removals_match_reference(setup):
+  """Exclusions, an allow-list and catalog removals, against the plain-Python reference; the
+  trie update keeps shapes, so the same compiled generation serves both tries."""
+  s = setup
+  excluded = [[0, 3], [], [5], []]
+  allow = [None, [0, 1, 2], None, [1, 6, 7]]
+  removed = [4, 7]
+  trie = s['trie'].set_live(removed, False)
+  request = request_filter(trie, excluded=excluded, allowed=allow)
+  kwargs = dict(output_format='mixed', max_items=4, allowed_types_BxT=jnp.asarray(s['allowed']))
+  out = run(dict(s, trie=trie), request=request, **kwargs)
+  named = 0
+  for b, prompt in enumerate(s['prompts']):
+    row, _, items = check_row(s, out, b)
+    ref_row, ref_items = reference_greedy(s, prompt, s['allowed'][b], 'mixed', 4,
+                                          excluded=excluded[b], allow_list=allow[b],
+                                          removed=removed)
+    assert row == ref_row and items == ref_items
+    assert not set(items) & (set(removed) | set(excluded[b]))
+    named += len(items)
+  assert named >= 4
+  # Restoring the removed items gives back the unfiltered answers.
+  back = run(dict(s, trie=trie.set_live(removed, True)), **kwargs)
+  ref = run(s, **kwargs)
+  np.testing.assert_array_equal(back.tokens, ref.tokens)

@@ -22,6 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 
 StepFn = Callable[[jax.Array, jax.Array, Any, jax.Array], tuple[jax.Array, Any]]
+# row_step_fn(tokens_NxT, positions_NxT, cache, valid_NxT, rows_R int32) -> (logits_NxTxR, cache):
+# the same step, computing only the LM-head rows `rows_R` (e.g. Decoder.decode_hidden followed
+# by Decoder.logits_from_hidden(h, rows_R)).
+RowStepFn = Callable[[jax.Array, jax.Array, Any, jax.Array, jax.Array], tuple[jax.Array, Any]]
 CacheBatchAxis = Callable[[Any], 'int | None']
 
 

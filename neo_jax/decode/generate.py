@@ -7,10 +7,13 @@ logits under a per-row mask:
 
   outside a span   'text': text tokens only; 'mixed': text tokens and `[SID]`;
                    'ids': `[SID]`, the caller's separator tokens and eos.
-                   `[SID]` is masked once a row has named `max_items` items, and for rows whose
-                   allowed types have no item.
+                   `[SID]` is masked once a row has named `max_items` items, and when no
+                   admissible item is left for the row.
   in a span        the codes the trie admits after the span's prefix (level 0: every allowed
-                   type's first codes; the first code fixes the span's type).
+                   type's first codes; the first code fixes the span's type) that still lead
+                   to an admissible item: live, allowed by the request filter (exclusions,
+                   allow-list) and not yet named by this row, so an answer never names the
+                   same item twice and a span never reaches a dead end.
   span complete    `[/SID]` only.
 
 Tokens are greedy by default; with temperature > 0 text tokens are sampled (codes too when
@@ -28,7 +31,8 @@ from flax import struct
 
 from neo_jax.decode.beam_search import NEG_INF
 from neo_jax.decode.cache import StepFn
-from neo_jax.decode.trie import SIDTrie, SIDVocabArrays, child_index, codes_mask, root_codes_mask
+from neo_jax.decode.trie import (RequestFilter, SIDTrie, SIDVocabArrays, admissible_children,
+                                 child_index)
 
 OUTPUT_FORMATS = ('ids', 'text', 'mixed')
 _OUTSIDE = -1
@@ -54,7 +58,8 @@ def generate(step_fn: StepFn, cache, last_logits_BxV: jax.Array, last_positions_
              eos_id: int, pad_id: int, output_format: str = 'mixed',
              separator_ids: Sequence[int] = (), max_items: int | None = None,
              allowed_types_BxT: jax.Array | None = None, temperature: float = 0.0,
-             rng: jax.Array | None = None, sample_codes: bool = False) -> GenerateOutput:
+             rng: jax.Array | None = None, sample_codes: bool = False,
+             request: RequestFilter | None = None) -> GenerateOutput:
   """Generates up to max_new_tokens tokens after each prompt.
 
   Args:
@@ -74,6 +79,7 @@ def generate(step_fn: StepFn, cache, last_logits_BxV: jax.Array, last_positions_
     temperature: 0 for greedy; > 0 samples from softmax(logits / temperature).
     rng: PRNG key for sampling; defaults to key 0.
     sample_codes: sample the codes too (else they are greedy even when text is sampled).
+    request: per-request exclusions and allow-lists (`trie.request_filter`); None: none.
 
   Returns:
     GenerateOutput.
@@ -102,6 +108,8 @@ def generate(step_fn: StepFn, cache, last_logits_BxV: jax.Array, last_positions_
   if allowed_types_BxT is not None and allowed_types_BxT.shape != (batch, trie.num_types):
     raise ValueError(f'allowed_types_BxT must be ({batch}, {trie.num_types}), got '
                      f'{allowed_types_BxT.shape}')
+  if request is not None and request.batch != batch:
+    raise ValueError(f'request filter is for {request.batch} requests, the batch has {batch}')
   # A span takes at least L + 1 tokens before its item is complete, so no row can complete more
   # than this many; with max_items the buffer is also the limit that masks `[SID]`.
   item_slots = max_new_tokens // (trie.num_levels + 1) + 1
@@ -111,7 +119,7 @@ def generate(step_fn: StepFn, cache, last_logits_BxV: jax.Array, last_positions_
                    jnp.asarray(separators, jnp.int32), allowed_types_BxT,
                    jnp.asarray(temperature, jnp.float32),
                    jax.random.key(0) if rng is None else rng,
-                   jnp.asarray(sample_codes, bool), max_new_tokens=max_new_tokens,
+                   jnp.asarray(sample_codes, bool), request, max_new_tokens=max_new_tokens,
                    eos_id=eos_id, pad_id=pad_id, output_format=output_format,
                    item_slots=item_slots)
 
@@ -120,7 +128,7 @@ def generate(step_fn: StepFn, cache, last_logits_BxV: jax.Array, last_positions_
                                              'output_format', 'item_slots'))
 def _generate(step_fn, cache, last_logits_BxV, last_positions_B, trie: SIDTrie,
               vocab: SIDVocabArrays, separators_S, allowed_types_BxT, temperature, rng,
-              sample_codes, *, max_new_tokens, eos_id, pad_id, output_format, item_slots):
+              sample_codes, request, *, max_new_tokens, eos_id, pad_id, output_format, item_slots):
   batch, vocab_size = last_logits_BxV.shape
   num_levels, num_types = trie.num_levels, trie.num_types
   offsets_TxL = vocab.offsets_TxL
@@ -132,26 +140,31 @@ def _generate(step_fn, cache, last_logits_BxV, last_positions_B, trie: SIDTrie,
     outside_V = jnp.zeros(vocab_size, bool).at[separators_S].set(True).at[eos_id].set(True)
   else:
     outside_V = ids_V < vocab.base
-  # Level-0 codes are the same at every step: build their mask once.
-  root_ok_BxTxK0 = root_codes_mask(trie, allowed_types_BxT, batch)
+  types_BxT = jnp.broadcast_to(jnp.arange(num_types, dtype=jnp.int32), (batch, num_types))
   root_tokens_TxK0 = offsets_TxL[:, 0, None] + jnp.arange(trie.kmax[0], dtype=jnp.int32)
-  root_idx_BxC = jnp.where(root_ok_BxTxK0, root_tokens_TxK0, vocab_size).reshape(batch, -1)
-  level0_BxV = jnp.zeros((batch, vocab_size), bool).at[rows_B[:, None], root_idx_BxC].set(
-      True, mode='drop')
-  can_open_B = jnp.any(root_ok_BxTxK0, axis=(1, 2)) & (output_format != 'text')
   level_sizes = [trie.bitmaps[l].shape[0] for l in range(num_levels)]
 
-  def mask_for(level_B, type_B, node_B, num_items_B):
+  def mask_for(level_B, type_B, node_B, num_items_B, named_BxI):
+    """The (B, V) admissible next tokens; named_BxI: leaves each row has named (-1 pads)."""
     outside_B = level_B == _OUTSIDE
-    span_BxV = jnp.where((level_B == 0)[:, None], level0_BxV, False)
+    # Level 0 depends on the items named so far, so it is recomputed every step (T * K0 codes).
+    root_ok_BxTxK0, _ = admissible_children(trie, 0, types_BxT, request, named_BxI)
+    if allowed_types_BxT is not None:
+      root_ok_BxTxK0 = root_ok_BxTxK0 & allowed_types_BxT.astype(bool)[:, :, None]
+    root_idx_BxC = jnp.where(root_ok_BxTxK0 & (level_B == 0)[:, None, None], root_tokens_TxK0,
+                             vocab_size).reshape(batch, -1)
+    span_BxV = jnp.zeros((batch, vocab_size), bool).at[rows_B[:, None], root_idx_BxC].set(
+        True, mode='drop')
     for l in range(1, num_levels):
       kl = trie.kmax[l]
       node = jnp.clip(node_B, 0, level_sizes[l] - 1)
-      ok_BxKl = codes_mask(trie, l, node) & (level_B == l)[:, None]
+      ok_BxKl, _ = admissible_children(trie, l, node, request, named_BxI)
+      ok_BxKl = ok_BxKl & (level_B == l)[:, None]
       tokens_BxKl = offsets_TxL[type_B, l][:, None] + jnp.arange(kl, dtype=jnp.int32)
       span_BxV = span_BxV.at[rows_B[:, None], jnp.where(ok_BxKl, tokens_BxKl, vocab_size)].set(
           True, mode='drop')
     mask_BxV = jnp.where(outside_B[:, None], outside_V[None], span_BxV)
+    can_open_B = jnp.any(root_ok_BxTxK0, axis=(1, 2)) & (output_format != 'text')
     open_B = outside_B & can_open_B & (num_items_B < item_slots)
     mask_BxV = mask_BxV.at[:, vocab.open_id].set(open_B)
     return mask_BxV.at[:, vocab.close_id].set(level_B == num_levels)
@@ -174,10 +187,11 @@ def _generate(step_fn, cache, last_logits_BxV, last_positions_B, trie: SIDTrie,
     completes_B = level_B == num_levels - 1
     leaf_B = jnp.clip(new_node_B, 0, trie.num_items - 1)
     item_B = jnp.where(completes_B, trie.leaf_item[leaf_B], -1)
+    leaf_B = jnp.where(completes_B, leaf_B, -1)
     next_level_B = jnp.where(
         in_code_B, level_B + 1,
         jnp.where((level_B == _OUTSIDE) & (tok_B == vocab.open_id), 0, _OUTSIDE))
-    return next_level_B, new_type_B, new_node_B, item_B
+    return next_level_B, new_type_B, new_node_B, item_B, leaf_B
 
   def cond(state):
     return (state['t'] < max_new_tokens) & ~jnp.all(state['done'])
@@ -185,7 +199,7 @@ def _generate(step_fn, cache, last_logits_BxV, last_positions_B, trie: SIDTrie,
   def body(state):
     t, done_B = state['t'], state['done']
     level_B, type_B, node_B = state['level'], state['type'], state['node']
-    mask_BxV = mask_for(level_B, type_B, node_B, state['num_items'])
+    mask_BxV = mask_for(level_B, type_B, node_B, state['num_items'], state['leaves'])
     logits_BxV = jnp.where(mask_BxV, state['logits'], NEG_INF)
     rng, key = jax.random.split(state['rng'])
     greedy_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
@@ -195,11 +209,13 @@ def _generate(step_fn, cache, last_logits_BxV, last_positions_B, trie: SIDTrie,
     sample_B = (temperature > 0) & (sample_codes | ~in_code_B)
     tok_B = jnp.where(done_B, pad_id, jnp.where(sample_B, sampled_B, greedy_B))
 
-    next_level_B, next_type_B, next_node_B, item_B = advance(tok_B, level_B, type_B, node_B)
+    next_level_B, next_type_B, next_node_B, item_B, leaf_B = advance(tok_B, level_B, type_B,
+                                                                     node_B)
     live_B = ~done_B
     completes_B = live_B & (item_B >= 0)
     slot_B = jnp.where(completes_B, state['num_items'], item_slots)
     items_BxI = state['items'].at[rows_B, slot_B].set(item_B, mode='drop')
+    leaves_BxI = state['leaves'].at[rows_B, slot_B].set(leaf_B, mode='drop')
     new_done_B = done_B | ((level_B == _OUTSIDE) & (tok_B == eos_id))
     logits_Nx1xV, cache = step_fn(tok_B[:, None], (state['position'] + t)[:, None],
                                   state['cache'], live_B[:, None])
@@ -212,6 +228,7 @@ def _generate(step_fn, cache, last_logits_BxV, last_positions_B, trie: SIDTrie,
         'node': jnp.where(live_B, next_node_B, node_B),
         'num_items': state['num_items'] + completes_B.astype(jnp.int32),
         'items': items_BxI,
+        'leaves': leaves_BxI,
         'done': new_done_B,
         'tokens': state['tokens'].at[:, t].set(tok_B),
         'lengths': state['lengths'] + live_B.astype(jnp.int32),
@@ -229,6 +246,7 @@ def _generate(step_fn, cache, last_logits_BxV, last_positions_B, trie: SIDTrie,
       'node': zeros_B,
       'num_items': zeros_B,
       'items': jnp.full((batch, item_slots), -1, jnp.int32),
+      'leaves': jnp.full((batch, item_slots), -1, jnp.int32),
       'done': jnp.zeros(batch, bool),
       'tokens': jnp.full((batch, max_new_tokens), pad_id, jnp.int32),
       'lengths': zeros_B,

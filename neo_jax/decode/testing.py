@@ -69,6 +69,18 @@ def markov_lm(first_RxV: np.ndarray, second_RxV: np.ndarray | None = None,
   return step_fn
 
 
+def rows_only(step_fn):
+  """A row_step_fn from a step_fn: the full logits, then only the requested rows (for tests of
+  the rows-only plumbing; a real model computes only those rows, see Decoder.logits_from_hidden).
+  """
+
+  def row_step_fn(tokens_NxT, positions_NxT, cache, valid_NxT, rows_R):
+    logits, cache = step_fn(tokens_NxT, positions_NxT, cache, valid_NxT)
+    return jnp.take(logits, rows_R, axis=-1), cache
+
+  return row_step_fn
+
+
 def markov_logits(first_RxV: np.ndarray, second_RxV: np.ndarray | None, history: list[int],
                   position_PxV: np.ndarray | None = None) -> np.ndarray:
   """Numpy reference: the (V,) next-token logits of `markov_lm` after `history` (the valid

@@ -16,11 +16,29 @@ Children of a node are numbered consecutively in code order, so
   child(n, c) = child_base[l][n, c // 32] + popcount(bitmaps[l][n, c // 32] & ((1 << c % 32) - 1))
 which is two gathers and a few bit ops, with no search. Folding the first-child index into the
 rank directory saves one gather and one int32 per node compared with storing them apart.
+
+Liveness and request filters. Leaves are numbered in (type, codes) order, so the leaves under
+any node form one contiguous range [lo, hi), found by following first children down (one gather
+per level, `leaf_range`). The bitmaps are structural and never change; which items may be
+generated is decided by counts over leaf ranges:
+
+  live_prefix    (n_leaves + 1,) int32  number of live leaves before each leaf.
+  item_leaf      (n_rows,) int32        leaf of each catalog row, -1 for unreachable rows.
+
+A code is admissible iff its bitmap bit is set and the leaf range of its child holds at least
+one admissible item (live, and for a request also not excluded, in its allow-list when it has
+one, not yet named): `admissible_children`. Every admissible prefix therefore completes into
+an admissible item, so decoding never reaches a dead end. Removing items (`set_live`) rewrites
+`live_prefix` (one cumsum) with the same shapes, so compiled searches keep working and a
+removed item is never generated after the update. Adding an item with a new SID changes the
+structure: that is a rebuild (`SIDTrie.build`, a few seconds per 1M items); items known ahead
+(e.g. upcoming releases) are built in with `live=False` and switched on in place later.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Sequence
 
 import jax
@@ -42,6 +60,8 @@ class SIDTrie:
     bitmaps: per level l, (n_l, W_l) uint32 child bitmaps.
     child_base: per level l, (n_l, W_l) int32 rank directory with the first child folded in.
     leaf_item: (n_items,) int32 catalog row of each leaf, leaves in (type, codes) order.
+    live_prefix: (n_items + 1,) int32 number of live leaves before each leaf.
+    item_leaf: (n_rows,) int32 leaf of each catalog row, -1 where the row is unreachable.
     kmax: static, per level the largest K over types (the width of a level's code mask).
     num_types: static, number of entity types (= number of level-0 nodes).
   """
@@ -49,6 +69,8 @@ class SIDTrie:
   bitmaps: tuple[jax.Array, ...]
   child_base: tuple[jax.Array, ...]
   leaf_item: jax.Array
+  live_prefix: jax.Array
+  item_leaf: jax.Array
   kmax: tuple[int, ...] = struct.field(pytree_node=False)
   num_types: int = struct.field(pytree_node=False)
 
@@ -63,24 +85,71 @@ class SIDTrie:
   @property
   def nbytes(self) -> int:
     """Bytes held by the trie's arrays."""
-    arrays = list(self.bitmaps) + list(self.child_base) + [self.leaf_item]
+    arrays = (list(self.bitmaps) + list(self.child_base)
+              + [self.leaf_item, self.live_prefix, self.item_leaf])
     return int(sum(a.size * a.dtype.itemsize for a in arrays))
 
   @classmethod
-  def build(cls, sid_map: SIDMap, sid_vocab: SIDVocab) -> SIDTrie:
+  def build(cls, sid_map: SIDMap, sid_vocab: SIDVocab, live: np.ndarray | None = None
+            ) -> SIDTrie:
     """Builds the trie of every reachable item of `sid_map` (vectorised, O(N log N)).
+
+    Args:
+      sid_map: the catalog's SIDs.
+      sid_vocab: the SID token layout.
+      live: optional (n_rows,) bool, which rows may be generated now (default: all); the
+        others are built in and can be switched on later with `set_live`.
 
     Raises ValueError when the map and the vocabulary disagree on types or level sizes, when a
     code lies outside its level's range, when a row is only partly -1, when two items share an
-    SID, or when no item is reachable.
+    SID, when no item is reachable, or when `live` has the wrong shape.
     """
     arrays = build_trie_arrays(sid_map, sid_vocab)
+    n_rows = int(np.asarray(sid_map.codes).shape[0])
+    live_leaf = np.ones(arrays.leaf_item.size, np.int32)
+    if live is not None:
+      live = np.asarray(live)
+      if live.shape != (n_rows,) or live.dtype != bool:
+        raise ValueError(f'live must be a ({n_rows},) bool array, got {live.dtype} {live.shape}')
+      live_leaf = live[arrays.leaf_item].astype(np.int32)
+    item_leaf = np.full(n_rows, -1, np.int32)
+    item_leaf[arrays.leaf_item] = np.arange(arrays.leaf_item.size, dtype=np.int32)
     return cls(
         bitmaps=tuple(jnp.asarray(b) for b in arrays.bitmaps),
         child_base=tuple(jnp.asarray(c) for c in arrays.child_base),
         leaf_item=jnp.asarray(arrays.leaf_item),
+        live_prefix=jnp.asarray(np.r_[0, np.cumsum(live_leaf)].astype(np.int32)),
+        item_leaf=jnp.asarray(item_leaf),
         kmax=arrays.kmax,
         num_types=arrays.num_types)
+
+  @property
+  def num_live(self) -> int:
+    return int(self.live_prefix[-1])
+
+  def set_live(self, items: Sequence[int] | np.ndarray, live: bool) -> SIDTrie:
+    """The same trie with catalog rows `items` removed (live=False) or restored (live=True).
+
+    Shapes are unchanged, so every compiled search and generation serves the updated trie
+    without recompiling. Raises ValueError for a row outside the catalog or not in the trie.
+    """
+    items = np.asarray(items, np.int64).reshape(-1)
+    n_rows = int(self.item_leaf.shape[0])
+    bad = items[(items < 0) | (items >= n_rows)]
+    if bad.size:
+      raise ValueError(f'catalog rows {bad[:5].tolist()} are outside [0, {n_rows})')
+    leaves = np.asarray(self.item_leaf)[items]
+    if (leaves < 0).any():
+      raise ValueError(f'catalog rows {items[leaves < 0][:5].tolist()} have no SID in the trie; '
+                       'adding an item with a new SID needs a rebuild (SIDTrie.build)')
+    return self.replace(live_prefix=_set_live(self.live_prefix, jnp.asarray(leaves, jnp.int32),
+                                              bool(live)))
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _set_live(live_prefix: jax.Array, leaves: jax.Array, live: bool) -> jax.Array:
+  alive = jnp.diff(live_prefix).at[leaves].set(int(live))
+  return jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.cumsum(alive, dtype=jnp.int32)])
 
 
 @dataclasses.dataclass
@@ -181,10 +250,9 @@ def build_trie_arrays(sid_map: SIDMap, sid_vocab: SIDVocab) -> TrieArrays:
     bitmap = np.bincount(flat, weights=bits, minlength=n_nodes * words)
     bitmap = bitmap.astype(np.uint64).astype(np.uint32).reshape(n_nodes, words)
     # Children are numbered in sorted order, so a parent's first child is where it first occurs.
-    first_child = np.zeros(n_nodes, np.int64)
-    is_first = np.ones(first.size, bool)
-    is_first[1:] = parent[1:] != parent[:-1]
-    first_child[parent[is_first]] = np.flatnonzero(is_first)
+    # A node without children (a type without items) gets the next node's first child, so
+    # first children never decrease and leaf ranges stay contiguous.
+    first_child = np.searchsorted(parent, np.arange(n_nodes))
     counts = np.bitwise_count(bitmap).astype(np.int64)
     base = first_child[:, None] + np.cumsum(counts, axis=1) - counts
     bitmaps.append(bitmap)
@@ -223,6 +291,191 @@ def child_index(trie: SIDTrie, level: int, node: jax.Array, code: jax.Array) -> 
   bitmap = trie.bitmaps[level][node, word]
   below = bitmap & ((jnp.uint32(1) << bit) - jnp.uint32(1))
   return trie.child_base[level][node, word] + jax.lax.population_count(below).astype(jnp.int32)
+
+
+def num_nodes(trie: SIDTrie, level: int) -> int:
+  """Nodes of level `level` in [0, num_levels]; level num_levels counts the leaves."""
+  if level == trie.num_levels:
+    return trie.num_items
+  return int(trie.bitmaps[level].shape[0])
+
+
+def leaf_range(trie: SIDTrie, level: int, node: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """[lo, hi) leaf range under nodes of level `level` (num_levels: the nodes are leaves).
+
+  node: int32, any shape; num_nodes(level) is allowed and gives the empty range at the end.
+  Costs 2 (num_levels - level) gathers.
+  """
+
+  def first_leaf(x):
+    for m in range(level, trie.num_levels):
+      n_m = num_nodes(trie, m)
+      first = trie.child_base[m][jnp.clip(x, 0, n_m - 1), 0]
+      x = jnp.where(x >= n_m, num_nodes(trie, m + 1), first)
+    return x
+
+  node = node.astype(jnp.int32)
+  return first_leaf(node), first_leaf(node + 1)
+
+
+_PAD = np.iinfo(np.int32).max
+
+
+@struct.dataclass
+class RequestFilter:
+  """Per-request item constraints, as sorted leaf ids (padded with int32 max).
+
+  Attributes:
+    excluded_BxE: live leaves request b must not name (e.g. its history), sorted, distinct.
+    allowed_BxA: where `has_allow_list_B`, the only live leaves request b may name (already
+      without its excluded ones), sorted, distinct.
+    has_allow_list_B: bool, whether request b has an allow-list.
+  """
+
+  excluded_BxE: jax.Array
+  allowed_BxA: jax.Array
+  has_allow_list_B: jax.Array
+
+  @property
+  def batch(self) -> int:
+    return int(self.has_allow_list_B.shape[0])
+
+
+def _sorted_live_leaves(trie: SIDTrie, items_BxS: jax.Array) -> jax.Array:
+  """Catalog rows (-1 = padding) -> their live leaves, sorted and distinct, padded."""
+  n_rows = trie.item_leaf.shape[0]
+  in_range = (items_BxS >= 0) & (items_BxS < n_rows)
+  leaf = jnp.where(in_range, trie.item_leaf[jnp.clip(items_BxS, 0, n_rows - 1)], -1)
+  safe = jnp.clip(leaf, 0, trie.num_items - 1)
+  live = (leaf >= 0) & (trie.live_prefix[safe + 1] > trie.live_prefix[safe])
+  leaf = jnp.sort(jnp.where(live, leaf, _PAD), axis=1)
+  dup = jnp.concatenate([jnp.zeros_like(leaf[:, :1], bool), leaf[:, 1:] == leaf[:, :-1]], 1)
+  return jnp.sort(jnp.where(dup, _PAD, leaf), axis=1)
+
+
+def count_in_range(sorted_BxS: jax.Array, lo: jax.Array, hi: jax.Array) -> jax.Array:
+  """Number of entries of row b of `sorted_BxS` in [lo[b, ...], hi[b, ...]) (int32)."""
+  shape = lo.shape
+  lo2, hi2 = lo.reshape(shape[0], -1), hi.reshape(shape[0], -1)
+  count = jax.vmap(lambda s, a, b: jnp.searchsorted(s, b) - jnp.searchsorted(s, a))(
+      sorted_BxS, lo2, hi2)
+  return count.astype(jnp.int32).reshape(shape)
+
+
+@jax.jit
+def make_request_filter(trie: SIDTrie, excluded_items_BxE: jax.Array,
+                        allowed_items_BxA: jax.Array, has_allow_list_B: jax.Array
+                        ) -> RequestFilter:
+  """A `RequestFilter` from catalog rows (-1 pads; rows not in the trie or not live are
+  ignored, which is harmless: they can never be named anyway).
+
+  Args:
+    trie: the trie (its current liveness is applied).
+    excluded_items_BxE: int32 rows each request must not name; E may be 1 with all -1.
+    allowed_items_BxA: int32 rows each request may only name, used where has_allow_list_B.
+    has_allow_list_B: bool.
+  """
+  excluded = _sorted_live_leaves(trie, excluded_items_BxE.astype(jnp.int32))
+  allowed = _sorted_live_leaves(trie, allowed_items_BxA.astype(jnp.int32))
+  # Drop excluded leaves from the allow-list so that one count answers for both.
+  pos = jax.vmap(jnp.searchsorted)(excluded, allowed)
+  hit = jnp.take_along_axis(excluded, jnp.minimum(pos, excluded.shape[1] - 1), axis=1) == allowed
+  allowed = jnp.sort(jnp.where(hit & (allowed != _PAD), _PAD, allowed), axis=1)
+  return RequestFilter(excluded_BxE=excluded, allowed_BxA=allowed,
+                       has_allow_list_B=has_allow_list_B.astype(bool))
+
+
+def request_filter(trie: SIDTrie, excluded: Sequence[Sequence[int]] | None = None,
+                   allowed: Sequence[Sequence[int] | None] | None = None,
+                   batch: int | None = None, width: int | None = None) -> RequestFilter:
+  """Host convenience: a `RequestFilter` from per-request lists of catalog rows.
+
+  Args:
+    trie: the trie.
+    excluded: per request, rows it must not name (None: nothing excluded).
+    allowed: per request, the only rows it may name, or None for no allow-list.
+    batch: B when both lists are None.
+    width: pad both lists to this many entries (fixed shapes reuse compiled searches);
+      default: the longest list.
+  Raises ValueError when the lists disagree on B or a row is not an int in [0, n_rows).
+  """
+  sizes = {len(x) for x in (excluded, allowed) if x is not None}
+  if batch is not None:
+    sizes.add(int(batch))
+  if len(sizes) != 1:
+    raise ValueError(f'request_filter: batch sizes disagree or are missing: {sorted(sizes)}')
+  b = sizes.pop()
+  n_rows = int(trie.item_leaf.shape[0])
+
+  def pad(lists, name):
+    longest = max([1] + [len(x) for x in lists if x is not None])
+    if width is not None and width < longest:
+      raise ValueError(f'{name}: a list of {longest} rows does not fit width {width}')
+    out = np.full((b, longest if width is None else width), -1, np.int32)
+    for i, x in enumerate(lists):
+      if x is None:
+        continue
+      x = np.asarray(list(x), np.int64)
+      bad = x[(x < 0) | (x >= n_rows)]
+      if bad.size:
+        raise ValueError(f'{name}[{i}]: catalog rows {bad[:5].tolist()} outside [0, {n_rows})')
+      out[i, :x.size] = x
+    return out
+
+  excl = pad(excluded if excluded is not None else [None] * b, 'excluded')
+  allw = pad(allowed if allowed is not None else [None] * b, 'allowed')
+  has = np.array([allowed is not None and allowed[i] is not None for i in range(b)], bool)
+  return make_request_filter(trie, jnp.asarray(excl), jnp.asarray(allw), jnp.asarray(has))
+
+
+def admissible_count(trie: SIDTrie, lo: jax.Array, hi: jax.Array,
+                     request: RequestFilter | None = None,
+                     named_BxI: jax.Array | None = None) -> jax.Array:
+  """How many admissible items lie in leaf ranges [lo, hi) (shapes (B, ...) int32).
+
+  Admissible: live; for a request filter also not excluded and in the allow-list where there
+  is one; not among `named_BxI` (leaves a row has already named, -1 padded; they are admissible
+  items themselves, so subtracting them is exact).
+  """
+  lo_c = jnp.clip(lo, 0, trie.num_items)
+  hi_c = jnp.clip(hi, 0, trie.num_items)
+  count = trie.live_prefix[hi_c] - trie.live_prefix[lo_c]
+  if request is not None:
+    excl = count - count_in_range(request.excluded_BxE, lo_c, hi_c)
+    allow = count_in_range(request.allowed_BxA, lo_c, hi_c)
+    has = request.has_allow_list_B.reshape((-1,) + (1,) * (lo.ndim - 1))
+    count = jnp.where(has, allow, excl)
+  if named_BxI is not None:
+    flat_lo = lo_c.reshape(lo.shape[0], -1, 1)
+    flat_hi = hi_c.reshape(lo.shape[0], -1, 1)
+    named = named_BxI[:, None, :]
+    inside = (named >= flat_lo) & (named < flat_hi) & (named >= 0)
+    count = count - jnp.sum(inside, axis=-1).reshape(lo.shape)
+  return count
+
+
+def admissible_children(trie: SIDTrie, level: int, node: jax.Array,
+                        request: RequestFilter | None = None,
+                        named_BxI: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """Which level-`level` codes of each node lead to an admissible item, and their children.
+
+  Args:
+    trie: the trie.
+    level: static level in [0, num_levels).
+    node: int32 (B, ...) valid node indices of that level (level 0: types).
+    request, named_BxI: as in `admissible_count` (their B is node's first axis).
+
+  Returns:
+    (ok (B, ..., kmax) bool, child (B, ..., kmax) int32 index in level + 1 or leaf).
+  """
+  codes = jnp.arange(trie.kmax[level], dtype=jnp.int32)
+  child = child_index(trie, level, node[..., None], codes)
+  structural = codes_mask(trie, level, node)
+  n_next = num_nodes(trie, level + 1)
+  child = jnp.where(structural, child, n_next)
+  lo, hi = leaf_range(trie, level + 1, child)
+  ok = structural & (admissible_count(trie, lo, hi, request, named_BxI) > 0)
+  return ok, jnp.minimum(child, n_next - 1)
 
 
 def root_codes_mask(trie: SIDTrie, allowed_types_BxT: jax.Array | None,
