@@ -10,6 +10,15 @@ group becomes:
 * 'popular': only the most popular item of a group keeps its codes (ties: lowest catalog
   row); the others get codes -1 and are unreachable.
 
+Methods (`method=`): 'rkmeans' (default) quantises the embeddings; the two ablations of the
+paper ignore them: 'random' draws distinct random codes with the level sizes residual k-means
+would have had (seeded), 'atomic' gives every item one code, its rank within its type (a
+single level of size N_t per type, no collisions).
+
+Per-type depth: `levels` may be a dict type -> M_t. Every type still has the same number of
+levels (decoding has static shapes): a type with M_t < max M gets levels of size 1 (code 0)
+after its k-means levels, before the disambiguation level.
+
 On disk a map is a directory holding `sid_map.npz` (arrays) and `sid_map.json` (manifest with
 a checksum of the codes), each written atomically.
 """
@@ -30,9 +39,11 @@ import numpy as np
 
 from neo_jax.catalog.types import Catalog
 from neo_jax.sid.kmeans import residual_kmeans
+from neo_jax.sid.stream_kmeans import residual_kmeans_streaming
 from neo_jax.sid.types import SIDMap
 
 COLLISION_POLICIES = ('disambiguate', 'popular')
+METHODS = ('rkmeans', 'random', 'atomic')
 NPZ_NAME = 'sid_map.npz'
 MANIFEST_NAME = 'sid_map.json'
 FORMAT = 'neo_jax.sid_map'
@@ -41,10 +52,31 @@ FORMAT_VERSION = 1
 KSpec = Union[int, Sequence[int], Mapping[str, Union[int, Sequence[int]]]]
 
 
-def _level_ks(k: KSpec, type_names: tuple[str, ...], levels: int) -> dict[str, tuple[int, ...]]:
-  """Requested K per type per k-means level from an int, a per-level tuple, or a dict."""
+def _levels_per_type(levels, type_names: tuple[str, ...]) -> dict[str, int]:
+  def ok(v):
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
 
-  def one(spec, what):
+  if isinstance(levels, Mapping):
+    unknown = sorted(set(levels) - set(type_names))
+    missing = [t for t in type_names if t not in levels]
+    if unknown or missing:
+      raise ValueError(f'levels dict must cover exactly the entity types {type_names}; '
+                       f'unknown {unknown}, missing {missing}')
+    bad = {t: v for t, v in levels.items() if not ok(v)}
+    if bad:
+      raise ValueError(f'levels must be positive ints, got {bad}')
+    return {t: int(levels[t]) for t in type_names}
+  if not ok(levels):
+    raise ValueError(f'levels must be a positive int or a dict type -> int, got {levels!r}')
+  return {t: int(levels) for t in type_names}
+
+
+def _level_ks(k: KSpec, type_names: tuple[str, ...], levels) -> dict[str, tuple[int, ...]]:
+  """Requested K per type per k-means level from an int, a per-level tuple, or a dict;
+  `levels` is an int or a dict type -> number of levels."""
+  lv = _levels_per_type(levels, type_names)
+
+  def one(spec, what, levels):
     if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
       ks = (int(spec),) * levels
     elif isinstance(spec, (tuple, list)):
@@ -67,9 +99,34 @@ def _level_ks(k: KSpec, type_names: tuple[str, ...], levels: int) -> dict[str, t
     missing = [t for t in type_names if t not in k]
     if missing:
       raise ValueError(f'k has no entry for entity types {missing}')
-    return {t: one(k[t], f'k[{t!r}]') for t in type_names}
-  ks = one(k, 'k')
-  return {t: ks for t in type_names}
+    return {t: one(k[t], f'k[{t!r}]', lv[t]) for t in type_names}
+  if isinstance(k, (tuple, list)) and len(set(lv.values())) > 1:
+    raise ValueError('a per-level k tuple needs the same number of levels for every type; '
+                     'give k as a dict per type')
+  return {t: one(k, 'k', lv[t]) for t in type_names}
+
+
+def _random_codes(n: int, sizes: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+  """(n, len(sizes)) int32 codes, distinct whenever prod(sizes) >= n, else uniform."""
+  total = int(np.prod(np.asarray(sizes, dtype=object)))
+  if total >= n and total < 2**62:
+    flat = rng.choice(total, n, replace=False)
+  else:
+    flat = None
+  codes = np.empty((n, len(sizes)), np.int32)
+  for l in reversed(range(len(sizes))):
+    if flat is None:
+      codes[:, l] = rng.integers(0, sizes[l], n)
+    else:
+      codes[:, l] = flat % sizes[l]
+      flat = flat // sizes[l]
+  return codes
+
+
+def _perplexity_ratio(codes: np.ndarray, k: int) -> float:
+  p = np.bincount(codes, minlength=k).astype(np.float64) / codes.shape[0]
+  p = p[p > 0]
+  return float(np.exp(-np.sum(p * np.log(p)))) / k
 
 
 def _resolve_popularity(catalog: Catalog, popularity, required: bool
@@ -92,16 +149,18 @@ def _resolve_popularity(catalog: Catalog, popularity, required: bool
   return None, 'row_order'
 
 
-def build_sid_map(catalog: Catalog, embeddings_NxD, *, levels: int = 3, k: KSpec = 256,
+def build_sid_map(catalog: Catalog, embeddings_NxD, *, levels=3, k: KSpec = 256,
                   collision: str = 'disambiguate', popularity=None, seed: int = 0,
-                  iters: int = 50, encoder_name: str | None = None
-                  ) -> tuple[SIDMap, dict[str, float]]:
+                  iters: int = 50, encoder_name: str | None = None, method: str = 'rkmeans',
+                  tol: float = 0.0, batch_size: int | None = None, minibatch: bool = False,
+                  mesh=None) -> tuple[SIDMap, dict[str, float]]:
   """Quantises each entity type's item embeddings into SIDs.
 
   Args:
     catalog: the N items.
     embeddings_NxD: (N, D) float item embeddings, row n = item n.
-    levels: number of residual k-means levels (the 'disambiguate' policy adds one more).
+    levels: number of residual k-means levels (the 'disambiguate' policy adds one more): an
+      int, or a dict type name -> int (per-type depth, see the module docstring).
     k: K per level: an int (all types, all levels), a tuple of `levels` ints (all types), or a
       dict type name -> int or tuple covering every type. A K larger than the number of items
       of a type is clamped to that number (reported as '{type}/k_clamped').
@@ -109,53 +168,93 @@ def build_sid_map(catalog: Catalog, embeddings_NxD, *, levels: int = 3, k: KSpec
     popularity: (N,) popularity per item; default the catalog's when it has one for every
       item. Required (here or in the catalog) by 'popular'; orders ranks for 'disambiguate'.
     seed: k-means seed; type t uses `fold_in(PRNGKey(seed), t)`.
-    iters: maximum Lloyd passes per level.
+    iters: maximum Lloyd passes (epochs when mini-batch) per level.
     encoder_name: recorded in the map's meta (which encoder produced the embeddings).
+    method: 'rkmeans', or the ablations 'random' and 'atomic' (module docstring).
+    tol: stop a level once a pass lowers its squared error by less than this fraction.
+    batch_size, minibatch, mesh: when any is set, k-means streams the items in batches of
+      `batch_size` (default 65536), with mini-batch updates if `minibatch`, sharded over the
+      'data' axis of `mesh` if given (`stream_kmeans`); else one in-memory Lloyd per level.
 
   Returns:
     (sid_map, report): the report is a flat dict of numbers, overall and per type
     ('{type}/...'): num_items, collision_rate (share of items whose k-means codes equal
     another item's), colliding_groups, max_group, unreachable_items, k_l{l} (effective K),
     k_clamped, utilisation_l{l} (perplexity of code usage / K), mse_input and mse_l{l}
-    (mean squared residual norm before / after level l), seconds.
+    (mean squared residual norm before / after level l; rkmeans only), seconds.
   """
   t_start = time.perf_counter()
   if collision not in COLLISION_POLICIES:
     raise ValueError(f'unknown collision policy {collision!r}; known: {COLLISION_POLICIES}')
-  if not isinstance(levels, (int, np.integer)) or levels < 1:
-    raise ValueError(f'levels must be a positive int, got {levels!r}')
+  if method not in METHODS:
+    raise ValueError(f'unknown SID method {method!r}; known: {METHODS}')
   n = len(catalog)
-  emb = np.asarray(embeddings_NxD)
+  emb = embeddings_NxD if isinstance(embeddings_NxD, np.ndarray) else np.asarray(embeddings_NxD)
   if emb.ndim != 2 or emb.shape[0] != n:
     raise ValueError(f'embeddings must have shape ({n}, D) for {n} catalog items, '
                      f'got {emb.shape}')
-  if not np.issubdtype(emb.dtype, np.floating) or not np.all(np.isfinite(emb)):
-    raise ValueError('embeddings must be finite floating-point values')
-  emb = emb.astype(np.float32)
+  if not np.issubdtype(emb.dtype, np.floating):
+    raise ValueError(f'embeddings must be floating point, got dtype {emb.dtype}')
+  streaming = batch_size is not None or minibatch or mesh is not None
+  if not streaming:
+    if not np.all(np.isfinite(emb)):
+      raise ValueError('embeddings must be finite floating-point values')
+    emb = emb.astype(np.float32)
   type_names = tuple(catalog.type_names)
   type_index = np.asarray(catalog.type_index, np.int32)
-  ks = _level_ks(k, type_names, int(levels))
+  lv = _levels_per_type(levels, type_names)
+  ks = _level_ks(k, type_names, levels)
+  kmeans_levels = max(lv.values())
   pop, pop_source = _resolve_popularity(catalog, popularity, required=collision == 'popular')
 
-  num_levels = levels + (1 if collision == 'disambiguate' else 0)
+  if method == 'atomic':
+    num_levels = 1
+  else:
+    num_levels = kmeans_levels + (1 if collision == 'disambiguate' else 0)
   codes_NxL = np.full((n, num_levels), -1, np.int32)
   level_sizes: dict[str, tuple[int, ...]] = {}
   report: dict[str, float] = {}
-  totals = {'colliding': 0, 'unreachable': 0, 'mse_input': 0.0}
-  totals.update({f'mse_l{l}': 0.0 for l in range(levels)})
-  totals.update({f'utilisation_l{l}': 0.0 for l in range(levels)})
+  totals = {'colliding': 0, 'unreachable': 0}
+  level_totals: dict[str, list[float]] = {}  # key -> [weighted sum, weight]
   base_key = jax.random.PRNGKey(seed)
+
+  def add_total(key, value, weight):
+    acc = level_totals.setdefault(key, [0.0, 0.0])
+    acc[0] += value * weight
+    acc[1] += weight
 
   for ti, t in enumerate(type_names):
     t0 = time.perf_counter()
     rows = np.flatnonzero(type_index == ti)
     if rows.size == 0:
       raise ValueError(f'entity type {t!r} has no items; the catalog is inconsistent')
-    kcodes, _, info = residual_kmeans(emb[rows], ks[t], iters=iters,
-                                      key=jax.random.fold_in(base_key, ti))
-    sizes = tuple(info[f'k_l{l}'] for l in range(levels))
+    m_t = lv[t]
+    tkey = jax.random.fold_in(base_key, ti)
+    info: dict = {}
+    if method == 'atomic':
+      kcodes = np.arange(rows.size, dtype=np.int32)[:, None]
+      sizes = (int(rows.size),)
+    elif method == 'random':
+      sizes = tuple(min(kk, rows.size) for kk in ks[t])
+      info['k_clamped'] = sum(kk > rows.size for kk in ks[t])
+      rng = np.random.default_rng([int(seed), ti, 0x5EED])
+      kcodes = _random_codes(rows.size, sizes, rng)
+    else:
+      if streaming:
+        x_t = emb[rows] if rows.size < n else emb  # one type: no copy of a memmap
+        kcodes, _, info = residual_kmeans_streaming(
+            x_t, ks[t], key=tkey, iters=iters, tol=tol, batch_size=batch_size or 65536,
+            minibatch=minibatch, mesh=mesh)
+      else:
+        kcodes, _, info = residual_kmeans(emb[rows], ks[t], iters=iters, key=tkey, tol=tol)
+      sizes = tuple(info[f'k_l{l}'] for l in range(m_t))
+    if method != 'atomic' and m_t < kmeans_levels:
+      # Shallower type: size-1 filler levels keep every type at the same depth.
+      kcodes = np.concatenate([kcodes, np.zeros((rows.size, kmeans_levels - m_t), np.int32)],
+                              axis=1)
+      sizes = sizes + (1,) * (kmeans_levels - m_t)
 
-    # Groups of identical k-means codes; within a group, most popular (then lowest row) first.
+    # Groups of identical codes; within a group, most popular (then lowest row) first.
     _, group, group_size = np.unique(kcodes, axis=0, return_inverse=True, return_counts=True)
     group = group.reshape(-1)
     size_of_item = group_size[group]
@@ -166,9 +265,12 @@ def build_sid_map(catalog: Catalog, embeddings_NxD, *, levels: int = 3, k: KSpec
     rank[order] = np.arange(rows.size) - starts[group[order]]
     max_group = int(group_size.max())
 
-    if collision == 'disambiguate':
-      codes_NxL[rows, :levels] = kcodes
-      codes_NxL[rows, levels] = rank
+    if method == 'atomic':
+      codes_NxL[rows] = kcodes
+      unreachable = 0
+    elif collision == 'disambiguate':
+      codes_NxL[rows, :kmeans_levels] = kcodes
+      codes_NxL[rows, kmeans_levels] = rank
       sizes = sizes + (max_group,)
       unreachable = 0
     else:
@@ -184,40 +286,45 @@ def build_sid_map(catalog: Catalog, embeddings_NxD, *, levels: int = 3, k: KSpec
     report[f'{t}/colliding_groups'] = int(np.sum(group_size > 1))
     report[f'{t}/max_group'] = max_group
     report[f'{t}/unreachable_items'] = unreachable
-    report[f'{t}/k_clamped'] = info['k_clamped']
-    report[f'{t}/mse_input'] = info['mse_input']
-    for l in range(levels):
-      report[f'{t}/k_l{l}'] = info[f'k_l{l}']
-      report[f'{t}/utilisation_l{l}'] = info[f'utilisation_l{l}']
-      report[f'{t}/mse_l{l}'] = info[f'mse_l{l}']
-      report[f'{t}/iterations_l{l}'] = info[f'iterations_l{l}']
-      totals[f'mse_l{l}'] += info[f'mse_l{l}'] * rows.size
-      totals[f'utilisation_l{l}'] += report[f'{t}/utilisation_l{l}'] * rows.size
+    report[f'{t}/kmeans_levels'] = 1 if method == 'atomic' else m_t
+    report[f'{t}/k_clamped'] = int(info.get('k_clamped', 0))
+    if 'mse_input' in info:
+      report[f'{t}/mse_input'] = info['mse_input']
+      add_total('mse_input', info['mse_input'], rows.size)
+    for l in range(1 if method == 'atomic' else m_t):
+      report[f'{t}/k_l{l}'] = int(sizes[l])
+      report[f'{t}/utilisation_l{l}'] = _perplexity_ratio(kcodes[:, l], int(sizes[l]))
+      add_total(f'utilisation_l{l}', report[f'{t}/utilisation_l{l}'], rows.size)
+      if f'mse_l{l}' in info:
+        report[f'{t}/mse_l{l}'] = info[f'mse_l{l}']
+        report[f'{t}/iterations_l{l}'] = info[f'iterations_l{l}']
+        add_total(f'mse_l{l}', info[f'mse_l{l}'], rows.size)
     report[f'{t}/seconds'] = seconds
     totals['colliding'] += colliding
     totals['unreachable'] += unreachable
-    totals['mse_input'] += info['mse_input'] * rows.size
-    logging.info('SIDs for %s: %d items, K=%s, collision rate %.4f, %.1fs', t, rows.size, sizes,
-                 colliding / rows.size, seconds)
+    logging.info('SIDs (%s) for %s: %d items, K=%s, collision rate %.4f, %.1fs', method, t,
+                 rows.size, sizes, colliding / rows.size, seconds)
 
   report['num_items'] = n
   report['num_types'] = len(type_names)
   report['num_levels'] = num_levels
   report['collision_rate'] = totals['colliding'] / n
   report['unreachable_items'] = totals['unreachable']
-  report['mse_input'] = totals['mse_input'] / n
-  for l in range(levels):
-    report[f'mse_l{l}'] = totals[f'mse_l{l}'] / n
-    # Item-weighted mean over types.
-    report[f'utilisation_l{l}'] = totals[f'utilisation_l{l}'] / n
+  # Item-weighted means over the types that have the figure.
+  for key, (num, den) in level_totals.items():
+    report[key] = num / den
   report['seconds'] = time.perf_counter() - t_start
 
   meta = {
-      'kmeans_levels': int(levels),
+      'method': method,
+      'kmeans_levels': int(kmeans_levels),
+      'levels_per_type': lv,
       'num_levels': num_levels,
       'k_requested': {t: list(ks[t]) for t in type_names},
       'seed': int(seed),
       'iters': int(iters),
+      'tol': float(tol),
+      'minibatch': bool(minibatch),
       'collision': collision,
       'popularity_source': pop_source,
       'encoder': encoder_name,
