@@ -18,6 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 from neo_jax.catalog import io as catalog_io
 from neo_jax.catalog import synthetic
@@ -26,6 +27,7 @@ from neo_jax.catalog.types import Dataset
 from neo_jax.decode.trie import SIDTrie
 from neo_jax.eval import baselines, metrics
 from neo_jax.eval.neo import NEORanker
+from neo_jax.model import sharding
 from neo_jax.model import vocab as vocab_lib
 from neo_jax.model.config import get_config
 from neo_jax.model.decoder import Decoder
@@ -157,8 +159,29 @@ def build_model(cfg: ml_collections.ConfigDict, tok: SentencePieceTokenizer) -> 
   return model
 
 
+def train_mesh(cfg: ml_collections.ConfigDict) -> Mesh | None:
+  """The (data, fsdp, tensor) mesh of `cfg.train.mesh` ('' = no mesh: one device), e.g.
+  '8,1,1' or '2,2,2'; the product must equal the number of devices."""
+  spec = str(cfg.train.get('mesh', '') or '').strip()
+  if not spec:
+    return None
+  try:
+    shape = tuple(int(x) for x in spec.split(','))
+  except ValueError:
+    shape = ()
+  if len(shape) != 3 or min(shape) < 1:
+    raise ValueError(f"train.mesh must be 'data,fsdp,tensor' (three positive ints), got {spec!r}")
+  if np.prod(shape) != jax.device_count():
+    raise ValueError(f'train.mesh {shape} needs {int(np.prod(shape))} devices, '
+                     f'{jax.device_count()} are visible')
+  return sharding.make_mesh(*shape)
+
+
 def train(cfg: ml_collections.ConfigDict, model: Decoder, tok: SentencePieceTokenizer,
           examples: dict[str, list[Example]], workdir: str, log: Log) -> dict[str, Any]:
+  """The two stages in order (a stage with 0 steps is skipped: the ablations 'no grounding'
+  and, with grounding folded into capability's examples, 'stages merged')."""
+  mesh = train_mesh(cfg)
   out = {}
   for stage in ('grounding', 'capability'):
     scfg = cfg[stage]
@@ -172,7 +195,7 @@ def train(cfg: ml_collections.ConfigDict, model: Decoder, tok: SentencePieceToke
         f'{data.stats["truncated_prompts"]} prompts cut)')
     mask = vocab_lib.sid_row_mask(model, tok.text_vocab_size) if stage == 'grounding' else None
     summary = loop.train_stage(model, data, scfg, name=stage, workdir=workdir,
-                               update_mask=mask, log=log)
+                               update_mask=mask, mesh=mesh, log=log)
     out.update({f'{stage}_{k}': v for k, v in summary.items()})
   return out
 
@@ -265,46 +288,64 @@ def sample_generations(ranker: NEORanker, art: Artifacts, examples: dict[str, li
 
 # -- the whole run -----------------------------------------------------------------------------
 
-def run(cfg: ml_collections.ConfigDict, workdir: str, log: Log = print) -> dict[str, Any]:
-  """Builds everything under `workdir`, trains, evaluates; returns the flat result dict."""
+def prepare(cfg: ml_collections.ConfigDict, workdir: str, log: Log = print
+            ) -> tuple[Artifacts, dict[str, list[Example]], dict[str, Any]]:
+  """Data, split, SIDs, tokenizer, examples and the untrained model, under `workdir`.
+  Returns the artifacts, the examples and the flat facts of the build (sizes, timings)."""
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     f.write(cfg.to_json_best_effort(indent=1))
-  timings = {}
-  t_all = time.perf_counter()
-
+  facts: dict[str, Any] = {}
   t0 = time.perf_counter()
   ds = load_data(cfg, workdir, log)
   split = leave_one_out(ds.interactions)
-  timings['seconds_data'] = time.perf_counter() - t0
+  facts['seconds_data'] = time.perf_counter() - t0
 
   t0 = time.perf_counter()
   sid_map, sid_report = build_sids(cfg, ds, split, workdir, log)
-  timings['seconds_sids'] = time.perf_counter() - t0
+  facts['seconds_sids'] = time.perf_counter() - t0
 
   t0 = time.perf_counter()
   tok = build_tokenizer(cfg, ds, sid_map, workdir, log)
   examples = build_examples(cfg, ds, split, sid_map, tok)
-  timings['seconds_tokenizer_examples'] = time.perf_counter() - t0
+  facts['seconds_tokenizer_examples'] = time.perf_counter() - t0
   log('examples: ' + ', '.join(f'{k} {len(v)}' for k, v in examples.items()))
 
   model = build_model(cfg, tok)
   log(f'model: {vocab_lib.count_params(model):,} parameters, vocab {model.cfg.vocab_size}')
-  t0 = time.perf_counter()
-  train_summary = train(cfg, model, tok, examples, workdir, log)
-  timings['seconds_train'] = time.perf_counter() - t0
+  facts.update({
+      'sid/collision_rate': sid_report['collision_rate'],
+      'sid/unreachable_items': sid_report['unreachable_items'],
+      'num_items': len(ds.catalog), 'num_users': len(ds.interactions.user_names),
+      'num_params': vocab_lib.count_params(model)})
+  return Artifacts(ds, split, sid_map, tok, model), examples, facts
 
-  art = Artifacts(ds, split, sid_map, tok, model, SIDTrie.build(sid_map, tok.sid))
+
+def _flat(d: dict[str, Any]) -> dict[str, Any]:
+  return {k: (float(v) if isinstance(v, (np.floating, np.integer)) else v) for k, v in d.items()}
+
+
+def run_training(cfg: ml_collections.ConfigDict, workdir: str, log: Log = print
+                 ) -> tuple[Artifacts, dict[str, list[Example]], dict[str, Any]]:
+  """`prepare` then both training stages (resuming from checkpoints in `workdir`)."""
+  t_all = time.perf_counter()
+  art, examples, facts = prepare(cfg, workdir, log)
+  t0 = time.perf_counter()
+  summary = train(cfg, art.model, art.tokenizer, examples, workdir, log)
+  facts['seconds_train'] = time.perf_counter() - t0
+  facts.update({f'train/{k}': v for k, v in summary.items()})
+  facts['seconds_total'] = time.perf_counter() - t_all
+  return art, examples, _flat(facts)
+
+
+def run(cfg: ml_collections.ConfigDict, workdir: str, log: Log = print) -> dict[str, Any]:
+  """Builds everything under `workdir`, trains, evaluates; returns the flat result dict and
+  the sample generations."""
+  t_all = time.perf_counter()
+  art, examples, facts = run_training(cfg, workdir, log)
+  art.trie = SIDTrie.build(art.sid_map, art.tokenizer.sid)
   t0 = time.perf_counter()
   results, extras = evaluate(cfg, art, examples, log)
-  timings['seconds_eval'] = time.perf_counter() - t0
-  timings['seconds_total'] = time.perf_counter() - t_all
-
-  flat = {**results, **{f'train/{k}': v for k, v in train_summary.items()},
-          'sid/collision_rate': sid_report['collision_rate'],
-          'sid/unreachable_items': sid_report['unreachable_items'],
-          'num_items': len(ds.catalog), 'num_users': len(ds.interactions.user_names),
-          'num_params': vocab_lib.count_params(model), **timings}
-  flat = {k: (float(v) if isinstance(v, (np.floating, np.integer)) else v)
-          for k, v in flat.items()}
-  return {'result': flat, 'generations': extras['generations']}
+  facts['seconds_eval'] = time.perf_counter() - t0
+  facts['seconds_total'] = time.perf_counter() - t_all
+  return {'result': _flat({**results, **facts}), 'generations': extras['generations']}

@@ -45,7 +45,8 @@ def get_config() -> ml_collections.ConfigDict:
       history_len=8, train_targets_per_user=12, query_valid_fraction=0.1,
       query_test_fraction=0.2, mixed_fraction=0.25))
 
-  c.train = ml_collections.ConfigDict(dict(seq_len=128, batch_size=32))
+  # mesh: '' trains on one device; 'data,fsdp,tensor' (e.g. '8,1,1') shards over all devices.
+  c.train = ml_collections.ConfigDict(dict(seq_len=128, batch_size=32, mesh=''))
   c.grounding = _stage(steps=100, lr=3e-3, warmup=20)
   c.capability = _stage(steps=900, lr=2e-3, warmup=60)
 
