@@ -18,7 +18,9 @@ import numpy as np
 from neo_jax.catalog.splits import Split, Target
 from neo_jax.catalog.types import Catalog, Query, User
 from neo_jax.sid.types import SIDMap
+from neo_jax.tasks import facts
 from neo_jax.tasks import prompts
+from neo_jax.tasks.rationale import grounded_rationale
 from neo_jax.tasks.types import OUTPUT_FORMATS, Example
 from neo_jax.tokenizer.sid_vocab import CODE_RE, SID_CLOSE, SID_OPEN, SIDVocab
 
@@ -98,35 +100,6 @@ def _reachable_window(seq: np.ndarray, reachable: np.ndarray, history_len: int,
   keep = reachable[seq]
   _count(skipped, 'unreachable_history_items', int(np.sum(~keep[-history_len:])))
   return seq[keep][-history_len:]
-
-
-def grounded_rationale(catalog: Catalog, target: int, history: Sequence[int],
-                       rng: np.random.Generator, max_tags: int = 2) -> str:
-  """A short explanation of `target` built only from catalog facts.
-
-  Names the item's title, type and up to `max_tags` tags, then what ties it to the history:
-  the item itself appearing earlier, else a tag shared with the most recent history item
-  that has one (named by title), else other items of the same type, else that it is new.
-  """
-  title = prompts.plain_text(catalog.titles[target])
-  type_name = catalog.type_of(target)
-  tags = [prompts.plain_text(t) for t in catalog.tags[target][:max_tags]]
-  if tags:
-    what = prompts.WHAT_TAGS.format(title=title, type=type_name, tags=' and '.join(tags))
-  else:
-    what = prompts.WHAT.format(title=title, type=type_name)
-  history = [int(h) for h in history]
-  if target in history:
-    return prompts.RATIONALE_REPEAT.format(what=what)
-  for h in reversed(history):
-    shared = [t for t in catalog.tags[target] if t in set(catalog.tags[h])]
-    if shared:
-      return _pick(rng, prompts.RATIONALE_SHARED).format(
-          what=what, tag=prompts.plain_text(shared[0]),
-          other=prompts.plain_text(catalog.titles[h]))
-  if any(catalog.type_index[h] == catalog.type_index[target] for h in history):
-    return prompts.RATIONALE_SAME_TYPE.format(what=what, type=type_name)
-  return prompts.RATIONALE_NEW.format(what=what)
 
 
 def _item_completion(catalog: Catalog, sid_map: SIDMap, vocab: SIDVocab, target: int,
@@ -251,6 +224,21 @@ def search_examples(queries: Iterable[Query], catalog: Catalog, sid_map: SIDMap,
   Returns:
     Examples with target_items = the rows named in the completion, in order.
   """
+  return _query_examples('search', queries, catalog, sid_map, vocab, max_items, seed, skipped)
+
+
+def query_grounding_examples(queries: Iterable[Query], catalog: Catalog, sid_map: SIDMap,
+                             vocab: SIDVocab, *, max_items: int | None = 3, seed: int = 0,
+                             skipped: dict[str, int] | None = None) -> list[Example]:
+  """Grounding "text query -> SID": task 'text_to_sid', format ids, the query text (e.g. the
+  training part of `queries.generate_queries`, never its evaluation parts) -> the SID spans of
+  its relevant items of one type, as `search_examples` builds them. Complements
+  `text_to_sid_examples` (title + description) with the phrasings of the query templates."""
+  return _query_examples('text_to_sid', queries, catalog, sid_map, vocab, max_items, seed,
+                         skipped)
+
+
+def _query_examples(task, queries, catalog, sid_map, vocab, max_items, seed, skipped):
   _check_inputs(catalog, sid_map, vocab)
   if max_items is not None and max_items < 1:
     raise ValueError(f'max_items must be >= 1 or None, got {max_items}')
@@ -278,11 +266,9 @@ def search_examples(queries: Iterable[Query], catalog: Catalog, sid_map: SIDMap,
       if max_items is not None and len(rows) > max_items:
         _count(skipped, 'relevant_items_over_max_items', len(rows) - max_items)
         rows = rows[:max_items]
-      prompt = prompts.render_prompt('search', type_name, 'ids', rng,
-                                     query)
+      prompt = prompts.render_prompt(task, type_name, 'ids', rng, query)
       completion = ' '.join(prompts.render_sid(sid_map, vocab, r) for r in rows)
-      out.append(Example('search', prompt, completion, 'ids', type_name, tuple(rows),
-                         q.user_id))
+      out.append(Example(task, prompt, completion, 'ids', type_name, tuple(rows), q.user_id))
   return out
 
 
@@ -322,6 +308,82 @@ def user_summary_examples(users: Mapping[str, User] | Iterable[User],
                                    prompts.render_history(sid_map, vocab, history))
     out.append(Example('user_summary', prompt, prompts.plain_text(user.summary), 'text',
                        None, (), user.id))
+  return out
+
+
+def profile_summary(profile: facts.UserProfile, rng: np.random.Generator,
+                    tag_noun: str = 'genres') -> str:
+  """A user summary stating the profile's facts (`prompts.SUMMARY_*`): favourite tags, main
+  type and era, then demographics. '' when the profile holds nothing."""
+  parts = []
+  if profile.tags:
+    tags = [prompts.plain_text(t) for t in profile.tags]
+    listed = tags[0] if len(tags) == 1 else ', '.join(tags[:-1]) + ' and ' + tags[-1]
+    parts.append(_pick(rng, prompts.SUMMARY_TAGS).format(noun=tag_noun, tags=listed))
+  if profile.main_type and profile.eras:
+    parts.append(_pick(rng, prompts.SUMMARY_TYPE_ERA).format(
+        type=profile.main_type, era=' and the '.join(profile.eras)))
+  elif profile.main_type:
+    parts.append(prompts.SUMMARY_TYPE.format(type=profile.main_type))
+  demo = []
+  if profile.gender:
+    demo.append(profile.gender)
+  if profile.age:
+    demo.append(f'aged {profile.age}')
+  if profile.occupation:
+    demo.append(f'occupation {prompts.plain_text(profile.occupation)}')
+  if demo:
+    parts.append(prompts.SUMMARY_PROFILE.format(parts=', '.join(demo)))
+  return ' '.join(parts)
+
+
+def user_profile_examples(sequences: Split | Mapping[str, np.ndarray], catalog: Catalog,
+                          sid_map: SIDMap, vocab: SIDVocab, *,
+                          users: Mapping[str, User] | Iterable[User] = (),
+                          history_len: int = 10, top_tags: int = 3, top_eras: int = 1,
+                          tag_noun: str = 'genres', use_given_summary: bool = True,
+                          seed: int = 0,
+                          skipped: dict[str, int] | None = None) -> list[Example]:
+  """User understanding with targets from the user's own data: history -> summary, format text.
+
+  For every user with a history (sorted by id): the summary the data gives
+  (`User.summary`, e.g. the synthetic generator's) when `use_given_summary`, else one written
+  by `profile_summary` from `facts.user_profile` over the user's whole (training) sequence and
+  `User.attributes` (demographics; synthetic `top_topics` / `main_type`). The prompt shows the
+  last `history_len` items with an SID.
+
+  Args:
+    sequences: a `Split` (its `train` sequences, so no evaluation target leaks) or user ->
+      (T,) rows oldest first.
+    users: user records by id (or the records); users without one get a profile from their
+      history alone.
+  """
+  _check_inputs(catalog, sid_map, vocab)
+  if history_len < 1:
+    raise ValueError(f'history_len must be >= 1, got {history_len}')
+  users = dict(users) if isinstance(users, Mapping) else {u.id: u for u in users}
+  seqs = sequences.train if isinstance(sequences, Split) else sequences
+  rng = np.random.default_rng(seed)
+  reachable = sid_map.reachable()
+  out = []
+  for user_id in sorted(seqs):
+    seq = np.asarray(seqs[user_id], np.int64)
+    if seq.size == 0:
+      _count(skipped, 'users_without_history')
+      continue
+    user = users.get(user_id)
+    if use_given_summary and user is not None and user.summary:
+      summary = prompts.plain_text(user.summary)
+    else:
+      profile = facts.user_profile(catalog, seq, user, top_tags=top_tags, top_eras=top_eras)
+      summary = profile_summary(profile, rng, tag_noun)
+    if not summary:
+      _count(skipped, 'users_with_empty_profile')
+      continue
+    history = _reachable_window(seq, reachable, history_len, skipped)
+    prompt = prompts.render_prompt('user_summary', prompts.USER_TYPE, 'text', rng,
+                                   prompts.render_history(sid_map, vocab, history))
+    out.append(Example('user_summary', prompt, summary, 'text', None, (), user_id))
   return out
 
 

@@ -65,14 +65,29 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         'Item: {item}. {header} Answer: ',
     ),
 }
-# Rationales of 'mixed' completions (see builders.grounded_rationale); every field is a fact
-# from the catalog. {what} is WHAT_TAGS or WHAT.
+# Rationales of 'mixed' completions (see builders.grounded_rationale and check_rationale); every
+# field is a fact from the catalog. Grammar (what the faithfulness checker parses):
+#   rationale := what (REPEAT | ('; ' tie)+ | SAME_TYPE | NEW) '.'
+#   what      := WHAT_TAGS or WHAT, then YEAR when the item has a year
+# Titles other than the item's own are quoted ("..."), so they can be found again in the text.
 WHAT_TAGS = '{title}, a {type} about {tags}'
 WHAT = '{title}, a {type}'
+YEAR = ' from {year}'
 RATIONALE_REPEAT = '{what}, which you engaged with before.'
-RATIONALE_SHARED = ('{what}; it shares {tag} with {other}.', '{what}, like {other} ({tag}).')
+RATIONALE_SHARED = ('{what}; it shares {tag} with "{other}".', '{what}; like "{other}" ({tag}).')
 RATIONALE_SAME_TYPE = '{what}, matching the {type} items in your history.'
 RATIONALE_NEW = '{what}, new to your history.'
+# Ties, joined by '; ' after `what`: a tag shared with a history item (the two phrasings of
+# RATIONALE_SHARED), a knowledge-graph / attribute relation shared with a history item, the
+# item's era being that of most of the history items with a year.
+TIE_TAG = ('it shares {tag} with "{other}"', 'like "{other}" ({tag})')
+TIE_RELATION = 'same {relation} as "{other}"'
+TIE_ERA = 'from the {era}, like most of your history'
+# User summaries written from a profile (builders.profile_summary); each part is optional.
+SUMMARY_TAGS = ('Favourite {noun}: {tags}.', 'Mostly into {tags}.')
+SUMMARY_TYPE_ERA = ('Mostly {type}s from the {era}.', 'Prefers {type}s from the {era}.')
+SUMMARY_TYPE = 'Mostly {type}s.'
+SUMMARY_PROFILE = 'Profile: {parts}.'
 
 _FIELDS = {'recommend': 'history', 'search': 'query', 'user_summary': 'history',
            'sid_to_text': 'item', 'text_to_sid': 'text', 'sid_to_type': 'item'}
@@ -166,8 +181,13 @@ def template_texts(type_names: tuple[str, ...] | list[str] = ()) -> list[str]:
         out.extend(t.format(header=head, **{_FIELDS[task]: ''}) for t in templates)
   rationales = (RATIONALE_REPEAT,) + RATIONALE_SHARED + (RATIONALE_SAME_TYPE, RATIONALE_NEW)
   for type_name in types:
-    what = WHAT_TAGS.format(title='', type=type_name, tags='')
+    what = WHAT_TAGS.format(title='', type=type_name, tags='') + YEAR.format(year='')
     out.extend(r.format(what=what, type=type_name, tag='', other='') for r in rationales)
+    out.append(what + '; ' + '; '.join(
+        (TIE_RELATION.format(relation='', other=''), TIE_ERA.format(era=''))) + '.')
+    out.extend(t.format(noun='', tags='', type=type_name, era='') for t in
+               SUMMARY_TAGS + SUMMARY_TYPE_ERA + (SUMMARY_TYPE,))
+  out.append(SUMMARY_PROFILE.format(parts=''))
   return out
 
 

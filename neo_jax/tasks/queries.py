@@ -1,0 +1,228 @@
+"""Search queries generated from item text, for datasets without real queries.
+
+Each template turns facts of one item into a query; the query's relevant items are every item
+of the type it names that has all the facts the query states (not only the item it came from), so
+relevance is exact. The templates (`QUERY_TEMPLATES`):
+
+| name | phrasing | facts (relevant items have all of them) | split |
+|---|---|---|---|
+| title | `{title}` | same title (case-insensitive), any type | train |
+| title_words | `{words} {type}` | the 1-2 title words | train |
+| tag_year | `{tag} {type}s from {year}` | the tag, the year | train |
+| two_tags | `{tag} and {tag2} {type}s` | both tags | train |
+| attribute | `{type}s with {relation} {value}` | the attribute value | train |
+| called | `the {type} called {words}` | the 1-2 title words | held out |
+| tag_era | `a {tag} {type} from the {era}` | the tag, the decade | held out |
+| tags_year | `{type} from {year} about {tag} and {tag2}` | both tags, the year | held out |
+
+Title words are the title's words of 3+ letters that are not stop words, in title order
+(two drawn at random when there are more). Tags, years and decades are `facts`' readings of
+the item; `attribute` uses plain string attributes only (a user's `director`, `author`, ...),
+never knowledge-graph attributes (`kg:`), whose values are opaque ids. Held-out templates
+state the same kinds of facts in other words and are used only in evaluation, so evaluation
+also measures phrasings never trained on.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import re
+from typing import Sequence
+
+import numpy as np
+
+from neo_jax.catalog.types import Catalog, Query
+from neo_jax.tasks import facts
+from neo_jax.tasks.builders import split_queries
+
+
+@dataclasses.dataclass(frozen=True)
+class QueryTemplate:
+  name: str
+  text: str
+  facts: tuple[str, ...]  # of: title, words, tag, tag2, year, era, relation
+  heldout: bool
+
+
+QUERY_TEMPLATES = (
+    QueryTemplate('title', '{title}', ('title',), False),
+    QueryTemplate('title_words', '{words} {type}', ('words',), False),
+    QueryTemplate('tag_year', '{tag} {type}s from {year}', ('tag', 'year'), False),
+    QueryTemplate('two_tags', '{tag} and {tag2} {type}s', ('tag', 'tag2'), False),
+    QueryTemplate('attribute', '{type}s with {relation} {value}', ('relation',), False),
+    QueryTemplate('called', 'the {type} called {words}', ('words',), True),
+    QueryTemplate('tag_era', 'a {tag} {type} from the {era}', ('tag', 'era'), True),
+    QueryTemplate('tags_year', '{type} from {year} about {tag} and {tag2}',
+                  ('tag', 'tag2', 'year'), True),
+)
+STOP_WORDS = frozenset(
+    'the and for with from into over under about this that his her its their our your a an of'
+    ' to in on at by or as is are was were be not no part volume episode'.split())
+_WORD_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9']*")
+
+
+def title_words(title: str) -> list[str]:
+  """Lower-cased words of 3+ characters that are not stop words, in title order."""
+  return [w for w in (m.group(0).lower() for m in _WORD_RE.finditer(title))
+          if len(w) >= 3 and w not in STOP_WORDS]
+
+
+@dataclasses.dataclass
+class GeneratedQueries:
+  """Queries by part; `template_of[text]` names the template a query came from."""
+
+  train: list[Query]
+  valid: list[Query]
+  test: list[Query]
+  template_of: dict[str, str]
+  heldout_templates: tuple[str, ...]
+  # Generated queries left out, by reason (too broad, duplicate text): counted, not silent.
+  skipped: dict[str, int]
+
+  def is_heldout(self, query: Query) -> bool:
+    return self.template_of[query.text] in self.heldout_templates
+
+
+class _Index:
+  """Inverted indexes (type, fact) -> rows, so relevance is exact and cheap at any size."""
+
+  def __init__(self, catalog: Catalog):
+    self.by = collections.defaultdict(set)
+    for r in range(len(catalog)):
+      t = catalog.type_of(r)
+      # A bare title names no type: its relevant items are that title's items of every type.
+      self.by['*', 'title', catalog.titles[r].strip().lower()].add(r)
+      for w in set(title_words(catalog.titles[r])):
+        self.by[t, 'word', w].add(r)
+      for tag in catalog.tags[r]:
+        self.by[t, 'tag', tag].add(r)
+      year = facts.item_year(catalog, r)
+      if year is not None:
+        self.by[t, 'year', year].add(r)
+        self.by[t, 'era', facts.era_of(year)].add(r)
+      for key, v in catalog.attributes[r].items():
+        if _plain_attribute(key, v):
+          self.by[t, 'attr', key, v.strip()].add(r)
+
+  def rows(self, keys) -> set[int]:
+    sets = sorted((self.by[k] for k in keys), key=len)
+    return set.intersection(*sets) if sets else set()
+
+
+def _plain_attribute(key: str, v) -> bool:
+  return (isinstance(v, str) and bool(v.strip()) and not key.startswith(facts.KG_PREFIX) and
+          facts.relation_name(key) is not None)
+
+
+def _fill(template: QueryTemplate, catalog: Catalog, row: int, rng: np.random.Generator):
+  """(query text, index keys) for `row`, or None when the item lacks a fact the template
+  needs."""
+  t = catalog.type_of(row)
+  fields, keys = {'type': t}, []
+  tags = list(catalog.tags[row])
+  year = facts.item_year(catalog, row)
+  for fact in template.facts:
+    if fact == 'title':
+      fields['title'] = catalog.titles[row].strip()
+      keys.append(('*', 'title', fields['title'].lower()))
+    elif fact == 'words':
+      words = title_words(catalog.titles[row])
+      if not words:
+        return None
+      if len(words) > 2:
+        pick = np.sort(rng.choice(len(words), 2, replace=False))
+        words = [words[i] for i in pick]
+      fields['words'] = ' '.join(words)
+      keys += [(t, 'word', w) for w in words]
+    elif fact == 'tag':
+      if not tags:
+        return None
+      fields['tag'] = tags.pop(int(rng.integers(len(tags))))
+      keys.append((t, 'tag', fields['tag']))
+    elif fact == 'tag2':
+      if not tags:
+        return None
+      fields['tag2'] = tags.pop(int(rng.integers(len(tags))))
+      keys.append((t, 'tag', fields['tag2']))
+    elif fact in ('year', 'era'):
+      if year is None:
+        return None
+      fields['year'], fields['era'] = year, facts.era_of(year)
+      keys.append((t, fact, year if fact == 'year' else fields['era']))
+    elif fact == 'relation':
+      attrs = sorted((k, v) for k, v in catalog.attributes[row].items()
+                     if _plain_attribute(k, v))
+      if not attrs:
+        return None
+      key, value = attrs[int(rng.integers(len(attrs)))]
+      fields['relation'], fields['value'] = facts.relation_name(key), value.strip()
+      keys.append((t, 'attr', key, value.strip()))
+    else:
+      raise ValueError(f'template {template.name!r} names unknown fact {fact!r}')
+  return template.text.format(**fields), keys
+
+
+def generate_queries(catalog: Catalog, *, queries_per_item: int = 1,
+                     heldout_per_item: int = 1, max_relevant: int = 20,
+                     valid_fraction: float = 0.05, test_fraction: float = 0.05,
+                     templates: Sequence[QueryTemplate] = QUERY_TEMPLATES,
+                     seed: int = 0) -> GeneratedQueries:
+  """Generated search queries, split so that held-out templates are never trained on.
+
+  Per item (in row order), up to `queries_per_item` of the applicable training templates and
+  up to `heldout_per_item` of the held-out ones are drawn at random. A query whose text was
+  already generated is skipped (its relevant set is the same), one with more than
+  `max_relevant` relevant items is skipped as too broad to evaluate; both are counted.
+  Training-template queries are split train / valid / test by `valid_fraction` /
+  `test_fraction` (by text: `builders.split_queries`' rule); held-out-template queries go
+  half to valid and half to test.
+
+  Returns:
+    `GeneratedQueries`; each `Query.item_index` lists the item the query came from first, then
+    the other relevant items in row order. Deterministic given the arguments.
+  """
+  if queries_per_item < 0 or heldout_per_item < 0:
+    raise ValueError('queries_per_item and heldout_per_item must be >= 0')
+  if max_relevant < 1:
+    raise ValueError(f'max_relevant must be >= 1, got {max_relevant}')
+  names = [t.name for t in templates]
+  if len(set(names)) != len(names):
+    raise ValueError(f'template names must be unique, got {names}')
+  index = _Index(catalog)
+  rng = np.random.default_rng(seed)
+  seen: dict[str, str] = {}
+  skipped: collections.Counter = collections.Counter()
+  generated = {False: [], True: []}
+  for r in range(len(catalog)):
+    for heldout, k in ((False, queries_per_item), (True, heldout_per_item)):
+      pool = [t for t in templates if t.heldout == heldout]
+      filled = []
+      for n in rng.permutation(len(pool)):
+        if len(filled) == k:
+          break
+        got = _fill(pool[n], catalog, r, rng)
+        if got is not None:
+          filled.append((pool[n], *got))
+      for template, text, keys in filled:
+        if text.lower() in seen:
+          skipped['generated_queries_duplicate_text'] += 1
+          continue
+        relevant = index.rows(keys)
+        if r not in relevant:
+          raise AssertionError(f'query {text!r} does not match its own item {r}')
+        if len(relevant) > max_relevant:
+          skipped['generated_queries_too_broad'] += 1
+          continue
+        seen[text.lower()] = template.name
+        rows = (r,) + tuple(sorted(relevant - {r}))
+        generated[heldout].append(Query(text, rows))
+  train, valid, test = split_queries(generated[False], valid_fraction, test_fraction, seed)
+  held = generated[True]
+  order = np.random.default_rng([seed, 1]).permutation(len(held))
+  half = set(order[:len(held) // 2].tolist())
+  valid += [q for n, q in enumerate(held) if n in half]
+  test += [q for n, q in enumerate(held) if n not in half]
+  template_of = {q.text: seen[q.text.lower()] for q in generated[False] + held}
+  return GeneratedQueries(train, valid, test, template_of,
+                          tuple(t.name for t in templates if t.heldout), dict(skipped))
