@@ -39,15 +39,27 @@ def _setup():
   return sid_map, tok, model
 
 
-def _exhaustive(model, tok, sid_map, prompt, type_name):
-  """Sum of the codes' log-probabilities of every item of `type_name`, full forward pass."""
+def _exhaustive(model, tok, sid_map, prompt, type_name, score='vocab'):
+  """Sum of the codes' log-probabilities of every item of `type_name`, full forward pass;
+  score='codes' normalises each level over its code tokens (level 0: all types' codes)."""
   ti = TYPES.index(type_name)
   items = np.flatnonzero(sid_map.type_index == ti)
   codes = np.array([[tok.sid.token_id(type_name, l, int(c))
                      for l, c in enumerate(sid_map.codes[i])] for i in items])
   prefix = [tok.bos_id] + tok.encode(prompt) + [tok.sid.sid_open_id]
   ids = np.concatenate([np.tile(prefix, (len(items), 1)), codes], axis=1).astype(np.int32)
-  logp = np.asarray(jax.nn.log_softmax(model(ids), axis=-1))
+  logits = np.asarray(model(ids), np.float64)
+  if score == 'vocab':
+    logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))
+  else:
+    logp = np.full(logits.shape, -np.inf)
+    n_prefix = len(prefix)
+    for l in range(codes.shape[1]):
+      names = TYPES if l == 0 else (type_name,)
+      rows = [tok.sid.token_id(t, l, c) for t in names for c in range(LEVELS[t][l])]
+      x = logits[:, n_prefix - 1 + l, rows]
+      x = x - x.max(axis=-1, keepdims=True)
+      logp[:, n_prefix - 1 + l, rows] = x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
   n = len(prefix)
   scores = sum(logp[np.arange(len(items)), n - 1 + l, codes[:, l]] for l in range(codes.shape[1]))
   return dict(zip(items.tolist(), scores.tolist()))
@@ -75,3 +87,34 @@ def test_ranker_equals_exhaustive_full_forward():
   for ref, got_items, got_scores in zip(refs, items3, scores3):
     assert len(set(got_items.tolist())) == 3 and set(got_items.tolist()) <= set(ref)
     np.testing.assert_allclose(got_scores, [ref[i] for i in got_items], rtol=1e-5, atol=1e-4)
+
+
+def test_rows_only_ranker_with_constraints_equals_exhaustive():
+  """score='codes' computes only the current level's LM-head rows inside the span; with an
+  exclusion list, an allow-list and a catalog removal it still equals exhaustive full-forward
+  scoring of the admissible items (same normalisation)."""
+  sid_map, tok, model = _setup()
+  trie = SIDTrie.build(sid_map, tok.sid)
+  ranker = NEORanker(model, tok, trie, prompt_len=96, batch_size=4, score='codes')
+  prompts = ['Task: recommend. Type: movie. Format: ids. History: a b. Answer: ',
+             'Task: recommend. Type: book. Format: ids. History: the lazy dog. Answer: ']
+  types = ['movie', 'book']
+  movies = np.flatnonzero(sid_map.type_index == 1).tolist()
+  books = np.flatnonzero(sid_map.type_index == 0).tolist()
+  excluded = [movies[:2], []]
+  allowed = [None, books[:5]]
+  ranker.remove_items([movies[3], books[1]])
+  items, scores = ranker.rank(prompts, types, num_beams=9, excluded=excluded, allowed=allowed)
+  keeps = [set(movies) - set(movies[:2]) - {movies[3]}, set(books[:5]) - {books[1]}]
+  for p, t, keep, got_items, got_scores in zip(prompts, types, keeps, items, scores):
+    ref = {i: v for i, v in _exhaustive(model, tok, sid_map, p, t, 'codes').items() if i in keep}
+    order = sorted(ref, key=ref.get, reverse=True)
+    np.testing.assert_array_equal(got_items[:len(order)], order)
+    np.testing.assert_array_equal(got_items[len(order):], -1)
+    np.testing.assert_allclose(got_scores[:len(order)], [ref[i] for i in order], rtol=1e-5,
+                               atol=1e-4)
+  # Generation under the same constraints names only admissible items, each at most once.
+  outs = ranker.generate(prompts, 'ids', target_types=types, max_new_tokens=16,
+                         excluded=excluded, allowed=allowed)
+  for (_, named), keep in zip(outs, keeps):
+    assert set(named) <= keep and len(set(named)) == len(named)
