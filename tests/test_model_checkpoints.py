@@ -14,7 +14,7 @@ import pytest
 import safetensors.numpy
 from flax import nnx
 
-from neo_jax.model import checkpoints
+from neo_jax.model import backbones, checkpoints
 from neo_jax.model.config import ModelConfig
 
 V, D, NL, N, K, H, F = 96, 64, 2, 4, 2, 16, 128
@@ -152,9 +152,22 @@ def _llama_cpp_permute(w: np.ndarray, heads: int) -> np.ndarray:
       w.shape)
 
 
-def _write_gguf(path: str, w: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+# 96 byte-level tokens: printable ASCII, then 'Ġ' (space) and 'Ċ' (newline); no merges.
+TINY_VOCAB = [chr(c) for c in range(ord('!'), ord('~') + 1)] + ['\u0120', '\u010a']
+
+
+def _write_gguf(path: str, w: dict[str, np.ndarray], tokenizer: bool = False
+                ) -> dict[str, np.ndarray]:
   """A tiny llama GGUF of the HF tensors `w`; returns the HF tensors as the file decodes."""
   writer = gguf.GGUFWriter(path, 'llama')
+  if tokenizer:
+    writer.add_tokenizer_model('gpt2')
+    writer.add_tokenizer_pre('smollm')
+    writer.add_token_list(TINY_VOCAB)
+    writer.add_token_types([1] * V)
+    writer.add_token_merges([])
+    writer.add_bos_token_id(0)
+    writer.add_eos_token_id(94)  # 'Ġ': generation stops at the first space
   writer.add_block_count(NL)
   writer.add_context_length(256)
   writer.add_embedding_length(D)
@@ -337,3 +350,24 @@ def test_import_errors_name_the_problem(tmp_path):
     checkpoints.hf_config_to_model_config(dict(_hf_config('llama', True), model_type='gpt2'))
   with pytest.raises(FileNotFoundError, match='config.json'):
     checkpoints.load_safetensors_dir(str(tmp_path / 'nothing'))
+
+
+def test_load_backbone_gguf_with_tokenizer_and_greedy_generation(tmp_path):
+  w = _random_hf('llama', tied=True, seed=5)
+  path = str(tmp_path / 'tok.gguf')
+  decoded = _write_gguf(path, w, tokenizer=True)
+  model, tok = backbones.load_backbone(path)
+  assert tok.text_vocab_size == V and tok.eos_id == 94
+  prompt = tok.encode_text('Hi!\nok')
+  assert prompt == [TINY_VOCAB.index(c) for c in ['H', 'i', '!', '\u010a', 'o', 'k']]
+  ids, timing = backbones.greedy_generate(model, prompt, max_new_tokens=6, eos_id=tok.eos_id)
+  assert timing['seconds'] > 0
+  # Reference: argmax of the numpy full forward, one token at a time, stopping at eos.
+  seq, want = list(prompt), []
+  for _ in range(6):
+    nxt = int(np.argmax(_reference_logits(decoded, 'llama', np.array(seq))[-1]))
+    want.append(nxt)
+    seq.append(nxt)
+    if nxt == tok.eos_id:
+      break
+  assert ids == want

@@ -65,6 +65,15 @@ def load_backbone(name_or_path: str, **overrides) -> tuple[Decoder, BPETokenizer
                    f'({sorted(_PACKAGED)}), a .gguf file nor a checkpoint directory')
 
 
+def backbone_tokenizer(name_or_path: str) -> BPETokenizer:
+  """Only the text tokenizer of a packaged backbone or a .gguf file (no weights are read)."""
+  if name_or_path in _PACKAGED:
+    name_or_path = packaged_gguf_path(name_or_path)
+  if not name_or_path.endswith('.gguf'):
+    raise ValueError(f'{name_or_path!r}: tokenizers are read from .gguf backbones only (yet)')
+  return BPETokenizer.from_gguf(name_or_path)
+
+
 @functools.partial(nnx.jit, static_argnames=('max_new_tokens',))
 def _greedy(model: Decoder, prompt_1xP: jax.Array, eos_id: jax.Array, max_new_tokens: int):
   p = prompt_1xP.shape[1]

@@ -149,7 +149,8 @@ class BPETokenizer:
     pre = field('tokenizer.ggml.pre', 'gpt2', required=False)
     if pre not in PRE_TOKENIZERS:
       raise ValueError(f'GGUF pre-tokenizer {pre!r} is not supported; known: {PRE_TOKENIZERS}')
-    return cls(field('tokenizer.ggml.tokens'), field('tokenizer.ggml.merges'),
+    merges = field('tokenizer.ggml.merges', [], required=False)  # a merge-less BPE is valid
+    return cls(field('tokenizer.ggml.tokens'), merges,
                bos_id=field('tokenizer.ggml.bos_token_id'),
                eos_id=field('tokenizer.ggml.eos_token_id'),
                pad_id=field('tokenizer.ggml.padding_token_id', None, required=False),
