@@ -50,7 +50,8 @@ def _group_stats(x_NxD: np.ndarray, rows: np.ndarray, group: np.ndarray, num_gro
 def quality_report(sid_map: SIDMap, embeddings_NxD) -> dict[str, float]:
   """Flat dict '{type}/utilisation_l{l}', '{type}/coherence_p{p}', '{type}/recon_mse_p{p}',
   plus item-weighted means over types without the type prefix ('coherence_p{p}' is weighted
-  by pairs). Unreachable items (codes -1) are left out."""
+  by pairs, and absent when no two items share p codes). Unreachable items (codes -1) are
+  left out."""
   emb = embeddings_NxD
   n, num_levels = sid_map.codes.shape
   if emb.ndim != 2 or emb.shape[0] != n:
@@ -83,7 +84,8 @@ def quality_report(sid_map: SIDMap, embeddings_NxD) -> dict[str, float]:
       counts, sum_u, sum_x, sq = _group_stats(emb, rows, group, num_groups)
       pairs = float(np.sum(counts * (counts - 1)))
       pair_sum = float(np.sum(sum_u * sum_u) - np.sum(counts))
-      out[f'{t}/coherence_p{plen}'] = pair_sum / pairs if pairs else float('nan')
+      if pairs:  # no key (rather than NaN) when no two items share the prefix
+        out[f'{t}/coherence_p{plen}'] = pair_sum / pairs
       out[f'{t}/pairs_p{plen}'] = pairs / 2
       recon = (sq - float(np.sum(np.sum(sum_x * sum_x, axis=1) / np.maximum(counts, 1))))
       out[f'{t}/recon_mse_p{plen}'] = max(recon, 0.0) / rows.size
@@ -93,8 +95,8 @@ def quality_report(sid_map: SIDMap, embeddings_NxD) -> dict[str, float]:
   for l in range(num_levels):
     out[f'utilisation_l{l}'] = util_tot[l] / max(total, 1)
   for plen in range(num_levels + 1):
-    out[f'coherence_p{plen}'] = (float(pair_num[plen] / pair_den[plen]) if pair_den[plen]
-                                 else float('nan'))
+    if pair_den[plen]:
+      out[f'coherence_p{plen}'] = float(pair_num[plen] / pair_den[plen])
     out[f'recon_mse_p{plen}'] = float(recon_tot[plen] / max(total, 1))
   return out
 
@@ -110,11 +112,11 @@ def plot_report(report: dict[str, float], sid_map: SIDMap, path: str | os.PathLi
   num_levels = sid_map.num_levels
   fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
   for t in sid_map.type_names:
-    if f'{t}/coherence_p0' not in report:
+    if f'{t}/recon_mse_p0' not in report:
       continue
     axes[0].plot(range(num_levels), [report[f'{t}/utilisation_l{l}'] for l in
                                      range(num_levels)], marker='o', label=t)
-    axes[1].plot(range(num_levels + 1), [report[f'{t}/coherence_p{p}'] for p in
+    axes[1].plot(range(num_levels + 1), [report.get(f'{t}/coherence_p{p}', np.nan) for p in
                                          range(num_levels + 1)], marker='o', label=t)
     axes[2].plot(range(num_levels + 1), [report[f'{t}/recon_mse_p{p}'] for p in
                                          range(num_levels + 1)], marker='o', label=t)
