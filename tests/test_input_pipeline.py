@@ -3,8 +3,10 @@ examples (checked through the real decoder), exact resume, host shards, seeded o
 
 from __future__ import annotations
 
+import grain
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
@@ -153,6 +155,15 @@ def test_restored_iterator_continues_exactly(tmp_path):
   _assert_same([again.batch(s) for s in range(5, 14)], want)
   with pytest.raises(ValueError, match='in order'):
     again.batch(3)
+  # Inside an orbax checkpoint, through grain's checkpoint handler.
+  ckpt = ocp.Checkpointer(grain.checkpoint.CheckpointHandler())
+  ds3 = ip.make_dataset(exs, CharTokenizer(), cfg, shard_index=1, shard_count=2)
+  it3 = iter(ds3)
+  _take(it3, 5)
+  ckpt.save(str(tmp_path / 'orbax'), args=grain.checkpoint.CheckpointSave(it3))
+  it4 = iter(ip.make_dataset(exs, CharTokenizer(), cfg, shard_index=1, shard_count=2))
+  ckpt.restore(str(tmp_path / 'orbax'), args=grain.checkpoint.CheckpointRestore(it4))
+  _assert_same(_take(it4, 9), want)
 
 
 def _tiny_model():
@@ -204,6 +215,11 @@ def test_bad_inputs():
   cfg = ip.PipelineConfig(seq_len=16, batch_size=2)
   with pytest.raises(ValueError, match='no examples'):
     ip.make_dataset([], CharTokenizer(), cfg, shard_index=0, shard_count=1)
+  # Without shard arguments the shard is this jax process's (one process here).
+  assert ip.host_shard() == (0, 1)
+  _assert_same(_take(iter(ip.make_dataset(_examples(9), CharTokenizer(), cfg)), 2),
+               _take(iter(ip.make_dataset(_examples(9), CharTokenizer(), cfg, shard_index=0,
+                                          shard_count=1)), 2))
   with pytest.raises(ValueError, match='both shard_index'):
     ip.make_dataset(_examples(3), CharTokenizer(), cfg, shard_index=0)
   with pytest.raises(ValueError, match='batch_size'):
