@@ -8,14 +8,16 @@ import json
 import os
 
 import gguf
+import jax
 import ml_dtypes
 import numpy as np
 import pytest
 import safetensors.numpy
 from flax import nnx
 
-from neo_jax.model import backbones, checkpoints
+from neo_jax.model import backbones, checkpoints, vocab
 from neo_jax.model.config import ModelConfig
+from neo_jax.tokenizer.bpe import BPETokenizer
 
 V, D, NL, N, K, H, F = 96, 64, 2, 4, 2, 16, 128
 TOKENS = np.array([[5, 17, 3, 90, 41, 41, 0, 77, 12, 64]], np.int32)
@@ -371,3 +373,35 @@ def test_load_backbone_gguf_with_tokenizer_and_greedy_generation(tmp_path):
     if nxt == tok.eos_id:
       break
   assert ids == want
+
+
+def test_export_with_bpe_tokenizer_reloads(tmp_path):
+  w = _random_hf('llama', tied=True, seed=6)
+  path = str(tmp_path / 'tok.gguf')
+  _write_gguf(path, w, tokenizer=True)
+  model, tok = backbones.load_backbone(path)
+  tok = tok.with_sids(['movie'], {'movie': (3, 2)})  # what a NEO run exports
+  with pytest.raises(ValueError, match='tokenizer has 103 ids but the model 96 rows'):
+    checkpoints.export_safetensors_dir(model, str(tmp_path / 'x'), tokenizer=tok)
+  vocab.extend_vocab(model, tok.vocab_size, rng=jax.random.key(0))
+  out = str(tmp_path / 'export')
+  checkpoints.export_safetensors_dir(model, out, tokenizer=tok)
+  assert {'config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json'} <= set(
+      os.listdir(out))
+  again = checkpoints.load_safetensors_dir(out)
+  np.testing.assert_array_equal(np.asarray(again.embed_tokens[...]),
+                                np.asarray(model.embed_tokens[...]))
+  with open(os.path.join(out, 'config.json')) as f:
+    assert json.load(f)['eos_token_id'] == 94
+  reloaded = BPETokenizer.load(out)
+  s = 'a[SID]<movie:0:2><movie:1:1>[/SID]!'
+  assert reloaded.encode(s) == tok.encode(s) and reloaded.decode(tok.encode(s)) == s
+
+
+def test_packaged_smollm2_gguf_metadata_gives_the_preset():
+  from neo_jax.model.config import get_config  # pylint: disable=g-import-not-at-top
+  reader = gguf.GGUFReader(backbones.packaged_gguf_path('smollm2-135m'))
+  cfg = checkpoints.gguf_config(reader)
+  want = get_config('smollm2-135m')
+  assert cfg.replace(norm_eps=want.norm_eps) == want
+  assert abs(cfg.norm_eps - want.norm_eps) < 1e-10
