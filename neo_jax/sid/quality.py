@@ -126,6 +126,9 @@ def plot_report(report: dict[str, float], sid_map: SIDMap, path: str | os.PathLi
               title='prefix coherence')
   axes[2].set(xlabel='prefix length', ylabel='mean squared error',
               title='reconstruction error (prefix-group mean)')
+  axes[0].set_xticks(range(num_levels))
+  axes[1].set_xticks(range(num_levels + 1))
+  axes[2].set_xticks(range(num_levels + 1))
   for ax in axes:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
