@@ -58,6 +58,54 @@ def _log_jsonl(path: str, record: dict[str, Any]) -> None:
     f.write(json.dumps(record) + '\n')
 
 
+def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State,
+                    tx: optax.GradientTransformation, grad_accum_steps: int = 1):
+  """The pure train step `(params, opt_state, batch) -> (params, opt_state, metrics)`.
+
+  The loss is the token-weighted mean of `masked_lm_loss` over the whole batch; with
+  grad_accum_steps > 1 the batch is split into that many micro-batches whose gradients are
+  summed in a `lax.scan`, which gives the same update with less activation memory.
+  """
+  accum = int(grad_accum_steps)
+
+  def loss_and_grads(params, batch):
+    def loss_fn(p, micro):
+      m = nnx.merge(graphdef, p, rest)
+      logits = m(micro['tokens'], micro['positions'], micro['segment_ids'])
+      loss, metrics = masked_lm_loss(logits, micro)
+      # Token-weighted sums, so that micro-batches add up to the whole batch's mean.
+      return loss * metrics['loss_tokens'], metrics
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if accum == 1:
+      (total, metrics), grads = grad_fn(params, batch)
+      count = metrics['loss_tokens']
+      correct = metrics['accuracy'] * count
+    else:
+      micro = jax.tree.map(lambda x: x.reshape((accum, -1) + x.shape[1:]), batch)
+
+      def body(carry, mb):
+        g_acc, total, count, correct = carry
+        (t, m), g = grad_fn(params, mb)
+        return (jax.tree.map(jnp.add, g_acc, g), total + t, count + m['loss_tokens'],
+                correct + m['accuracy'] * m['loss_tokens']), None
+
+      zeros = jax.tree.map(jnp.zeros_like, params)
+      (grads, total, count, correct), _ = jax.lax.scan(
+          body, (zeros, 0.0, 0.0, 0.0), micro)
+    count = jnp.maximum(count, 1.0)
+    grads = jax.tree.map(lambda g: g / count, grads)
+    return grads, {'loss': total / count, 'accuracy': correct / count, 'loss_tokens': count}
+
+  def step_fn(params, opt_state, batch):
+    grads, metrics = loss_and_grads(params, batch)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    metrics['grad_norm'] = optax.tree.norm(grads)
+    return optax.apply_updates(params, updates), opt_state, metrics
+
+  return step_fn
+
+
 def _batch_spec(mesh: Mesh | None, rules: Mapping[str, Any]) -> NamedSharding | None:
   if mesh is None:
     return None
@@ -113,40 +161,7 @@ def train_stage(model: nnx.Module, data: PackedData, cfg: ml_collections.ConfigD
     params, opt_state = restored['params'], restored['opt_state']
     log(f'[{name}] resumed from step {start} ({ckpt_dir})')
 
-  def loss_and_grads(params, batch):
-    def loss_fn(p, micro):
-      m = nnx.merge(graphdef, p, rest)
-      logits = m(micro['tokens'], micro['positions'], micro['segment_ids'])
-      loss, metrics = masked_lm_loss(logits, micro)
-      # Token-weighted sums, so that micro-batches add up to the whole batch's mean.
-      return loss * metrics['loss_tokens'], metrics
-
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    if accum == 1:
-      (total, metrics), grads = grad_fn(params, batch)
-      count = metrics['loss_tokens']
-      correct = metrics['accuracy'] * count
-    else:
-      micro = jax.tree.map(lambda x: x.reshape((accum, -1) + x.shape[1:]), batch)
-
-      def body(carry, mb):
-        g_acc, total, count, correct = carry
-        (t, m), g = grad_fn(params, mb)
-        return (jax.tree.map(jnp.add, g_acc, g), total + t, count + m['loss_tokens'],
-                correct + m['accuracy'] * m['loss_tokens']), None
-
-      zeros = jax.tree.map(jnp.zeros_like, params)
-      (grads, total, count, correct), _ = jax.lax.scan(
-          body, (zeros, 0.0, 0.0, 0.0), micro)
-    count = jnp.maximum(count, 1.0)
-    grads = jax.tree.map(lambda g: g / count, grads)
-    return grads, {'loss': total / count, 'accuracy': correct / count, 'loss_tokens': count}
-
-  def step_fn(params, opt_state, batch):
-    grads, metrics = loss_and_grads(params, batch)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    metrics['grad_norm'] = optax.tree.norm(grads)
-    return optax.apply_updates(params, updates), opt_state, metrics
+  step_fn = make_train_step(graphdef, rest, tx, accum)
 
   if mesh is None:
     train_step = jax.jit(step_fn, donate_argnums=(0, 1))
