@@ -55,6 +55,10 @@ class PipelineConfig:
     shuffle: False keeps the example order (evaluation).
     num_packing_bins: rows filled at once by first-fit; more bins, less padding.
     drop_remainder: drop a last partial batch (training keeps shapes static).
+    read_threads: grain read threads for tokenising ahead; 0 reads in the consuming thread
+      (tokenising holds the GIL, and grain's thread prefetch polls its futures: on 2 CPU
+      cores it ran 4x slower than reading inline, see experiments/benchmarks/input_pipeline).
+    read_buffer: examples read ahead when read_threads > 0.
   """
 
   seq_len: int
@@ -64,6 +68,8 @@ class PipelineConfig:
   shuffle: bool = True
   num_packing_bins: int = 16
   drop_remainder: bool = True
+  read_threads: int = 0
+  read_buffer: int = 256
 
   def __post_init__(self):
     for name in ('seq_len', 'batch_size', 'num_packing_bins'):
@@ -71,6 +77,9 @@ class PipelineConfig:
         raise ValueError(f'{name} must be >= 1, got {getattr(self, name)}')
     if self.seq_len < 3:
       raise ValueError(f'seq_len must be >= 3 (bos, one prompt token, eos), got {self.seq_len}')
+    if self.read_threads < 0 or self.read_buffer < 0:
+      raise ValueError(f'read_threads and read_buffer must be >= 0, got {self.read_threads}, '
+                       f'{self.read_buffer}')
     if self.num_epochs is not None and self.num_epochs < 1:
       raise ValueError(f'num_epochs must be >= 1 or None, got {self.num_epochs}')
 
@@ -142,7 +151,9 @@ def make_dataset(examples: Sequence[Example], tokenizer: Tokenizer, cfg: Pipelin
     ds = ds.shuffle(seed=_mix(cfg.seed, shard_index))
   ds = ds.repeat(cfg.num_epochs)
   ds = ds.map(_Tokenize(tokenizer, cfg.seq_len))
-  it = ds.to_iter_dataset()
+  buffer = cfg.read_buffer if cfg.read_threads else 0
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads,
+                                            prefetch_buffer_size=buffer))
   it = grain_exp.FirstFitPackIterDataset(
       it, length_struct={'tokens': cfg.seq_len, 'loss_mask': cfg.seq_len},
       num_packing_bins=cfg.num_packing_bins, seed=_mix(cfg.seed, shard_index),
