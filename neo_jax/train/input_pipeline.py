@@ -185,25 +185,30 @@ def restore_state(iterator: grain.DatasetIterator, path: str) -> grain.DatasetIt
 
 
 class GrainBatches:
-  """Sequential reader with the `batch(step)` interface of `train.data.PackedData`.
+  """The `batch(step)` interface of `train.data.PackedData` over a grain pipeline.
 
-  Steps must be read in order (step s after s - 1) because a grain iterator moves forward
-  only; a resumed run restores the iterator state saved with the checkpoint at its step.
+  Reading steps in order costs one batch each. A jump is still exact, because the batches are
+  a pure function of (examples, config, shard): a step ahead is reached by reading and
+  discarding the batches before it, a step behind by restarting the iterator. So a training
+  loop can resume at any step without saved iterator state, at the cost of re-packing the
+  skipped batches; saving `get_state()` with the checkpoint and `set_state()` on resume
+  avoids that cost.
 
   Attributes:
     iterator: the grain iterator (its `get_state()` belongs in the checkpoint).
-    next_step: the step whose batch `batch()` returns next.
+    next_step: the step whose batch the iterator yields next.
+    skipped_batches: batches read and discarded to reach a requested step.
   """
 
-  def __init__(self, dataset: grain.IterDataset, cfg: PipelineConfig, start_step: int = 0):
+  def __init__(self, dataset: grain.IterDataset, cfg: PipelineConfig):
+    self.dataset = dataset
     self.iterator = iter(dataset)
     self.batch_size = cfg.batch_size
     self.seq_len = cfg.seq_len
-    self.next_step = int(start_step)
+    self.next_step = 0
+    self.skipped_batches = 0
 
-  def batch(self, step: int) -> dict[str, np.ndarray]:
-    if int(step) != self.next_step:
-      raise ValueError(f'batches are read in order: expected step {self.next_step}, got {step}')
+  def _next(self, step: int) -> dict[str, np.ndarray]:
     try:
       out = next(self.iterator)
     except StopIteration:
@@ -211,6 +216,18 @@ class GrainBatches:
                        '(num_epochs is finite)') from None
     self.next_step += 1
     return out
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    step = int(step)
+    if step < 0:
+      raise ValueError(f'step must be >= 0, got {step}')
+    if step < self.next_step:
+      self.iterator = iter(self.dataset)
+      self.next_step = 0
+    while self.next_step < step:
+      self._next(self.next_step)
+      self.skipped_batches += 1
+    return self._next(step)
 
   def get_state(self) -> dict[str, Any]:
     return {'next_step': self.next_step, 'iterator': self.iterator.get_state()}
