@@ -10,13 +10,14 @@ import re
 import numpy as np
 import pytest
 
-from neo_jax.catalog.splits import Target
-from neo_jax.catalog.types import Catalog, Query, User
+from neo_jax.catalog.splits import Target, leave_one_out
+from neo_jax.catalog.types import Catalog, Dataset, Interactions, Query, User
 from neo_jax.sid.types import SIDMap
 from neo_jax.tasks import (TASK_NAMES, UserProfile, check_rationale, generate_queries,
                            grounded_rationale, named_attributes, profile_summary,
                            query_grounding_examples, recommend_examples, score_summary,
                            search_examples, user_profile, user_profile_examples)
+from neo_jax.tasks import build_task_examples, prompt_body, type_field
 from neo_jax.tasks.facts import SummaryVocabulary
 from neo_jax.tokenizer.markup import SIDSpan, split_markup
 from neo_jax.tokenizer.sid_vocab import SIDVocab
@@ -137,6 +138,7 @@ def test_generated_queries_relevance_and_heldout_templates():
   texts = [q.text.lower() for q in everything]
   assert len(texts) == len(set(texts))  # one query per text, in one part only
   assert not {g.template_of[q.text] for q in g.train} & heldout
+  assert 'title' not in {g.template_of[q.text] for q in g.valid + g.test}  # grounding trains them
   assert {g.template_of[q.text] for q in g.valid + g.test} & heldout
   assert {g.template_of[q.text] for q in g.train} >= {'title', 'title_words', 'tag_year',
                                                       'two_tags', 'attribute'}
@@ -344,3 +346,61 @@ def test_mixed_recommendations_carry_faithful_rationales():
     assert ex.completion.startswith(_span(tg.target) + ' ')
     c = check_rationale(ex.completion, CAT, tg.target, list(tg.history[-4:]))
     assert c.faithful and c.unparsed == '', ex.completion
+
+
+# -- every task at once ------------------------------------------------------------------------
+
+def _dataset(queries=()):
+  rng = np.random.default_rng(5)
+  users, items, times = [], [], []
+  for u in range(10):
+    for k in range(4 + u % 5):
+      users.append(u)
+      items.append(int(rng.integers(len(CAT))))
+      times.append(100 * u + k)
+  inter = Interactions([f'u{u}' for u in range(10)], np.array(users, np.int32),
+                       np.array(items, np.int32), np.array(times, np.int64))
+  people = {f'u{u}': User(f'u{u}', {'age': 20 + 3 * u, 'gender': 'MF'[u % 2],
+                                    'occupation': ('writer', 'nurse')[u % 2]})
+            for u in range(0, 10, 2)}
+  people['u1'] = User('u1', summary='Reads a lot.')
+  return Dataset('toy', CAT, inter, list(queries), people)
+
+
+def test_build_task_examples_every_task_and_no_eval_query_in_training():
+  ds = _dataset()
+  split = leave_one_out(ds.interactions)
+  suite = build_task_examples(ds, split, SID_MAP, VOCAB, history_len=3,
+                              query_valid_fraction=0.2, query_test_fraction=0.2, seed=1)
+  assert suite.query_source == 'generated' and suite.generated is not None
+  everything = suite.capability + [e for v in suite.eval.values() for e in v]
+  assert {e.task for e in everything} == {'recommend', 'search', 'user_summary', 'sid_to_text',
+                                          'text_to_sid', 'sid_to_type'}
+  for ex in everything:
+    _check_header(ex, type_field(ex.task, ex.target_type))
+  assert all(ex in suite.capability for ex in suite.grounding)
+
+  def body(ex):
+    return prompt_body(ex.prompt, ex.task, ex.target_type, ex.output_format)
+  trained = {body(e) for e in suite.capability if e.task in ('search', 'text_to_sid')}
+  evaluated = {body(e) for k in ('search_valid', 'search_test') for e in suite.eval[k]}
+  assert evaluated and not trained & evaluated
+  heldout = {q.text for q in suite.queries['valid'] + suite.queries['test']
+             if suite.generated.is_heldout(q)}
+  assert heldout and heldout <= evaluated
+  # Query grounding uses the generated training phrasings, not only titles.
+  q_ground = {body(e) for e in suite.grounding if e.task == 'text_to_sid'}
+  assert {q.text for q in suite.queries['train']} <= q_ground
+  # User summaries: the given one where there is one, else the profile's.
+  summaries = {e.user_id: e.completion for e in suite.capability if e.task == 'user_summary'}
+  assert summaries['u1'] == 'Reads a lot.'
+  assert 'occupation writer' in summaries['u0'] and 'Profile:' not in summaries['u3']
+  assert [e.user_id for e in suite.eval['summary_test']] == sorted(t.user_id for t in split.test)
+  mixed = suite.eval['explain_test']
+  assert mixed and all(e.output_format == 'mixed' for e in mixed)
+  for ex, tg in zip(mixed, split.test):
+    assert check_rationale(ex.completion, CAT, tg.target, list(tg.history[-3:])).faithful
+  # A dataset with its own queries uses them.
+  own = build_task_examples(_dataset([Query('night stars', (0, 1))] * 3), split, SID_MAP,
+                            VOCAB, seed=1)
+  assert own.query_source == 'data' and own.generated is None

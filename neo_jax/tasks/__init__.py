@@ -13,4 +13,5 @@ from neo_jax.tasks.prompts import (TASK_NAMES, TEMPLATES, header, plain_text, pr
                                    template_texts, type_field)
 from neo_jax.tasks.queries import QUERY_TEMPLATES, GeneratedQueries, generate_queries
 from neo_jax.tasks.rationale import Claim, RationaleCheck, check_rationale
+from neo_jax.tasks.suite import TaskExamples, build_task_examples
 from neo_jax.tasks.types import GROUNDING_TASKS, OUTPUT_FORMATS, TASKS, Example

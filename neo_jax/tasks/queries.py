@@ -175,8 +175,9 @@ def generate_queries(catalog: Catalog, *, queries_per_item: int = 1,
   already generated is skipped (its relevant set is the same), one with more than
   `max_relevant` relevant items is skipped as too broad to evaluate; both are counted.
   Training-template queries are split train / valid / test by `valid_fraction` /
-  `test_fraction` (by text: `builders.split_queries`' rule); held-out-template queries go
-  half to valid and half to test.
+  `test_fraction` (by text: `builders.split_queries`' rule), except bare titles, which always
+  train (title grounding trains on them anyway); held-out-template queries go half to valid
+  and half to test.
 
   Returns:
     `GeneratedQueries`; each `Query.item_index` lists the item the query came from first, then
@@ -217,7 +218,12 @@ def generate_queries(catalog: Catalog, *, queries_per_item: int = 1,
         seen[text.lower()] = template.name
         rows = (r,) + tuple(sorted(relevant - {r}))
         generated[heldout].append(Query(text, rows))
-  train, valid, test = split_queries(generated[False], valid_fraction, test_fraction, seed)
+  # A bare title is what title grounding (`text_to_sid_examples`) trains on: evaluating it
+  # would measure memorised pairs, so title queries always stay in training.
+  titles = [q for q in generated[False] if seen[q.text.lower()] == 'title']
+  others = [q for q in generated[False] if seen[q.text.lower()] != 'title']
+  train, valid, test = split_queries(others, valid_fraction, test_fraction, seed)
+  train = titles + train
   held = generated[True]
   order = np.random.default_rng([seed, 1]).permutation(len(held))
   half = set(order[:len(held) // 2].tolist())
