@@ -396,6 +396,8 @@ def test_export_with_bpe_tokenizer_reloads(tmp_path):
   reloaded = BPETokenizer.load(out)
   s = 'a[SID]<movie:0:2><movie:1:1>[/SID]!'
   assert reloaded.encode(s) == tok.encode(s) and reloaded.decode(tok.encode(s)) == s
+  model2, tok2 = backbones.load_backbone(out)
+  assert model2.cfg == model.cfg and tok2.encode(s) == tok.encode(s)
 
 
 def test_packaged_smollm2_gguf_metadata_gives_the_preset():

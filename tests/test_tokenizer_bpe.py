@@ -31,7 +31,7 @@ settings = hypothesis.settings(derandomize=True, deadline=None, max_examples=150
                                suppress_health_check=[hypothesis.HealthCheck.too_slow])
 
 
-def _train_tiny():
+def _train_tiny(return_tokenizer=False):
   """(tokens, merges, token_types) of a small byte-level BPE trained on CORPUS."""
   tk = tokenizers.Tokenizer(models.BPE())
   tk.pre_tokenizer = pre_tokenizers.Sequence([
@@ -44,6 +44,8 @@ def _train_tiny():
   tokens = [t for t, _ in sorted(spec['vocab'].items(), key=lambda kv: kv[1])]
   merges = [tuple(m.split(' ')) if isinstance(m, str) else tuple(m) for m in spec['merges']]
   types = [3 if t in CONTROL else 1 for t in tokens]
+  if return_tokenizer:
+    return tk
   return tokens, merges, types
 
 
@@ -126,7 +128,8 @@ def _reference_encode(text, tokens, merges):
 # -- strategies ----------------------------------------------------------------------------------
 
 _MARKUP = re.compile(r'\[SID\]|\[/SID\]|<[A-Za-z0-9_-]+:\d+:\d+>')
-_chars = st.sampled_from(list("abcXYZ019 .,'-!\n\t[]<>:/|éü東😀") + ["'s", "'ll", '  ', '\n\n'])
+_chars = st.sampled_from(list("abcXYZ019 .,'-!\n\t[]<>:/|éü東😀")
+                         + ["'s", "'ll", '  ', '\n\n'])
 _text = st.lists(_chars, max_size=20).map(''.join)
 _plain = _text.filter(lambda s: not _MARKUP.search(s))
 _any_text = st.text(max_size=12)
@@ -184,7 +187,8 @@ def test_round_trip_interleaved(tok, data):
 
 
 @pytest.mark.parametrize('s', ['', ' ', '  a  b  ', '\n\n\t', 'x\x00y', '<|im_start|>hi',
-                               'e\u0301 ﬁ Ω 🙂\U0010FFFF\ufeff', 'A' * 300, '[SID', '<movie:0:'])
+                               'e\u0301 ﬁ Ω 🙂\U0010FFFF\ufeff', 'A' * 300, '[SID',
+                               '<movie:0:'])
 def test_edge_cases_never_yield_control_or_sid_ids(tok, s):
   ids = tok.encode_text(s)
   assert tok.decode(ids) == s
@@ -266,3 +270,22 @@ def test_smollm2_vocabulary_known_encodings(smol):
   assert tok.decode(tok.encode(s)) == s
   with pytest.raises(ValueError, match='no token for'):
     tok.encode_text('\x04')
+
+
+def test_from_hf_tokenizer_json_encodes_like_tokenizers(tmp_path):
+  tk = _train_tiny(return_tokenizer=True)
+  tk.decoder = tokenizers.decoders.ByteLevel()
+  path = str(tmp_path / 'tokenizer.json')
+  tk.save(path)
+  tok = BPETokenizer.from_tokenizer_json(path, bos_id=0, eos_id=1, type_names=TYPES,
+                                         level_sizes=LEVEL_SIZES)
+  assert tok.text_vocab_size == tk.get_vocab_size() and tok.decode([0, 1]) == ''
+  for text in CORPUS[:4] + ["it's 12 o'clock  \n\tnow"]:
+    assert tok.encode_text(text) == tk.encode(text, add_special_tokens=False).ids
+    assert tok.decode(tok.encode_text(text)) == text
+  spec = json.loads(tk.to_str())
+  spec['pre_tokenizer'] = {'type': 'Metaspace', 'replacement': '_'}
+  with open(path, 'w') as f:
+    json.dump(spec, f)
+  with pytest.raises(ValueError, match='pre-tokenizer .* is not supported'):
+    BPETokenizer.from_tokenizer_json(path, bos_id=0, eos_id=1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import json
 import os
 import time
 
@@ -46,14 +47,15 @@ def load_backbone(name_or_path: str, **overrides) -> tuple[Decoder, BPETokenizer
 
   Args:
     name_or_path: a packaged backbone name ('smollm2-135m'), a .gguf file, or a Hugging Face
-      directory (config.json + model*.safetensors; its tokenizer.json is not read yet, so the
-      tokenizer returned is None).
+      directory (config.json + model*.safetensors, + tokenizer.json of a GPT-2/SmolLM2-style
+      byte-level BPE; without tokenizer.json the tokenizer returned is None).
     **overrides: ModelConfig fields (dtype, param_dtype, remat); shapes come from the file.
   """
   if name_or_path in _PACKAGED:
     name_or_path = packaged_gguf_path(name_or_path)
   if os.path.isdir(name_or_path):
-    return checkpoints.load_safetensors_dir(name_or_path, **overrides), None
+    model = checkpoints.load_safetensors_dir(name_or_path, **overrides)
+    return model, _directory_tokenizer(name_or_path, model.cfg.vocab_size)
   if name_or_path.endswith('.gguf'):
     model, reader = checkpoints.load_gguf(name_or_path, **overrides)
     tok = BPETokenizer.from_gguf(reader)
@@ -63,6 +65,28 @@ def load_backbone(name_or_path: str, **overrides) -> tuple[Decoder, BPETokenizer
     return model, tok
   raise ValueError(f'backbone {name_or_path!r} is neither a packaged name '
                    f'({sorted(_PACKAGED)}), a .gguf file nor a checkpoint directory')
+
+
+def _directory_tokenizer(directory: str, rows: int) -> BPETokenizer | None:
+  """The BPE tokenizer of a Hugging Face directory (tokenizer.json, ids from config.json), or
+  None when it has none; a tokenizer.json of an unsupported layout raises."""
+  path = os.path.join(directory, 'tokenizer.json')
+  if not os.path.isfile(path):
+    return None
+  with open(os.path.join(directory, checkpoints.CONFIG_FILE)) as f:
+    hf = json.load(f)
+  if hf.get('bos_token_id') is None or hf.get('eos_token_id') is None:
+    raise ValueError(f'{directory}/config.json lacks bos_token_id / eos_token_id')
+  if os.path.isfile(os.path.join(directory, 'sid_vocab.json')):
+    tok = BPETokenizer.load(directory)  # written by export_safetensors_dir
+  else:
+    tok = BPETokenizer.from_tokenizer_json(path, bos_id=hf['bos_token_id'],
+                                           eos_id=hf['eos_token_id'],
+                                           pad_id=hf.get('pad_token_id'))
+  if rows not in (tok.text_vocab_size, tok.vocab_size):
+    raise ValueError(f'{directory}: tokenizer has {tok.text_vocab_size} text ids '
+                     f'(+{tok.sid.size} SID) but the model {rows} embedding rows')
+  return tok
 
 
 def backbone_tokenizer(name_or_path: str) -> BPETokenizer:

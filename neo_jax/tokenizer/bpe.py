@@ -157,6 +157,52 @@ class BPETokenizer:
                token_types=field('tokenizer.ggml.token_type', None, required=False),
                pre_tokenizer=pre, type_names=type_names, level_sizes=level_sizes)
 
+  @classmethod
+  def from_tokenizer_json(cls, path: str, *, bos_id: int, eos_id: int,
+                          pad_id: int | None = None, type_names: Sequence[str] = (),
+                          level_sizes: dict[str, tuple[int, ...]] | None = None
+                          ) -> BPETokenizer:
+    """A Hugging Face `tokenizer.json` of a byte-level BPE whose pre-tokenizer is GPT-2's
+    ByteLevel regex, optionally preceded by single-digit splitting (SmolLM2). Added special
+    tokens inside the vocabulary become control tokens. Other layouts (Qwen's and Llama 3's
+    Split regexes, added tokens beyond the BPE vocabulary) raise ValueError."""
+    with open(path) as f:
+      spec = json.load(f)
+    model = spec.get('model') or {}
+    if model.get('type') != 'BPE':
+      raise ValueError(f'{path}: model type {model.get("type")!r} is not BPE')
+    pre = spec.get('pre_tokenizer') or {}
+    parts = pre.get('pretokenizers', []) if pre.get('type') == 'Sequence' else [pre]
+    kinds = [(p.get('type'), p.get('individual_digits'), p.get('use_regex', True),
+              p.get('add_prefix_space', False)) for p in parts]
+    if kinds == [('ByteLevel', None, True, False)]:
+      pre_name = 'gpt2'
+    elif kinds == [('Digits', True, True, False), ('ByteLevel', None, True, False)]:
+      pre_name = 'smollm'
+    else:
+      raise ValueError(f'{path}: pre-tokenizer {json.dumps(pre)[:200]} is not supported '
+                       f'(supported: {PRE_TOKENIZERS})')
+    if spec.get('normalizer'):
+      raise ValueError(f'{path}: a normalizer ({spec["normalizer"].get("type")}) is not '
+                       'supported: text would not round-trip')
+    vocab = model['vocab']
+    tokens = [None] * len(vocab)
+    for t, i in vocab.items():
+      if not 0 <= i < len(vocab) or tokens[i] is not None:
+        raise ValueError(f'{path}: vocabulary ids are not 0..{len(vocab) - 1} (id {i})')
+      tokens[i] = t
+    types = [TYPE_NORMAL] * len(tokens)
+    for added in spec.get('added_tokens', []):
+      i = added['id']
+      if i >= len(tokens) or tokens[i] != added['content']:
+        raise ValueError(f'{path}: added token {added["content"]!r} (id {i}) is not a '
+                         'vocabulary entry; not supported')
+      if added.get('special'):
+        types[i] = TYPE_CONTROL
+    merges = [tuple(m.split(' ')) if isinstance(m, str) else tuple(m) for m in model['merges']]
+    return cls(tokens, merges, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, token_types=types,
+               pre_tokenizer=pre_name, type_names=type_names, level_sizes=level_sizes)
+
   def with_sids(self, type_names: Sequence[str],
                 level_sizes: dict[str, tuple[int, ...]]) -> BPETokenizer:
     """The same text vocabulary with another SID block (e.g. once the SID map is built)."""
