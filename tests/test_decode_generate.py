@@ -230,3 +230,73 @@ def test_filters_and_removals_match_reference(setup):
   back = run(dict(s, trie=trie.set_live(removed, True)), **kwargs)
   ref = run(s, **kwargs)
   np.testing.assert_array_equal(back.tokens, ref.tokens)
+
+
+def reference_beam(s, prompt, allowed_types, output_format, max_items, num_beams):
+  """Plain-Python beam search over whole answers with the reference masks: (tokens, items,
+  score) of the best hypothesis."""
+  vocab, sid_map = s['vocab'], s['sid_map']
+  path_of = {n: (int(sid_map.type_index[n]),) + tuple(int(c) for c in sid_map.codes[n])
+             for n in range(len(sid_map)) if allowed_types[int(sid_map.type_index[n])]}
+  # A hypothesis: (score, out tokens, items, span, done).
+  hyps = [(0.0, [], [], None, False)]
+  for _ in range(MAX_NEW):
+    if all(h[4] for h in hyps):
+      break
+    cands = []
+    for score, out, items, span, done in hyps:
+      if done:
+        cands.append((score, out, items, span, True))  # padding only, at log 1
+        continue
+      logits = markov_logits(s['first'], s['second'], list(prompt) + out, s['position'])
+      logp = logits - logits.max()
+      logp = logp - np.log(np.exp(logp).sum())
+      paths = {p for n, p in path_of.items() if n not in items}
+      if span is None:
+        allowed = (set(SEPARATORS) | {EOS}) if output_format == 'ids' else set(range(TEXT_VOCAB))
+        if output_format != 'text' and len(items) < max_items and paths:
+          allowed.add(vocab.sid_open_id)
+      elif len(span) == vocab.num_levels + 1:
+        allowed = {vocab.sid_close_id}
+      else:
+        level = max(len(span) - 1, 0)
+        allowed = {vocab.token_id(sid_map.type_names[p[0]], level, p[level + 1])
+                   for p in paths if p[:len(span)] == span}
+      for tok in allowed:
+        new_span, new_items, new_done = span, items, False
+        if span is None:
+          new_done = tok == EOS
+          new_span = () if tok == vocab.sid_open_id else None
+        elif tok == vocab.sid_close_id:
+          new_span = None
+        else:
+          type_name, _, code = vocab.describe(tok)
+          new_span = span + ((sid_map.type_names.index(type_name),) if not span else ()) + (code,)
+          if len(new_span) == vocab.num_levels + 1:
+            new_items = items + [sid_map.item_of(type_name, new_span[1:])]
+        cands.append((score + logp[tok], out + [tok], new_items, new_span, new_done))
+    hyps = sorted(cands, key=lambda c: -c[0])[:num_beams]
+  best = hyps[0]
+  return best[1], best[2], best[0]
+
+
+@pytest.mark.parametrize('output_format', ['mixed', 'ids'])
+def test_beam_generation_matches_reference(setup, output_format):
+  s = setup
+  out = run(s, output_format=output_format, separator_ids=SEPARATORS, max_items=3,
+            allowed_types_BxT=jnp.asarray(s['allowed']), num_beams=4)
+  for b, prompt in enumerate(s['prompts']):
+    row, _, items = check_row(s, out, b)
+    ref_row, ref_items, ref_score = reference_beam(s, prompt, s['allowed'][b], output_format, 3,
+                                                   4)
+    assert row == ref_row
+    assert items == ref_items
+    np.testing.assert_allclose(out.scores[b], ref_score, rtol=1e-5, atol=1e-3)
+  # One hypothesis is greedy decoding, and K hypotheses never score worse than it.
+  greedy = run(s, output_format=output_format, separator_ids=SEPARATORS, max_items=3,
+               allowed_types_BxT=jnp.asarray(s['allowed']))
+  for b, prompt in enumerate(s['prompts']):
+    _, _, g_score = reference_beam(s, prompt, s['allowed'][b], output_format, 3, 1)
+    assert out.scores[b] >= g_score - 1e-3
+    assert greedy.tokens[b, :greedy.lengths[b]].tolist() == reference_beam(
+        s, prompt, s['allowed'][b], output_format, 3, 1)[0]

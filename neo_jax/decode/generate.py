@@ -18,6 +18,14 @@ logits under a per-row mask:
 
 Tokens are greedy by default; with temperature > 0 text tokens are sampled (codes too when
 `sample_codes`). A row stops after eos outside a span or after max_new_tokens.
+
+Beam variant (`num_beams` K > 1): each request keeps K hypotheses of the whole answer (text and
+spans), scored by the sum of the model's log-probabilities (full-vocabulary softmax) of the
+tokens emitted, each step taking the top K of the K x V masked continuations; a finished
+hypothesis continues only with padding at log-probability 0. Hypotheses share the prompt's KV
+cache (repeated once) and are reordered with their caches each step. No length normalisation:
+the best hypothesis is the most probable complete output, which favours short answers when
+the model gives eos much mass. Returns the best hypothesis per request.
 """
 
 from __future__ import annotations
@@ -30,7 +38,8 @@ import jax.numpy as jnp
 from flax import struct
 
 from neo_jax.decode.beam_search import NEG_INF
-from neo_jax.decode.cache import StepFn
+from neo_jax.decode.cache import (CacheBatchAxis, StepFn, default_cache_batch_axis, gather_batch,
+                                  repeat_batch)
 from neo_jax.decode.trie import (RequestFilter, SIDTrie, SIDVocabArrays, admissible_children,
                                  child_index)
 
@@ -45,12 +54,14 @@ class GenerateOutput:
     lengths: (B,) int32 number of generated tokens per row, eos included.
     items: (B, I) int32 catalog rows of the completed spans, in order; -1 after the last.
     num_items: (B,) int32 number of completed spans.
+    scores: with beams, (B,) float32 log-probability of the returned hypothesis; else None.
   """
 
   tokens: jax.Array
   lengths: jax.Array
   items: jax.Array
   num_items: jax.Array
+  scores: jax.Array | None = None
 
 
 def generate(step_fn: StepFn, cache, last_logits_BxV: jax.Array, last_positions_B: jax.Array,
@@ -59,7 +70,8 @@ def generate(step_fn: StepFn, cache, last_logits_BxV: jax.Array, last_positions_
              separator_ids: Sequence[int] = (), max_items: int | None = None,
              allowed_types_BxT: jax.Array | None = None, temperature: float = 0.0,
              rng: jax.Array | None = None, sample_codes: bool = False,
-             request: RequestFilter | None = None) -> GenerateOutput:
+             request: RequestFilter | None = None, num_beams: int = 1,
+             cache_batch_axis: CacheBatchAxis = default_cache_batch_axis) -> GenerateOutput:
   """Generates up to max_new_tokens tokens after each prompt.
 
   Args:
@@ -80,6 +92,9 @@ def generate(step_fn: StepFn, cache, last_logits_BxV: jax.Array, last_positions_
     rng: PRNG key for sampling; defaults to key 0.
     sample_codes: sample the codes too (else they are greedy even when text is sampled).
     request: per-request exclusions and allow-lists (`trie.request_filter`); None: none.
+    num_beams: K (static); K > 1 runs the beam variant (needs temperature 0); the cache needs
+      room for max_new_tokens more tokens and is repeated K times.
+    cache_batch_axis: the cache layout rule (static), used by the beam variant.
 
   Returns:
     GenerateOutput.
@@ -101,6 +116,10 @@ def generate(step_fn: StepFn, cache, last_logits_BxV: jax.Array, last_positions_
   for name, token in (('eos_id', eos_id), ('pad_id', pad_id)):
     if not 0 <= token < sid_vocab_arrays.base:
       raise ValueError(f'{name} {token} is not a text token id (< {sid_vocab_arrays.base})')
+  if num_beams < 1:
+    raise ValueError(f'num_beams must be >= 1, got {num_beams}')
+  if num_beams > 1 and temperature > 0:
+    raise ValueError('the beam variant is deterministic: use temperature 0 with num_beams > 1')
   separators = tuple(int(s) for s in separator_ids)
   bad = [s for s in separators if not 0 <= s < sid_vocab_arrays.base]
   if bad:
@@ -115,20 +134,36 @@ def generate(step_fn: StepFn, cache, last_logits_BxV: jax.Array, last_positions_
   item_slots = max_new_tokens // (trie.num_levels + 1) + 1
   if max_items is not None:
     item_slots = min(item_slots, max_items)
-  return _generate(step_fn, cache, last_logits_BxV, last_positions_B, trie, sid_vocab_arrays,
+  if num_beams > 1:  # hypotheses are rows b * K + k, all starting from request b's prompt
+    k = num_beams
+    cache = repeat_batch(cache, k, cache_batch_axis)
+    last_logits_BxV = jnp.repeat(last_logits_BxV, k, axis=0)
+    last_positions_B = jnp.repeat(last_positions_B, k, axis=0)
+    if allowed_types_BxT is not None:
+      allowed_types_BxT = jnp.repeat(jnp.asarray(allowed_types_BxT), k, axis=0)
+    if request is not None:
+      request = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), request)
+  out = _generate(step_fn, cache, last_logits_BxV, last_positions_B, trie, sid_vocab_arrays,
                    jnp.asarray(separators, jnp.int32), allowed_types_BxT,
                    jnp.asarray(temperature, jnp.float32),
                    jax.random.key(0) if rng is None else rng,
                    jnp.asarray(sample_codes, bool), request, max_new_tokens=max_new_tokens,
                    eos_id=eos_id, pad_id=pad_id, output_format=output_format,
-                   item_slots=item_slots)
+                   item_slots=item_slots, num_beams=num_beams,
+                   cache_batch_axis=cache_batch_axis)
+  if num_beams == 1:
+    return out.replace(scores=None)
+  # top_k keeps hypotheses sorted, so hypothesis 0 of each request is its best.
+  return jax.tree.map(lambda x: x[::num_beams], out)
 
 
 @functools.partial(jax.jit, static_argnames=('step_fn', 'max_new_tokens', 'eos_id', 'pad_id',
-                                             'output_format', 'item_slots'))
+                                             'output_format', 'item_slots', 'num_beams',
+                                             'cache_batch_axis'))
 def _generate(step_fn, cache, last_logits_BxV, last_positions_B, trie: SIDTrie,
               vocab: SIDVocabArrays, separators_S, allowed_types_BxT, temperature, rng,
-              sample_codes, request, *, max_new_tokens, eos_id, pad_id, output_format, item_slots):
+              sample_codes, request, *, max_new_tokens, eos_id, pad_id, output_format, item_slots,
+              num_beams, cache_batch_axis):
   batch, vocab_size = last_logits_BxV.shape
   num_levels, num_types = trie.num_levels, trie.num_types
   offsets_TxL = vocab.offsets_TxL
@@ -196,18 +231,40 @@ def _generate(step_fn, cache, last_logits_BxV, last_positions_B, trie: SIDTrie,
   def cond(state):
     return (state['t'] < max_new_tokens) & ~jnp.all(state['done'])
 
+  def beam_step(state, mask_BxV):
+    """Top-K continuations per request; returns (tok, state reordered to their parents)."""
+    k = num_beams
+    logp_BxV = jax.nn.log_softmax(state['logits'], axis=-1)
+    logp_BxV = jnp.where(mask_BxV, logp_BxV, NEG_INF)
+    logp_BxV = jnp.where(state['done'][:, None], jnp.where(ids_V == pad_id, 0.0, NEG_INF),
+                         logp_BxV)
+    total_RxC = (state['score'][:, None] + logp_BxV).reshape(batch // k, k * vocab_size)
+    score_RxK, index_RxK = jax.lax.top_k(total_RxC, k)
+    parent_N = ((index_RxK // vocab_size)
+                + (jnp.arange(batch // k, dtype=jnp.int32) * k)[:, None]).reshape(-1)
+    tok_N = (index_RxK % vocab_size).reshape(-1).astype(jnp.int32)
+    rows = {name: value for name, value in state.items() if name not in ('t', 'rng', 'cache')}
+    state = dict(state, **jax.tree.map(lambda x: x[parent_N], rows))
+    state['cache'] = gather_batch(state['cache'], parent_N, cache_batch_axis)
+    state['score'] = score_RxK.reshape(-1)
+    return tok_N, state
+
   def body(state):
+    mask_BxV = mask_for(state['level'], state['type'], state['node'], state['num_items'],
+                        state['leaves'])
+    rng, key = jax.random.split(state['rng'])
+    if num_beams > 1:
+      tok_B, state = beam_step(state, mask_BxV)
     t, done_B = state['t'], state['done']
     level_B, type_B, node_B = state['level'], state['type'], state['node']
-    mask_BxV = mask_for(level_B, type_B, node_B, state['num_items'], state['leaves'])
-    logits_BxV = jnp.where(mask_BxV, state['logits'], NEG_INF)
-    rng, key = jax.random.split(state['rng'])
-    greedy_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-    scale = jnp.where(temperature > 0, temperature, 1.0)
-    sampled_B = jax.random.categorical(key, logits_BxV / scale, axis=-1).astype(jnp.int32)
-    in_code_B = (level_B >= 0) & (level_B < num_levels)
-    sample_B = (temperature > 0) & (sample_codes | ~in_code_B)
-    tok_B = jnp.where(done_B, pad_id, jnp.where(sample_B, sampled_B, greedy_B))
+    if num_beams == 1:
+      logits_BxV = jnp.where(mask_BxV, state['logits'], NEG_INF)
+      greedy_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+      scale = jnp.where(temperature > 0, temperature, 1.0)
+      sampled_B = jax.random.categorical(key, logits_BxV / scale, axis=-1).astype(jnp.int32)
+      in_code_B = (level_B >= 0) & (level_B < num_levels)
+      sample_B = (temperature > 0) & (sample_codes | ~in_code_B)
+      tok_B = jnp.where(done_B, pad_id, jnp.where(sample_B, sampled_B, greedy_B))
 
     next_level_B, next_type_B, next_node_B, item_B, leaf_B = advance(tok_B, level_B, type_B,
                                                                      node_B)
@@ -234,6 +291,7 @@ def _generate(step_fn, cache, last_logits_BxV, last_positions_B, trie: SIDTrie,
         'lengths': state['lengths'] + live_B.astype(jnp.int32),
         'position': state['position'],
         'rng': rng,
+        'score': state['score'],
     }
 
   zeros_B = jnp.zeros(batch, jnp.int32)
@@ -252,7 +310,10 @@ def _generate(step_fn, cache, last_logits_BxV, last_positions_B, trie: SIDTrie,
       'lengths': zeros_B,
       'position': last_positions_B.astype(jnp.int32) + 1,
       'rng': rng,
+      # Beams: only hypothesis 0 of each request is live at first, so the first step expands
+      # one prompt state into K distinct continuations.
+      'score': jnp.where(rows_B % num_beams == 0, 0.0, NEG_INF).astype(jnp.float32),
   }
   state = jax.lax.while_loop(cond, body, state)
   return GenerateOutput(tokens=state['tokens'], lengths=state['lengths'], items=state['items'],
-                        num_items=state['num_items'])
+                        num_items=state['num_items'], scores=state['score'])
