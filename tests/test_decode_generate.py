@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hypothesis
+import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -63,6 +65,8 @@ def parse(vocab, sid_map, tokens):
       i += 1
       continue
     span = tokens[i + 1:i + 1 + vocab.num_levels]
+    if not span:  # `[SID]` was the last token (max_new_tokens)
+      break
     described = [vocab.describe(int(x)) for x in span]
     type_name = described[0][0]
     assert [d[0] for d in described] == [type_name] * len(span), tokens
@@ -300,3 +304,26 @@ def test_beam_generation_matches_reference(setup, output_format):
     assert out.scores[b] >= g_score - 1e-3
     assert greedy.tokens[b, :greedy.lengths[b]].tolist() == reference_beam(
         s, prompt, s['allowed'][b], output_format, 3, 1)[0]
+
+
+@hypothesis.settings(max_examples=15, deadline=None, derandomize=True)
+@hypothesis.given(data=st.data())
+def test_sampled_generation_names_only_filtered_catalog_items(setup, data):
+  """Sampled text and codes under random removals, exclusions and allow-lists: every span
+  names a live, non-excluded, allowed item of an allowed type, at most once per answer."""
+  s = setup
+  n = len(s['sid_map'])
+  rows = st.lists(st.integers(0, n - 1), max_size=4)
+  removed = data.draw(rows)
+  excluded = [data.draw(rows) for _ in s['prompts']]
+  allow = [data.draw(st.one_of(st.none(), rows)) for _ in s['prompts']]
+  trie = s['trie'].set_live(removed, False) if removed else s['trie']
+  request = request_filter(trie, excluded=excluded, allowed=allow, width=4)
+  out = run(dict(s, trie=trie), request=request, output_format='mixed', temperature=1.0,
+            sample_codes=True, rng=jax.random.key(data.draw(st.integers(0, 2**30))),
+            allowed_types_BxT=jnp.asarray(s['allowed']), max_items=4)  # shapes of the test above
+  for b in range(len(s['prompts'])):
+    _, _, items = check_row(s, out, b)  # parses spans against the SID map, checks types
+    for item in items:
+      assert item not in removed and item not in excluded[b]
+      assert allow[b] is None or item in allow[b]

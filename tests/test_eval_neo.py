@@ -114,7 +114,8 @@ def test_rows_only_ranker_with_constraints_equals_exhaustive():
     np.testing.assert_allclose(got_scores[:len(order)], [ref[i] for i in order], rtol=1e-5,
                                atol=1e-4)
   # Generation under the same constraints names only admissible items, each at most once.
-  outs = ranker.generate(prompts, 'ids', target_types=types, max_new_tokens=16,
-                         excluded=excluded, allowed=allowed)
+  # (The beam variant; greedy generation goes through the same masks.)
+  outs = ranker.generate(prompts, 'ids', target_types=types, max_new_tokens=12,
+                         excluded=excluded, allowed=allowed, num_beams=3)
   for (_, named), keep in zip(outs, keeps):
     assert set(named) <= keep and len(set(named)) == len(named)

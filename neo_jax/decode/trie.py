@@ -142,13 +142,18 @@ class SIDTrie:
     if (leaves < 0).any():
       raise ValueError(f'catalog rows {items[leaves < 0][:5].tolist()} have no SID in the trie; '
                        'adding an item with a new SID needs a rebuild (SIDTrie.build)')
-    return self.replace(live_prefix=_set_live(self.live_prefix, jnp.asarray(leaves, jnp.int32),
-                                              bool(live)))
+    if leaves.size == 0:
+      return self
+    # Pad to a power of two with repeats of the first leaf (same value): few compiled shapes.
+    padded = np.full(1 << (leaves.size - 1).bit_length(), leaves[0], np.int32)
+    padded[:leaves.size] = leaves
+    return self.replace(live_prefix=_set_live(self.live_prefix, jnp.asarray(padded),
+                                              jnp.asarray(bool(live))))
 
 
-@functools.partial(jax.jit, static_argnums=2)
-def _set_live(live_prefix: jax.Array, leaves: jax.Array, live: bool) -> jax.Array:
-  alive = jnp.diff(live_prefix).at[leaves].set(int(live))
+@jax.jit
+def _set_live(live_prefix: jax.Array, leaves: jax.Array, live: jax.Array) -> jax.Array:
+  alive = jnp.diff(live_prefix).at[leaves].set(live.astype(jnp.int32))
   return jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.cumsum(alive, dtype=jnp.int32)])
 
 

@@ -151,9 +151,10 @@ class NEORanker:
     return np.concatenate(items), np.concatenate(scores)
 
   @functools.partial(jax.jit, static_argnames=('self', 'output_format', 'max_new_tokens',
-                                               'max_items', 'separators'))
+                                               'max_items', 'separators', 'num_beams'))
   def _generate(self, state, trie, vocab_arrays, tokens_BxT, positions_BxT, valid_BxT,
-                allowed_BxT, request, output_format, max_new_tokens, max_items, separators):
+                allowed_BxT, request, output_format, max_new_tokens, max_items, separators,
+                num_beams=1):
     model = nnx.merge(self.graphdef, state)
     batch, width = tokens_BxT.shape
     cache = model.init_cache(batch, width + max_new_tokens)
@@ -167,17 +168,18 @@ class NEORanker:
         step_fn, cache, last_logits, last_pos, trie, vocab_arrays,
         max_new_tokens=max_new_tokens, eos_id=self.tokenizer.eos_id,
         pad_id=self.tokenizer.pad_id, output_format=output_format, separator_ids=separators,
-        max_items=max_items, allowed_types_BxT=allowed_BxT, request=request)
+        max_items=max_items, allowed_types_BxT=allowed_BxT, request=request, num_beams=num_beams)
 
   def generate(self, prompts: Sequence[str], output_format: str, *,
                target_types: Sequence[str | None] | None = None, max_new_tokens: int = 48,
                max_items: int | None = None,
                excluded: Sequence[Sequence[int]] | None = None,
-               allowed: Sequence[Sequence[int] | None] | None = None
+               allowed: Sequence[Sequence[int] | None] | None = None, num_beams: int = 1
                ) -> list[tuple[str, list[int]]]:
     """Greedy constrained generation; per prompt (the decoded text with SID markup, the
     catalog rows of the items it names, distinct). In the 'ids' format spaces, commas and
-    newlines may separate the spans. excluded / allowed: as in `rank`."""
+    newlines may separate the spans. excluded / allowed: as in `rank`. num_beams > 1: the
+    beam variant (the most probable whole answer among num_beams hypotheses)."""
     if target_types is None:
       target_types = [None] * len(prompts)
     separators = tuple(sorted({i for s in (' ', ', ', ',', '\n')
@@ -188,7 +190,7 @@ class NEORanker:
         self._batches(prompts, target_types, False), filters):
       res = self._generate(self.state, self.trie, self.vocab_arrays, tokens, positions, valid,
                            allowed_types, request, output_format, max_new_tokens, max_items,
-                           separators)
+                           separators, num_beams)
       toks, lengths = np.asarray(res.tokens), np.asarray(res.lengths)
       items, counts = np.asarray(res.items), np.asarray(res.num_items)
       for b in range(real):
