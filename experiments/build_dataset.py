@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 
@@ -68,18 +67,16 @@ def main(argv):
   tfds_builders.tfds.disable_progress_bar()
   workdir = _WORKDIR.value
   tfds_dir = os.path.join(workdir, 'tfds')
-  if os.path.exists(os.path.join(tfds_dir, _DATASET.value)):
-    if not _OVERWRITE.value:
-      raise app.UsageError(f'{tfds_dir}/{_DATASET.value} exists; pass --overwrite or '
-                           'choose another --workdir')
-    shutil.rmtree(os.path.join(tfds_dir, _DATASET.value))
   start = time.perf_counter()
   try:
     source_ds, source_report, built = tfds_builders.build(
-        _DATASET.value, tfds_dir, **_builder_kwargs())
+        _DATASET.value, tfds_dir, overwrite=_OVERWRITE.value, **_builder_kwargs())
   except DatasetError as e:
     print(f'bad input: {e}', file=sys.stderr)
     sys.exit(1)
+  except FileExistsError:
+    raise app.UsageError(f'{os.path.join(tfds_dir, _DATASET.value)} exists; pass --overwrite '
+                         'or choose another --workdir') from None
   build_s = time.perf_counter() - start
 
   # Everything below reads the TFDS build back, so the figures describe what was written.

@@ -120,6 +120,21 @@ def test_builds_are_deterministic(tmp_path):
     assert (tmp_path / 'ea' / f).read_bytes() == (tmp_path / 'eb' / f).read_bytes()
 
 
+def test_build_refuses_to_mix_with_an_existing_build(tmp_path):
+  src = _dir(tmp_path)
+  _, _, built = tfds_builders.build('generic', str(tmp_path / 'tfds'), source=str(src))
+  other = _dir(tmp_path, name='other', **{'items.jsonl': _jsonl(*ITEMS[:2]),
+                                          'interactions.csv': 'user_id,item_id,timestamp\n'
+                                                              'z,b1,1\n',
+                                          'queries.jsonl': None, 'users.jsonl': None})
+  with pytest.raises(FileExistsError, match='overwrite=True'):
+    tfds_builders.build('generic', str(tmp_path / 'tfds'), source=str(other))
+  tfds_builders.build('generic', str(tmp_path / 'tfds'), source=str(other), overwrite=True)
+  back = tfds_builders.load_built(built)
+  assert_same(back, catalog_io.load_dataset(other))
+  assert not os.path.exists(os.path.join(built, 'users'))
+
+
 def test_load_built_rejects_a_non_build(tmp_path):
   with pytest.raises(DatasetError, match="missing built table 'items'"):
     tfds_builders.load_built(tmp_path)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -211,12 +212,15 @@ class GenericDataset(_TableBuilder):
 BUILDERS = {b.name: b for b in (MovieLens100k, GenericDataset)}
 
 
-def build(name: str, data_dir: str, **kwargs) -> tuple[Dataset, dict[str, Any], str]:
+def build(name: str, data_dir: str, overwrite: bool = False,
+          **kwargs) -> tuple[Dataset, dict[str, Any], str]:
   """Builds every table of dataset `name` under `data_dir` (array_record).
 
   Args:
     name: a key of BUILDERS ('movielens100k', 'generic').
     data_dir: the TFDS data directory; tables go to `<data_dir>/<name>/<table>/<version>`.
+    overwrite: replace an existing `<data_dir>/<name>`; without it an existing build is an
+      error (TFDS would otherwise keep old tables beside new ones from another source).
     **kwargs: passed to the builder (`source=`, and for 'generic' the load policies).
 
   Returns:
@@ -224,13 +228,19 @@ def build(name: str, data_dir: str, **kwargs) -> tuple[Dataset, dict[str, Any], 
     `<data_dir>/<name>` that `load_built` reads).
 
   Raises:
-    DatasetError: the source is malformed (named file, line and field).
+    DatasetError: the source is malformed (named file, line and field); nothing is written.
+    FileExistsError: `<data_dir>/<name>` exists and `overwrite` is False.
   """
   if name not in BUILDERS:
     raise ValueError(f'unknown dataset {name!r}; known: {sorted(BUILDERS)}')
   cls = BUILDERS[name]
+  target = os.path.join(os.fspath(data_dir), cls.name)
+  if os.path.exists(target) and not overwrite:
+    raise FileExistsError(f'{target} exists; pass overwrite=True to rebuild it')
   first = cls(data_dir=data_dir, config='meta', **kwargs)
-  loaded = first.loaded()
+  loaded = first.loaded()  # Reads and validates the source before anything is written.
+  if os.path.exists(target):
+    shutil.rmtree(target)
   for table in TABLES:
     if _table_size(loaded[0], table) == 0:
       continue
@@ -238,7 +248,7 @@ def build(name: str, data_dir: str, **kwargs) -> tuple[Dataset, dict[str, Any], 
                                                  loaded=loaded, **kwargs)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
         download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
-  return loaded[0], loaded[1], os.path.join(os.fspath(data_dir), cls.name)
+  return loaded[0], loaded[1], target
 
 
 def _table_dir(built: str, table: str) -> str | None:
