@@ -22,7 +22,8 @@ from jax.sharding import Mesh
 
 from neo_jax.catalog import io as catalog_io
 from neo_jax.catalog import synthetic
-from neo_jax.catalog.splits import Split, leave_one_out
+from neo_jax.catalog import tfds_builders
+from neo_jax.catalog.splits import Split, make_split
 from neo_jax.catalog.types import Dataset
 from neo_jax.decode.trie import SIDTrie
 from neo_jax.eval import baselines, metrics
@@ -57,19 +58,35 @@ class Artifacts:
 # -- data --------------------------------------------------------------------------------------
 
 def load_data(cfg: ml_collections.ConfigDict, workdir: str, log: Log) -> Dataset:
-  if cfg.data.source == 'synthetic':
+  """The dataset of `cfg.data.source`:
+    'synthetic'      generated into <workdir>/data (generic format), then read back;
+    'movielens100k'  built with TFDS (array_record) into <workdir>/tfds from the files of the
+                     installed `recbole` package (or cfg.data.path: an official ml-100k.zip
+                     or folder), then read back;
+    'generic'        the generic-format directory cfg.data.path.
+  """
+  source = cfg.data.source
+  policies = dict(on_unknown_item=cfg.data.on_unknown_item)
+  if source == 'synthetic':
     out = os.path.join(workdir, 'data')
     if not os.path.exists(os.path.join(out, 'items.jsonl')):
       scfg = synthetic.SyntheticConfig(**cfg.data.synthetic.to_dict())
       synthetic.write_synthetic(scfg, out)
-    path = out
-  elif cfg.data.source == 'generic':
+    ds = catalog_io.load_dataset(out, **policies)
+  elif source == 'movielens100k':
+    tfds_dir = os.path.join(workdir, 'tfds')
+    built = os.path.join(tfds_dir, 'movielens100k')
+    if not os.path.exists(built):
+      kwargs = {'source': cfg.data.path} if cfg.data.path else {}
+      tfds_builders.build('movielens100k', tfds_dir, **kwargs)
+    ds = tfds_builders.load_built(built)
+  elif source == 'generic':
     if not cfg.data.path:
       raise ValueError("data.source='generic' needs data.path (a directory in the generic format)")
-    path = cfg.data.path
+    ds = catalog_io.load_dataset(cfg.data.path, **policies)
   else:
-    raise ValueError(f"unknown data.source {cfg.data.source!r}; use 'synthetic' or 'generic'")
-  ds = catalog_io.load_dataset(path, on_unknown_item=cfg.data.on_unknown_item)
+    raise ValueError(f"unknown data.source {source!r}; use 'synthetic', 'movielens100k' or "
+                     "'generic'")
   log(f'data: {len(ds.catalog)} items of types {ds.catalog.type_names}, '
       f'{len(ds.interactions.user_names)} users, {len(ds.interactions)} interactions, '
       f'{len(ds.queries)} queries' + (f'; skipped {ds.skipped}' if ds.skipped else ''))
@@ -298,7 +315,9 @@ def prepare(cfg: ml_collections.ConfigDict, workdir: str, log: Log = print
   facts: dict[str, Any] = {}
   t0 = time.perf_counter()
   ds = load_data(cfg, workdir, log)
-  split = leave_one_out(ds.interactions)
+  split, split_facts = make_split(ds.interactions, cfg.data.split)
+  facts.update({f'split/{k}': v for k, v in split_facts.items()})
+  facts.update({f'split/skipped/{k}': v for k, v in split.skipped.items()})
   facts['seconds_data'] = time.perf_counter() - t0
 
   t0 = time.perf_counter()

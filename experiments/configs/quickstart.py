@@ -24,9 +24,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
-  # 'synthetic' generates the catalog into <workdir>/data; 'generic' reads data.path.
+  # 'synthetic' generates the catalog into <workdir>/data; 'movielens100k' builds it with TFDS
+  # from the installed recbole package (or data.path: an ml-100k.zip or folder); 'generic'
+  # reads the generic-format directory data.path.
   c.data.source = 'synthetic'
   c.data.path = ''
+  # 'leave_one_out' (SASRec/TIGER/RecBole) or 'temporal[:V,T[,H]]' (the paper's global split).
+  c.data.split = 'leave_one_out'
   # Interactions/queries naming unknown items: 'error', or 'skip' (counted and reported).
   c.data.on_unknown_item = 'error'
   c.data.synthetic = ml_collections.ConfigDict(dict(
