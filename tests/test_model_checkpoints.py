@@ -398,12 +398,3 @@ def test_export_with_bpe_tokenizer_reloads(tmp_path):
   assert reloaded.encode(s) == tok.encode(s) and reloaded.decode(tok.encode(s)) == s
   model2, tok2 = backbones.load_backbone(out)
   assert model2.cfg == model.cfg and tok2.encode(s) == tok.encode(s)
-
-
-def test_packaged_smollm2_gguf_metadata_gives_the_preset():
-  from neo_jax.model.config import get_config  # pylint: disable=g-import-not-at-top
-  reader = gguf.GGUFReader(backbones.packaged_gguf_path('smollm2-135m'))
-  cfg = checkpoints.gguf_config(reader)
-  want = get_config('smollm2-135m')
-  assert cfg.replace(norm_eps=want.norm_eps) == want
-  assert abs(cfg.norm_eps - want.norm_eps) < 1e-10

@@ -15,7 +15,8 @@ import pytest
 import tokenizers
 from tokenizers import models, pre_tokenizers, trainers
 
-from neo_jax.model import backbones
+from neo_jax.model import backbones, checkpoints
+from neo_jax.model.config import get_config
 from neo_jax.tokenizer.bpe import BPETokenizer, byte_alphabet
 
 LEVEL_SIZES = {'book': (4, 3), 'movie': (8, 2)}
@@ -289,3 +290,11 @@ def test_from_hf_tokenizer_json_encodes_like_tokenizers(tmp_path):
     json.dump(spec, f)
   with pytest.raises(ValueError, match='pre-tokenizer .* is not supported'):
     BPETokenizer.from_tokenizer_json(path, bos_id=0, eos_id=1)
+
+
+def test_smollm2_gguf_metadata_gives_the_preset(smol):
+  _, reader = smol
+  cfg = checkpoints.gguf_config(reader)
+  want = get_config('smollm2-135m')
+  assert cfg.replace(norm_eps=want.norm_eps) == want
+  assert abs(cfg.norm_eps - want.norm_eps) < 1e-10
