@@ -37,6 +37,7 @@ from neo_jax.sid import features
 from neo_jax.sid.types import SIDMap
 from neo_jax.tasks import builders
 from neo_jax.tasks import prompts
+from neo_jax.tasks.suite import build_task_examples
 from neo_jax.tasks.types import Example
 from neo_jax.tokenizer.spm import SentencePieceTokenizer, train_sentencepiece
 from neo_jax.train import loop
@@ -138,29 +139,16 @@ def build_tokenizer(cfg: ml_collections.ConfigDict, ds: Dataset, sid_map: SIDMap
 
 def build_examples(cfg: ml_collections.ConfigDict, ds: Dataset, split: Split, sid_map: SIDMap,
                    tok: SentencePieceTokenizer) -> dict[str, list[Example]]:
-  """Grounding examples, capability (training) examples, and evaluation examples."""
-  seed = cfg.seed
-  vocab = tok.sid
+  """Grounding examples, capability (training) examples and evaluation examples of every task
+  (`neo_jax.tasks.build_task_examples`: the dataset's own search queries, or queries generated
+  from item text with held-out templates when it has none)."""
   t = cfg.tasks
-  train_q, valid_q, test_q = builders.split_queries(
-      ds.queries, t.query_valid_fraction, t.query_test_fraction, seed)
-  grounding = (builders.sid_to_text_examples(ds.catalog, sid_map, vocab, seed=seed)
-               + builders.text_to_sid_examples(ds.catalog, sid_map, vocab, seed=seed)
-               + builders.sid_to_type_examples(ds.catalog, sid_map, vocab, seed=seed))
-  rec_train = builders.recommend_examples(
-      split, ds.catalog, sid_map, vocab, mode='train', history_len=t.history_len,
-      max_targets_per_user=t.train_targets_per_user, mixed_fraction=t.mixed_fraction, seed=seed)
-  search_train = builders.search_examples(train_q, ds.catalog, sid_map, vocab, seed=seed)
-  summaries = builders.user_summary_examples(ds.users, split.train, sid_map, vocab,
-                                             history_len=t.history_len, seed=seed)
-  capability = rec_train + search_train + summaries + grounding
-  return {
-      'grounding': grounding,
-      'capability': capability,
-      'rec_test': builders.recommend_examples(
-          split, ds.catalog, sid_map, vocab, mode='test', history_len=t.history_len, seed=seed),
-      'search_test': builders.search_examples(test_q, ds.catalog, sid_map, vocab, seed=seed),
-  }
+  te = build_task_examples(
+      ds, split, sid_map, tok.sid, history_len=t.history_len,
+      train_targets_per_user=t.train_targets_per_user, mixed_fraction=t.mixed_fraction,
+      query_valid_fraction=t.query_valid_fraction, query_test_fraction=t.query_test_fraction,
+      seed=cfg.seed)
+  return {'grounding': te.grounding, 'capability': te.capability, **te.eval}
 
 
 # -- model and training ------------------------------------------------------------------------
@@ -287,13 +275,9 @@ def sample_generations(ranker: NEORanker, art: Artifacts, examples: dict[str, li
   ex = examples['rec_test'][0]
   requests = [(ex.task, fmt, prompts.reformat_prompt(ex.prompt, ex.task, ex.target_type, fmt),
                ex.target_type) for fmt in ('ids', 'text', 'mixed')]
-  user = art.dataset.users.get(ex.user_id)
-  if user is not None and user.summary:
-    history = {tg.user_id: tg.history for tg in art.split.test}[ex.user_id]
-    summary = builders.user_summary_examples([user], {user.id: history}, art.sid_map,
-                                             art.tokenizer.sid, seed=0)
-    if summary:
-      requests.append(('user_summary', 'text', summary[0].prompt, None))
+  summary = [e for e in examples.get('summary_test', []) if e.user_id == ex.user_id]
+  if summary:
+    requests.append(('user_summary', 'text', summary[0].prompt, None))
   out = []
   for task, fmt, prompt, target_type in requests:
     text, _ = ranker.generate([prompt], fmt, target_types=[target_type], max_new_tokens=48,

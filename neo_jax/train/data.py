@@ -64,6 +64,10 @@ class PackedData:
   stats: dict
 
   @property
+  def seq_len(self) -> int:
+    return int(self.tokens.shape[1])
+
+  @property
   def num_rows(self) -> int:
     return int(self.tokens.shape[0])
 

@@ -178,7 +178,7 @@ def train_stage(model: nnx.Module, data: PackedData, cfg: ml_collections.ConfigD
   writer = SummaryWriter(os.path.join(workdir, 'tensorboard', name))
   log_every = max(1, int(cfg.get('log_every', 50)))
   ckpt_every = int(cfg.get('checkpoint_every', 0))
-  tokens_per_step = data.batch_size * data.tokens.shape[1]
+  tokens_per_step = data.batch_size * data.seq_len
   sched = optimizer_lib.schedule(cfg)
 
   def save(step):
