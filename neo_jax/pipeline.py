@@ -147,7 +147,7 @@ def build_examples(cfg: ml_collections.ConfigDict, ds: Dataset, split: Split, si
       ds, split, sid_map, tok.sid, history_len=t.history_len,
       train_targets_per_user=t.train_targets_per_user, mixed_fraction=t.mixed_fraction,
       query_valid_fraction=t.query_valid_fraction, query_test_fraction=t.query_test_fraction,
-      seed=cfg.seed)
+      max_relevant=t.max_relevant, seed=cfg.seed)
   return {'grounding': te.grounding, 'capability': te.capability, **te.eval}
 
 

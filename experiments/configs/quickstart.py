@@ -47,7 +47,10 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.tasks = ml_collections.ConfigDict(dict(
       history_len=8, train_targets_per_user=12, query_valid_fraction=0.1,
-      query_test_fraction=0.2, mixed_fraction=0.25))
+      query_test_fraction=0.2, mixed_fraction=0.25,
+      # Generated search queries relevant to more items than this are dropped (counted): their
+      # answers would not fit a training sequence.
+      max_relevant=8))
 
   # mesh: '' trains on one device; 'data,fsdp,tensor' (e.g. '8,1,1') shards over all devices.
   c.train = ml_collections.ConfigDict(dict(seq_len=128, batch_size=32, mesh=''))
