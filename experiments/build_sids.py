@@ -6,7 +6,8 @@ r"""Builds the SID map of a dataset and reports its quality.
   python -m experiments.build_sids --data_dir=D --workdir=W --encoder=npy:emb.npy
   python -m experiments.build_sids --dataset=synthetic --workdir=W --config.sid.method=random
 
-Writes W/sids/sid_map/ (map + manifest), W/sids/report.json, W/sids/quality.png and
+Writes W/sids/sid_map/ (map + manifest), W/sids/report.json, W/sids/quality.png,
+W/sids/embeddings.npy (unless --nosave_embeddings or the embeddings came from a .npy) and
 W/result.json (collision_rate, unreachable_items, utilisation_l{l}, coherence_p{p},
 recon_mse_p{p}, seconds), and prints the result.json object as the last line.
 """
@@ -34,6 +35,8 @@ _DATA_DIR = flags.DEFINE_string('data_dir', None, 'A dataset directory in the ge
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory.', required=True)
 _ENCODER = flags.DEFINE_string('encoder', 'minilm', "'minilm', 'tfidf' or 'npy:<path>' (an "
                                '(N, D) .npy aligned with the catalog rows).')
+_SAVE_EMB = flags.DEFINE_bool('save_embeddings', True, 'Also write W/sids/embeddings.npy (reuse '
+                               'it with --encoder=npy:W/sids/embeddings.npy, e.g. for ablations).')
 _CONFIG = config_flags.DEFINE_config_file(
     'config', os.path.join(os.path.dirname(__file__), 'configs', 'build_sids.py'),
     'SID config file.', lock_config=True)
@@ -83,6 +86,11 @@ def main(argv):
   emb, encoder_name = job.embed(ds.catalog, _ENCODER.value, tfidf_dim=cfg.encoder.tfidf_dim,
                                 seed=cfg.seed, batch_size=cfg.encoder.batch_size)
   embed_s = time.perf_counter() - t0
+  if _SAVE_EMB.value and not _ENCODER.value.startswith('npy:'):
+    os.makedirs(os.path.join(workdir, 'sids'), exist_ok=True)
+    tmp = os.path.join(workdir, 'sids', 'embeddings.tmp.npy')
+    np.save(tmp, emb)
+    os.replace(tmp, os.path.join(workdir, 'sids', 'embeddings.npy'))
   sid_cfg = cfg.sid.to_dict()
   sid_map, rep = job.build_and_save(
       ds.catalog, emb, os.path.join(workdir, 'sids'), sid_cfg,
