@@ -32,8 +32,7 @@ from neo_jax.model import sharding
 from neo_jax.model import vocab as vocab_lib
 from neo_jax.model.config import get_config
 from neo_jax.model.decoder import Decoder
-from neo_jax.sid import builder as sid_builder
-from neo_jax.sid import features
+from neo_jax.sid import job as sid_job
 from neo_jax.sid.types import SIDMap
 from neo_jax.tasks import builders
 from neo_jax.tasks import prompts
@@ -98,24 +97,20 @@ def load_data(cfg: ml_collections.ConfigDict, workdir: str, log: Log) -> Dataset
 
 def build_sids(cfg: ml_collections.ConfigDict, ds: Dataset, split: Split, workdir: str,
                log: Log) -> tuple[SIDMap, dict[str, Any]]:
+  """Item embeddings (cfg.sid.encoder: 'tfidf', 'minilm' or 'npy:<path>') and the SID map,
+  written with its quality report and plot under <workdir>/sids. Collisions are ranked by
+  training popularity (interactions in the training split only)."""
   t0 = time.perf_counter()
-  encoder = features.HashedTfidfEncoder.fit(
-      [ds.catalog.text(i) for i in range(len(ds.catalog))], dim=cfg.sid.feature_dim,
-      seed=cfg.seed)
-  emb = features.embed_catalog(ds.catalog, encoder)
+  emb, encoder_name = sid_job.embed(ds.catalog, cfg.sid.encoder, tfidf_dim=cfg.sid.feature_dim,
+                                    seed=cfg.seed, progress=False)
   train_rows = np.concatenate(list(split.train.values())) if split.train else np.zeros(0, int)
   popularity = np.bincount(train_rows, minlength=len(ds.catalog)).astype(np.float64)
-  sid_map, report = sid_builder.build_sid_map(
-      ds.catalog, emb, levels=cfg.sid.levels, k=cfg.sid.k, collision=cfg.sid.collision,
-      popularity=popularity, seed=cfg.seed, iters=cfg.sid.iters)
-  sid_dir = os.path.join(workdir, 'sids')
-  os.makedirs(sid_dir, exist_ok=True)
-  sid_builder.save_sid_map(sid_map, os.path.join(sid_dir, 'sid_map'))
-  with open(os.path.join(sid_dir, 'report.json'), 'w') as f:
-    json.dump(report, f, indent=1)
-  log(f'sids: {sid_map.num_levels} levels, sizes {sid_map.level_sizes}, collision rate '
-      f'{report["collision_rate"]:.4f}, unreachable {report["unreachable_items"]} '
-      f'({time.perf_counter() - t0:.1f}s)')
+  sid_map, report = sid_job.build_and_save(
+      ds.catalog, emb, os.path.join(workdir, 'sids'), cfg.sid.to_dict(), popularity=popularity,
+      encoder_name=encoder_name, seed=cfg.seed)
+  log(f'sids: {encoder_name} embeddings, {sid_map.num_levels} levels, sizes '
+      f'{sid_map.level_sizes}, collision rate {report["collision_rate"]:.4f}, unreachable '
+      f'{report["unreachable_items"]} ({time.perf_counter() - t0:.1f}s)')
   return sid_map, report
 
 

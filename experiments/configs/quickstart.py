@@ -36,8 +36,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.synthetic = ml_collections.ConfigDict(dict(
       items_per_type=300, num_users=1200, num_queries=1500, seed=0))
 
+  # encoder: 'tfidf' (hashed TF-IDF, feature_dim), 'minilm' (all-MiniLM-L6-v2, 384-d) or
+  # 'npy:<path>'. method: 'rkmeans', or the ablations 'random' / 'atomic'. levels/k: k-means
+  # levels and codes per level (+1 disambiguation level for collisions).
   c.sid = ml_collections.ConfigDict(dict(
-      feature_dim=128, levels=3, k=16, collision='disambiguate', iters=30))
+      encoder='tfidf', feature_dim=128, method='rkmeans', levels=3, k=16,
+      collision='disambiguate', iters=30, tol=0.0, batch_size=0, minibatch=False))
 
   c.tokenizer = ml_collections.ConfigDict(dict(vocab_size=1500, model_type='bpe'))
 
