@@ -1,6 +1,8 @@
 """NEORanker (prefill + trie-constrained beam search through the real decoder's KV cache)
 against exhaustive scoring of every catalog item with the full, uncached forward pass."""
 
+import functools
+
 import jax
 import numpy as np
 from flax import nnx
@@ -16,6 +18,7 @@ TYPES = ('book', 'movie')
 LEVELS = {'book': (4, 3, 2), 'movie': (5, 2, 2)}
 
 
+@functools.lru_cache(maxsize=1)  # shared by the tests (nothing mutates it)
 def _setup():
   rng = np.random.default_rng(0)
   codes, types = [], []
