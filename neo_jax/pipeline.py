@@ -192,7 +192,8 @@ def train(cfg: ml_collections.ConfigDict, model: Decoder, tok: SentencePieceToke
                          seed=cfg.seed)
     log(f'[{stage}] {data.stats["examples"]} examples packed into {data.stats["rows"]} rows '
         f'of {cfg.train.seq_len} (fill {data.stats["fill"]:.2f}, '
-        f'{data.stats["truncated_prompts"]} prompts cut)')
+        f'{data.stats["truncated_prompts"]} prompts cut, '
+        f'{data.stats["skipped_completion_too_long"]} examples skipped: answer longer than a row)')
     mask = vocab_lib.sid_row_mask(model, tok.text_vocab_size) if stage == 'grounding' else None
     summary = loop.train_stage(model, data, scfg, name=stage, workdir=workdir,
                                update_mask=mask, mesh=mesh, log=log)

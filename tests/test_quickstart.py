@@ -12,7 +12,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {
     'data.synthetic.items_per_type': 40, 'data.synthetic.num_users': 120,
     'data.synthetic.num_queries': 120, 'sid.k': 4, 'sid.iters': 5,
-    'tokenizer.vocab_size': 500, 'model.d_model': 32, 'model.num_layers': 1,
+    'model.d_model': 32, 'model.num_layers': 1,
     'model.num_heads': 2, 'model.num_kv_heads': 1, 'model.head_dim': 16, 'model.mlp_dim': 64,
     'train.batch_size': 8, 'grounding.steps': 3, 'capability.steps': 4,
     'eval.max_requests': 12, 'eval.batch_size': 8, 'eval.num_beams': 10,
@@ -45,6 +45,6 @@ def test_quickstart_runs_end_to_end(tmp_path):
     assert f'--- recommend, format {fmt} ---' in out
   assert '--- user_summary, format text ---' in out
   # Every stage left its artifact.
-  for path in ('data/items.jsonl', 'sids/report.json', 'tokenizer/spm.model',
+  for path in ('tfds/movielens100k', 'sids/report.json', 'sids/quality.png', 'tokenizer/spm.model',
                'logs/capability.jsonl', 'checkpoints/capability', 'config.json'):
     assert (workdir / path).exists(), path

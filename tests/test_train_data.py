@@ -54,8 +54,11 @@ def test_long_prompt_is_cut_from_the_left_and_long_completion_raises():
   assert cut
   assert ''.join(chr(x - 3) for x in t.tokens[1:-3]) == '6789'
   bad = Example(task='search', prompt='p', completion='A' * 10, output_format='ids')
-  with pytest.raises(ValueError, match='cannot fit'):
+  with pytest.raises(data_lib.CompletionTooLongError, match='cannot fit'):
     data_lib.tokenize_example(bad, tok, max_len=8)
+  # Packing skips such an example and counts it.
+  packed = data_lib.pack_examples([ex, bad], tok, seq_len=8, batch_size=1)
+  assert packed.stats['examples'] == 1 and packed.stats['skipped_completion_too_long'] == 1
 
 
 def test_batches_are_a_pure_function_of_step():

@@ -10,7 +10,8 @@ import time
 
 from test_quickstart import REPO, TINY
 
-OVERRIDES = dict(TINY, **{'capability.steps': 60, 'capability.checkpoint_every': 10,
+OVERRIDES = dict(TINY, **{'data.source': 'synthetic', 'capability.steps': 60,
+                          'capability.checkpoint_every': 10,
                           'capability.log_every': 10})
 
 

@@ -1,6 +1,7 @@
 """Quickstart: the whole NEO pipeline, small, on a 2-core CPU in under 15 minutes.
 
-Synthetic multi-type catalog -> text features -> residual k-means SIDs per type ->
+MovieLens-100k (TFDS build from the installed recbole package; `--config.data.source=synthetic`
+for the multi-type synthetic catalog) -> text features -> residual k-means SIDs per type ->
 sentencepiece + SID tokens -> tiny Llama-style decoder -> grounding stage -> capability stage
 -> constrained beam search -> Recall/NDCG beside popularity and BM25.
 
@@ -27,7 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
   # 'synthetic' generates the catalog into <workdir>/data; 'movielens100k' builds it with TFDS
   # from the installed recbole package (or data.path: an ml-100k.zip or folder); 'generic'
   # reads the generic-format directory data.path.
-  c.data.source = 'synthetic'
+  c.data.source = 'movielens100k'
   c.data.path = ''
   # 'leave_one_out' (SASRec/TIGER/RecBole) or 'temporal[:V,T[,H]]' (the paper's global split).
   c.data.split = 'leave_one_out'

@@ -22,6 +22,10 @@ from neo_jax.tokenizer.base import Tokenizer
 _PACK_WINDOW = 64
 
 
+class CompletionTooLongError(ValueError):
+  pass
+
+
 @dataclasses.dataclass(frozen=True)
 class Tokenized:
   tokens: np.ndarray  # (T,) int32
@@ -39,7 +43,7 @@ def tokenize_example(ex: Example, tokenizer: Tokenizer, max_len: int) -> tuple[T
   completion = tokenizer.encode(ex.completion) + [tokenizer.eos_id]
   room = max_len - 1 - len(completion)
   if room < 1:
-    raise ValueError(
+    raise CompletionTooLongError(
         f'completion of a {ex.task!r} example has {len(completion)} tokens; it cannot fit '
         f'seq_len={max_len}: {ex.completion[:80]!r}')
   truncated = len(prompt) > room
@@ -97,11 +101,17 @@ def pack_examples(examples: Sequence[Example], tokenizer: Tokenizer, seq_len: in
   if not examples:
     raise ValueError('no examples to pack')
   order = np.random.default_rng(seed).permutation(len(examples))
-  items, truncated = [], 0
+  items, truncated, too_long = [], 0, 0
   for n in order:
-    tok, cut = tokenize_example(examples[n], tokenizer, seq_len)
+    try:
+      tok, cut = tokenize_example(examples[n], tokenizer, seq_len)
+    except CompletionTooLongError:
+      too_long += 1  # reported in stats: an answer cut short would teach wrong SIDs
+      continue
     items.append(tok)
     truncated += cut
+  if not items:
+    raise ValueError(f'none of the {len(examples)} examples fits seq_len={seq_len}')
   # First-fit over a window of the most recently opened rows that still have room for the
   # shortest example: bounded cost per example, and rows close once they are nearly full.
   shortest = min(len(t.tokens) for t in items)
@@ -142,6 +152,7 @@ def pack_examples(examples: Sequence[Example], tokenizer: Tokenizer, seq_len: in
       'examples': len(items),
       'rows': len(rows),
       'truncated_prompts': truncated,
+      'skipped_completion_too_long': too_long,
       'fill': float((segs > 0).mean()),
       'loss_tokens': int(mask.sum()),
   }
