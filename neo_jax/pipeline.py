@@ -28,6 +28,7 @@ from neo_jax.catalog.types import Dataset
 from neo_jax.decode.trie import SIDTrie
 from neo_jax.eval import baselines, metrics
 from neo_jax.eval.neo import NEORanker
+from neo_jax.model import backbones
 from neo_jax.model import sharding
 from neo_jax.model import vocab as vocab_lib
 from neo_jax.model.config import get_config
@@ -38,6 +39,7 @@ from neo_jax.tasks import builders
 from neo_jax.tasks import prompts
 from neo_jax.tasks.suite import build_task_examples
 from neo_jax.tasks.types import Example
+from neo_jax.tokenizer.base import Tokenizer
 from neo_jax.tokenizer.spm import SentencePieceTokenizer, train_sentencepiece
 from neo_jax.train import loop
 from neo_jax.train.data import pack_examples
@@ -50,7 +52,7 @@ class Artifacts:
   dataset: Dataset
   split: Split
   sid_map: SIDMap
-  tokenizer: SentencePieceTokenizer
+  tokenizer: Tokenizer
   model: Decoder | None = None
   trie: SIDTrie | None = None
 
@@ -117,23 +119,31 @@ def build_sids(cfg: ml_collections.ConfigDict, ds: Dataset, split: Split, workdi
 # -- tokenizer ---------------------------------------------------------------------------------
 
 def build_tokenizer(cfg: ml_collections.ConfigDict, ds: Dataset, sid_map: SIDMap, workdir: str,
-                    log: Log) -> SentencePieceTokenizer:
-  texts = [ds.catalog.text(i) for i in range(len(ds.catalog))]
-  texts += [q.text for q in ds.queries]
-  texts += [u.summary for u in ds.users.values() if u.summary]
-  texts += prompts.template_texts(ds.catalog.type_names)  # the prompts' fixed words
-  proto = train_sentencepiece(texts, vocab_size=cfg.tokenizer.vocab_size,
-                              model_type=cfg.tokenizer.model_type, seed=cfg.seed)
-  tok = SentencePieceTokenizer.from_sid_map(proto, sid_map)
+                    log: Log) -> Tokenizer:
+  """The text vocabulary + the SID block: the backbone's own byte-level BPE when
+  cfg.model.backbone is set, else a sentencepiece model trained on the catalog's text."""
+  backbone = cfg.model.get('backbone', '')
+  if backbone:
+    tok = backbones.backbone_tokenizer(backbone).with_sids(sid_map.type_names,
+                                                           sid_map.level_sizes)
+  else:
+    texts = [ds.catalog.text(i) for i in range(len(ds.catalog))]
+    texts += [q.text for q in ds.queries]
+    texts += [u.summary for u in ds.users.values() if u.summary]
+    texts += prompts.template_texts(ds.catalog.type_names)  # the prompts' fixed words
+    proto = train_sentencepiece(texts, vocab_size=cfg.tokenizer.vocab_size,
+                                model_type=cfg.tokenizer.model_type, seed=cfg.seed)
+    tok = SentencePieceTokenizer.from_sid_map(proto, sid_map)
   tok.save(os.path.join(workdir, 'tokenizer'))
-  log(f'tokenizer: {tok.text_vocab_size} text tokens + {tok.sid.size} SID tokens')
+  log(f'tokenizer: {tok.text_vocab_size} text tokens + {tok.sid.size} SID tokens'
+      + (f' ({backbone})' if backbone else ''))
   return tok
 
 
 # -- examples ----------------------------------------------------------------------------------
 
 def build_examples(cfg: ml_collections.ConfigDict, ds: Dataset, split: Split, sid_map: SIDMap,
-                   tok: SentencePieceTokenizer) -> dict[str, list[Example]]:
+                   tok: Tokenizer) -> dict[str, list[Example]]:
   """Grounding examples, capability (training) examples and evaluation examples of every task
   (`neo_jax.tasks.build_task_examples`: the dataset's own search queries, or queries generated
   from item text with held-out templates when it has none)."""
@@ -148,14 +158,28 @@ def build_examples(cfg: ml_collections.ConfigDict, ds: Dataset, split: Split, si
 
 # -- model and training ------------------------------------------------------------------------
 
-def build_model(cfg: ml_collections.ConfigDict, tok: SentencePieceTokenizer) -> Decoder:
-  """The decoder over the text vocabulary, then extended with the SID rows: the same path a
-  pretrained backbone takes (its text rows come from the checkpoint)."""
-  overrides = {k: v for k, v in cfg.model.to_dict().items() if k not in ('preset', 'sid_init')}
-  mcfg = get_config(cfg.model.preset, **overrides, vocab_size=tok.text_vocab_size)
-  model = Decoder(mcfg, rngs=nnx.Rngs(cfg.seed))
-  vocab_lib.extend_vocab(model, tok.vocab_size, init=cfg.model.sid_init,
-                         rng=jax.random.key(cfg.seed + 1))
+def build_model(cfg: ml_collections.ConfigDict, tok: Tokenizer) -> Decoder:
+  """The decoder over the text vocabulary, extended with the SID rows. With cfg.model.backbone
+  the text part is the pretrained checkpoint (packaged name, .gguf file or safetensors
+  directory); otherwise a randomly initialised decoder of cfg.model.preset."""
+  backbone = cfg.model.get('backbone', '')
+  if cfg.model.sid_init != 'mean':
+    raise ValueError(f'model.sid_init={cfg.model.sid_init!r}: the pipeline supports '
+                     "'mean' (the centroid projection is in neo_jax/model/sid_init.py but "
+                     'not wired into the pipeline yet)')
+  if backbone:
+    model, _ = backbones.load_backbone(backbone, dtype=cfg.model.dtype,
+                                       param_dtype=cfg.model.param_dtype,
+                                       remat=cfg.model.get('remat', 'none'))
+    if model.cfg.vocab_size != tok.text_vocab_size:
+      raise ValueError(f'backbone {backbone!r} has {model.cfg.vocab_size} embedding rows but '
+                       f'its tokenizer {tok.text_vocab_size} text tokens')
+  else:
+    skip = ('preset', 'sid_init', 'backbone')
+    overrides = {k: v for k, v in cfg.model.to_dict().items() if k not in skip}
+    mcfg = get_config(cfg.model.preset, **overrides, vocab_size=tok.text_vocab_size)
+    model = Decoder(mcfg, rngs=nnx.Rngs(cfg.seed))
+  vocab_lib.extend_vocab(model, tok.vocab_size, init='mean', rng=jax.random.key(cfg.seed + 1))
   return model
 
 
@@ -177,7 +201,7 @@ def train_mesh(cfg: ml_collections.ConfigDict) -> Mesh | None:
   return sharding.make_mesh(*shape)
 
 
-def train(cfg: ml_collections.ConfigDict, model: Decoder, tok: SentencePieceTokenizer,
+def train(cfg: ml_collections.ConfigDict, model: Decoder, tok: Tokenizer,
           examples: dict[str, list[Example]], workdir: str, log: Log) -> dict[str, Any]:
   """The two stages in order (a stage with 0 steps is skipped: the ablations 'no grounding'
   and, with grounding folded into capability's examples, 'stages merged')."""
