@@ -24,7 +24,7 @@ from typing import Sequence
 import tokenizers
 from tokenizers import models, pre_tokenizers
 
-from neo_jax.tokenizer.markup import SIDSpan, split_markup
+from neo_jax.tokenizer.base import SIDTextTokenizer
 from neo_jax.tokenizer.sid_vocab import SID_CLOSE, SID_OPEN, SIDVocab
 
 TOKENIZER_FILE = 'tokenizer.json'
@@ -63,7 +63,7 @@ def _pre_tokenizer(name: str):
   raise ValueError(f'pre-tokenizer {name!r} is not supported; known: {PRE_TOKENIZERS}')
 
 
-class BPETokenizer:
+class BPETokenizer(SIDTextTokenizer):
   """Implements `neo_jax.tokenizer.base.Tokenizer` with a byte-level BPE text vocabulary."""
 
   def __init__(self, tokens: Sequence[str], merges: Sequence[str | tuple[str, str]], *,
@@ -212,32 +212,6 @@ class BPETokenizer:
                         level_sizes=level_sizes)
 
   # -- the protocol -----------------------------------------------------------------------------
-
-  @property
-  def vocab_size(self) -> int:
-    """Text vocabulary + SID block (delimiters included)."""
-    return self.sid.end
-
-  @property
-  def text_vocab_size(self) -> int:
-    return self.sid.base
-
-  def encode(self, text: str) -> list[int]:
-    """Token ids of `text`, SID markup parsed into SID ids (no bos/eos added).
-
-    Raises:
-      ValueError: malformed SID markup (see `neo_jax.tokenizer.markup.split_markup`).
-    """
-    ids: list[int] = []
-    for piece in split_markup(text, self.sid):
-      if isinstance(piece, SIDSpan):
-        ids.append(self.sid.sid_open_id)
-        ti = self.sid.type_names.index(piece.type_name)
-        ids.extend(int(self.sid.offsets_TxL[ti, l]) + c for l, c in enumerate(piece.codes))
-        ids.append(self.sid.sid_close_id)
-      else:
-        ids.extend(self.encode_text(piece))
-    return ids
 
   def encode_text(self, text: str) -> list[int]:
     """Token ids of `text` taken literally; every id is < `text_vocab_size`."""

@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 import sentencepiece as spm
 
 from neo_jax.sid.types import SIDMap
-from neo_jax.tokenizer.markup import SIDSpan, split_markup
+from neo_jax.tokenizer.base import SIDTextTokenizer
 from neo_jax.tokenizer.sid_vocab import SID_CLOSE, SID_OPEN, SIDVocab
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
@@ -92,7 +92,7 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_type: str =
   return proto
 
 
-class SentencePieceTokenizer:
+class SentencePieceTokenizer(SIDTextTokenizer):
   """Implements `neo_jax.tokenizer.base.Tokenizer` with a sentencepiece text vocabulary."""
 
   def __init__(self, model_proto: bytes, type_names: Sequence[str],
@@ -129,32 +129,6 @@ class SentencePieceTokenizer:
   @property
   def model_proto(self) -> bytes:
     return self._proto
-
-  @property
-  def vocab_size(self) -> int:
-    """Text vocabulary + SID block (delimiters included)."""
-    return self.sid.end
-
-  @property
-  def text_vocab_size(self) -> int:
-    return self.sid.base
-
-  def encode(self, text: str) -> list[int]:
-    """Token ids of `text`, SID markup parsed into SID ids (no bos/eos added).
-
-    Raises:
-      ValueError: malformed SID markup (see `neo_jax.tokenizer.markup.split_markup`).
-    """
-    ids: list[int] = []
-    for piece in split_markup(text, self.sid):
-      if isinstance(piece, SIDSpan):
-        ids.append(self.sid.sid_open_id)
-        ti = self.sid.type_names.index(piece.type_name)
-        ids.extend(int(self.sid.offsets_TxL[ti, l]) + c for l, c in enumerate(piece.codes))
-        ids.append(self.sid.sid_close_id)
-      else:
-        ids.extend(self.encode_text(piece))
-    return ids
 
   def encode_text(self, text: str) -> list[int]:
     """Token ids of `text` taken literally; every id is < `text_vocab_size`."""
