@@ -9,7 +9,6 @@ artifact under `workdir` (see WORKSPACE.md for the layout).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Any, Callable

@@ -39,7 +39,6 @@ def brute_force(sid_map, emb, t, plen):
 
 def test_quality_report_matches_brute_force():
   rng = np.random.default_rng(0)
-  types = ['movie'] * 30 + ['book'] * 12
   emb = rng.normal(size=(42, 5)).astype(np.float32)
   codes = np.stack([rng.integers(0, 3, 42), rng.integers(0, 2, 42), np.arange(42) % 7], 1)
   codes = codes.astype(np.int32)

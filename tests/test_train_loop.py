@@ -1,6 +1,5 @@
 """The training stage loop: loss masking, grounding row masks, exact resume, NaN stop."""
 
-import os
 import shutil
 
 import jax

@@ -2,7 +2,6 @@
 from its last checkpoint and ends with the same final loss as an uninterrupted run."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

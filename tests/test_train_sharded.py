@@ -6,15 +6,9 @@ import subprocess
 import sys
 import textwrap
 
-import jax
-import ml_collections
 import numpy as np
-from flax import nnx
 
-from neo_jax.model.config import get_config
-from neo_jax.model.decoder import Decoder
 from neo_jax.train import loop
-from neo_jax.train.data import PackedData
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

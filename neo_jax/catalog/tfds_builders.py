@@ -94,8 +94,6 @@ def _records(ds: Dataset, table: str, report: dict[str, Any]) -> Iterator[dict[s
     inter, ids = ds.interactions, ds.catalog.ids
     columns = list(inter.extra)
     users, items = inter.user_index.tolist(), inter.item_index.tolist()
-    times = inter.timestamp.tolist()
-    del times
     for start in range(0, len(inter), EVENTS_PER_RECORD):
       stop = min(start + EVENTS_PER_RECORD, len(inter))
       yield {'user_id': np.array([inter.user_names[u] for u in users[start:stop]], object),

@@ -38,7 +38,6 @@ structure: that is a rebuild (`SIDTrie.build`, a few seconds per 1M items); item
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Sequence
 
 import jax
