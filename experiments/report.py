@@ -45,6 +45,8 @@ def generations_text(generations: list[dict[str, Any]]) -> str:
 
 
 def write_result(workdir: str, result: dict[str, Any]) -> str:
+  """Writes `workdir/result.json` atomically (temporary file, then rename)."""
+  os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, 'result.json')
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:

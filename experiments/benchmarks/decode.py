@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import time
 
 from absl import app
@@ -36,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from experiments import report
 from neo_jax.decode.beam_search import sid_beam_search, vocab_beam_search
 from neo_jax.decode.cache import left_pad
 from neo_jax.decode.generate import generate
@@ -312,9 +312,7 @@ def main(argv):
       'removed_items_returned': returned_removed,
   }
   if _WORKDIR.value:
-    os.makedirs(_WORKDIR.value, exist_ok=True)
-    with open(os.path.join(_WORKDIR.value, 'result.json'), 'w') as f:
-      json.dump(result, f, indent=1, sort_keys=True)
+    report.write_result(_WORKDIR.value, result)
   print(json.dumps(result))
 
 

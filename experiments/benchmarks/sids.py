@@ -28,6 +28,7 @@ from absl import flags
 import jax
 import numpy as np
 
+from experiments import report
 from neo_jax.sid import kmeans as km
 from neo_jax.sid import stream_kmeans as sk
 
@@ -105,9 +106,7 @@ def main(argv):
   }
   result.update({k: v for k, v in info.items() if k.startswith(('mse_l', 'utilisation_l'))})
   if _WORKDIR.value:
-    os.makedirs(_WORKDIR.value, exist_ok=True)
-    with open(os.path.join(_WORKDIR.value, 'result.json'), 'w') as f:
-      json.dump(result, f, indent=1, sort_keys=True)
+    report.write_result(_WORKDIR.value, result)
   print(json.dumps(result))
 
 

@@ -28,6 +28,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from experiments import report
 from neo_jax.model.config import get_config
 from neo_jax.model.decoder import Decoder
 from neo_jax.train import loop
@@ -141,9 +142,7 @@ def main(argv):
       result[f'{name}/{k}'] = v
     result[f'{name}/mfu'] = mfu
   if _WORKDIR.value:
-    os.makedirs(_WORKDIR.value, exist_ok=True)
-    with open(os.path.join(_WORKDIR.value, 'result.json'), 'w') as f:
-      json.dump(result, f, indent=1)
+    report.write_result(_WORKDIR.value, result)
   print(json.dumps(result))
 
 
