@@ -48,8 +48,8 @@ SCORES = ('vocab', 'codes')
 NEG_INF = -1.0e30
 
 
-def _check_inputs(last_logits_BxV, last_positions_B, trie: SIDTrie, vocab: SIDVocabArrays,
-                  num_beams: int, allowed_types_BxT, request, score, step_fn, row_step_fn):
+def check_prefill(last_logits_BxV, last_positions_B, vocab: SIDVocabArrays) -> tuple[int, int]:
+  """Checks what a prefill hands to a search; returns (B, V)."""
   if last_logits_BxV.ndim != 2:
     raise ValueError(f'last_logits_BxV must be (B, V), got {last_logits_BxV.shape}')
   batch, v = last_logits_BxV.shape
@@ -57,6 +57,12 @@ def _check_inputs(last_logits_BxV, last_positions_B, trie: SIDTrie, vocab: SIDVo
     raise ValueError(f'last_positions_B must be ({batch},), got {last_positions_B.shape}')
   if v < vocab.end:
     raise ValueError(f'logits have {v} entries but the SID block ends at id {vocab.end}')
+  return batch, v
+
+
+def _check_inputs(last_logits_BxV, last_positions_B, trie: SIDTrie, vocab: SIDVocabArrays,
+                  num_beams: int, allowed_types_BxT, request, score, step_fn, row_step_fn):
+  batch, _ = check_prefill(last_logits_BxV, last_positions_B, vocab)
   if vocab.offsets_TxL.shape != (trie.num_types, trie.num_levels):
     raise ValueError(f'SID vocabulary arrays are {vocab.offsets_TxL.shape}, the trie has '
                      f'{trie.num_types} types x {trie.num_levels} levels')

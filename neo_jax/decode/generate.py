@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from neo_jax.decode.beam_search import NEG_INF
+from neo_jax.decode.beam_search import NEG_INF, check_prefill
 from neo_jax.decode.cache import (CacheBatchAxis, StepFn, default_cache_batch_axis, gather_batch,
                                   repeat_batch)
 from neo_jax.decode.trie import (RequestFilter, SIDTrie, SIDVocabArrays, admissible_children,
@@ -101,14 +101,7 @@ def generate(step_fn: StepFn, cache, last_logits_BxV: jax.Array, last_positions_
   """
   if output_format not in OUTPUT_FORMATS:
     raise ValueError(f'unknown output_format {output_format!r}; known: {OUTPUT_FORMATS}')
-  if last_logits_BxV.ndim != 2:
-    raise ValueError(f'last_logits_BxV must be (B, V), got {last_logits_BxV.shape}')
-  batch, vocab_size = last_logits_BxV.shape
-  if last_positions_B.shape != (batch,):
-    raise ValueError(f'last_positions_B must be ({batch},), got {last_positions_B.shape}')
-  if vocab_size < sid_vocab_arrays.end:
-    raise ValueError(f'logits have {vocab_size} entries but the SID block ends at id '
-                     f'{sid_vocab_arrays.end}')
+  batch, vocab_size = check_prefill(last_logits_BxV, last_positions_B, sid_vocab_arrays)
   if max_new_tokens < 1:
     raise ValueError(f'max_new_tokens must be >= 1, got {max_new_tokens}')
   if max_items is not None and max_items < 0:
