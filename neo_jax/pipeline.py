@@ -41,6 +41,7 @@ from neo_jax.tasks.types import Example
 from neo_jax.tokenizer.base import Tokenizer
 from neo_jax.tokenizer.spm import SentencePieceTokenizer, train_sentencepiece
 from neo_jax.train import loop
+from neo_jax.train import mixture as mixture_lib
 from neo_jax.train.data import pack_examples
 
 Log = Callable[[str], None]
@@ -151,7 +152,8 @@ def build_examples(cfg: ml_collections.ConfigDict, ds: Dataset, split: Split, si
       ds, split, sid_map, tok.sid, history_len=t.history_len,
       train_targets_per_user=t.train_targets_per_user, mixed_fraction=t.mixed_fraction,
       query_valid_fraction=t.query_valid_fraction, query_test_fraction=t.query_test_fraction,
-      max_relevant=t.max_relevant, seed=cfg.seed)
+      max_relevant=t.max_relevant, history_window=t.get('history_window', 0),
+      history_context=t.get('history_context', 3), seed=cfg.seed)
   return {'grounding': te.grounding, 'capability': te.capability, **te.eval}
 
 
@@ -200,18 +202,52 @@ def train_mesh(cfg: ml_collections.ConfigDict) -> Mesh | None:
   return sharding.make_mesh(*shape)
 
 
+def stage_plan(cfg: ml_collections.ConfigDict, examples: dict[str, list[Example]]
+               ) -> list[tuple[str, list[Example], ml_collections.ConfigDict]]:
+  """The training stages to run, in order: (name, training examples, stage config).
+
+  Normally 'grounding' then 'capability' (a stage with 0 steps is left out: the ablation
+  'no grounding'). `cfg.tasks.mixture` (task -> weight, see neo_jax/train/mixture.py)
+  resamples the capability stage's examples to those task proportions; none = all examples.
+  `cfg.train.merge_stages` (the ablation 'stages merged') runs one stage, 'capability', with
+  full fine-tuning on the capability examples plus the grounding examples that are not
+  already among them, for grounding.steps + capability.steps steps (the same number of
+  updates as the two stages) with the capability stage's optimiser settings.
+  """
+  mixture = cfg.tasks.get('mixture', None)
+  if isinstance(mixture, ml_collections.ConfigDict):
+    mixture = mixture.to_dict()
+  grounding = list(examples['grounding'])
+  capability = list(examples['capability'])
+  if cfg.train.get('merge_stages', False):
+    seen = set(capability)
+    capability += [e for e in grounding if e not in seen]
+    scfg = ml_collections.ConfigDict(cfg.capability.to_dict())
+    scfg.steps = int(cfg.grounding.steps) + int(cfg.capability.steps)
+    plan = [('capability', mixture_lib.apply_mixture(capability, mixture, cfg.seed), scfg)]
+  else:
+    plan = [('grounding', grounding, cfg.grounding),
+            ('capability', mixture_lib.apply_mixture(capability, mixture, cfg.seed),
+             cfg.capability)]
+  return [(name, exs, scfg) for name, exs, scfg in plan if int(scfg.steps) > 0]
+
+
 def train(cfg: ml_collections.ConfigDict, model: Decoder, tok: Tokenizer,
           examples: dict[str, list[Example]], workdir: str, log: Log) -> dict[str, Any]:
-  """The two stages in order (a stage with 0 steps is skipped: the ablations 'no grounding'
-  and, with grounding folded into capability's examples, 'stages merged')."""
+  """The stages of `stage_plan` in order (grounding: only the SID rows of the embedding and
+  head train; capability: full fine-tuning)."""
   mesh = train_mesh(cfg)
   out = {}
+  plan = stage_plan(cfg, examples)
   for stage in ('grounding', 'capability'):
-    scfg = cfg[stage]
-    if int(scfg.steps) <= 0:
-      log(f'[{stage}] skipped (0 steps)')
-      continue
-    data = pack_examples(examples[stage], tok, cfg.train.seq_len, cfg.train.batch_size,
+    if stage not in [p[0] for p in plan]:
+      log(f'[{stage}] skipped' + (' (stages merged)' if cfg.train.get('merge_stages', False)
+                                  and stage == 'grounding' else ' (0 steps)'))
+  for stage, stage_examples, scfg in plan:
+    counts = mixture_lib.task_counts(stage_examples)
+    log(f'[{stage}] examples by task: ' + ', '.join(f'{t} {n}' for t, n in counts.items()))
+    out.update({f'{stage}_examples/{t}': n for t, n in counts.items()})
+    data = pack_examples(stage_examples, tok, cfg.train.seq_len, cfg.train.batch_size,
                          seed=cfg.seed)
     log(f'[{stage}] {data.stats["examples"]} examples packed into {data.stats["rows"]} rows '
         f'of {cfg.train.seq_len} (fill {data.stats["fill"]:.2f}, '

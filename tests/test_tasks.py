@@ -12,7 +12,7 @@ import pytest
 from neo_jax.catalog.splits import Target, leave_one_out
 from neo_jax.catalog.types import Catalog, Interactions, Query, User
 from neo_jax.sid.types import SIDMap
-from neo_jax.tasks import (TASK_NAMES, header, prompt_body, query_of, reformat_prompt,
+from neo_jax.tasks import (TASK_NAMES, header, history_examples, prompt_body, query_of, reformat_prompt,
                            tokenizer_corpus, describe_items, grounded_rationale, plain_text,
                            recommend_examples, render_sid, search_examples,
                            sid_to_text_examples, sid_to_type_examples, split_queries,
@@ -99,6 +99,25 @@ def _check_ids_completion(ex):
     assert _spans(ex.completion) == want[:1]
   else:
     assert _spans(ex.completion) == []
+
+
+def test_history_examples_cover_every_training_transition():
+  exs = history_examples(SPLIT, CATALOG, SID_MAP, VOCAB, window=3, context=2, seed=0)
+  for user, seq in SPLIT.train.items():
+    rows = _reachable(seq)
+    mine = [e for e in exs if e.user_id == user]
+    # The windows, in order, are the user's reachable training sequence, cut every 3 items.
+    assert [list(e.target_items) for e in mine] == [rows[i:i + 3]
+                                                     for i in range(0, len(rows), 3)]
+    for k, e in enumerate(mine):
+      assert e.task == 'history' and e.output_format == 'ids'
+      types = {TYPES[SID_MAP.type_index[r]] for r in e.target_items}
+      _check_header(e, types.pop() if len(types) == 1 else 'any')
+      assert e.completion == ' '.join(_span(r) for r in e.target_items) + '.'
+      # The prompt shows the (at most) 2 items before the window and nothing after it.
+      assert _spans(e.prompt) == [_span(r) for r in rows[max(0, 3 * k - 2):3 * k]]
+  with pytest.raises(ValueError, match='window'):
+    history_examples(SPLIT, CATALOG, SID_MAP, VOCAB, window=0)
 
 
 @pytest.mark.parametrize('fmt', ['ids', 'mixed', 'text'])

@@ -1,6 +1,7 @@
 """Prompt templates and example builders for every task and output format."""
 
-from neo_jax.tasks.builders import (describe_items, grounded_rationale, profile_summary,
+from neo_jax.tasks.builders import (describe_items, grounded_rationale, history_examples,
+                                    profile_summary,
                                     query_grounding_examples, query_of, recommend_examples,
                                     search_examples, sid_to_text_examples, sid_to_type_examples,
                                     split_queries, text_to_sid_examples, tokenizer_corpus,

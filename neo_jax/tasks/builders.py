@@ -206,6 +206,56 @@ def recommend_examples(data: Split | Mapping[str, np.ndarray] | Sequence[Target]
   return out
 
 
+def history_examples(sequences: Split | Mapping[str, np.ndarray], catalog: Catalog,
+                     sid_map: SIDMap, vocab: SIDVocab, *, window: int = 12, context: int = 3,
+                     seed: int = 0, skipped: dict[str, int] | None = None) -> list[Example]:
+  """History continuation: each user's training sequence cut into windows of `window` items,
+  the completion being the window's SID spans (each item learned from the ones before it),
+  the prompt the `context` items before the window.
+
+  This is next-item recommendation with every position of the window as a target: one
+  example teaches `window` transitions where a `recommend` example teaches one, which is what
+  lets a model trained from scratch see as many transitions as a sequential recommender
+  (SASRec trains on every position). The words before the spans are those that precede a
+  history in the recommend prompts. Items without an SID are dropped from the sequence
+  (counted). The `Type:` field is the window's one type, or `any` for a mixed-type window.
+
+  Args:
+    sequences: a `Split` (its `train` sequences) or user -> (T,) catalog rows, oldest first.
+    window: W >= 1, items per completion.
+    context: C >= 0, items shown in the prompt before the window (fewer at the start).
+
+  Returns:
+    Examples with task 'history', format 'ids', target_items = the window's rows.
+  """
+  _check_inputs(catalog, sid_map, vocab)
+  if window < 1 or context < 0:
+    raise ValueError(f'need window >= 1 and context >= 0, got window={window}, '
+                     f'context={context}')
+  if isinstance(sequences, Split):
+    sequences = sequences.train
+  rng = np.random.default_rng(seed)
+  reachable = sid_map.reachable()
+  out = []
+  for user in sorted(sequences):
+    seq = np.asarray(sequences[user], np.int64)
+    keep = reachable[seq]
+    _count(skipped, 'unreachable_items', int(np.sum(~keep)))
+    seq = seq[keep]
+    for start in range(0, seq.size, window):
+      rows = seq[start:start + window]
+      types = {catalog.type_of(int(r)) for r in rows}
+      type_name = types.pop() if len(types) == 1 else None
+      before = prompts.render_history(sid_map, vocab, seq[max(0, start - context):start])
+      body = before + ' ' if start > 0 and context > 0 else ''
+      prompt = prompts.render_prompt('history', prompts.type_field('history', type_name),
+                                     'ids', rng, body)
+      completion = prompts.render_history(sid_map, vocab, rows) + '.'
+      out.append(Example('history', prompt, completion, 'ids', type_name,
+                         tuple(int(r) for r in rows), user))
+  return out
+
+
 def search_examples(queries: Iterable[Query], catalog: Catalog, sid_map: SIDMap,
                     vocab: SIDVocab, *, max_items: int | None = None, seed: int = 0,
                     skipped: dict[str, int] | None = None) -> list[Example]:

@@ -26,6 +26,7 @@ TASK_NAMES = {
     'sid_to_text': 'describe item',
     'text_to_sid': 'find item',
     'sid_to_type': 'name item type',
+    'history': 'continue history',
 }
 # The `Type:` field where the output is not an item of one entity type.
 USER_TYPE = 'user'  # user_summary: the output describes the user
@@ -64,6 +65,12 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         '{header} What kind of item is {item}? Answer: ',
         'Item: {item}. {header} Answer: ',
     ),
+    # The completion continues the history itself (see builders.history_examples); the words
+    # before it are those that precede a history in the recommend prompts.
+    'history': (
+        '{header} History: {history}',
+        '{header} The user engaged with {history}',
+    ),
 }
 # Rationales of 'mixed' completions (see builders.grounded_rationale and check_rationale); every
 # field is a fact from the catalog. Grammar (what the faithfulness checker parses):
@@ -90,7 +97,8 @@ SUMMARY_TYPE = 'Mostly {type}s.'
 SUMMARY_PROFILE = 'Profile: {parts}.'
 
 _FIELDS = {'recommend': 'history', 'search': 'query', 'user_summary': 'history',
-           'sid_to_text': 'item', 'text_to_sid': 'text', 'sid_to_type': 'item'}
+           'sid_to_text': 'item', 'text_to_sid': 'text', 'sid_to_type': 'item',
+           'history': 'history'}
 
 # Free text (titles, queries, summaries) must never be parsed as SIDs by `Tokenizer.encode`.
 _MARKUP_RE = re.compile(re.escape(SID_OPEN) + '|' + re.escape(SID_CLOSE) + '|' + CODE_RE.pattern)
@@ -131,7 +139,7 @@ def type_field(task: str, target_type: str | None) -> str:
   """What the `Type:` field of a `task` prompt says for an example with `target_type`."""
   if task == 'user_summary':
     return USER_TYPE
-  if task == 'sid_to_type':
+  if task == 'sid_to_type' or (task == 'history' and target_type is None):
     return ANY_TYPE
   if target_type is None:
     raise ValueError(f'a {task} prompt needs a target type')

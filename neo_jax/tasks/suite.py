@@ -41,11 +41,14 @@ def build_task_examples(ds: Dataset, split: Split, sid_map: SIDMap, vocab: SIDVo
                         mixed_fraction: float = 0.3, query_valid_fraction: float = 0.05,
                         query_test_fraction: float = 0.05, queries_per_item: int = 1,
                         heldout_queries_per_item: int = 1, max_relevant: int = 20,
-                        query_grounding: bool = True, seed: int = 0) -> TaskExamples:
+                        query_grounding: bool = True, history_window: int = 0,
+                        history_context: int = 3, seed: int = 0) -> TaskExamples:
   """All task examples of `ds` under `split` (see the module docstring).
 
   Capability examples = recommendation (ids, and mixed with probability `mixed_fraction`),
-  search, user summaries, and the grounding examples again (so the second stage keeps them).
+  search, user summaries, history continuation when `history_window` > 0 (windows of that
+  many training items, `builders.history_examples`), and the grounding examples again (so the
+  second stage keeps them).
   Returns counts of everything left out in `skipped` (by builder and reason).
   """
   skipped: dict = {}
@@ -78,6 +81,10 @@ def build_task_examples(ds: Dataset, split: Split, sid_map: SIDMap, vocab: SIDVo
   summaries = builders.user_profile_examples(split, cat, sid_map, vocab, users=ds.users,
                                              history_len=history_len, seed=seed,
                                              skipped=_sub(skipped, 'user_summary_train'))
+  history = (builders.history_examples(split, cat, sid_map, vocab, window=history_window,
+                                       context=history_context, seed=seed,
+                                       skipped=_sub(skipped, 'history'))
+             if history_window > 0 else [])
   test_histories = {tg.user_id: tg.history for tg in split.test}
   evals = {
       'rec_valid': builders.recommend_examples(
@@ -97,8 +104,8 @@ def build_task_examples(ds: Dataset, split: Split, sid_map: SIDMap, vocab: SIDVo
           test_histories, cat, sid_map, vocab, users=ds.users, history_len=history_len,
           seed=seed, skipped=_sub(skipped, 'summary_test')),
   }
-  return TaskExamples(grounding=grounding, capability=rec_train + search_train + summaries +
-                      grounding, eval=evals, query_source=source,
+  return TaskExamples(grounding=grounding, capability=rec_train + history + search_train +
+                      summaries + grounding, eval=evals, query_source=source,
                       queries={'train': train_q, 'valid': valid_q, 'test': test_q},
                       generated=generated, skipped=_flatten(skipped))
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
-TASKS = ('recommend', 'search', 'user_summary', 'sid_to_text', 'text_to_sid', 'sid_to_type')
+TASKS = ('recommend', 'search', 'user_summary', 'sid_to_text', 'text_to_sid', 'sid_to_type',
+         'history')
 GROUNDING_TASKS = ('sid_to_text', 'text_to_sid', 'sid_to_type')
 OUTPUT_FORMATS = ('ids', 'text', 'mixed')
 
