@@ -20,8 +20,11 @@ def main(argv):
   common.start(argv)
   cfg = common.CONFIG.value
   _, _, facts = pipeline.run_training(cfg, common.WORKDIR.value)
-  last = 'capability' if cfg.capability.steps > 0 else 'grounding'
-  facts['final_loss'] = facts[f'train/{last}_final_loss']
+  # The last stage that ran (capability, unless it had 0 steps and stages are not merged).
+  last = [s for s in ('grounding', 'capability') if f'train/{s}_final_loss' in facts]
+  if not last:
+    raise ValueError('no training stage ran: grounding.steps and capability.steps are both 0')
+  facts['final_loss'] = facts[f'train/{last[-1]}_final_loss']
   report.write_result(common.WORKDIR.value, facts)
   print(json.dumps(facts))
 

@@ -1,0 +1,98 @@
+"""Task mixture weights and the stage plan (merged stages, no grounding)."""
+
+import collections
+
+import ml_collections
+import pytest
+
+from experiments.configs import quickstart
+from neo_jax import pipeline
+from neo_jax.tasks.types import Example
+from neo_jax.train import mixture
+
+
+def _examples(counts):
+  out = []
+  for task, n in counts.items():
+    fmt = 'text' if task in ('user_summary', 'sid_to_text', 'sid_to_type') else 'ids'
+    out += [Example(task, f'{task} prompt {i}', f'answer {i}', fmt) for i in range(n)]
+  return out
+
+
+def test_counts_follow_the_weights_with_largest_remainder():
+  exs = _examples({'recommend': 100, 'search': 30, 'user_summary': 20})
+  out = mixture.apply_mixture(exs, {'recommend': 1, 'search': 1, 'user_summary': 2}, seed=0)
+  # N = 150; shares 37.5, 37.5, 75: the first half-example goes to recommend (stable order).
+  assert collections.Counter(e.task for e in out) == {
+      'recommend': 38, 'search': 37, 'user_summary': 75}
+  # search (30 available, 37 wanted): every example once, 7 of them twice.
+  search = collections.Counter(e.prompt for e in out if e.task == 'search')
+  assert len(search) == 30 and sorted(search.values()) == [1] * 23 + [2] * 7
+  # user_summary (20 available, 75 wanted): 3 full copies and 15 distinct extra.
+  summ = collections.Counter(e.prompt for e in out if e.task == 'user_summary')
+  assert sorted(summ.values()) == [3] * 5 + [4] * 15
+  # recommend (100 available, 38 wanted): distinct examples, a subset of the input.
+  rec = [e for e in out if e.task == 'recommend']
+  assert len(set(rec)) == 38 and set(rec) <= set(exs)
+
+
+def test_zero_weight_removes_a_task_and_resampling_is_deterministic():
+  exs = _examples({'recommend': 10, 'search': 7, 'sid_to_text': 5})
+  w = {'recommend': 1.0, 'search': 0, 'sid_to_text': 0.0}
+  out = mixture.apply_mixture(exs, w, seed=3)
+  assert [e.prompt for e in out] == [f'recommend prompt {i}' for i in range(10)]
+  a = mixture.apply_mixture(exs, {'recommend': 1, 'search': 3, 'sid_to_text': 1}, seed=5)
+  b = mixture.apply_mixture(exs, {'recommend': 1, 'search': 3, 'sid_to_text': 1}, seed=5)
+  c = mixture.apply_mixture(exs, {'recommend': 1, 'search': 3, 'sid_to_text': 1}, seed=6)
+  assert a == b and a != c
+  assert mixture.apply_mixture(exs, None) == exs and mixture.apply_mixture(exs, {}) == exs
+
+
+@pytest.mark.parametrize('weights, match', [
+    ({'recommend': 1, 'search': 1, 'reccomend': 1}, 'unknown task'),
+    ({'recommend': 1}, 'does not name'),
+    ({'recommend': 1, 'search': -1}, '>= 0'),
+    ({'recommend': 0, 'search': 0}, 'nothing to train'),
+    ({'recommend': 1, 'search': 1, 'user_summary': 1}, 'no examples'),
+])
+def test_bad_mixtures_are_clear_errors(weights, match):
+  with pytest.raises(ValueError, match=match):
+    mixture.apply_mixture(_examples({'recommend': 4, 'search': 4}), weights)
+
+
+def _cfg(**train):
+  c = quickstart.get_config()
+  c.grounding.steps, c.capability.steps = 5, 7
+  c.train.update(train)
+  return c
+
+
+def _stage_examples():
+  grounding = _examples({'sid_to_text': 4, 'text_to_sid': 3})
+  extra = _examples({'sid_to_type': 2})  # grounding examples not in the capability stage
+  capability = _examples({'recommend': 6, 'search': 2}) + grounding
+  return {'grounding': grounding + extra, 'capability': capability}
+
+
+def test_stage_plan_applies_the_mixture_to_the_capability_stage_only():
+  c = _cfg()
+  c.tasks.mixture = ml_collections.ConfigDict(dict(
+      recommend=1, search=1, sid_to_text=0, text_to_sid=0))
+  plan = pipeline.stage_plan(c, _stage_examples())
+  assert [p[0] for p in plan] == ['grounding', 'capability']
+  assert len(plan[0][1]) == 9
+  assert collections.Counter(e.task for e in plan[1][1]) == {'recommend': 4, 'search': 4}
+
+
+def test_merge_stages_puts_both_stages_examples_in_one_stage():
+  exs = _stage_examples()
+  plan = pipeline.stage_plan(_cfg(merge_stages=True), exs)
+  assert [p[0] for p in plan] == ['capability']
+  name, merged, scfg = plan[0]
+  assert scfg.steps == 12 and scfg.learning_rate == quickstart.get_config().capability.learning_rate
+  # Every example of both stages, each once (grounding ones were already in capability).
+  assert sorted(merged, key=repr) == sorted(set(exs['capability']) | set(exs['grounding']),
+                                            key=repr)
+  no_grounding = _cfg()
+  no_grounding.grounding.steps = 0
+  assert [p[0] for p in pipeline.stage_plan(no_grounding, exs)] == ['capability']
