@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from neo_jax.catalog.types import Catalog
+from neo_jax.catalog.splits import leave_one_out
+from neo_jax.catalog.types import Catalog, Dataset, Interactions, Query
 from neo_jax.eval import baselines, metrics
 
 
@@ -139,3 +140,87 @@ def test_bm25_matches_formula():
   assert bm.rank([query], ['b'], k=1)[0, 0] == 4  # 'apple jazz fusion' among type b
   hist = bm.rank_for_histories([np.array([3])], ['a'], k=1)
   assert hist[0, 0] == 5  # 'jazz night' -> 'quiet night'
+
+
+def _dataset():
+  """The 6-item catalog and 4 users whose sequences follow 'jazz' and 'apple' words."""
+  cat = _catalog()
+  seqs = {'u0': [0, 1, 4, 5], 'u1': [2, 3, 4, 3], 'u2': [0, 0, 1, 5, 1], 'u3': [3, 2]}
+  users, items, ts = [], [], []
+  for u, (name, seq) in enumerate(seqs.items()):
+    users += [u] * len(seq)
+    items += seq
+    ts += list(range(len(seq)))
+  inter = Interactions(list(seqs), np.array(users, np.int32), np.array(items, np.int32),
+                       np.array(ts, np.int64))
+  return Dataset('tiny', cat, inter), leave_one_out(inter)
+
+
+def test_rank_scores_brute_force():
+  cat = _catalog()
+  rng = np.random.default_rng(1)
+  scores = rng.integers(0, 3, size=(20, len(cat))).astype(float)  # many ties
+  types = [(None, 'a', 'b')[i % 3] for i in range(20)]
+  exclude = [list(rng.choice(len(cat), size=i % 3, replace=False)) for i in range(20)]
+  got = baselines.rank_scores(cat, scores, types, 5, exclude)
+  assert got.dtype == np.int32 and got.shape == (20, 5)
+  for b in range(20):
+    allowed = [n for n in range(len(cat)) if (types[b] is None or cat.type_of(n) == types[b])
+               and n not in exclude[b]]
+    expect = sorted(allowed, key=lambda n: (-scores[b, n], n))[:5]
+    assert got[b].tolist() == expect + [-1] * (5 - len(expect))
+  with pytest.raises(ValueError, match='unknown target type'):
+    baselines.rank_scores(cat, scores[:1], ['c'], 3)
+  with pytest.raises(ValueError, match='NaN'):
+    baselines.rank_scores(cat, np.full((1, len(cat)), np.nan), [None], 3)
+
+
+def test_popularity_fit_counts_training_split_only():
+  ds, split = _dataset()
+  pop = baselines.Popularity()
+  facts = pop.fit(ds, split)
+  # Training = all but the last two events of users with >= 3 events; u3 (2 events) kept whole.
+  train = [0, 1] + [2, 3] + [0, 0, 1] + [3, 2]
+  assert facts['train_interactions'] == len(train)
+  counts = np.bincount(train, minlength=6)
+  got = pop.rank_recommend(['u0', np.array([1]), split.test[0]], ['a', 'b', None], 6)
+  for row, t in zip(got, ['a', 'b', None]):
+    allowed = [n for n in range(6) if t is None or ds.catalog.type_of(n) == t]
+    expect = sorted(allowed, key=lambda n: (-counts[n], n))
+    assert row.tolist() == expect + [-1] * (6 - len(expect))
+  excl = pop.rank_recommend([[0]], ['a'], 3, exclude=[[0, 1]])
+  assert excl.tolist() == [[5, -1, -1]]
+  with pytest.raises(NotImplementedError, match='sasrec|does not'):
+    type('S', (baselines.Popularity,), {'tasks': ('search',)})(
+        ds.catalog, np.zeros(1, int)).rank_recommend([[0]], ['a'], 1)
+
+
+def test_baseline_rejects_bad_requests():
+  ds, split = _dataset()
+  with pytest.raises(RuntimeError, match='fit'):
+    baselines.Popularity().rank_recommend([[0]], ['a'], 1)
+  pop = baselines.Popularity()
+  pop.fit(ds, split)
+  with pytest.raises(KeyError, match='unknown user'):
+    pop.rank_recommend(['nobody'], ['a'], 1)
+  with pytest.raises(ValueError, match='history rows'):
+    pop.rank_recommend([[99]], ['a'], 1)
+  with pytest.raises(ValueError, match='target types'):
+    pop.rank_recommend([[0], [1]], ['a'], 1)
+
+
+def test_bm25_fit_tunes_on_validation_only():
+  ds, split = _dataset()
+  bm = baselines.BM25()
+  facts = bm.fit(ds, split)
+  grid = {last: facts[f'valid_ndcg@10/last={last}'] for last in baselines.BM25.LAST_GRID}
+  assert facts['last'] == max(grid, key=lambda last: (grid[last], -last))
+  # The validation figure is the metric of the chosen setting, recomputed independently.
+  bm.last = facts['last']
+  ranked = bm.rank_recommend(split.valid, [ds.catalog.type_of(t.target) for t in split.valid],
+                             10)
+  assert metrics.ndcg_at_k(ranked, [[t.target] for t in split.valid], 10) == pytest.approx(
+      facts['valid_ndcg@10'])
+  q = [Query('jazz night', (3,)), Query('green apple', (1,))]
+  facts = baselines.BM25().fit(ds, split, valid_queries=q)
+  assert facts['valid_search_ndcg@10'] == 1.0

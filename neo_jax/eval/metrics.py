@@ -102,8 +102,7 @@ def per_request_metrics(ranked_BxK, relevant: Sequence[Sequence[int]],
     dcg = (h * discounts[:h.shape[1]]).sum(1)
     ideal = cum[np.minimum(n_rel, k).astype(np.int64) - 1]
     out[f'ndcg@{k}'] = dcg / ideal
-  first = np.where(hits.any(1), hits.argmax(1), -1)
-  out['mrr'] = np.where(first >= 0, 1.0 / (first + 1.0), 0.0)
+  out['mrr'] = hits.any(1) / (hits.argmax(1) + 1.0)
   return out
 
 
