@@ -55,7 +55,11 @@ def get_config() -> ml_collections.ConfigDict:
       query_test_fraction=0.2, mixed_fraction=0.25,
       # Generated search queries relevant to more items than this are dropped (counted): their
       # answers would not fit a training sequence.
-      max_relevant=8))
+      max_relevant=8,
+      # History continuation (tasks.builders.history_examples): windows of this many training
+      # items as completions, every position a target (0 = off), with history_context items
+      # of the prompt before each window.
+      history_window=0, history_context=3))
 
   # mesh: '' trains on one device; 'data,fsdp,tensor' (e.g. '8,1,1') shards over all devices.
   c.train = ml_collections.ConfigDict(dict(seq_len=128, batch_size=32, mesh=''))
