@@ -30,9 +30,18 @@ one admissible item (live, and for a request also not excluded, in its allow-lis
 one, not yet named): `admissible_children`. Every admissible prefix therefore completes into
 an admissible item, so decoding never reaches a dead end. Removing items (`set_live`) rewrites
 `live_prefix` (one cumsum) with the same shapes, so compiled searches keep working and a
-removed item is never generated after the update. Adding an item with a new SID changes the
-structure: that is a rebuild (`SIDTrie.build`, a few seconds per 1M items); items known ahead
-(e.g. upcoming releases) are built in with `live=False` and switched on in place later.
+removed item is never generated after the update.
+
+Capacity and catalog growth. Every array may be longer than what it holds
+(`SIDTrie.build(..., capacity=C)`): level l >= 1 has room for more nodes, the leaves for C
+items, `item_leaf` for more catalog rows. Unused node rows sit after the used ones with empty
+bitmaps and a rank directory equal to the number of used children, so they behave as childless
+nodes at the end of the level (their leaf range is empty), and unused leaves are never live.
+`add_items` inserts new SIDs in place: new nodes take their place in (type, codes) order, which
+shifts the indices after them, and every level's arrays are rewritten by vectorised numpy
+(inserts, a bit OR per new edge, one cumsum for the rank directory) in O(size of the trie),
+without sorting the catalog again, with unchanged shapes, so compiled searches serve the grown
+catalog without recompiling. Shapes depend only on the capacity, never on the content.
 """
 
 from __future__ import annotations
@@ -56,13 +65,16 @@ class SIDTrie:
   """The valid SIDs of a catalog (see the module docstring for the layout).
 
   Attributes:
-    bitmaps: per level l, (n_l, W_l) uint32 child bitmaps.
+    bitmaps: per level l, (n_l, W_l) uint32 child bitmaps (n_l: node rows, used or not).
     child_base: per level l, (n_l, W_l) int32 rank directory with the first child folded in.
-    leaf_item: (n_items,) int32 catalog row of each leaf, leaves in (type, codes) order.
+    leaf_item: (n_items,) int32 catalog row of each leaf, leaves in (type, codes) order; -1 in
+      unused leaf slots.
     live_prefix: (n_items + 1,) int32 number of live leaves before each leaf.
-    item_leaf: (n_rows,) int32 leaf of each catalog row, -1 where the row is unreachable.
+    item_leaf: (n_rows,) int32 leaf of each catalog row, -1 where the row is not in the trie.
     kmax: static, per level the largest K over types (the width of a level's code mask).
     num_types: static, number of entity types (= number of level-0 nodes).
+    level_sizes: static, per type the K of each level (codes of added items are checked
+      against them).
   """
 
   bitmaps: tuple[jax.Array, ...]
@@ -72,6 +84,7 @@ class SIDTrie:
   item_leaf: jax.Array
   kmax: tuple[int, ...] = struct.field(pytree_node=False)
   num_types: int = struct.field(pytree_node=False)
+  level_sizes: tuple[tuple[int, ...], ...] = struct.field(pytree_node=False, default=())
 
   @property
   def num_levels(self) -> int:
@@ -79,18 +92,38 @@ class SIDTrie:
 
   @property
   def num_items(self) -> int:
+    """Leaf slots: the capacity in items (static, the shape that jitted code sees)."""
     return int(self.leaf_item.shape[0])
 
   @property
+  def num_rows(self) -> int:
+    """Catalog rows `item_leaf` covers (row ids of added items must be below it)."""
+    return int(self.item_leaf.shape[0])
+
+  @property
   def nbytes(self) -> int:
-    """Bytes held by the trie's arrays."""
+    """Bytes held by the trie's arrays (capacity included)."""
     arrays = (list(self.bitmaps) + list(self.child_base)
               + [self.leaf_item, self.live_prefix, self.item_leaf])
     return int(sum(a.size * a.dtype.itemsize for a in arrays))
 
+  def used_counts(self) -> tuple[int, ...]:
+    """Used node rows per level 0..L-1, then used leaves (host ints; reads a few scalars)."""
+    counts = [self.num_types]
+    for l in range(self.num_levels):
+      last = counts[-1] - 1
+      base = int(self.child_base[l][last, -1])
+      counts.append(base + int(np.bitwise_count(np.asarray(self.bitmaps[l][last, -1]))))
+    return tuple(counts)
+
+  @property
+  def num_leaves(self) -> int:
+    """Items held (live or not), at most `num_items`."""
+    return self.used_counts()[-1]
+
   @classmethod
-  def build(cls, sid_map: SIDMap, sid_vocab: SIDVocab, live: np.ndarray | None = None
-            ) -> SIDTrie:
+  def build(cls, sid_map: SIDMap, sid_vocab: SIDVocab, live: np.ndarray | None = None,
+            capacity: int | None = None, row_capacity: int | None = None) -> SIDTrie:
     """Builds the trie of every reachable item of `sid_map` (vectorised, O(N log N)).
 
     Args:
@@ -98,29 +131,61 @@ class SIDTrie:
       sid_vocab: the SID token layout.
       live: optional (n_rows,) bool, which rows may be generated now (default: all); the
         others are built in and can be switched on later with `set_live`.
+      capacity: items the trie can hold (default: exactly the reachable ones); the slack
+        (capacity - reachable items) is room for `add_items`: as many leaf slots, and up to as
+        many new node rows per level.
+      row_capacity: catalog rows `item_leaf` covers, at least len(sid_map) (default: len(sid_map)
+        plus the slack), so that added items can have new row ids.
 
     Raises ValueError when the map and the vocabulary disagree on types or level sizes, when a
     code lies outside its level's range, when a row is only partly -1, when two items share an
-    SID, when no item is reachable, or when `live` has the wrong shape.
+    SID, when no item is reachable, when `live` has the wrong shape, or when a capacity is
+    smaller than what the map already needs.
     """
     arrays = build_trie_arrays(sid_map, sid_vocab)
     n_rows = int(np.asarray(sid_map.codes).shape[0])
-    live_leaf = np.ones(arrays.leaf_item.size, np.int32)
+    n_leaves = int(arrays.leaf_item.size)
+    capacity = n_leaves if capacity is None else int(capacity)
+    if capacity < n_leaves:
+      raise ValueError(f'capacity {capacity} is below the {n_leaves} items of the SID map')
+    slack = capacity - n_leaves
+    row_capacity = n_rows + slack if row_capacity is None else int(row_capacity)
+    if row_capacity < n_rows:
+      raise ValueError(f'row_capacity {row_capacity} is below the {n_rows} rows of the SID map')
+    live_leaf = np.ones(n_leaves, np.int32)
     if live is not None:
       live = np.asarray(live)
       if live.shape != (n_rows,) or live.dtype != bool:
         raise ValueError(f'live must be a ({n_rows},) bool array, got {live.dtype} {live.shape}')
       live_leaf = live[arrays.leaf_item].astype(np.int32)
-    item_leaf = np.full(n_rows, -1, np.int32)
-    item_leaf[arrays.leaf_item] = np.arange(arrays.leaf_item.size, dtype=np.int32)
-    return cls(
-        bitmaps=tuple(jnp.asarray(b) for b in arrays.bitmaps),
-        child_base=tuple(jnp.asarray(c) for c in arrays.child_base),
-        leaf_item=jnp.asarray(arrays.leaf_item),
-        live_prefix=jnp.asarray(np.r_[0, np.cumsum(live_leaf)].astype(np.int32)),
-        item_leaf=jnp.asarray(item_leaf),
-        kmax=arrays.kmax,
-        num_types=arrays.num_types)
+    sizes_TxL = np.array([sid_vocab.level_sizes[t] for t in sid_vocab.type_names], np.int64)
+    bitmaps, child_base = [], []
+    for l, (bitmap, base) in enumerate(zip(arrays.bitmaps, arrays.child_base)):
+      rows = bitmap.shape[0] if l == 0 else min(bitmap.shape[0] + slack,
+                                                _max_nodes(sizes_TxL, l))
+      bitmaps.append(_pad_rows(bitmap, rows, 0))
+      n_next = n_leaves if l + 1 == len(arrays.kmax) else arrays.bitmaps[l + 1].shape[0]
+      child_base.append(_pad_rows(base, rows, n_next))
+    return cls.from_arrays(
+        bitmaps, child_base, _pad_rows(arrays.leaf_item, capacity, -1),
+        _pad_rows(live_leaf, capacity, 0), row_capacity, kmax=arrays.kmax,
+        num_types=arrays.num_types,
+        level_sizes=tuple(tuple(int(k) for k in row) for row in sizes_TxL))
+
+  @classmethod
+  def from_arrays(cls, bitmaps, child_base, leaf_item: np.ndarray, live_leaf: np.ndarray,
+                  row_capacity: int, *, kmax, num_types, level_sizes) -> SIDTrie:
+    """The trie from host arrays already padded to their capacities (leaf_item -1 and
+    live_leaf 0 in unused leaf slots); derives live_prefix and item_leaf."""
+    used = leaf_item >= 0
+    item_leaf = np.full(row_capacity, -1, np.int32)
+    item_leaf[leaf_item[used]] = np.flatnonzero(used).astype(np.int32)
+    live_prefix = np.r_[0, np.cumsum(np.where(used, live_leaf, 0))].astype(np.int32)
+    return cls(bitmaps=tuple(jnp.asarray(b) for b in bitmaps),
+               child_base=tuple(jnp.asarray(c) for c in child_base),
+               leaf_item=jnp.asarray(leaf_item.astype(np.int32)),
+               live_prefix=jnp.asarray(live_prefix), item_leaf=jnp.asarray(item_leaf),
+               kmax=tuple(kmax), num_types=int(num_types), level_sizes=tuple(level_sizes))
 
   @property
   def num_live(self) -> int:
@@ -140,7 +205,7 @@ class SIDTrie:
     leaves = np.asarray(self.item_leaf)[items]
     if (leaves < 0).any():
       raise ValueError(f'catalog rows {items[leaves < 0][:5].tolist()} have no SID in the trie; '
-                       'adding an item with a new SID needs a rebuild (SIDTrie.build)')
+                       'add them first (SIDTrie.add_items)')
     if leaves.size == 0:
       return self
     # Pad to a power of two with repeats of the first leaf (same value): few compiled shapes.
@@ -148,6 +213,176 @@ class SIDTrie:
     padded[:leaves.size] = leaves
     return self.replace(live_prefix=_set_live(self.live_prefix, jnp.asarray(padded),
                                               jnp.asarray(bool(live))))
+
+  def add_items(self, items: Sequence[int] | np.ndarray, sids: Sequence[Sequence[int]] |
+                np.ndarray, types: Sequence[int] | np.ndarray | None = None,
+                live: bool = True) -> SIDTrie:
+    """The trie with new catalog rows `items` holding SIDs not in the trie yet, same shapes.
+
+    Vectorised over the new items: one walk down the current trie finds, per level, which
+    prefixes exist and where the new ones go in (type, codes) order; then each level gets its
+    new node rows inserted, one bit per new edge, and its rank directory recomputed (a
+    cumsum). O(new items x levels) lookups plus O(size of the trie) numpy copies; no sort of
+    the catalog. A compiled search keeps working on the result without recompiling.
+
+    Args:
+      items: (N,) catalog row ids, distinct, in [0, num_rows), not in the trie yet (a row
+        that is in the trie but removed comes back with `set_live(items, True)`).
+      sids: (N, L) int codes; code l of an item of type t in [0, level_sizes[t][l]).
+      types: (N,) int type indices (may be omitted when the trie has one type).
+      live: whether the new items may be generated at once (else `set_live` them later).
+
+    Raises ValueError naming the first bad item: wrong shapes or ranges, a row already in the
+    trie, an SID already held by another row (live or removed) or given twice, or when the
+    capacity is exhausted (saying how much is needed).
+    """
+    items, codes, types = self._check_new_items(items, sids, types)
+    if items.size == 0:
+      return self
+    num_levels = self.num_levels
+    order = np.lexsort([codes[:, l] for l in reversed(range(num_levels))] + [types])
+    items, codes, types = items[order], codes[order], types[order]
+    m = items.size
+    counts = self.used_counts()
+    bitmaps_old = [np.asarray(b)[:counts[l]] for l, b in enumerate(self.bitmaps)]
+    bases_old = [np.asarray(c)[:counts[l]] for l, c in enumerate(self.child_base)]
+
+    # Walk down. Per item: whether its level-l node exists already (then `old` is its index),
+    # else `ins` = its insertion position among the old level-l nodes (the number of old nodes
+    # whose prefix sorts before it); `new` = its index after the update.
+    exists = np.ones(m, bool)
+    old = types.copy()
+    ins = np.zeros(m, np.int64)
+    new = types.copy()
+    inserts = [np.zeros(0, np.int64)]  # per level, insertion positions of new nodes (sorted)
+    new_edges = []  # per level, (parent's new index, code) of each new edge
+    prefix_start = np.r_[True, types[1:] != types[:-1]]
+    for l in range(num_levels):
+      n_l, n_next = counts[l], counts[l + 1]
+      code = codes[:, l]
+      word, bit = code // _WORD, (code % _WORD).astype(np.uint32)
+      parent = np.where(exists, old, 0)
+      word_bits = bitmaps_old[l][parent, word]
+      has = exists & (((word_bits >> bit) & 1) == 1)
+      below = np.bitwise_count(word_bits & ((np.uint32(1) << bit) - np.uint32(1)))
+      at_old = bases_old[l][parent, word].astype(np.int64) + below
+      # A new parent's children go where the old node it was inserted before starts its own.
+      first_child_old = np.r_[bases_old[l][:, 0].astype(np.int64), n_next]
+      child_pos = np.where(exists, at_old, first_child_old[np.minimum(ins, n_l)])
+      if l == num_levels - 1 and has.any():
+        i = int(np.flatnonzero(has)[0])
+        holder = int(np.asarray(self.leaf_item)[int(at_old[i])])
+        raise ValueError(f'SID {codes[i].tolist()} of type {int(types[i])} (new row '
+                         f'{int(items[i])}) is already held by catalog row {holder}')
+      prefix_start = prefix_start | np.r_[True, code[1:] != code[:-1]]
+      starts = ~has & prefix_start  # the first item of each new child
+      pos_new = child_pos[starts]
+      first_of = np.maximum.accumulate(np.where(starts, np.arange(m), 0))
+      group = np.cumsum(starts) - 1
+      new_index_of_group = pos_new + np.arange(pos_new.size)
+      new_edges.append((new[starts], code[starts]))
+      # An old child moves right by the new children inserted at or before its position.
+      moved = at_old + np.searchsorted(pos_new, at_old, side='right')
+      next_new = np.where(has, moved, np.r_[new_index_of_group, 0][np.maximum(group, 0)])
+      ins = np.where(has, 0, child_pos[first_of])
+      old = np.where(has, at_old, 0)
+      exists = has
+      new = next_new
+      inserts.append(pos_new)
+
+    # Capacity: new node rows per level, leaves, checked before anything is written.
+    short = []
+    for l in range(1, num_levels):
+      need = counts[l] + inserts[l].size
+      if need > self.bitmaps[l].shape[0]:
+        short.append(f'level {l} needs {need} node rows, has {self.bitmaps[l].shape[0]}')
+    need_leaves = counts[-1] + m
+    if need_leaves > self.num_items:
+      short.append(f'{need_leaves} leaf slots needed, has {self.num_items}')
+    if short:
+      raise ValueError(f'trie capacity exhausted adding {m} items: {"; ".join(short)}; '
+                       f'rebuild with SIDTrie.build(..., capacity>={need_leaves})')
+
+    bitmaps, child_base = [], []
+    for l in range(num_levels):
+      bitmap = np.insert(bitmaps_old[l], inserts[l], 0, axis=0)
+      parent, code = new_edges[l]
+      np.bitwise_or.at(bitmap, (parent, code // _WORD),
+                       np.left_shift(np.uint32(1), (code % _WORD).astype(np.uint32)))
+      flat = np.bitwise_count(bitmap).astype(np.int64).reshape(-1)
+      base = (np.cumsum(flat) - flat).reshape(bitmap.shape)
+      rows = self.bitmaps[l].shape[0]
+      bitmaps.append(_pad_rows(bitmap, rows, 0))
+      child_base.append(_pad_rows(base.astype(np.int32), rows, int(flat.sum())))
+    used = counts[-1]
+    leaf_item = np.insert(np.asarray(self.leaf_item)[:used], inserts[-1], items)
+    live_old = np.diff(np.asarray(self.live_prefix))[:used]
+    live_leaf = np.insert(live_old, inserts[-1], int(bool(live)))
+    return SIDTrie.from_arrays(
+        bitmaps, child_base, _pad_rows(leaf_item, self.num_items, -1),
+        _pad_rows(live_leaf, self.num_items, 0), self.num_rows, kmax=self.kmax,
+        num_types=self.num_types, level_sizes=self.level_sizes)
+
+  def _check_new_items(self, items, sids, types):
+    """Validated (items, codes, types) as int64 arrays for `add_items`."""
+    items = np.asarray(items)
+    codes = np.asarray(sids)
+    n = items.reshape(-1).size
+    if items.ndim != 1 or (n and not np.issubdtype(items.dtype, np.integer)):
+      raise ValueError(f'items must be a 1-D int array, got {items.dtype} {items.shape}')
+    if codes.shape != (n, self.num_levels) or (n and not np.issubdtype(codes.dtype,
+                                                                       np.integer)):
+      raise ValueError(f'sids must be ({n}, {self.num_levels}) ints, got {codes.dtype} '
+                       f'{codes.shape}')
+    if types is None:
+      if self.num_types != 1:
+        raise ValueError(f'the trie has {self.num_types} entity types: give types')
+      types = np.zeros(n, np.int64)
+    types = np.asarray(types)
+    if types.shape != (n,) or (n and not np.issubdtype(types.dtype, np.integer)):
+      raise ValueError(f'types must be ({n},) ints, got {types.dtype} {types.shape}')
+    items, codes, types = (x.astype(np.int64) for x in (items, codes, types))
+    bad = np.flatnonzero((items < 0) | (items >= self.num_rows))
+    if bad.size:
+      raise ValueError(f'new item rows {items[bad[:5]].tolist()} are outside [0, '
+                       f'{self.num_rows}); rebuild with a larger row_capacity')
+    bad = np.flatnonzero((types < 0) | (types >= self.num_types))
+    if bad.size:
+      raise ValueError(f'new item row {int(items[bad[0]])}: type {int(types[bad[0]])} is not in '
+                       f'[0, {self.num_types})')
+    sizes_TxL = np.array(self.level_sizes or [self.kmax] * self.num_types, np.int64)
+    out = (codes < 0) | (codes >= sizes_TxL[types])
+    if out.any():
+      i, l = (int(x[0]) for x in np.nonzero(out))
+      raise ValueError(f'new item row {int(items[i])}: code {int(codes[i, l])} at level {l} is '
+                       f'outside [0, {int(sizes_TxL[types[i], l])}) of type {int(types[i])}')
+    uniq, counts = np.unique(items, return_counts=True)
+    if (counts > 1).any():
+      raise ValueError(f'new item rows are given twice: {uniq[counts > 1][:5].tolist()}')
+    held = np.asarray(self.item_leaf)[items] >= 0
+    if held.any():
+      raise ValueError(f'catalog rows {items[held][:5].tolist()} are in the trie already '
+                       '(a removed row comes back with set_live(rows, True))')
+    keys = np.c_[types, codes]
+    uniq, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+    if (counts > 1).any():
+      i = np.flatnonzero(counts[inverse.reshape(-1)] > 1)[:2]
+      raise ValueError(f'new item rows {items[i].tolist()} share the SID '
+                       f'{codes[i[0]].tolist()} of type {int(types[i[0]])}')
+    return items, codes, types
+
+
+def _pad_rows(x: np.ndarray, rows: int, value) -> np.ndarray:
+  """x with rows appended (filled with `value`) up to `rows` rows."""
+  if x.shape[0] == rows:
+    return x
+  pad = np.full((rows - x.shape[0],) + x.shape[1:], value, x.dtype)
+  return np.concatenate([x, pad])
+
+
+def _max_nodes(sizes_TxL: np.ndarray, level: int) -> int:
+  """Most distinct nodes level `level` can have: per type the product of the K before it."""
+  return int(np.sum(np.prod(sizes_TxL[:, :level], axis=1)))
 
 
 @jax.jit
