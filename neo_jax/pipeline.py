@@ -28,6 +28,7 @@ from neo_jax.decode.trie import SIDTrie
 from neo_jax.eval import baselines, metrics
 from neo_jax.eval.neo import NEORanker
 from neo_jax.model import backbones
+from neo_jax.model import lora
 from neo_jax.model import sharding
 from neo_jax.model import vocab as vocab_lib
 from neo_jax.model.config import get_config
@@ -162,8 +163,13 @@ def build_examples(cfg: ml_collections.ConfigDict, ds: Dataset, split: Split, si
 def build_model(cfg: ml_collections.ConfigDict, tok: Tokenizer) -> Decoder:
   """The decoder over the text vocabulary, extended with the SID rows. With cfg.model.backbone
   the text part is the pretrained checkpoint (packaged name, .gguf file or safetensors
-  directory); otherwise a randomly initialised decoder of cfg.model.preset."""
+  directory); otherwise a randomly initialised decoder of cfg.model.preset.
+  cfg.model.random_init (the ablation 'random initialisation') keeps the backbone's tokenizer
+  but builds a randomly initialised decoder of cfg.model.preset (the backbone's shape)
+  instead of loading its weights."""
   backbone = cfg.model.get('backbone', '')
+  if backbone and cfg.model.get('random_init', False):
+    backbone = ''  # same tokenizer (build_tokenizer), same shape (the preset), random weights
   if cfg.model.sid_init != 'mean':
     raise ValueError(f'model.sid_init={cfg.model.sid_init!r}: the pipeline supports '
                      "'mean' (the centroid projection is in neo_jax/model/sid_init.py but "
@@ -176,7 +182,7 @@ def build_model(cfg: ml_collections.ConfigDict, tok: Tokenizer) -> Decoder:
       raise ValueError(f'backbone {backbone!r} has {model.cfg.vocab_size} embedding rows but '
                        f'its tokenizer {tok.text_vocab_size} text tokens')
   else:
-    skip = ('preset', 'sid_init', 'backbone')
+    skip = ('preset', 'sid_init', 'backbone', 'random_init')
     overrides = {k: v for k, v in cfg.model.to_dict().items() if k not in skip}
     mcfg = get_config(cfg.model.preset, **overrides, vocab_size=tok.text_vocab_size)
     model = Decoder(mcfg, rngs=nnx.Rngs(cfg.seed))
@@ -232,30 +238,118 @@ def stage_plan(cfg: ml_collections.ConfigDict, examples: dict[str, list[Example]
   return [(name, exs, scfg) for name, exs, scfg in plan if int(scfg.steps) > 0]
 
 
+def validation_examples(examples: dict[str, list[Example]],
+                        training: list[Example]) -> tuple[list[Example], int]:
+  """The held-out validation examples (rec_valid + search_valid) that validation during
+  training scores, minus any that equals a training example (same prompt and completion):
+  validation never scores what trained. Returns (examples, number dropped as duplicates)."""
+  seen = {(e.prompt, e.completion) for e in training}
+  valid = list(examples.get('rec_valid', [])) + list(examples.get('search_valid', []))
+  kept = [e for e in valid if (e.prompt, e.completion) not in seen]
+  return kept, len(valid) - len(kept)
+
+
+def make_recall_eval_fn(cfg: ml_collections.ConfigDict, tok: Tokenizer, sid_map: SIDMap,
+                        requests: list[Example], k: int = 10
+                        ) -> Callable[[Decoder], dict[str, float]]:
+  """`eval_fn(model) -> {'recommend/recall@k': .., 'recommend/ndcg@k': ..}`: trie-constrained
+  beam search (k beams) on `requests` (validation recommendations), for validation during
+  training. The ranker (and its jit cache) is built on the first call and then only reads
+  the model's current state, so later calls do not recompile."""
+  trie = SIDTrie.build(sid_map, tok.sid)
+  prompts_ = [e.prompt for e in requests]
+  types = [e.target_type for e in requests]
+  relevant = [list(e.target_items) for e in requests]
+  holder: dict[str, NEORanker] = {}
+
+  def eval_fn(model: Decoder) -> dict[str, float]:
+    if 'ranker' not in holder:
+      holder['ranker'] = NEORanker(model, tok, trie, prompt_len=cfg.train.seq_len - 8,
+                                   batch_size=cfg.eval.batch_size)
+    ranker = holder['ranker']
+    ranker.graphdef, ranker.state = nnx.split(model)
+    items, _ = ranker.rank(prompts_, types, num_beams=k)
+    found = metrics.ranking_metrics(items, relevant, (k,))
+    return {f'recommend/{m}': float(v) for m, v in found.items()}
+
+  return eval_fn
+
+
 def train(cfg: ml_collections.ConfigDict, model: Decoder, tok: Tokenizer,
-          examples: dict[str, list[Example]], workdir: str, log: Log) -> dict[str, Any]:
+          examples: dict[str, list[Example]], workdir: str, log: Log,
+          sid_map: SIDMap | None = None) -> dict[str, Any]:
   """The stages of `stage_plan` in order (grounding: only the SID rows of the embedding and
-  head train; capability: full fine-tuning)."""
+  head train; capability: full fine-tuning, or with cfg.capability.lora_rank > 0 LoRA
+  adapters of that rank (scale lora_alpha / rank; alpha defaults to 2 * rank) on every
+  attention and MLP projection plus the SID rows, merged into the weights after the stage).
+
+  Validation during training (a stage's `eval_every` > 0): the validation loss on the
+  packed rec_valid + search_valid examples (`validation_examples`: never trained on) and,
+  with cfg.train.valid_requests > 0 (needs `sid_map`), Recall@10/NDCG@10 of constrained beam
+  search on that many validation recommendations. cfg.train.best_metric ('valid/loss' by
+  default, or e.g. 'valid/recommend/recall@10'), best_mode ('' = min for losses, max
+  otherwise), keep_checkpoints (last N kept besides the best) and restore_best (end each
+  evaluated stage with its best checkpoint) configure the checkpoint manager.
+  """
   mesh = train_mesh(cfg)
+  tcfg = cfg.train
   out = {}
   plan = stage_plan(cfg, examples)
   for stage in ('grounding', 'capability'):
     if stage not in [p[0] for p in plan]:
-      log(f'[{stage}] skipped' + (' (stages merged)' if cfg.train.get('merge_stages', False)
+      log(f'[{stage}] skipped' + (' (stages merged)' if tcfg.get('merge_stages', False)
                                   and stage == 'grounding' else ' (0 steps)'))
+  valid_data = None
+  eval_requests: list[Example] = []
+  if any(int(scfg.get('eval_every', 0)) > 0 for _, _, scfg in plan):
+    valid, dropped = validation_examples(examples, [e for _, exs, _ in plan for e in exs])
+    out['valid_examples'] = len(valid)
+    out['valid_dropped_as_training_duplicates'] = dropped
+    if not valid:
+      raise ValueError('eval_every > 0 but there are no validation examples (rec_valid, '
+                       'search_valid)')
+    valid_data = pack_examples(valid, tok, tcfg.seq_len, tcfg.batch_size, seed=cfg.seed)
+    log(f'validation: {len(valid)} examples in {valid_data.num_rows} rows'
+        + (f' ({dropped} dropped: equal to a training example)' if dropped else ''))
+    n_req = int(tcfg.get('valid_requests', 0))
+    if n_req > 0:
+      if sid_map is None:
+        raise ValueError('train.valid_requests > 0 needs the SID map (pipeline.train(..., '
+                         'sid_map=...))')
+      eval_requests = _subsample([e for e in valid if e.task == 'recommend'], n_req, cfg.seed)
   for stage, stage_examples, scfg in plan:
     counts = mixture_lib.task_counts(stage_examples)
     log(f'[{stage}] examples by task: ' + ', '.join(f'{t} {n}' for t, n in counts.items()))
     out.update({f'{stage}_examples/{t}': n for t, n in counts.items()})
-    data = pack_examples(stage_examples, tok, cfg.train.seq_len, cfg.train.batch_size,
-                         seed=cfg.seed)
+    data = pack_examples(stage_examples, tok, tcfg.seq_len, tcfg.batch_size, seed=cfg.seed)
     log(f'[{stage}] {data.stats["examples"]} examples packed into {data.stats["rows"]} rows '
-        f'of {cfg.train.seq_len} (fill {data.stats["fill"]:.2f}, '
+        f'of {tcfg.seq_len} (fill {data.stats["fill"]:.2f}, '
         f'{data.stats["truncated_prompts"]} prompts cut, '
         f'{data.stats["skipped_completion_too_long"]} examples skipped: answer longer than a row)')
     mask = vocab_lib.sid_row_mask(model, tok.text_vocab_size) if stage == 'grounding' else None
-    summary = loop.train_stage(model, data, scfg, name=stage, workdir=workdir,
-                               update_mask=mask, mesh=mesh, log=log)
+    trainable = nnx.Param
+    rank = int(scfg.get('lora_rank', 0)) if stage == 'capability' else 0
+    if rank > 0:
+      # LoRA: adapters on every attention/MLP projection plus the SID rows train; merged into
+      # the base weights after the stage.
+      lora.apply_lora(model, rank, float(scfg.get('lora_alpha', 2 * rank)), seed=cfg.seed + 2)
+      trainable = lora.trainable_filter()
+      mask = lora.update_mask(model, tok.text_vocab_size)
+      adapters = nnx.to_flat_state(nnx.state(model, lora.LoRAParam))
+      log(f'[{stage}] LoRA rank {rank}, alpha {float(scfg.get("lora_alpha", 2 * rank))}: '
+          f'{sum(v.get_value().size for _, v in adapters):,} adapter parameters')
+    evaluated = int(scfg.get('eval_every', 0)) > 0
+    eval_fn = (make_recall_eval_fn(cfg, tok, sid_map, eval_requests)
+               if evaluated and eval_requests else None)
+    summary = loop.train_stage(
+        model, data, scfg, name=stage, workdir=workdir, update_mask=mask, mesh=mesh, log=log,
+        valid_data=valid_data if evaluated else None, eval_fn=eval_fn,
+        best_metric=tcfg.get('best_metric', 'valid/loss'),
+        best_mode=tcfg.get('best_mode', '') or None,
+        restore_best=bool(tcfg.get('restore_best', False)),
+        keep_last=int(tcfg.get('keep_checkpoints', 2)), trainable=trainable)
+    if rank > 0:
+      lora.merge_lora(model)
     out.update({f'{stage}_{k}': v for k, v in summary.items()})
   return out
 
@@ -389,7 +483,8 @@ def run_training(cfg: ml_collections.ConfigDict, workdir: str, log: Log = print
   t_all = time.perf_counter()
   art, examples, facts = prepare(cfg, workdir, log)
   t0 = time.perf_counter()
-  summary = train(cfg, art.model, art.tokenizer, examples, workdir, log)
+  summary = train(cfg, art.model, art.tokenizer, examples, workdir, log,
+                  sid_map=art.sid_map)
   facts['seconds_train'] = time.perf_counter() - t0
   facts.update({f'train/{k}': v for k, v in summary.items()})
   facts['seconds_total'] = time.perf_counter() - t_all
