@@ -11,7 +11,7 @@ import pytest
 
 from neo_jax.decode.cache import left_pad, prefill
 from neo_jax.decode.generate import generate
-from neo_jax.decode.testing import markov_cache, markov_lm, markov_logits
+from neo_jax.decode.testing import markov_cache, markov_lm, markov_logits, split_head
 from neo_jax.decode.trie import SIDTrie, SIDVocabArrays, request_filter
 from neo_jax.sid.types import SIDMap
 from neo_jax.tokenizer.sid_vocab import SIDVocab
@@ -41,17 +41,19 @@ def setup():
   allowed = np.array([[True, True], [True, False], [False, True], [True, True]])
   return dict(sid_map=sid_map, vocab=vocab, first=first, second=second, position=position,
               step_fn=step_fn, prompts=prompts, allowed=allowed, trie=SIDTrie.build(sid_map, vocab),
-              arrays=SIDVocabArrays.from_vocab(vocab))
+              arrays=SIDVocabArrays.from_vocab(vocab), split=split_head(step_fn))
 
 
-def run(s, prompts=None, **kwargs):
+def run(s, prompts=None, rows_head=False, **kwargs):
   prompts = s['prompts'] if prompts is None else prompts
   tokens, positions, valid = left_pad(prompts, PAD)
   cache = markov_cache(len(prompts), tokens.shape[1] + MAX_NEW)
   logits, last_pos, cache = prefill(s['step_fn'], cache, jnp.asarray(tokens),
                                     jnp.asarray(positions), jnp.asarray(valid))
-  out = generate(s['step_fn'], cache, logits, last_pos, s['trie'], s['arrays'],
-                 max_new_tokens=MAX_NEW, eos_id=EOS, pad_id=PAD, **kwargs)
+  if rows_head:  # the step split in two: code rows only inside spans
+    kwargs.update(hidden_fn=s['split'][0], head_fn=s['split'][1])
+  out = generate(None if rows_head else s['step_fn'], cache, logits, last_pos, s['trie'],
+                 s['arrays'], max_new_tokens=MAX_NEW, eos_id=EOS, pad_id=PAD, **kwargs)
   return jax.tree.map(np.asarray, out)
 
 
@@ -296,6 +298,12 @@ def test_beam_generation_matches_reference(setup, output_format):
     assert row == ref_row
     assert items == ref_items
     np.testing.assert_allclose(out.scores[b], ref_score, rtol=1e-5, atol=1e-3)
+  if output_format == 'mixed':  # the split step: beams always use the full head
+    split = run(s, rows_head=True, output_format=output_format, separator_ids=SEPARATORS,
+                max_items=3, allowed_types_BxT=jnp.asarray(s['allowed']), num_beams=4)
+    np.testing.assert_array_equal(split.tokens, out.tokens)
+    np.testing.assert_allclose(split.scores, out.scores, rtol=1e-6)
+    assert split.rows_only_steps is None
   # One hypothesis is greedy decoding, and K hypotheses never score worse than it.
   greedy = run(s, output_format=output_format, separator_ids=SEPARATORS, max_items=3,
                allowed_types_BxT=jnp.asarray(s['allowed']))
@@ -327,3 +335,65 @@ def test_sampled_generation_names_only_filtered_catalog_items(setup, data):
     for item in items:
       assert item not in removed and item not in excluded[b]
       assert allow[b] is None or item in allow[b]
+
+
+def steps_inside_spans(vocab, out) -> int:
+  """Recounts from the tokens the steps after which every unfinished row is inside a span
+  (the steps whose next logits need only code rows and `[/SID]`)."""
+  batch = out.tokens.shape[0]
+  level, done, count = [-1] * batch, [False] * batch, 0
+  for t in range(int(out.steps)):
+    for b in range(batch):
+      tok = int(out.tokens[b, t])
+      if done[b]:
+        continue
+      if level[b] == -1:
+        done[b] = tok == EOS
+        level[b] = 0 if tok == vocab.sid_open_id else -1
+      else:
+        level[b] = -1 if tok == vocab.sid_close_id else level[b] + 1
+    count += all(d or lv >= 0 for d, lv in zip(done, level))
+  return count
+
+
+@pytest.mark.parametrize('output_format', ['mixed', 'ids'])
+def test_rows_only_head_matches_reference_and_full_head(setup, output_format):
+  """Greedy with code rows only inside spans: the plain-Python reference's answers, the full
+  head's outputs, and exactly as many rows-only steps as the tokens show inside spans."""
+  s = setup
+  excluded = [[0], [], [5], []]
+  trie = s['trie'].set_live([4], False)
+  request = request_filter(trie, excluded=excluded)
+  kwargs = dict(output_format=output_format, separator_ids=SEPARATORS, max_items=3,
+                allowed_types_BxT=jnp.asarray(s['allowed']), request=request)
+  rows = run(dict(s, trie=trie), rows_head=True, **kwargs)
+  full = run(dict(s, trie=trie), **kwargs)
+  for name in ('tokens', 'lengths', 'items', 'num_items', 'steps'):
+    np.testing.assert_array_equal(getattr(rows, name), getattr(full, name))
+  for b, prompt in enumerate(s['prompts']):
+    row, _, items = check_row(s, rows, b)
+    ref_row, ref_items = reference_greedy(s, prompt, s['allowed'][b], output_format, 3,
+                                          excluded=excluded[b], removed=[4])
+    assert row == ref_row and items == ref_items
+  expected = steps_inside_spans(s['vocab'], rows)
+  assert int(rows.rows_only_steps) == expected > 0
+  assert full.rows_only_steps is None
+
+
+def test_rows_only_head_samples_like_the_full_head(setup):
+  s = setup
+  for seed in range(2):
+    kwargs = dict(output_format='mixed', temperature=1.0, sample_codes=bool(seed),
+                  rng=jax.random.key(seed), max_items=4)
+    rows = run(s, rows_head=True, **kwargs)
+    full = run(s, **kwargs)
+    np.testing.assert_array_equal(rows.tokens, full.tokens)
+    np.testing.assert_array_equal(rows.items, full.items)
+    assert int(rows.rows_only_steps) == steps_inside_spans(s['vocab'], rows)
+
+
+def test_rows_only_head_arguments():
+  with pytest.raises(ValueError, match='both hidden_fn and head_fn'):
+    generate(None, {}, jnp.zeros((1, 20)), jnp.zeros(1, jnp.int32), None,
+             SIDVocabArrays.from_vocab(SIDVocab(('a',), {'a': (2,)}, 8)), max_new_tokens=4,
+             eos_id=EOS, pad_id=PAD, hidden_fn=lambda *a: a)

@@ -27,6 +27,13 @@ StepFn = Callable[[jax.Array, jax.Array, Any, jax.Array], tuple[jax.Array, Any]]
 # by Decoder.logits_from_hidden(h, rows_R)).
 RowStepFn = Callable[[jax.Array, jax.Array, Any, jax.Array, jax.Array], tuple[jax.Array, Any]]
 CacheBatchAxis = Callable[[Any], 'int | None']
+# The same step split in two, so that a caller can choose which LM-head rows to compute after
+# seeing the state (interleaved generation computes only SID code rows inside spans):
+#   hidden_fn(tokens_NxT, positions_NxT, cache, valid_NxT) -> (hidden_NxTxD, cache)
+#   head_fn(hidden_NxD, rows) -> logits: rows None -> (N, V); rows (N, R) int32 -> (N, R), row
+#   set n for hidden n (Decoder.decode_hidden and Decoder.logits_from_hidden).
+HiddenFn = Callable[[jax.Array, jax.Array, Any, jax.Array], tuple[jax.Array, Any]]
+HeadFn = Callable[[jax.Array, 'jax.Array | None'], jax.Array]
 
 
 def default_cache_batch_axis(leaf) -> int | None:

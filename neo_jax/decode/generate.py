@@ -19,6 +19,16 @@ logits under a per-row mask:
 Tokens are greedy by default; with temperature > 0 text tokens are sampled (codes too when
 `sample_codes`). A row stops after eos outside a span or after max_new_tokens.
 
+Rows-only LM head. Given the step split in two (`hidden_fn`, `head_fn`, see
+neo_jax/decode/cache.py) instead of a `step_fn`, a step after which no unfinished row is
+outside a span computes only the LM-head rows its rows can emit: per row, every type's codes of
+the row's next level (T x max_l kmax_l rows) and `[/SID]`, instead of all V rows (the same rows
+as sid_beam_search's score='codes'). The other entries are NEG_INF, which the span masks drop
+anyway, so greedy and sampled outputs equal those of the full head (up to the float rounding
+of a gathered matmul). Steps with a row outside a span compute the full head (`lax.cond`, one
+branch runs). The beam variant always computes the full head: its scores are full-softmax
+log-probabilities, which need every row.
+
 Beam variant (`num_beams` K > 1): each request keeps K hypotheses of the whole answer (text and
 spans), scored by the sum of the model's log-probabilities (full-vocabulary softmax) of the
 tokens emitted, each step taking the top K of the K x V masked continuations; a finished
@@ -38,8 +48,8 @@ import jax.numpy as jnp
 from flax import struct
 
 from neo_jax.decode.beam_search import NEG_INF, check_prefill
-from neo_jax.decode.cache import (CacheBatchAxis, StepFn, default_cache_batch_axis, gather_batch,
-                                  repeat_batch)
+from neo_jax.decode.cache import (CacheBatchAxis, HeadFn, HiddenFn, StepFn,
+                                  default_cache_batch_axis, gather_batch, repeat_batch)
 from neo_jax.decode.trie import (RequestFilter, SIDTrie, SIDVocabArrays, admissible_children,
                                  child_index)
 
@@ -55,6 +65,9 @@ class GenerateOutput:
     items: (B, I) int32 catalog rows of the completed spans, in order; -1 after the last.
     num_items: (B,) int32 number of completed spans.
     scores: with beams, (B,) float32 log-probability of the returned hypothesis; else None.
+    rows_only_steps: with hidden_fn/head_fn and one beam, () int32 number of steps whose LM
+      head computed only SID code rows (of `steps`); else None.
+    steps: () int32 decoding steps run (the while loop's trip count); None with beams.
   """
 
   tokens: jax.Array
@@ -62,20 +75,25 @@ class GenerateOutput:
   items: jax.Array
   num_items: jax.Array
   scores: jax.Array | None = None
+  rows_only_steps: jax.Array | None = None
+  steps: jax.Array | None = None
 
 
-def generate(step_fn: StepFn, cache, last_logits_BxV: jax.Array, last_positions_B: jax.Array,
+def generate(step_fn: StepFn | None, cache, last_logits_BxV: jax.Array, last_positions_B: jax.Array,
              trie: SIDTrie, sid_vocab_arrays: SIDVocabArrays, *, max_new_tokens: int,
              eos_id: int, pad_id: int, output_format: str = 'mixed',
              separator_ids: Sequence[int] = (), max_items: int | None = None,
              allowed_types_BxT: jax.Array | None = None, temperature: float = 0.0,
              rng: jax.Array | None = None, sample_codes: bool = False,
              request: RequestFilter | None = None, num_beams: int = 1,
-             cache_batch_axis: CacheBatchAxis = default_cache_batch_axis) -> GenerateOutput:
+             cache_batch_axis: CacheBatchAxis = default_cache_batch_axis,
+             hidden_fn: HiddenFn | None = None, head_fn: HeadFn | None = None
+             ) -> GenerateOutput:
   """Generates up to max_new_tokens tokens after each prompt.
 
   Args:
-    step_fn: the model closure (see neo_jax/decode/cache.py); static.
+    step_fn: the model closure (see neo_jax/decode/cache.py); static. None when hidden_fn and
+      head_fn are given.
     cache: the cache after the prompts (batch B); it needs room for max_new_tokens more tokens.
     last_logits_BxV: float logits after each prompt's last token.
     last_positions_B: int32 position of each prompt's last token.
@@ -95,10 +113,17 @@ def generate(step_fn: StepFn, cache, last_logits_BxV: jax.Array, last_positions_
     num_beams: K (static); K > 1 runs the beam variant (needs temperature 0); the cache needs
       room for max_new_tokens more tokens and is repeated K times.
     cache_batch_axis: the cache layout rule (static), used by the beam variant.
+    hidden_fn, head_fn: static, the step split in two (neo_jax/decode/cache.py); given both,
+      they replace step_fn and steps inside spans compute only the code rows of the LM head
+      (see the module docstring).
 
   Returns:
     GenerateOutput.
   """
+  if (hidden_fn is None) != (head_fn is None):
+    raise ValueError('give both hidden_fn and head_fn, or neither')
+  if step_fn is None and hidden_fn is None:
+    raise ValueError('generate needs a step_fn, or a hidden_fn and a head_fn')
   if output_format not in OUTPUT_FORMATS:
     raise ValueError(f'unknown output_format {output_format!r}; known: {OUTPUT_FORMATS}')
   batch, vocab_size = check_prefill(last_logits_BxV, last_positions_B, sid_vocab_arrays)
@@ -143,20 +168,22 @@ def generate(step_fn: StepFn, cache, last_logits_BxV: jax.Array, last_positions_
                    jnp.asarray(sample_codes, bool), request, max_new_tokens=max_new_tokens,
                    eos_id=eos_id, pad_id=pad_id, output_format=output_format,
                    item_slots=item_slots, num_beams=num_beams,
-                   cache_batch_axis=cache_batch_axis)
+                   cache_batch_axis=cache_batch_axis, hidden_fn=hidden_fn, head_fn=head_fn)
   if num_beams == 1:
-    return out.replace(scores=None)
+    return out.replace(scores=None,
+                       rows_only_steps=None if hidden_fn is None else out.rows_only_steps)
   # top_k keeps hypotheses sorted, so hypothesis 0 of each request is its best.
+  out = out.replace(rows_only_steps=None, steps=None)
   return jax.tree.map(lambda x: x[::num_beams], out)
 
 
 @functools.partial(jax.jit, static_argnames=('step_fn', 'max_new_tokens', 'eos_id', 'pad_id',
                                              'output_format', 'item_slots', 'num_beams',
-                                             'cache_batch_axis'))
+                                             'cache_batch_axis', 'hidden_fn', 'head_fn'))
 def _generate(step_fn, cache, last_logits_BxV, last_positions_B, trie: SIDTrie,
               vocab: SIDVocabArrays, separators_S, allowed_types_BxT, temperature, rng,
               sample_codes, request, *, max_new_tokens, eos_id, pad_id, output_format, item_slots,
-              num_beams, cache_batch_axis):
+              num_beams, cache_batch_axis, hidden_fn, head_fn):
   batch, vocab_size = last_logits_BxV.shape
   num_levels, num_types = trie.num_levels, trie.num_types
   offsets_TxL = vocab.offsets_TxL
@@ -171,6 +198,36 @@ def _generate(step_fn, cache, last_logits_BxV, last_positions_B, trie: SIDTrie,
   types_BxT = jnp.broadcast_to(jnp.arange(num_types, dtype=jnp.int32), (batch, num_types))
   root_tokens_TxK0 = offsets_TxL[:, 0, None] + jnp.arange(trie.kmax[0], dtype=jnp.int32)
   level_sizes = [trie.bitmaps[l].shape[0] for l in range(num_levels)]
+  codes_K = jnp.arange(max(trie.kmax), dtype=jnp.int32)
+
+  def next_logits(tok_B, positions_B, cache, live_B, level_B, done_B):
+    """(B, V) float32 logits after feeding tok_B, the cache, and whether only code rows of
+    the head were computed; level_B / done_B: the rows' state for the next token."""
+    feed = (tok_B[:, None], positions_B[:, None], cache, live_B[:, None])
+    if hidden_fn is None:
+      logits_Nx1xV, cache = step_fn(*feed)
+      return logits_Nx1xV[:, -1].astype(jnp.float32), cache, jnp.zeros((), bool)
+    hidden_Nx1xD, cache = hidden_fn(*feed)
+    hidden_BxD = hidden_Nx1xD[:, -1]
+
+    def full_head(h):
+      return head_fn(h, None).astype(jnp.float32)
+
+    def rows_head(h):
+      # Every type's codes of the row's next level, and `[/SID]` (forced after the last code).
+      level_l_B = jnp.clip(level_B, 0, num_levels - 1)
+      codes_BxTxK = offsets_TxL[:, level_l_B].T[:, :, None] + codes_K
+      rows_BxR = jnp.concatenate([codes_BxTxK.reshape(batch, -1),
+                                  jnp.full((batch, 1), vocab.close_id, jnp.int32)], axis=1)
+      rows_BxR = jnp.minimum(rows_BxR, vocab_size - 1)
+      logits_BxR = head_fn(h, rows_BxR).astype(jnp.float32)
+      return jnp.full((batch, vocab_size), NEG_INF, jnp.float32).at[
+          rows_B[:, None], rows_BxR].set(logits_BxR)
+
+    if num_beams > 1:
+      return full_head(hidden_BxD), cache, jnp.zeros((), bool)
+    rows_only = ~jnp.any(~done_B & (level_B == _OUTSIDE))
+    return jax.lax.cond(rows_only, rows_head, full_head, hidden_BxD), cache, rows_only
 
   def mask_for(level_B, type_B, node_B, num_items_B, named_BxI):
     """The (B, V) admissible next tokens; named_BxI: leaves each row has named (-1 pads)."""
@@ -236,7 +293,8 @@ def _generate(step_fn, cache, last_logits_BxV, last_positions_B, trie: SIDTrie,
     parent_N = ((index_RxK // vocab_size)
                 + (jnp.arange(batch // k, dtype=jnp.int32) * k)[:, None]).reshape(-1)
     tok_N = (index_RxK % vocab_size).reshape(-1).astype(jnp.int32)
-    rows = {name: value for name, value in state.items() if name not in ('t', 'rng', 'cache')}
+    rows = {name: value for name, value in state.items()
+            if name not in ('t', 'rng', 'cache', 'rows_only_steps')}
     state = dict(state, **jax.tree.map(lambda x: x[parent_N], rows))
     state['cache'] = gather_batch(state['cache'], parent_N, cache_batch_axis)
     state['score'] = score_RxK.reshape(-1)
@@ -267,13 +325,15 @@ def _generate(step_fn, cache, last_logits_BxV, last_positions_B, trie: SIDTrie,
     items_BxI = state['items'].at[rows_B, slot_B].set(item_B, mode='drop')
     leaves_BxI = state['leaves'].at[rows_B, slot_B].set(leaf_B, mode='drop')
     new_done_B = done_B | ((level_B == _OUTSIDE) & (tok_B == eos_id))
-    logits_Nx1xV, cache = step_fn(tok_B[:, None], (state['position'] + t)[:, None],
-                                  state['cache'], live_B[:, None])
+    new_level_B = jnp.where(live_B, next_level_B, level_B)
+    logits_BxV, cache, rows_only = next_logits(tok_B, state['position'] + t, state['cache'],
+                                               live_B, new_level_B, new_done_B)
     return {
         't': t + 1,
-        'logits': logits_Nx1xV[:, -1].astype(jnp.float32),
+        'logits': logits_BxV,
         'cache': cache,
-        'level': jnp.where(live_B, next_level_B, level_B),
+        'rows_only_steps': state['rows_only_steps'] + rows_only.astype(jnp.int32),
+        'level': new_level_B,
         'type': jnp.where(live_B, next_type_B, type_B),
         'node': jnp.where(live_B, next_node_B, node_B),
         'num_items': state['num_items'] + completes_B.astype(jnp.int32),
@@ -290,6 +350,7 @@ def _generate(step_fn, cache, last_logits_BxV, last_positions_B, trie: SIDTrie,
   zeros_B = jnp.zeros(batch, jnp.int32)
   state = {
       't': jnp.zeros((), jnp.int32),
+      'rows_only_steps': jnp.zeros((), jnp.int32),
       'logits': last_logits_BxV.astype(jnp.float32),
       'cache': cache,
       'level': jnp.full(batch, _OUTSIDE, jnp.int32),
@@ -309,4 +370,5 @@ def _generate(step_fn, cache, last_logits_BxV, last_positions_B, trie: SIDTrie,
   }
   state = jax.lax.while_loop(cond, body, state)
   return GenerateOutput(tokens=state['tokens'], lengths=state['lengths'], items=state['items'],
-                        num_items=state['num_items'], scores=state['score'])
+                        num_items=state['num_items'], scores=state['score'],
+                        rows_only_steps=state['rows_only_steps'], steps=state['t'])

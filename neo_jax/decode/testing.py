@@ -81,6 +81,21 @@ def rows_only(step_fn):
   return row_step_fn
 
 
+def split_head(step_fn):
+  """(hidden_fn, head_fn) from a step_fn whose "hidden state" is its full logits, so that the
+  rows a head_fn returns are exactly those of the full logits (tests of the rows-only path)."""
+
+  def hidden_fn(tokens_NxT, positions_NxT, cache, valid_NxT):
+    return step_fn(tokens_NxT, positions_NxT, cache, valid_NxT)
+
+  def head_fn(hidden_NxV, rows_NxR=None):
+    if rows_NxR is None:
+      return hidden_NxV
+    return jnp.take_along_axis(hidden_NxV, rows_NxR, axis=-1)
+
+  return hidden_fn, head_fn
+
+
 def markov_logits(first_RxV: np.ndarray, second_RxV: np.ndarray | None, history: list[int],
                   position_PxV: np.ndarray | None = None) -> np.ndarray:
   """Numpy reference: the (V,) next-token logits of `markov_lm` after `history` (the valid
