@@ -3,7 +3,6 @@ and validation examples disjoint from training."""
 
 import json
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
