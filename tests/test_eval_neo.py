@@ -5,6 +5,7 @@ import functools
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 
 from neo_jax.decode.trie import SIDTrie
@@ -122,3 +123,135 @@ def test_rows_only_ranker_with_constraints_equals_exhaustive():
                          excluded=excluded, allowed=allowed, num_beams=3)
   for (_, named), keep in zip(outs, keeps):
     assert set(named) <= keep and len(set(named)) == len(named)
+
+
+def _log_softmax(x):
+  x = x - x.max(axis=-1, keepdims=True)
+  return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def _parse_python(tok, sid_map, toks):
+  """Catalog row of L code tokens, by vocab.describe + SIDMap.item_of; -1 if none."""
+  if not all(tok.sid.is_code(t) for t in toks):
+    return -1
+  described = [tok.sid.describe(int(t)) for t in toks]
+  if [d[0] for d in described] != [described[0][0]] * len(toks):
+    return -1
+  if [d[1] for d in described] != list(range(len(toks))):
+    return -1
+  row = sid_map.item_of(described[0][0], tuple(d[2] for d in described))
+  return -1 if row is None else row
+
+
+def test_unconstrained_rank_equals_full_forward_beam_search_and_parses_items():
+  """constrained=False: plain beam search over the whole vocabulary, checked against a numpy
+  beam search over full uncached forward passes; beams parsed back to items independently."""
+  sid_map, tok, model = _setup()
+  trie = SIDTrie.build(sid_map, tok.sid)
+  ranker = NEORanker(model, tok, trie, prompt_len=96, batch_size=4)
+  prompts = ['Task: recommend. Type: movie. Format: ids. History: a b. Answer: ', 'quick fox']
+  types = ['movie', None]
+  k = 6
+  items, scores, stats = ranker.rank(prompts, types, num_beams=k, constrained=False)
+  assert items.shape == scores.shape == (2, k)
+  valid = typed = 0
+  for b, prompt in enumerate(prompts):
+    prefix = [tok.bos_id] + tok.encode(prompt) + [tok.sid.sid_open_id]
+    beams = [(0.0, [])]
+    for _ in range(3):
+      ids = np.array([prefix + t for _, t in beams], np.int32)
+      logp = _log_softmax(np.asarray(model(ids), np.float64)[:, -1])
+      cands = [(s + logp[i, v], t + [v]) for i, (s, t) in enumerate(beams)
+               for v in range(logp.shape[1])]
+      beams = sorted(cands, key=lambda c: -c[0])[:k]
+    np.testing.assert_allclose(scores[b], [s for s, _ in beams], rtol=1e-4, atol=1e-3)
+    expected = [_parse_python(tok, sid_map, t) for _, t in beams]
+    assert items[b].tolist() == expected
+    valid += sum(e >= 0 for e in expected)
+    typed += k if types[b] else 0
+  assert stats['sids'] == 2 * k and stats['valid'] == valid and stats['typed_sids'] == typed
+  assert stats['valid_fraction'] == valid / (2 * k)
+  assert ranker.last_stats == stats
+
+
+def test_parse_sids_against_the_sid_map():
+  sid_map, tok, model = _setup()
+  ranker = NEORanker(model, tok, SIDTrie.build(sid_map, tok.sid), prompt_len=96)
+  rng = np.random.default_rng(5)
+  rows = []
+  for n in range(len(sid_map)):
+    t = TYPES[int(sid_map.type_index[n])]
+    rows.append([tok.sid.token_id(t, l, int(c)) for l, c in enumerate(sid_map.codes[n])])
+  rows += [list(rng.integers(0, tok.vocab_size, 3)) for _ in range(200)]  # mostly invalid
+  rows += [[r[0], r[2], r[1]] for r in rows[:5]]  # levels out of order
+  got, _ = ranker.parse_sids(np.array(rows))
+  assert got.tolist() == [_parse_python(tok, sid_map, r) for r in rows]
+  assert (got[:len(sid_map)] == np.arange(len(sid_map))).all()
+  ranker.remove_items([0, 4])
+  got, _ = ranker.parse_sids(np.array(rows[:len(sid_map)]))
+  assert got[0] == -1 and got[4] == -1 and got[1] == 1
+
+
+def test_unconstrained_generation_and_rows_head_generation():
+  """generate(constrained=False) equals greedy decoding by full forward passes with no mask,
+  its spans parsed independently; constrained generation with the rows-only head equals the
+  full head's."""
+  sid_map, tok, model = _setup()
+  trie = SIDTrie.build(sid_map, tok.sid)
+  ranker = NEORanker(model, tok, trie, prompt_len=96, batch_size=4)
+  prompts = ['Task: recommend. Type: movie. Format: mixed. History: a b. Answer: ', 'fox']
+  outs, stats = ranker.generate(prompts, 'mixed', max_new_tokens=10, constrained=False,
+                                target_types=['movie', None])
+  spans = valid = 0
+  for (text, rows), prompt in zip(outs, prompts):
+    ids = [tok.bos_id] + tok.encode(prompt)
+    new = []
+    for _ in range(10):
+      nxt = int(np.argmax(np.asarray(model(np.array([ids], np.int32)))[0, -1]))
+      ids.append(nxt)
+      new.append(nxt)
+      if nxt == tok.eos_id:
+        break
+    new = [t for t in new if t != tok.eos_id]
+    assert text == tok.decode(new)
+    expected, i = [], 0
+    while i < len(new):
+      if new[i] == tok.sid.sid_open_id:
+        j = i + 1
+        while j < len(new) and new[j] not in (tok.sid.sid_open_id, tok.sid.sid_close_id):
+          j += 1
+        span = new[i + 1:j]
+        expected.append(_parse_python(tok, sid_map, span) if len(span) == 3 else -1)
+        i = j if j < len(new) and new[j] == tok.sid.sid_open_id else j + 1
+      else:
+        i += 1
+    assert rows == expected
+    spans += len(expected)
+    valid += sum(e >= 0 for e in expected)
+  assert stats['sids'] == spans and stats['valid'] == valid
+  full = NEORanker(model, tok, trie, prompt_len=96, batch_size=4, rows_head=False)
+  kwargs = dict(target_types=['movie', 'book'], max_new_tokens=12)
+  assert ranker.generate(prompts, 'ids', **kwargs) == full.generate(prompts, 'ids', **kwargs)
+
+
+def test_added_items_are_ranked_like_a_full_build():
+  """Rows missing from the SID map are added to a trie with capacity; ranking then equals
+  exhaustive scoring of the whole catalog, and adding them again is refused."""
+  sid_map, tok, model = _setup()
+  late = [2, 11, 16]
+  codes = np.array(sid_map.codes)
+  codes[late] = -1
+  partial = SIDMap(TYPES, LEVELS, codes, np.array(sid_map.type_index))
+  ranker = NEORanker(model, tok, SIDTrie.build(partial, tok.sid, capacity=len(sid_map)),
+                     prompt_len=96, batch_size=4)
+  prompt = 'Task: recommend. Type: movie. Format: ids. History: a b. Answer: '
+  before, _ = ranker.rank([prompt], ['movie'], num_beams=9)
+  assert not set(before[0].tolist()) & set(late)
+  ranker.add_items(late, [(TYPES[int(sid_map.type_index[r])], sid_map.codes[r]) for r in late])
+  items, scores = ranker.rank([prompt], ['movie'], num_beams=9)
+  ref = _exhaustive(model, tok, sid_map, prompt, 'movie')
+  order = sorted(ref, key=ref.get, reverse=True)
+  np.testing.assert_array_equal(items[0], order)
+  np.testing.assert_allclose(scores[0], [ref[i] for i in order], rtol=1e-5, atol=1e-4)
+  with pytest.raises(ValueError, match='in the trie already'):
+    ranker.add_items(late[:1], [('book', (0, 0, 0))])

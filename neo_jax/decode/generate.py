@@ -19,6 +19,10 @@ logits under a per-row mask:
 Tokens are greedy by default; with temperature > 0 text tokens are sampled (codes too when
 `sample_codes`). A row stops after eos outside a span or after max_new_tokens.
 
+Unconstrained (`constrained=False`, the paper's ablation): no trie, no format masks, no item
+limit: every token of the vocabulary [0, end of the SID block) may follow any other. Spans are
+not tracked (items stay -1, num_items 0); the caller parses the tokens back to items.
+
 Rows-only LM head. Given the step split in two (`hidden_fn`, `head_fn`, see
 neo_jax/decode/cache.py) instead of a `step_fn`, a step after which no unfinished row is
 outside a span computes only the LM-head rows its rows can emit: per row, every type's codes of
@@ -87,8 +91,8 @@ def generate(step_fn: StepFn | None, cache, last_logits_BxV: jax.Array, last_pos
              rng: jax.Array | None = None, sample_codes: bool = False,
              request: RequestFilter | None = None, num_beams: int = 1,
              cache_batch_axis: CacheBatchAxis = default_cache_batch_axis,
-             hidden_fn: HiddenFn | None = None, head_fn: HeadFn | None = None
-             ) -> GenerateOutput:
+             hidden_fn: HiddenFn | None = None, head_fn: HeadFn | None = None,
+             constrained: bool = True) -> GenerateOutput:
   """Generates up to max_new_tokens tokens after each prompt.
 
   Args:
@@ -116,6 +120,7 @@ def generate(step_fn: StepFn | None, cache, last_logits_BxV: jax.Array, last_pos
     hidden_fn, head_fn: static, the step split in two (neo_jax/decode/cache.py); given both,
       they replace step_fn and steps inside spans compute only the code rows of the LM head
       (see the module docstring).
+    constrained: static; False decodes without any mask (see the module docstring).
 
   Returns:
     GenerateOutput.
@@ -168,7 +173,8 @@ def generate(step_fn: StepFn | None, cache, last_logits_BxV: jax.Array, last_pos
                    jnp.asarray(sample_codes, bool), request, max_new_tokens=max_new_tokens,
                    eos_id=eos_id, pad_id=pad_id, output_format=output_format,
                    item_slots=item_slots, num_beams=num_beams,
-                   cache_batch_axis=cache_batch_axis, hidden_fn=hidden_fn, head_fn=head_fn)
+                   cache_batch_axis=cache_batch_axis, hidden_fn=hidden_fn, head_fn=head_fn,
+                   constrained=bool(constrained))
   if num_beams == 1:
     return out.replace(scores=None,
                        rows_only_steps=None if hidden_fn is None else out.rows_only_steps)
@@ -179,11 +185,12 @@ def generate(step_fn: StepFn | None, cache, last_logits_BxV: jax.Array, last_pos
 
 @functools.partial(jax.jit, static_argnames=('step_fn', 'max_new_tokens', 'eos_id', 'pad_id',
                                              'output_format', 'item_slots', 'num_beams',
-                                             'cache_batch_axis', 'hidden_fn', 'head_fn'))
+                                             'cache_batch_axis', 'hidden_fn', 'head_fn',
+                                             'constrained'))
 def _generate(step_fn, cache, last_logits_BxV, last_positions_B, trie: SIDTrie,
               vocab: SIDVocabArrays, separators_S, allowed_types_BxT, temperature, rng,
               sample_codes, request, *, max_new_tokens, eos_id, pad_id, output_format, item_slots,
-              num_beams, cache_batch_axis, hidden_fn, head_fn):
+              num_beams, cache_batch_axis, hidden_fn, head_fn, constrained=True):
   batch, vocab_size = last_logits_BxV.shape
   num_levels, num_types = trie.num_levels, trie.num_types
   offsets_TxL = vocab.offsets_TxL
@@ -301,8 +308,11 @@ def _generate(step_fn, cache, last_logits_BxV, last_positions_B, trie: SIDTrie,
     return tok_N, state
 
   def body(state):
-    mask_BxV = mask_for(state['level'], state['type'], state['node'], state['num_items'],
-                        state['leaves'])
+    if constrained:
+      mask_BxV = mask_for(state['level'], state['type'], state['node'], state['num_items'],
+                          state['leaves'])
+    else:  # any token (rows past the SID block are padding of the model's vocabulary)
+      mask_BxV = jnp.broadcast_to(ids_V < vocab.end, (batch, vocab_size))
     rng, key = jax.random.split(state['rng'])
     if num_beams > 1:
       tok_B, state = beam_step(state, mask_BxV)
@@ -319,6 +329,9 @@ def _generate(step_fn, cache, last_logits_BxV, last_positions_B, trie: SIDTrie,
 
     next_level_B, next_type_B, next_node_B, item_B, leaf_B = advance(tok_B, level_B, type_B,
                                                                      node_B)
+    if not constrained:  # spans are not tracked: the tokens need not follow the grammar
+      next_level_B = level_B
+      item_B = leaf_B = jnp.full_like(item_B, -1)
     live_B = ~done_B
     completes_B = live_B & (item_B >= 0)
     slot_B = jnp.where(completes_B, state['num_items'], item_slots)

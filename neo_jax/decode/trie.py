@@ -372,6 +372,40 @@ class SIDTrie:
     return items, codes, types
 
 
+def lookup_items(trie: SIDTrie, types_N: np.ndarray, codes_NxL: np.ndarray,
+                 live_only: bool = True) -> np.ndarray:
+  """Host lookup of SIDs: the catalog row holding each (type, codes), -1 where none does.
+
+  For parsing what unconstrained decoding produced. Vectorised numpy walk down the bitmaps
+  (L lookups per SID). Out-of-range types or codes give -1; with live_only, so do removed items.
+
+  Args:
+    trie: the trie.
+    types_N: (N,) int type indices.
+    codes_NxL: (N, L) int codes.
+
+  Returns:
+    (N,) int32 catalog rows.
+  """
+  types_N = np.asarray(types_N, np.int64).reshape(-1)
+  codes_NxL = np.asarray(codes_NxL, np.int64).reshape(types_N.size, trie.num_levels)
+  sizes_TxL = np.array(trie.level_sizes or [trie.kmax] * trie.num_types, np.int64)
+  ok = (types_N >= 0) & (types_N < trie.num_types)
+  node = np.where(ok, types_N, 0)
+  ok &= np.all((codes_NxL >= 0) & (codes_NxL < sizes_TxL[node]), axis=1)
+  for l in range(trie.num_levels):
+    code = np.where(ok, codes_NxL[:, l], 0)
+    word, bit = code // _WORD, (code % _WORD).astype(np.uint32)
+    word_bits = np.asarray(trie.bitmaps[l])[node, word]
+    ok &= ((word_bits >> bit) & 1) == 1
+    below = np.bitwise_count(word_bits & ((np.uint32(1) << bit) - np.uint32(1)))
+    node = np.where(ok, np.asarray(trie.child_base[l])[node, word].astype(np.int64) + below, 0)
+  if live_only:
+    live = np.diff(np.asarray(trie.live_prefix)) > 0
+    ok &= live[node]
+  return np.where(ok, np.asarray(trie.leaf_item)[node], -1).astype(np.int32)
+
+
 def _pad_rows(x: np.ndarray, rows: int, value) -> np.ndarray:
   """x with rows appended (filled with `value`) up to `rows` rows."""
   if x.shape[0] == rows:

@@ -11,8 +11,20 @@ score='codes' computes only the LM-head rows of the current level's codes inside
 step and can reorder items (see neo_jax/decode/beam_search.py).
 
 Request constraints (exclusions such as a user's history, allow-lists) and catalog updates
-(`remove_items` / `restore_items`, applied to the trie's arrays with unchanged shapes) never
-recompile; a removed item is never returned after the update.
+(`remove_items` / `restore_items`, and `add_items` within the trie's capacity, applied to the
+trie's arrays with unchanged shapes) never recompile; a removed item is never returned after
+the update.
+
+Generation computes only the code rows of the LM head inside SID spans (`rows_head`, see
+neo_jax/decode/generate.py); greedy and sampled outputs equal the full head's.
+
+Unconstrained decoding (`constrained=False`, the paper's ablation and its steerability test
+"with constraints off"): `rank` runs plain beam search over the full vocabulary for the SID's
+L tokens after `[SID]`, `generate` decodes with no mask at all; the produced SIDs are parsed
+back to catalog items (a span that is malformed, or names no live item, gives -1), and the
+returned stats count them. Request constraints cannot steer unconstrained decoding, so
+`excluded` / `allowed` are not applied there (the stats count how many named items they would
+have rejected); target types are only asked for in the prompt.
 """
 
 from __future__ import annotations
@@ -27,8 +39,8 @@ from flax import nnx
 
 from neo_jax.decode import cache as cache_lib
 from neo_jax.decode.generate import generate as constrained_generate
-from neo_jax.decode.beam_search import SCORES, sid_beam_search
-from neo_jax.decode.trie import SIDTrie, SIDVocabArrays, request_filter
+from neo_jax.decode.beam_search import SCORES, sid_beam_search, vocab_beam_search
+from neo_jax.decode.trie import SIDTrie, SIDVocabArrays, lookup_items, request_filter
 from neo_jax.model.decoder import Decoder
 from neo_jax.tokenizer.base import Tokenizer
 
@@ -36,12 +48,16 @@ from neo_jax.tokenizer.base import Tokenizer
 class NEORanker:
 
   def __init__(self, model: Decoder, tokenizer: Tokenizer, trie: SIDTrie, *,
-               prompt_len: int, batch_size: int = 32, score: str = 'vocab'):
+               prompt_len: int, batch_size: int = 32, score: str = 'vocab',
+               rows_head: bool = True):
     """prompt_len: token width prompts are cut (oldest tokens first) or left-padded to,
-    including the bos and the trailing `[SID]`. score: 'vocab' or 'codes' (rows-only)."""
+    including the bos and the trailing `[SID]`. score: 'vocab' or 'codes' (rows-only) for
+    `rank`. rows_head: `generate` computes only code rows of the LM head inside spans."""
     if score not in SCORES:
       raise ValueError(f'unknown score {score!r}; known: {SCORES}')
     self.score = score
+    self.rows_head = bool(rows_head)
+    self.last_stats: dict | None = None
     self.tokenizer = tokenizer
     self.trie = trie
     self.vocab_arrays = SIDVocabArrays.from_vocab(tokenizer.sid)
@@ -76,6 +92,37 @@ class NEORanker:
     """Catalog update: these rows (built into the trie) may be returned again."""
     self.trie = self.trie.set_live(items, True)
 
+  def add_items(self, items: Sequence[int], sids: Sequence[tuple[str, Sequence[int]]],
+                live: bool = True) -> None:
+    """Catalog update: new rows `items` with SIDs `sids` ((type name, codes) each) that no
+    row holds yet, within the trie's capacity (`SIDTrie.build(..., capacity=)`); no
+    recompilation. Metadata of the new rows (titles, ...) is the caller's to keep."""
+    if len(items) != len(sids):
+      raise ValueError(f'{len(items)} items but {len(sids)} SIDs')
+    unknown = sorted({t for t, _ in sids} - set(self.type_names))
+    if unknown:
+      raise ValueError(f'unknown entity types {unknown}; known: {self.type_names}')
+    types = np.array([self.type_names.index(t) for t, _ in sids], np.int64)
+    codes = np.array([list(c) for _, c in sids], np.int64).reshape(len(sids),
+                                                                   self.trie.num_levels)
+    self.trie = self.trie.add_items(np.asarray(items, np.int64), codes, types, live=live)
+
+  def parse_sids(self, tokens_NxL: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids of N SIDs (the L codes each, without delimiters) -> (catalog rows (N,)
+    int32, -1 where the tokens are not the codes of one type in level order or name no live
+    item; types (N,) int32, -1 where the first token is no level-0 code)."""
+    tokens = np.asarray(tokens_NxL, np.int64).reshape(-1, self.trie.num_levels)
+    offsets = np.asarray(self.tokenizer.sid.offsets_TxL, np.int64)
+    sizes = np.array([self.tokenizer.sid.level_sizes[t] for t in self.type_names], np.int64)
+    # Level-0 blocks are laid out in type order: the type is the last block starting at or
+    # before the first token.
+    t = np.clip(np.searchsorted(offsets[:, 0], tokens[:, 0], side='right') - 1, 0, None)
+    codes = tokens - offsets[t]
+    ok = np.all((codes >= 0) & (codes < sizes[t]), axis=1)
+    rows = lookup_items(self.trie, np.where(ok, t, 0), np.where(ok[:, None], codes, 0))
+    first_ok = (codes[:, 0] >= 0) & (codes[:, 0] < sizes[t, 0])
+    return np.where(ok, rows, -1), np.where(first_ok, t, -1).astype(np.int32)
+
   def _filters(self, n, excluded, allowed):
     """Per batch, the RequestFilter (or None when there are no request constraints)."""
     for name, lists in (('excluded', excluded), ('allowed', allowed)):
@@ -109,9 +156,9 @@ class NEORanker:
       yield (real, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(valid),
              jnp.asarray(self._allowed(types)))
 
-  @functools.partial(jax.jit, static_argnames=('self', 'num_beams'))
+  @functools.partial(jax.jit, static_argnames=('self', 'num_beams', 'constrained'))
   def _search(self, state, trie, vocab_arrays, tokens_BxT, positions_BxT, valid_BxT,
-              allowed_BxT, request, num_beams):
+              allowed_BxT, request, num_beams, constrained=True):
     model = nnx.merge(self.graphdef, state)
     batch, width = tokens_BxT.shape
     cache = model.init_cache(batch, width + trie.num_levels)
@@ -127,20 +174,30 @@ class NEORanker:
     h, cache = model.decode_hidden(tokens_BxT, positions_BxT, cache, valid_BxT)
     last_logits = model.logits_from_hidden(h[:, -1])
     last_pos = positions_BxT[:, -1]
+    if not constrained:
+      return vocab_beam_search(step_fn, cache, last_logits, last_pos, num_beams,
+                               trie.num_levels)
     return sid_beam_search(step_fn, cache, last_logits, last_pos, trie, vocab_arrays,
                            num_beams, allowed_BxT, request=request, score=self.score,
                            row_step_fn=row_step_fn if self.score == 'codes' else None)
 
   def rank(self, prompts: Sequence[str], target_types: Sequence[str | None], num_beams: int,
            *, excluded: Sequence[Sequence[int]] | None = None,
-           allowed: Sequence[Sequence[int] | None] | None = None
-           ) -> tuple[np.ndarray, np.ndarray]:
+           allowed: Sequence[Sequence[int] | None] | None = None, constrained: bool = True):
     """(items (B, num_beams) int32 rows best first, -1 if fewer exist; scores (B, num_beams)).
 
     `target_types[b]` restricts request b to one entity type (None: any type); `excluded[b]`
     lists catalog rows request b must not get (e.g. its history); `allowed[b]`, when not None,
-    the only rows it may get."""
+    the only rows it may get.
+
+    constrained=False: plain beam search over the full vocabulary (no trie, no request
+    constraints; the target type is only in the prompt); returns (items, scores, stats), items
+    -1 where a beam's tokens name no live catalog item, scores the full-softmax
+    log-probabilities of the beams' tokens, stats as `_unconstrained_rank_stats` (also kept in
+    `self.last_stats`)."""
     items, scores = [], []
+    if not constrained:
+      return self._rank_unconstrained(prompts, target_types, num_beams, excluded, allowed)
     filters = self._filters(len(prompts), excluded, allowed)
     for (real, tokens, positions, valid, allowed_types), request in zip(
         self._batches(prompts, target_types, True), filters):
@@ -150,11 +207,55 @@ class NEORanker:
       scores.append(np.asarray(sc)[:real])
     return np.concatenate(items), np.concatenate(scores)
 
+  def _rank_unconstrained(self, prompts, target_types, num_beams, excluded, allowed):
+    for name, lists in (('excluded', excluded), ('allowed', allowed)):
+      if lists is not None and len(lists) != len(prompts):
+        raise ValueError(f'{len(prompts)} prompts but {len(lists)} {name} lists')
+    items, scores, types = [], [], []
+    for real, tokens, positions, valid, allowed_types in self._batches(prompts, target_types,
+                                                                       True):
+      toks, sc = self._search(self.state, self.trie, self.vocab_arrays, tokens, positions,
+                              valid, allowed_types, None, num_beams, constrained=False)
+      toks = np.asarray(toks)[:real]
+      rows, ts = self.parse_sids(toks.reshape(-1, self.trie.num_levels))
+      items.append(rows.reshape(real, num_beams))
+      types.append(np.where(rows >= 0, ts, -1).reshape(real, num_beams))
+      scores.append(np.asarray(sc)[:real])
+    items, scores, types = np.concatenate(items), np.concatenate(scores), np.concatenate(types)
+    self.last_stats = self._unconstrained_stats(items, types, target_types, excluded, allowed)
+    return items, scores, self.last_stats
+
+  def _unconstrained_stats(self, items_per_request, types_per_request, target_types, excluded,
+                           allowed) -> dict:
+    """Counts over the SIDs unconstrained decoding produced: `sids` (all), `valid` (naming a
+    live catalog item), `valid_fraction`; `typed_sids` (SIDs of requests that asked for a
+    type) and `of_target_type` (valid ones of that type), `target_type_fraction`;
+    `excluded_named` / `not_allowed_named`: valid items a request's exclusions / allow-list
+    would have rejected (constrained decoding never names them)."""
+    total = valid = typed = on_type = ex = na = 0
+    for b, (rows, ts) in enumerate(zip(items_per_request, types_per_request)):
+      rows, ts = np.asarray(rows), np.asarray(ts)
+      total += rows.size
+      good = rows[rows >= 0].tolist()
+      valid += len(good)
+      if target_types[b] is not None:
+        typed += rows.size
+        on_type += int(np.sum(ts[rows >= 0] == self.type_names.index(target_types[b])))
+      if excluded is not None:
+        ex += sum(r in set(excluded[b]) for r in good)
+      if allowed is not None and allowed[b] is not None:
+        na += sum(r not in set(allowed[b]) for r in good)
+    return {'sids': total, 'valid': valid, 'valid_fraction': valid / total if total else 0.0,
+            'typed_sids': typed, 'of_target_type': on_type,
+            'target_type_fraction': on_type / typed if typed else 0.0,
+            'excluded_named': ex, 'not_allowed_named': na}
+
   @functools.partial(jax.jit, static_argnames=('self', 'output_format', 'max_new_tokens',
-                                               'max_items', 'separators', 'num_beams'))
+                                               'max_items', 'separators', 'num_beams',
+                                               'constrained'))
   def _generate(self, state, trie, vocab_arrays, tokens_BxT, positions_BxT, valid_BxT,
                 allowed_BxT, request, output_format, max_new_tokens, max_items, separators,
-                num_beams=1):
+                num_beams=1, constrained=True):
     model = nnx.merge(self.graphdef, state)
     batch, width = tokens_BxT.shape
     cache = model.init_cache(batch, width + max_new_tokens)
@@ -162,38 +263,93 @@ class NEORanker:
     def step_fn(tokens, positions, cache, valid):
       return model.decode(tokens, positions, cache, valid)
 
-    last_logits, last_pos, cache = cache_lib.prefill(step_fn, cache, tokens_BxT, positions_BxT,
-                                                     valid_BxT)
+    def hidden_fn(tokens, positions, cache, valid):
+      return model.decode_hidden(tokens, positions, cache, valid)
+
+    def head_fn(h, rows=None):
+      return model.logits_from_hidden(h, rows)
+
+    # The prompt: hidden states everywhere, the full LM head at its last token only.
+    h, cache = model.decode_hidden(tokens_BxT, positions_BxT, cache, valid_BxT)
+    last_logits = model.logits_from_hidden(h[:, -1]).astype(jnp.float32)
+    split = dict(hidden_fn=hidden_fn, head_fn=head_fn) if self.rows_head else {}
     return constrained_generate(
-        step_fn, cache, last_logits, last_pos, trie, vocab_arrays,
-        max_new_tokens=max_new_tokens, eos_id=self.tokenizer.eos_id,
+        None if self.rows_head else step_fn, cache, last_logits, positions_BxT[:, -1], trie,
+        vocab_arrays, max_new_tokens=max_new_tokens, eos_id=self.tokenizer.eos_id,
         pad_id=self.tokenizer.pad_id, output_format=output_format, separator_ids=separators,
-        max_items=max_items, allowed_types_BxT=allowed_BxT, request=request, num_beams=num_beams)
+        max_items=max_items, allowed_types_BxT=allowed_BxT, request=request, num_beams=num_beams,
+        constrained=constrained, **split)
 
   def generate(self, prompts: Sequence[str], output_format: str, *,
                target_types: Sequence[str | None] | None = None, max_new_tokens: int = 48,
                max_items: int | None = None,
                excluded: Sequence[Sequence[int]] | None = None,
-               allowed: Sequence[Sequence[int] | None] | None = None, num_beams: int = 1
-               ) -> list[tuple[str, list[int]]]:
+               allowed: Sequence[Sequence[int] | None] | None = None, num_beams: int = 1,
+               constrained: bool = True):
     """Greedy constrained generation; per prompt (the decoded text with SID markup, the
     catalog rows of the items it names, distinct). In the 'ids' format spaces, commas and
     newlines may separate the spans. excluded / allowed: as in `rank`. num_beams > 1: the
-    beam variant (the most probable whole answer among num_beams hypotheses)."""
+    beam variant (the most probable whole answer among num_beams hypotheses).
+
+    constrained=False: no mask at all (no trie, no format or type masks, no item limit, no
+    request constraints); returns (outputs, stats): per prompt (text, rows of its `[SID]` spans
+    in order, -1 for a span that is malformed or names no live item, repeats kept), and
+    stats as in `_unconstrained_stats` over the spans (also in `self.last_stats`)."""
     if target_types is None:
       target_types = [None] * len(prompts)
     separators = tuple(sorted({i for s in (' ', ', ', ',', '\n')
                                for i in self.tokenizer.encode_text(s)}))
-    out = []
-    filters = self._filters(len(prompts), excluded, allowed)
+    out, span_rows, span_types = [], [], []
+    filters = (self._filters(len(prompts), excluded, allowed) if constrained
+               else [None] * -(-len(prompts) // self.batch_size))
     for (real, tokens, positions, valid, allowed_types), request in zip(
         self._batches(prompts, target_types, False), filters):
       res = self._generate(self.state, self.trie, self.vocab_arrays, tokens, positions, valid,
                            allowed_types, request, output_format, max_new_tokens, max_items,
-                           separators, num_beams)
+                           separators, num_beams, constrained)
       toks, lengths = np.asarray(res.tokens), np.asarray(res.lengths)
       items, counts = np.asarray(res.items), np.asarray(res.num_items)
       for b in range(real):
         ids = [int(t) for t in toks[b, :lengths[b]] if t != self.tokenizer.eos_id]
-        out.append((self.tokenizer.decode(ids), items[b, :counts[b]].tolist()))
-    return out
+        if constrained:
+          out.append((self.tokenizer.decode(ids), items[b, :counts[b]].tolist()))
+          continue
+        rows, types = self._parse_spans(ids)
+        span_rows.append(rows)
+        span_types.append(types)
+        out.append((self.tokenizer.decode(ids), rows.tolist()))
+    if constrained:
+      return out
+    if excluded is not None and len(excluded) != len(prompts):
+      raise ValueError(f'{len(prompts)} prompts but {len(excluded)} excluded lists')
+    if allowed is not None and len(allowed) != len(prompts):
+      raise ValueError(f'{len(prompts)} prompts but {len(allowed)} allowed lists')
+    self.last_stats = self._unconstrained_stats(span_rows, span_types, target_types, excluded,
+                                                allowed)
+    return out, self.last_stats
+
+  def _parse_spans(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The `[SID]` spans of a token list (each up to the next delimiter or the end): (rows,
+    types), -1 for a span that is not L codes of one type in level order naming a live item."""
+    sid = self.tokenizer.sid
+    spans, current = [], None
+    for t in ids:
+      if t == sid.sid_open_id:
+        if current is not None:  # a span cut short by a new `[SID]`
+          spans.append(current)
+        current = []
+      elif t == sid.sid_close_id:
+        if current is not None:
+          spans.append(current)
+        current = None
+      elif current is not None:
+        current.append(t)
+    if current is not None:  # cut by the end of the answer
+      spans.append(current)
+    num_levels = self.trie.num_levels
+    well_formed = np.array([len(s) == num_levels for s in spans], bool)
+    tokens = np.array([s if len(s) == num_levels else [0] * num_levels for s in spans],
+                      np.int64).reshape(-1, num_levels)
+    rows, types = self.parse_sids(tokens)
+    return (np.where(well_formed, rows, -1).astype(np.int32),
+            np.where(well_formed & (rows >= 0), types, -1).astype(np.int32))
