@@ -53,6 +53,8 @@ def make_baseline(name: str, log):
     return baselines.Popularity()
   if name == 'bm25':
     return baselines.BM25()
+  if name == 'bm25s':
+    return baselines.BM25S()
   if name == 'sasrec':
     from neo_jax.eval import sasrec  # pylint: disable=g-import-not-at-top
     grid = tuple((float(p.split(':')[0]), float(p.split(':')[1])) for p in SASREC_GRID.value)
