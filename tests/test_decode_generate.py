@@ -397,3 +397,23 @@ def test_rows_only_head_arguments():
     generate(None, {}, jnp.zeros((1, 20)), jnp.zeros(1, jnp.int32), None,
              SIDVocabArrays.from_vocab(SIDVocab(('a',), {'a': (2,)}, 8)), max_new_tokens=4,
              eos_id=EOS, pad_id=PAD, hidden_fn=lambda *a: a)
+
+
+def test_unconstrained_generation_is_plain_greedy(setup):
+  """constrained=False: greedy over every token of the vocabulary (no trie, format or item
+  masks), against the numpy chain; spans are not tracked."""
+  s = setup
+  out = run(s, output_format='ids', max_items=1, constrained=False)
+  codes_seen = 0
+  for b, prompt in enumerate(s['prompts']):
+    history, ref = list(prompt), []
+    for _ in range(MAX_NEW):
+      tok = int(np.argmax(markov_logits(s['first'], s['second'], history, s['position'])))
+      ref.append(tok)
+      history.append(tok)
+      if tok == EOS:
+        break
+    assert out.tokens[b, :out.lengths[b]].tolist() == ref
+    codes_seen += sum(s['vocab'].is_code(t) for t in ref)
+  assert codes_seen > 0  # the format and item limit would have forbidden them
+  assert (out.items == -1).all() and (out.num_items == 0).all()

@@ -255,3 +255,19 @@ def test_added_items_are_ranked_like_a_full_build():
   np.testing.assert_allclose(scores[0], [ref[i] for i in order], rtol=1e-5, atol=1e-4)
   with pytest.raises(ValueError, match='in the trie already'):
     ranker.add_items(late[:1], [('book', (0, 0, 0))])
+
+
+def test_parse_spans_of_unconstrained_output():
+  sid_map, tok, model = _setup()
+  ranker = NEORanker(model, tok, SIDTrie.build(sid_map, tok.sid), prompt_len=96)
+  o, c = tok.sid.sid_open_id, tok.sid.sid_close_id
+  codes = [[tok.sid.token_id(TYPES[int(sid_map.type_index[n])], l, int(x))
+            for l, x in enumerate(sid_map.codes[n])] for n in (3, 12)]
+  text = tok.encode('fox')
+  ids = (text + [o] + codes[0] + [c] + text + [o] + codes[1][:2] + [o] + codes[1] + [c]
+         + [c] + [o] + codes[0][::-1] + [c] + [o] + codes[1][:1])
+  rows, types = ranker._parse_spans(ids)
+  # Spans: item 3; cut by `[SID]`; item 12; the stray `[/SID]` is text; reversed codes; cut
+  # by the end.
+  assert rows.tolist() == [3, -1, 12, -1, -1]
+  assert types.tolist() == [int(sid_map.type_index[3]), -1, int(sid_map.type_index[12]), -1, -1]
