@@ -55,6 +55,9 @@ def make_baseline(name: str, log):
     return baselines.BM25()
   if name == 'bm25s':
     return baselines.BM25S()
+  if name == 'dense':
+    from neo_jax.eval import dense  # pylint: disable=g-import-not-at-top
+    return dense.Dense(cache_dir=os.path.join(WORKDIR.value, 'dense'))
   if name == 'sasrec':
     from neo_jax.eval import sasrec  # pylint: disable=g-import-not-at-top
     grid = tuple((float(p.split(':')[0]), float(p.split(':')[1])) for p in SASREC_GRID.value)

@@ -1,0 +1,123 @@
+"""Dense retrieval with a sentence encoder (all-MiniLM-L6-v2 by default): the zero-shot
+embedding-search baseline.
+
+Every item's text (`Catalog.text`: title, description, tags) is encoded once into a unit
+vector, cached under `cache_dir` when one is given (keyed by the encoder's name and a hash of
+the texts, so a changed catalog or encoder re-encodes); a query is encoded the same way and
+items are ranked by cosine similarity within the requested type. For recommendation (a
+content-based recommender, like BM25's) the query vector is the mean of the last `last`
+history items' vectors, `last` tuned on the validation split. Nothing is trained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from neo_jax.eval import baselines
+
+
+def _texts_digest(texts: list[str]) -> str:
+  h = hashlib.sha256()
+  for t in texts:
+    h.update(t.encode('utf-8'))
+    h.update(b'\0')
+  return h.hexdigest()
+
+
+class Dense(baselines.Baseline):
+  """Cosine top-k over item-text embeddings (see the module docstring).
+
+  Args:
+    encoder: a `sid.features.TextEncoder` (`.name`, `.encode(texts) -> (N, D)`); default the
+      packaged all-MiniLM-L6-v2 (`sid.minilm.MiniLMEncoder`).
+    cache_dir: where item embeddings are cached (`dense_items.npy` + `dense_items.json`).
+    batch_size: MiniLM texts per forward pass (default encoder only).
+  """
+
+  name = 'dense'
+  LAST_GRID = (1, 3, 5, 10)
+
+  def __init__(self, encoder: Any = None, cache_dir: str | None = None, batch_size: int = 64,
+               last: int = 5, max_valid_requests: int = 1000):
+    super().__init__()
+    self._encoder = encoder
+    self.batch_size = batch_size
+    self.cache_dir = cache_dir
+    self.last = int(last)
+    self.max_valid_requests = max_valid_requests
+    self.item_emb: np.ndarray | None = None
+
+  @property
+  def encoder(self):
+    if self._encoder is None:
+      from neo_jax.sid import minilm  # pylint: disable=g-import-not-at-top (90 MB of weights)
+      self._encoder = minilm.MiniLMEncoder(batch_size=self.batch_size)
+    return self._encoder
+
+  def _unit(self, emb: np.ndarray, what: str) -> np.ndarray:
+    emb = np.asarray(emb, np.float32)
+    if not np.isfinite(emb).all():
+      raise ValueError(f'{self.encoder.name} gave non-finite {what} embeddings')
+    norm = np.linalg.norm(emb, axis=1, keepdims=True)
+    # An all-zero vector (e.g. hashed TF-IDF of an empty text) stays zero: similarity 0.
+    return emb / np.where(norm > 0, norm, 1.0)
+
+  def item_embeddings(self, catalog) -> tuple[np.ndarray, bool]:
+    """((N, D) unit vectors, whether they came from the cache)."""
+    texts = [catalog.text(n) for n in range(len(catalog))]
+    key = {'encoder': self.encoder.name, 'num_items': len(texts),
+           'texts_sha256': _texts_digest(texts)}
+    if self.cache_dir:
+      npy = os.path.join(self.cache_dir, 'dense_items.npy')
+      meta = os.path.join(self.cache_dir, 'dense_items.json')
+      if os.path.exists(npy) and os.path.exists(meta):
+        with open(meta) as f:
+          if json.load(f) == key:
+            emb = np.load(npy)
+            if emb.shape[0] == len(texts):
+              return emb, True
+    emb = self._unit(self.encoder.encode(texts), 'item')
+    if self.cache_dir:
+      os.makedirs(self.cache_dir, exist_ok=True)
+      tmp = npy + '.tmp.npy'
+      np.save(tmp, emb)
+      os.replace(tmp, npy)
+      with open(meta, 'w') as f:
+        json.dump(key, f)
+    return emb, False
+
+  def _fit(self, dataset, split, *, valid, valid_queries, exclude_history):
+    del valid_queries  # nothing to tune for search: the encoder is used as it is
+    self.item_emb, cached = self.item_embeddings(dataset.catalog)
+    facts: dict[str, Any] = {'encoder': self.encoder.name, 'cached': float(cached),
+                             'dim': int(self.item_emb.shape[1])}
+    if valid and split.valid:
+      best = None
+      for last in self.LAST_GRID:
+        self.last = last
+        score = baselines.recommend_metrics(
+            self, split.valid, ks=(10,), exclude_history=exclude_history,
+            max_requests=self.max_valid_requests)['ndcg@10']
+        facts[f'valid_ndcg@10/last={last}'] = score
+        if best is None or score > best[0]:
+          best = (score, last)
+      self.last = best[1]
+      facts['valid_ndcg@10'] = best[0]
+    facts['last'] = self.last
+    return facts
+
+  def search_scores(self, queries):
+    q = self._unit(self.encoder.encode(list(queries)), 'query')
+    return q @ self.item_emb.T
+
+  def recommend_scores(self, histories):
+    q = np.zeros((len(histories), self.item_emb.shape[1]), np.float32)
+    for b, h in enumerate(histories):
+      if h.size:
+        q[b] = self.item_emb[h[-self.last:]].mean(0)
+    return q @ self.item_emb.T
