@@ -31,7 +31,8 @@ def add_experiment(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       # Registry names (neo_jax/eval/experiment.py BASELINES); one not in this checkout is
       # reported as missing.
       baselines=('popularity', 'bm25', 'dense', 'sasrec', 'tiger'),
-      # Any of no_grounding, stages_merged, random_sids, unconstrained.
+      # Any of no_grounding, stages_merged, random_sids, unconstrained (and random_init with a
+      # pretrained backbone).
       ablations=(),
       # Requests on the validation split: baselines are tuned on them; NEO-multi is scored on
       # neo_valid_requests of them (reported, never used to choose).

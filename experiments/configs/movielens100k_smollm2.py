@@ -25,5 +25,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.max_requests, c.eval.batch_size = 943, 32
   c.experiment.steer_requests, c.experiment.understanding_requests = 100, 200
   c.experiment.neo_valid_requests = 300
-  c.experiment.ablations = ('no_grounding', 'stages_merged', 'random_sids', 'unconstrained')
+  c.experiment.ablations = ('no_grounding', 'stages_merged', 'random_init', 'random_sids',
+                           'unconstrained')
   return c

@@ -40,6 +40,7 @@ from typing import Any, Callable, Sequence
 
 import ml_collections
 import numpy as np
+from flax import nnx
 
 from neo_jax import pipeline
 from neo_jax.catalog.splits import Split, Target
@@ -123,6 +124,19 @@ class SplitGuard:
     self._read('test', 'open_test', 'final')
 
 
+def _now() -> tuple[float, float]:
+  """(wall seconds, this process's CPU seconds over all threads)."""
+  return time.perf_counter(), time.process_time()
+
+
+def _record(out: dict[str, Any], name: str, start: tuple[float, float]) -> None:
+  """`seconds/<name>` (wall) and `cpu_seconds/<name>` since `start`. On a shared machine
+  the CPU seconds are the figure to size a run by (wall time depends on the other load)."""
+  wall, cpu = _now()
+  out[f'seconds/{name}'] = wall - start[0]
+  out[f'cpu_seconds/{name}'] = cpu - start[1]
+
+
 # -- metrics ---------------------------------------------------------------------------------
 
 def ranking_figures(ranked_BxK: np.ndarray, relevant: Sequence[Sequence[int]],
@@ -171,6 +185,37 @@ def register_baseline(name: str, make: Callable[[dict[str, Any]], baselines_lib.
   if not name or '/' in name:
     raise ValueError(f'baseline name must be non-empty without "/", got {name!r}')
   BASELINES[name] = make
+
+
+def fit_baselines(names_: Sequence[str], args: Any, dataset, view: Split,
+                  valid_queries: Sequence[Query], log: Log
+                  ) -> tuple[dict[str, baselines_lib.Baseline], dict[str, Any]]:
+  """Builds, fits (train) and tunes (validation) each named baseline. A baseline whose module
+  or class is not in this checkout gets `<name>/status` 'missing: ...' and no figures;
+  every other gets status 'ok', its fit facts and time. `view` must hold no test targets."""
+  if view.test:
+    raise ValueError('baselines must be fitted on a split without test targets')
+  fitted: dict[str, baselines_lib.Baseline] = {}
+  out: dict[str, Any] = {}
+  for name in names_:
+    t0 = _now()
+    kwargs = args[name].to_dict() if name in args and hasattr(args[name], 'to_dict') else (
+        dict(args[name]) if name in args else {})
+    try:
+      b = BASELINES[name](kwargs)
+    except (ImportError, AttributeError) as err:
+      out[f'{name}/status'] = f'missing: {type(err).__name__}: {err}'
+      log(f'baseline {name}: missing ({err})')
+      continue
+    fit_facts = b.fit(dataset, view, valid=True, valid_queries=list(valid_queries) or None)
+    fitted[name] = b
+    for k, v in fit_facts.items():
+      if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool):
+        out[f'{name}/fit/{k}'] = v
+    _record(out, f'baseline_{name}', t0)
+    out[f'{name}/status'] = 'ok'
+    log(f'baseline {name}: fitted, tuned on validation ({_now()[0] - t0[0]:.1f}s)')
+  return fitted, out
 
 
 # -- requests ----------------------------------------------------------------------------------
@@ -275,13 +320,13 @@ def train_neo(name: str, cfg: ml_collections.ConfigDict, art: pipeline.Artifacts
       shutil.copytree(src, dst)
       log(f'[{name}] grounding stage shared with {grounding_from}')
   model = pipeline.build_model(cfg, art.tokenizer)
-  t0 = time.perf_counter()
+  t0 = _now()
   kwargs = {'sid_map': art.sid_map} if _supports(pipeline.train, 'sid_map') else {}
   summary = pipeline.train(cfg, model, art.tokenizer, exs, run_dir,
                            lambda s: log(f'{name} {s}'), **kwargs)
   facts_ = {f'{name}/train/{k}': v for k, v in summary.items()
             if isinstance(v, (int, float, np.floating, np.integer))}
-  facts_[f'seconds/train_{name}'] = time.perf_counter() - t0
+  _record(facts_, f'train_{name}', t0)
   facts_[f'{name}/capability_examples'] = len(exs['capability'])
   return model, facts_
 
@@ -305,9 +350,25 @@ def rank_neo(ranker: NEORanker, req: Requests, num_beams: int, catalog, reachabl
   return items, checked, valid
 
 
-def make_ranker(cfg, model, art: pipeline.Artifacts) -> NEORanker:
-  return NEORanker(model, art.tokenizer, art.trie, prompt_len=cfg.train.seq_len - 8,
-                   batch_size=cfg.eval.batch_size)
+class Rankers:
+  """One NEORanker per set of artifacts (tokenizer + trie), pointed at each model in turn.
+
+  NEORanker's jitted programs are cached per ranker object, with the parameters as an
+  argument: models of one shape then share one compilation instead of one each (the
+  training-time evaluator in neo_jax/pipeline.py does the same)."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict):
+    self.cfg = cfg
+    self._by_art: dict[int, NEORanker] = {}
+
+  def __call__(self, model, art: pipeline.Artifacts) -> NEORanker:
+    ranker = self._by_art.get(id(art))
+    if ranker is None:
+      ranker = NEORanker(model, art.tokenizer, art.trie, prompt_len=self.cfg.train.seq_len - 8,
+                         batch_size=self.cfg.eval.batch_size)
+      self._by_art[id(art)] = ranker
+    ranker.graphdef, ranker.state = nnx.split(model)
+    return ranker
 
 
 # -- steerability and understanding ------------------------------------------------------------
@@ -354,20 +415,22 @@ def steer_and_understand(cfg, ranker: NEORanker, art: pipeline.Artifacts, guard:
     fs = understanding.format_steerability(fmt_wanted, [g[0] for g in gens])
     out.update({k: v for k, v in fs.items() if k.startswith('format_steerability')})
     out['format_steerability/answers'] = fs['answers']
-  # User understanding.
+  # User understanding (decoding admits every format, like every generation here: one
+  # compiled program; the summary's SID spans, if any, name no attribute).
   summ = _subsample(guard.examples('summary_test', stage), e.understanding_requests, cfg.seed)
   if summ:
-    gens = ranker.generate([x.prompt for x in summ], 'text', max_new_tokens=e.max_new_tokens)
+    gens = ranker.generate([x.prompt for x in summ], 'mixed', max_new_tokens=e.max_new_tokens,
+                           max_items=3)
     vocab = facts.vocabulary_from(cat, art.dataset.users)
     profiles = [facts.user_profile(cat, by_user.get(x.user_id, np.zeros(0, np.int64)),
                                    art.dataset.users.get(x.user_id)) for x in summ]
     out.update(understanding.summary_understanding([g[0] for g in gens], profiles, vocab))
-  # Recsplanation faithfulness: the rationale must be true of the item the answer names.
+  # Recsplanation faithfulness: the rationale must be true of the first item the answer names.
   expl = _subsample(guard.examples('explain_test', stage), e.understanding_requests, cfg.seed)
   if expl:
     gens = ranker.generate([x.prompt for x in expl], 'mixed',
                            target_types=[x.target_type for x in expl],
-                           max_new_tokens=e.max_new_tokens, max_items=1)
+                           max_new_tokens=e.max_new_tokens, max_items=3)
     reachable = art.sid_map.reachable()
     hists = [[int(h) for h in by_user[x.user_id] if reachable[h]][-cfg.tasks.history_len:]
              for x in expl]
@@ -379,7 +442,7 @@ def steer_and_understand(cfg, ranker: NEORanker, art: pipeline.Artifacts, guard:
 
 # -- the experiment ----------------------------------------------------------------------------
 
-ABLATIONS = ('no_grounding', 'stages_merged', 'random_sids', 'unconstrained')
+ABLATIONS = ('no_grounding', 'stages_merged', 'random_init', 'random_sids', 'unconstrained')
 
 
 def ablation_config(cfg: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
@@ -391,6 +454,12 @@ def ablation_config(cfg: ml_collections.ConfigDict, name: str) -> ml_collections
     # pipeline.stage_plan: one full fine-tuning stage on capability + grounding examples for
     # the steps of both stages.
     c.train.merge_stages = True
+  elif name == 'random_init':
+    # pipeline.build_model: the backbone's shape and tokenizer, random weights.
+    if not cfg.model.get('backbone', ''):
+      raise ValueError("ablation 'random_init' needs a pretrained backbone (model.backbone); "
+                       'the decoder of this config starts from random weights already')
+    c.model.random_init = True
   elif name == 'random_sids':
     c.sid.method = 'random'
   elif name != 'unconstrained':
@@ -427,6 +496,7 @@ def _check_config(cfg: ml_collections.ConfigDict) -> None:
   for a in e.ablations:
     if a not in ABLATIONS:
       raise ValueError(f'experiment.ablations: unknown ablation {a!r}; known: {ABLATIONS}')
+    ablation_config(cfg, a)  # refuses an ablation the config cannot run, before any training
   for b in e.baselines:
     if b not in BASELINES:
       raise ValueError(f'experiment.baselines: unknown baseline {b!r}; known: '
@@ -443,15 +513,16 @@ def run_experiment(cfg: ml_collections.ConfigDict, workdir: str, log: Log = prin
   ks = tuple(int(k) for k in cfg.eval.ks)
   k_max = max(ks)
   beams = max(int(cfg.eval.num_beams), k_max)
-  t_all = time.perf_counter()
+  t_all = _now()
   result: dict[str, Any] = {}
-  t0 = time.perf_counter()
+  t0 = _now()
   art, examples, prep_facts = pipeline.prepare(cfg, workdir, log)
   art.model = None  # every system builds its own
   art.trie = SIDTrie.build(art.sid_map, art.tokenizer.sid)
   result.update(prep_facts)
-  result['seconds/prepare'] = time.perf_counter() - t0
+  _record(result, 'prepare', t0)
   guard = SplitGuard(examples, art.split, os.path.join(workdir, 'split_access.json'))
+  rankers = Rankers(cfg)
   cat = art.dataset.catalog
   reachable = art.sid_map.reachable()
 
@@ -473,15 +544,15 @@ def run_experiment(cfg: ml_collections.ConfigDict, workdir: str, log: Log = prin
     sub = f'ablation_{name}'
     if name == 'random_sids':
       # New SIDs change the tokenizer and every example: a whole preparation of its own.
-      t0 = time.perf_counter()
+      t0 = _now()
       a_art, a_ex, _ = pipeline.prepare(acfg, os.path.join(workdir, sub), log)
       a_art.model = None
       a_art.trie = SIDTrie.build(a_art.sid_map, a_art.tokenizer.sid)
       a_guard = SplitGuard(a_ex, a_art.split, os.path.join(workdir, sub, 'split_access.json'))
       model, f = train_neo('neo', acfg, a_art, a_guard, os.path.join(workdir, sub), log)
       f = {(f'{sub}/' + k[len('neo/'):] if k.startswith('neo/') else k): v
-           for k, v in f.items() if k != 'seconds/train_neo'}
-      f[f'seconds/train_{sub}'] = time.perf_counter() - t0  # preparation included
+           for k, v in f.items() if k not in ('seconds/train_neo', 'cpu_seconds/train_neo')}
+      _record(f, f'train_{sub}', t0)  # preparation included
       ablation_arts[name] = (model, a_art, a_guard)
     else:
       model, f = train_neo(sub, acfg, art, guard, workdir, log)
@@ -492,28 +563,13 @@ def run_experiment(cfg: ml_collections.ConfigDict, workdir: str, log: Log = prin
   view = guard.fit_view('baselines/fit')
   valid_queries = [Query(builders.query_of(x), tuple(x.target_items))
                    for x in guard.examples('search_valid', 'baselines/tune')]
-  fitted: dict[str, baselines_lib.Baseline] = {}
-  for name in e.baselines:
-    t0 = time.perf_counter()
-    args = cfg.baseline_args[name].to_dict() if name in cfg.get('baseline_args', {}) else {}
-    try:
-      b = BASELINES[name](args)
-    except (ImportError, AttributeError) as err:
-      result[f'{name}/status'] = f'missing: {type(err).__name__}: {err}'
-      log(f'baseline {name}: missing ({err})')
-      continue
-    fit_facts = b.fit(art.dataset, view, valid=True, valid_queries=valid_queries or None)
-    fitted[name] = b
-    for k, v in fit_facts.items():
-      if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool):
-        result[f'{name}/fit/{k}'] = v
-    result[f'seconds/baseline_{name}'] = time.perf_counter() - t0
-    result[f'{name}/status'] = 'ok'
-    log(f'baseline {name}: fitted, tuned on validation ({time.perf_counter() - t0:.1f}s)')
+  fitted, facts_ = fit_baselines(e.baselines, cfg.get('baseline_args', {}), art.dataset, view,
+                                 valid_queries, log)
+  result.update(facts_)
 
   # NEO on validation (never used to choose anything here; reported beside the test figures).
   if int(e.neo_valid_requests) > 0:
-    ranker = make_ranker(cfg, models['neo_multi'], art)
+    ranker = rankers(models['neo_multi'], art)
     for task in ('recommend', 'search'):
       req = make_requests(guard, 'valid', task, int(e.neo_valid_requests), cfg.seed,
                           'neo_multi/valid')
@@ -524,23 +580,23 @@ def run_experiment(cfg: ml_collections.ConfigDict, workdir: str, log: Log = prin
 
   # -- final evaluation on the test split --
   guard.open_test()
-  t0 = time.perf_counter()
+  t0 = _now()
   test_reqs = {task: make_requests(guard, 'test', task, int(cfg.eval.max_requests), cfg.seed,
                                    'final/requests') for task in ('recommend', 'search')}
   for task, req in test_reqs.items():
     result[f'requests/{task}'] = len(req.examples)
   checked = valid = 0
   for name, model in models.items():
-    ranker = make_ranker(cfg, model, art)
+    ranker = rankers(model, art)
     system = 'neo_mono' if name.startswith('neo_mono_') else name
     for task, req in test_reqs.items():
       if not req.examples or (name.startswith('neo_mono_') and name != f'neo_mono_{task}'):
         continue
-      t1 = time.perf_counter()
+      t1 = _now()
       items, c, v = rank_neo(ranker, req, beams, cat, reachable)
       checked, valid = checked + c, valid + v
       result.update(task_figures(_metric_prefix(system, task), items, req, cat, ks))
-      result[f'seconds/eval_{name}_{task}'] = time.perf_counter() - t1
+      _record(result, f'eval_{name}_{task}', t1)
     log(f'eval {name}: done')
   for name, b in fitted.items():
     for task in b.tasks:
@@ -565,7 +621,7 @@ def run_experiment(cfg: ml_collections.ConfigDict, workdir: str, log: Log = prin
       model, a_art, a_guard = models['neo_multi'], art, guard
     else:
       model, a_art, a_guard = ablation_arts[name]
-    a_ranker = make_ranker(cfg, model, a_art)
+    a_ranker = rankers(model, a_art)
     if a_guard is not guard:
       a_guard.open_test()
     for task in ('recommend', 'search'):
@@ -587,14 +643,14 @@ def run_experiment(cfg: ml_collections.ConfigDict, workdir: str, log: Log = prin
         result[f'{sys_name}/rel_{m}'] = (val - ref) / ref if ref else None
 
   # Steerability, understanding, faithfulness (NEO-multi) + validity of every generated SID.
-  t1 = time.perf_counter()
-  result.update(steer_and_understand(cfg, make_ranker(cfg, models['neo_multi'], art), art,
+  t1 = _now()
+  result.update(steer_and_understand(cfg, rankers(models['neo_multi'], art), art,
                                      guard, log))
-  result['seconds/steer_understand'] = time.perf_counter() - t1
+  _record(result, 'steer_understand', t1)
   result['sid_checked'] = checked
   result['valid_sid_fraction'] = valid / checked if checked else None
-  result['seconds/final_eval'] = time.perf_counter() - t0
-  result['seconds/total'] = time.perf_counter() - t_all
+  _record(result, 'final_eval', t0)
+  _record(result, 'total', t_all)
   result['dataset'] = cfg.data.source
   return _flat(result)
 

@@ -206,9 +206,10 @@ def write_report(workdir: str, result: dict[str, Any]) -> str:
   lines += [results_markdown(result), '## Protocol', '', PROTOCOL]
   timings = [k for k in sorted(result) if k.startswith('seconds/')]
   if timings:
-    lines += ['## Time (seconds)', '', '| part | seconds |', '|---|---|']
-    lines += [f'| {k[len("seconds/"):]} | {result[k]:.1f} |' for k in timings
-              if _is_num(result[k])]
+    lines += ['## Time', '', '| part | wall seconds | CPU seconds (all threads) |',
+              '|---|---|---|']
+    lines += [f'| {k[len("seconds/"):]} | {result[k]:.1f} | '
+              f'{_fmt(result.get("cpu_" + k))} |' for k in timings if _is_num(result[k])]
     lines.append('')
   lines += ['## Plots', '']
   if plot_training_curves(workdir, os.path.join(workdir, 'training_curves.png')):

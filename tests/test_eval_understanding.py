@@ -1,0 +1,105 @@
+"""Steerability, user-understanding and faithfulness scorers against hand-made cases whose
+answers are worked out by hand in the comments."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from neo_jax.catalog.types import Catalog
+from neo_jax.eval import understanding as u
+from neo_jax.tasks import facts
+
+S1 = '[SID]<movie:0:1><movie:1:2>[/SID]'
+S2 = '[SID]<book:0:3><book:1:0>[/SID]'
+
+
+def _catalog():
+  return Catalog(ids=['a', 'b', 'c'], type_names=('book', 'movie'),
+                 type_index=np.array([1, 0, 1], np.int32),
+                 titles=['Night Garden', 'Blue Train', 'Red Sky'], descriptions=['', '', ''],
+                 tags=[('jazz', 'noir'), ('trains', 'jazz'), ()],
+                 attributes=[{'year': 1994}, {}, {}], popularity=np.zeros(3, np.float32))
+
+
+def test_span_types_and_formats():
+  assert u.span_types(f'{S1} and {S2}') == ['movie', 'book']
+  assert u.span_types('no spans here') == []
+  # An unterminated last span still names its type; a span without codes names none.
+  assert u.span_types(f'{S2} [SID]<podcast:0:1>') == ['book', 'podcast']
+  assert u.span_types('[SID][/SID]') == [None]
+  assert u.output_format_of(f'{S1}, {S2}') == 'ids'
+  assert u.output_format_of(f'{S1} Night Garden, a movie.') == 'mixed'
+  assert u.output_format_of('Night Garden') == 'text'
+  assert u.output_format_of(' , ') == 'empty'
+
+
+def test_type_steerability_counts_items():
+  # Answers: 3 items of which 2 on type; 1 item on type; 2 items, none (one unknown).
+  out = u.type_steerability(['movie', 'book', 'movie'],
+                            [['movie', 'movie', 'book'], ['book'], ['book', None]])
+  assert out['type_steerability'] == pytest.approx(3 / 6)
+  assert out['items'] == 6
+  assert out['answers_all_on_type'] == pytest.approx(1 / 3)
+  empty = u.type_steerability(['movie'], [[]])
+  assert math.isnan(empty['type_steerability']) and empty['items'] == 0
+  with pytest.raises(ValueError, match='2 requested types but 1 answers'):
+    u.type_steerability(['a', 'b'], [['a']])
+
+
+def test_format_steerability():
+  texts = [f'{S1}', 'Night Garden', f'{S1} Night Garden', 'Night Garden']
+  out = u.format_steerability(['ids', 'text', 'mixed', 'ids'], texts)
+  assert out['format_steerability'] == pytest.approx(3 / 4)
+  assert out['format_steerability/ids'] == pytest.approx(1 / 2)
+  assert out['format_steerability/text'] == 1.0 and out['format_steerability/mixed'] == 1.0
+  with pytest.raises(ValueError, match="unknown output format 'xml'"):
+    u.format_steerability(['xml'], ['x'])
+
+
+def test_retype_prompt_changes_only_the_type():
+  p = 'Task: recommend. Type: movie. Format: ids. History: [SID]<movie:0:1>[/SID]. Answer: '
+  q = u.retype_prompt(p, 'recommend', 'movie', 'book')
+  assert q == p.replace('Type: movie.', 'Type: book.')
+  with pytest.raises(ValueError, match='no single'):
+    u.retype_prompt(p, 'recommend', 'podcast', 'book')
+
+
+def test_summary_understanding_hand_made():
+  vocab = facts.SummaryVocabulary(tags=frozenset({'drama', 'comedy', 'romance'}),
+                                  types=frozenset({'movie'}),
+                                  occupations=frozenset({'student'}))
+  profile = facts.UserProfile(tags=('Drama', 'Comedy'), eras=('1990s',), main_type='movie',
+                              age='25-34', gender='male', occupation='student')
+  # True attributes: drama, comedy, 1990s, movie, 25-34, male, student (7).
+  # Named: drama (true), romance (false), 1990s (true), movies (true) -> precision 3/4,
+  # recall 3/7.
+  out = u.summary_understanding(['Mostly into Drama and Romance. Mostly movies from the 1990s.',
+                                 'Nothing of note.'], [profile, profile], vocab)
+  p1, r1 = 3 / 4, 3 / 7
+  assert out['summary_precision'] == pytest.approx((p1 + 0.0) / 2)
+  assert out['summary_recall'] == pytest.approx((r1 + 0.0) / 2)
+  assert out['summary_f1'] == pytest.approx((2 * p1 * r1 / (p1 + r1)) / 2)
+  assert out['summary_empty'] == pytest.approx(1 / 2)
+  assert out['summaries'] == 2
+  assert math.isnan(u.summary_understanding([], [], vocab)['summary_precision'])
+
+
+def test_rationale_faithfulness_hand_made():
+  cat = _catalog()
+  good = f'{S1} Night Garden, a movie about jazz and noir from 1994; it shares jazz with "Blue Train".'
+  # Wrong type and a tag the item does not have: two unsupported claims.
+  bad = f'{S1} Night Garden, a book about trains.'
+  out = u.rationale_faithfulness([good, bad, 'no item named'], cat, [0, 0, None],
+                                 [[1], [1], [1]])
+  # good: title, type, jazz, noir, year, shared_tag = 6 claims, all true; bad: title (true),
+  # type (false), trains (false) = 3 claims.
+  assert out['faithful'] == pytest.approx(1 / 3)
+  assert out['claims_supported'] == pytest.approx(7 / 9)
+  assert out['no_item'] == pytest.approx(1 / 3)
+  assert out['unparsed'] == 0.0
+  assert out['explanations'] == 3
+  with pytest.raises(ValueError):
+    u.rationale_faithfulness(['x'], cat, [0, 1], [[1]])
