@@ -1,24 +1,34 @@
-"""Constrained decoding at catalog scale: trie size and build time, beam-search step times
-(constrained vs unconstrained), latency, throughput and validity, through the real decoder.
+"""Constrained decoding at catalog scale: trie size, build and update time, beam-search step
+times (constrained vs unconstrained), latency, throughput and validity, through the real decoder,
+for one or several model presets.
 
   python -m experiments.benchmarks.decode --num_items=10000000
+  python -m experiments.benchmarks.decode --num_items=1000000 --presets=tiny,smollm2-135m
 
 The catalog is `num_items` random SIDs of one type: `levels` random codes of K=`k` each plus a
 disambiguation level (an item's rank among the items with the same codes), as the SID map
-builds it (so 3 x 256 + 1 = 4 levels by default). The model is a preset (`tiny` by default)
-with random weights and the vocabulary `text_vocab` text tokens + the SID block; random weights
-are fine for timing, not for quality.
+builds it (so 3 x 256 + 1 = 4 levels by default). The trie is built from all but
+`add_items` of them with room for the whole catalog (`SIDTrie.build(..., capacity=num_items)`),
+and the rest are then added in place (`add_items`, timed), so every figure below is measured
+on the grown trie. Each model preset has random weights (fine for timing, not for quality) and
+the vocabulary `text_vocab` text tokens + the SID block.
 
-Measured in the same run, after one compile of each program (warm timings, medians):
-  * trie bytes per item and build seconds (numpy build + transfer);
+Per preset, measured in the same run, after one compile of each program (warm timings, medians):
   * per-step time of beam search (beam `beams`, batch `batch`, the prompt's KV cache already
     computed): constrained with the rows-only LM head (score='codes'), constrained with the full
     head (score='vocab'), and unconstrained full-vocabulary beam search; their ratios;
   * per-request latency p50/p99 at batch 1 (prompt + constrained search), and throughput at
-    batch `batch` (requests per second), both with a 50-item exclusion list per request;
+    batch `batch` (requests per second), both with a `history`-item exclusion list per request;
   * valid fraction: constrained items / generated SID spans checked against the catalog in
     numpy, and unconstrained beams' token sequences checked the same way;
+  * interleaved generation (ids format, sampled codes) per token: constrained with the
+    rows-only head inside spans, constrained with the full head, unconstrained (no masks), and
+    the valid fraction of the spans each produced;
   * a catalog update (removal of the items just returned) and a check that none comes back.
+The first preset's figures have plain keys (`constrained_over_unconstrained_step_time`, ...);
+every other preset's the same keys prefixed with `<preset>.`. Per-preset settings
+(`--preset_settings=smollm2-135m:batch=8`) override the flags for that preset; the defaults
+in PRESET_DEFAULTS keep smollm2-135m finishing on a 2-core CPU.
 Prints progress lines; the last line is the JSON result (also --workdir/result.json if given).
 """
 
@@ -39,7 +49,8 @@ from experiments import report
 from neo_jax.decode.beam_search import sid_beam_search, vocab_beam_search
 from neo_jax.decode.cache import left_pad
 from neo_jax.decode.generate import generate
-from neo_jax.decode.trie import SIDTrie, SIDVocabArrays, build_trie_arrays, request_filter
+from neo_jax.decode.trie import (SIDTrie, SIDVocabArrays, build_trie_arrays, lookup_items,
+                                 request_filter)
 from neo_jax.model.config import get_config
 from neo_jax.model.decoder import Decoder
 from neo_jax.sid.types import SIDMap
@@ -48,7 +59,11 @@ from neo_jax.tokenizer.sid_vocab import SIDVocab
 _NUM_ITEMS = flags.DEFINE_integer('num_items', 1_000_000, 'catalog size')
 _LEVELS = flags.DEFINE_integer('levels', 3, 'random code levels (a disambiguation level is added)')
 _K = flags.DEFINE_integer('k', 256, 'codes per random level')
-_PRESET = flags.DEFINE_string('preset', 'tiny', 'model preset (random weights)')
+_PRESETS = flags.DEFINE_list('presets', ['tiny'], 'model presets (random weights)')
+_PRESET_SETTINGS = flags.DEFINE_list(
+    'preset_settings', [], 'per-preset overrides PRESET:NAME=VALUE of text_vocab, beams, batch, '
+    'prompt_len, latency_requests, history, runs, gen_batch')
+_ADD_ITEMS = flags.DEFINE_integer('add_items', 10_000, 'items added in place after the build')
 _TEXT_VOCAB = flags.DEFINE_integer('text_vocab', 32_000, 'text tokens before the SID block')
 _BEAMS = flags.DEFINE_integer('beams', 30, 'beam width')
 _BATCH = flags.DEFINE_integer('batch', 64, 'requests per batch for step times and throughput')
@@ -56,6 +71,15 @@ _PROMPT_LEN = flags.DEFINE_integer('prompt_len', 32, 'prompt tokens (random text
 _LATENCY_REQUESTS = flags.DEFINE_integer('latency_requests', 40, 'batch-1 requests timed')
 _HISTORY = flags.DEFINE_integer('history', 50, 'excluded items per request (its "history")')
 _RUNS = flags.DEFINE_integer('runs', 3, 'timed warm runs per measurement')
+_GEN_BATCH = flags.DEFINE_integer('gen_batch', 8, 'requests per batch of interleaved generation')
+
+# Settings that keep a preset finishing on a loaded 2-core CPU (flags and --preset_settings
+# override them): the real SmolLM2 vocabulary, and fewer requests per batch.
+PRESET_DEFAULTS = {
+    'smollm2-135m': dict(text_vocab=49152, batch=8, latency_requests=10, gen_batch=4),
+}
+_SETTINGS = ('text_vocab', 'beams', 'batch', 'prompt_len', 'latency_requests', 'history', 'runs',
+             'gen_batch')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'optional: write result.json here')
 
 
@@ -119,45 +143,63 @@ def timed(fn, runs: int) -> tuple[float, list[float]]:
   return first, warm
 
 
-def main(argv):
-  del argv
-  n, beams, batch = _NUM_ITEMS.value, _BEAMS.value, _BATCH.value
-  t0 = time.perf_counter()
-  sid_map = random_sid_map(n, _LEVELS.value, _K.value)
+def settings_for(preset: str) -> dict:
+  """This preset's settings: --preset_settings, then flags given on the command line, then
+  PRESET_DEFAULTS, then the flags' defaults."""
+  out = {}
+  for name in _SETTINGS:
+    flag = flags.FLAGS[name]
+    out[name] = flag.value if flag.present else PRESET_DEFAULTS.get(preset, {}).get(
+        name, flag.value)
+  for entry in _PRESET_SETTINGS.value:
+    target, _, assignment = entry.partition(':')
+    name, _, value = assignment.partition('=')
+    if not (target and name in _SETTINGS and value):
+      raise ValueError(f'--preset_settings entry {entry!r} is not PRESET:NAME=VALUE with NAME in '
+                       f'{_SETTINGS}')
+    if target == preset:
+      out[name] = int(value)
+  return out
+
+
+def spans_of(tokens_BxM: np.ndarray, lengths_B: np.ndarray, open_id: int, num_levels: int):
+  """The L tokens after each `[SID]` of each row (spans cut by the end are left out)."""
+  spans = []
+  for row, length in zip(tokens_BxM, lengths_B):
+    row = row[:length].tolist()
+    for i, tok in enumerate(row):
+      if tok == open_id and i + num_levels < len(row):
+        spans.append(row[i + 1:i + 1 + num_levels])
+  return spans
+
+
+def run_preset(preset: str, settings: dict, sid_map: SIDMap, trie: SIDTrie,
+               keys: CatalogKeys) -> dict:
+  """Every per-model figure of the module docstring for one preset."""
+  n = len(sid_map)
+  beams, batch, runs = settings['beams'], settings['batch'], settings['runs']
+  prompt_len, history = settings['prompt_len'], settings['history']
+  text_vocab = settings['text_vocab']
   sizes = sid_map.level_sizes['item']
-  vocab = SIDVocab(('item',), sid_map.level_sizes, _TEXT_VOCAB.value)
+  vocab = SIDVocab(('item',), sid_map.level_sizes, text_vocab)
   num_levels = vocab.num_levels
-  print(f'{n} random items, level sizes {sizes}, vocabulary {vocab.end} '
-        f'(made in {time.perf_counter() - t0:.1f}s)', flush=True)
-
-  t0 = time.perf_counter()
-  arrays = build_trie_arrays(sid_map, vocab)
-  numpy_build_s = time.perf_counter() - t0
-  del arrays
-  t0 = time.perf_counter()
-  trie = jax.block_until_ready(SIDTrie.build(sid_map, vocab))
-  build_s = time.perf_counter() - t0
-  print(f'trie: {trie.nbytes / 2**20:.1f} MiB = {trie.nbytes / n:.2f} bytes/item; build '
-        f'{numpy_build_s:.2f}s (numpy structure) / {build_s:.2f}s (with liveness arrays and '
-        f'transfer); nodes per level {[int(b.shape[0]) for b in trie.bitmaps]}', flush=True)
   vocab_arrays = SIDVocabArrays.from_vocab(vocab)
-  keys = CatalogKeys(sid_map)
-
-  cfg = get_config(_PRESET.value, vocab_size=vocab.end)
+  cfg = get_config(preset, vocab_size=vocab.end)
   model = Decoder(cfg, rngs=nnx.Rngs(0))
   graphdef, state = nnx.split(model)
-  print(f'model {_PRESET.value}: d_model {cfg.d_model}, {cfg.num_layers} layers, vocabulary '
-        f'{cfg.vocab_size}', flush=True)
+  print(f'[{preset}] d_model {cfg.d_model}, {cfg.num_layers} layers, vocabulary '
+        f'{cfg.vocab_size} ({text_vocab} text + {vocab.size} SID); settings {settings}',
+        flush=True)
   rng = np.random.default_rng(1)
 
   def prompts_of(b):
-    ps = [list(rng.integers(3, _TEXT_VOCAB.value, _PROMPT_LEN.value - 1)) + [vocab.sid_open_id]
+    ps = [list(rng.integers(3, text_vocab, prompt_len - 1)) + [vocab.sid_open_id]
           for _ in range(b)]
     return tuple(jnp.asarray(x) for x in left_pad(ps, 0))
 
   def history_filter(b, trie_now):
-    hist = rng.integers(0, n, (b, _HISTORY.value))
-    return hist, request_filter(trie_now, excluded=hist.tolist(), width=_HISTORY.value)
+    hist = rng.integers(0, n, (b, history))
+    return hist, request_filter(trie_now, excluded=hist.tolist(), width=history)
 
   @jax.jit
   def prompt_fn(state, tokens, positions, valid):
@@ -194,70 +236,82 @@ def main(argv):
     for filt in ((None, request) if mode != 'unconstrained' else (None,)):
       name = mode + ('_filtered' if filt is not None else '')
       fn = functools.partial(search_fn, state, cache, last_logits, last_pos, trie, filt, mode)
-      first, warm = timed(fn, _RUNS.value)
+      first, warm = timed(fn, runs)
       step_ms[name] = 1e3 * float(np.median(warm)) / num_levels
       first_s[name] = first
       outputs[name] = jax.tree.map(np.asarray, fn())
-      print(f'beam search {name}: B={batch} K={beams} {step_ms[name]:.2f} ms/step '
+      print(f'[{preset}] beam search {name}: B={batch} K={beams} {step_ms[name]:.2f} ms/step '
             f'(first call {first:.1f}s)', flush=True)
   ratio = step_ms['rows'] / step_ms['unconstrained']
-  print(f'constrained (rows-only head) / unconstrained step time: {ratio:.3f}; with exclusions '
-        f'{step_ms["rows_filtered"] / step_ms["unconstrained"]:.3f}; constrained full head / '
-        f'unconstrained {step_ms["full"] / step_ms["unconstrained"]:.3f}', flush=True)
+  print(f'[{preset}] constrained (rows-only head) / unconstrained step time: {ratio:.3f}; with '
+        f'exclusions {step_ms["rows_filtered"] / step_ms["unconstrained"]:.3f}; constrained '
+        f'full head / unconstrained {step_ms["full"] / step_ms["unconstrained"]:.3f}', flush=True)
 
   # Validity, checked in numpy against the catalog.
   items, _ = outputs['rows_filtered']
   got = items[items >= 0]
-  codes = np.asarray(sid_map.codes)[got]
-  item_ok = keys.contains(codes)
+  item_ok = keys.contains(np.asarray(sid_map.codes)[got])
   not_excluded = np.concatenate([~np.isin(r[r >= 0], h) for r, h in zip(items, hist)])
   distinct = all(len(set(r[r >= 0].tolist())) == int((r >= 0).sum()) for r in items)
   valid_constrained = float(np.mean(item_ok & not_excluded))
   unc_tokens, _ = outputs['unconstrained']
   valid_unconstrained = float(np.mean(keys.contains(
       token_codes(vocab, unc_tokens.reshape(-1, num_levels)))))
-  print(f'valid fraction: constrained {valid_constrained:.4f} of {got.size} items (distinct per '
-        f'request: {distinct}, {int((items < 0).sum())} empty slots); unconstrained '
-        f'{valid_unconstrained:.6f} of {unc_tokens.shape[0] * beams} beams', flush=True)
+  print(f'[{preset}] valid fraction: constrained {valid_constrained:.4f} of {got.size} items '
+        f'(distinct per request: {distinct}, {int((items < 0).sum())} empty slots); '
+        f'unconstrained {valid_unconstrained:.6f} of {unc_tokens.shape[0] * beams} beams',
+        flush=True)
 
-  # Interleaved generation, ids format: parse the spans of the tokens and check them.
-  gen_b = 8
+  # Interleaved generation, ids format, sampled codes: rows-only head inside spans, full head,
+  # and no constraints at all. The prompt ends with text, so the model opens the spans.
+  gen_b = settings['gen_batch']
   g_tokens, g_positions, g_valid = prompts_of(gen_b)
-  g_tokens = g_tokens.at[:, -1].set(1)  # end the prompt with text, the model opens spans
+  g_tokens = g_tokens.at[:, -1].set(1)
   max_new = 4 * (num_levels + 2)
 
-  @jax.jit
-  def gen_fn(state, tokens, positions, valid, trie):
+  @functools.partial(jax.jit, static_argnames='mode')
+  def gen_fn(state, tokens, positions, valid, trie, mode):
     model = nnx.merge(graphdef, state)
     cache = model.init_cache(tokens.shape[0], tokens.shape[1] + max_new)
 
     def step_fn(tokens, positions, cache, valid):
       return model.decode(tokens, positions, cache, valid)
 
-    h, cache = model.decode_hidden(tokens, positions, cache, valid)
-    return generate(step_fn, cache, model.logits_from_hidden(h[:, -1]), positions[:, -1], trie,
-                    vocab_arrays, max_new_tokens=max_new, eos_id=2, pad_id=0,
-                    output_format='ids', separator_ids=(3,), temperature=1.0,
-                    sample_codes=True, rng=jax.random.key(0))
+    def hidden_fn(tokens, positions, cache, valid):
+      return model.decode_hidden(tokens, positions, cache, valid)
 
-  _, gen_warm = timed(lambda: gen_fn(state, g_tokens, g_positions, g_valid, trie).tokens, 1)
-  gen_out = jax.tree.map(np.asarray, gen_fn(state, g_tokens, g_positions, g_valid, trie))
-  spans = []
-  for row, length in zip(gen_out.tokens, gen_out.lengths):
-    row = row[:length].tolist()
-    for i, tok in enumerate(row):
-      if tok == vocab.sid_open_id and i + num_levels < len(row):
-        spans.append(row[i + 1:i + 1 + num_levels])
-  span_ok = keys.contains(token_codes(vocab, np.array(spans).reshape(-1, num_levels)))
-  valid_generated = float(np.mean(span_ok)) if spans else float('nan')
-  print(f'generate (ids, sampled codes) B={gen_b}, {max_new} tokens: '
-        f'{1e3 * float(np.median(gen_warm)) / max_new:.2f} ms/token; {len(spans)} complete '
-        f'spans, valid fraction {valid_generated:.4f}', flush=True)
+    def head_fn(h, rows=None):
+      return model.logits_from_hidden(h, rows)
+
+    h, cache = model.decode_hidden(tokens, positions, cache, valid)
+    split = dict(hidden_fn=hidden_fn, head_fn=head_fn) if mode == 'rows' else {}
+    return generate(None if mode == 'rows' else step_fn, cache,
+                    model.logits_from_hidden(h[:, -1]), positions[:, -1], trie, vocab_arrays,
+                    max_new_tokens=max_new, eos_id=2, pad_id=0, output_format='ids',
+                    separator_ids=(3,), temperature=1.0, sample_codes=True,
+                    rng=jax.random.key(0), constrained=mode != 'unconstrained', **split)
+
+  gen = {}
+  for mode in ('rows', 'full', 'unconstrained'):
+    fn = functools.partial(gen_fn, state, g_tokens, g_positions, g_valid, trie, mode)
+    _, warm = timed(lambda: fn().tokens, runs)
+    out = jax.tree.map(np.asarray, fn())
+    steps = int(out.steps)
+    spans = spans_of(out.tokens, out.lengths, vocab.sid_open_id, num_levels)
+    ok = keys.contains(token_codes(vocab, np.array(spans, np.int64).reshape(-1, num_levels)))
+    gen[mode] = dict(ms=1e3 * float(np.median(warm)) / max(steps, 1), steps=steps,
+                     spans=len(spans), valid=float(np.mean(ok)) if spans else None,
+                     rows_only=None if out.rows_only_steps is None else int(out.rows_only_steps))
+    print(f'[{preset}] generate {mode} (ids, sampled codes) B={gen_b}: '
+          f'{gen[mode]["ms"]:.2f} ms/token over {steps} steps'
+          + ('' if gen[mode]['rows_only'] is None else
+             f' ({gen[mode]["rows_only"]} of them rows-only)')
+          + f'; {len(spans)} complete spans, valid fraction {gen[mode]["valid"]}', flush=True)
 
   # Latency at batch 1 (prompt + constrained rows-only search with a history filter) and
   # throughput at batch B.
   lat = []
-  for i in range(_LATENCY_REQUESTS.value + 1):
+  for i in range(settings['latency_requests'] + 1):
     tok1, pos1, val1 = prompts_of(1)
     _, req1 = history_filter(1, trie)
     t0 = time.perf_counter()
@@ -271,10 +325,11 @@ def main(argv):
     ll, lp, c = prompt_fn(state, tokens, positions, valid)
     return search_fn(state, c, ll, lp, trie, request, 'rows')
 
-  _, thr_warm = timed(batch_request, _RUNS.value)
+  _, thr_warm = timed(batch_request, runs)
   throughput = batch / float(np.median(thr_warm))
-  print(f'latency at batch 1 (K={beams}): p50 {p50:.1f} ms, p99 {p99:.1f} ms over {len(lat)} '
-        f'requests; throughput at batch {batch}: {throughput:.1f} requests/s', flush=True)
+  print(f'[{preset}] latency at batch 1 (K={beams}): p50 {p50:.1f} ms, p99 {p99:.1f} ms over '
+        f'{len(lat)} requests; throughput at batch {batch}: {throughput:.1f} requests/s',
+        flush=True)
 
   # Catalog update: remove every item just returned; none may come back.
   removed = np.unique(got)
@@ -282,35 +337,91 @@ def main(argv):
   t0 = time.perf_counter()
   trie2 = jax.block_until_ready(trie.set_live(removed, False))
   update_s = time.perf_counter() - t0
-  request2 = request_filter(trie2, excluded=hist.tolist(), width=_HISTORY.value)
+  request2 = request_filter(trie2, excluded=hist.tolist(), width=history)
   items2, _ = jax.tree.map(np.asarray, search_fn(state, cache, last_logits, last_pos, trie2,
                                                  request2, 'rows'))
   returned_removed = int(np.isin(items2[items2 >= 0], removed).sum())
-  print(f'catalog update: removed {removed.size} items in {1e3 * update_s:.1f} ms; removed '
-        f'items returned afterwards: {returned_removed} (of {int((items2 >= 0).sum())})',
-        flush=True)
-
-  result = {
-      'num_items': n, 'level_sizes': list(sizes), 'vocab_size': int(cfg.vocab_size),
-      'preset': _PRESET.value, 'beams': beams, 'batch': batch, 'prompt_len': _PROMPT_LEN.value,
-      'device': f'{jax.devices()[0].platform}:{jax.devices()[0].device_kind}',
-      'trie_bytes': trie.nbytes, 'trie_bytes_per_item': trie.nbytes / n,
-      'trie_build_seconds': build_s, 'trie_numpy_build_seconds': numpy_build_s,
-      'trie_build_seconds_per_1m_items': build_s * 1e6 / n,
+  print(f'[{preset}] catalog update: removed {removed.size} items in {1e3 * update_s:.1f} ms; '
+        f'removed items returned afterwards: {returned_removed} (of '
+        f'{int((items2 >= 0).sum())})', flush=True)
+  return {
+      'level_sizes': list(sizes), 'vocab_size': int(cfg.vocab_size), 'preset': preset,
+      'beams': beams, 'batch': batch, 'prompt_len': prompt_len, 'runs': runs,
       'constrained_over_unconstrained_step_time': ratio,
       'constrained_filtered_over_unconstrained_step_time':
           step_ms['rows_filtered'] / step_ms['unconstrained'],
       'constrained_full_head_over_unconstrained_step_time':
           step_ms['full'] / step_ms['unconstrained'],
       **{f'step_ms_{k}': v for k, v in step_ms.items()},
-      'valid_fraction': valid_constrained, 'valid_fraction_generated': valid_generated,
-      'generated_spans': len(spans), 'valid_fraction_unconstrained': valid_unconstrained,
+      'valid_fraction': valid_constrained, 'valid_fraction_unconstrained': valid_unconstrained,
       'items_distinct_per_request': distinct,
+      'valid_fraction_generated': gen['rows']['valid'], 'generated_spans': gen['rows']['spans'],
+      'valid_fraction_generated_unconstrained': gen['unconstrained']['valid'],
+      'generated_spans_unconstrained': gen['unconstrained']['spans'],
+      'generate_batch': gen_b,
+      **{f'generate_ms_per_token_{k}': v['ms'] for k, v in gen.items()},
+      'generate_rows_only_steps': gen['rows']['rows_only'], 'generate_steps': gen['rows']['steps'],
+      'generate_constrained_over_unconstrained_token_time':
+          gen['rows']['ms'] / gen['unconstrained']['ms'],
       'latency_ms_p50': p50, 'latency_ms_p99': p99, 'latency_requests': len(lat),
       'throughput_requests_per_s': throughput,
       'catalog_update_ms': 1e3 * update_s, 'catalog_update_items': int(removed.size),
       'removed_items_returned': returned_removed,
   }
+
+
+def main(argv):
+  del argv
+  n = _NUM_ITEMS.value
+  presets = list(_PRESETS.value)
+  settings = {p: settings_for(p) for p in presets}  # bad settings fail before the long build
+  t0 = time.perf_counter()
+  sid_map = random_sid_map(n, _LEVELS.value, _K.value)
+  sizes = sid_map.level_sizes['item']
+  vocab = SIDVocab(('item',), sid_map.level_sizes, _TEXT_VOCAB.value)
+  print(f'{n} random items, level sizes {sizes} (made in {time.perf_counter() - t0:.1f}s)',
+        flush=True)
+  # The build leaves out `add_items` random rows, added in place afterwards.
+  m = min(_ADD_ITEMS.value, n - 1)
+  late = np.sort(np.random.default_rng(2).choice(n, m, replace=False))
+  codes = np.array(sid_map.codes)
+  codes[late] = -1
+  partial = SIDMap(sid_map.type_names, sid_map.level_sizes, codes, sid_map.type_index)
+
+  t0 = time.perf_counter()
+  arrays = build_trie_arrays(partial, vocab)
+  numpy_build_s = time.perf_counter() - t0
+  del arrays
+  t0 = time.perf_counter()
+  trie = jax.block_until_ready(SIDTrie.build(partial, vocab, capacity=n))
+  build_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  trie = jax.block_until_ready(trie.add_items(late, np.asarray(sid_map.codes)[late]))
+  add_s = time.perf_counter() - t0
+  del partial, codes
+  print(f'trie: {trie.nbytes / 2**20:.1f} MiB = {trie.nbytes / n:.2f} bytes/item; build of '
+        f'{n - m} items {numpy_build_s:.2f}s (numpy structure) / {build_s:.2f}s (with capacity '
+        f'{n}, liveness arrays and transfer); {m} items added in place in {add_s:.2f}s; node '
+        f'rows per level {[int(b.shape[0]) for b in trie.bitmaps]}', flush=True)
+  keys = CatalogKeys(sid_map)
+  # The grown trie must hold exactly the catalog (checked through the decoding masks' lookups).
+  sample = np.random.default_rng(3).choice(n, min(n, 100_000), replace=False)
+  sample = np.unique(np.r_[sample, late])
+  found = lookup_items(trie, np.zeros(sample.size, np.int64), np.asarray(sid_map.codes)[sample])
+  if not (found == sample).all() or trie.num_leaves != n:
+    raise RuntimeError('the grown trie does not hold the catalog')
+
+  result = {
+      'num_items': n, 'presets': presets,
+      'device': f'{jax.devices()[0].platform}:{jax.devices()[0].device_kind}',
+      'trie_bytes': trie.nbytes, 'trie_bytes_per_item': trie.nbytes / n,
+      'trie_build_seconds': build_s, 'trie_numpy_build_seconds': numpy_build_s,
+      'trie_build_seconds_per_1m_items': build_s * 1e6 / (n - m),
+      'trie_items_added': m, 'trie_add_seconds': add_s,
+  }
+  for i, preset in enumerate(presets):
+    figures = run_preset(preset, settings[preset], sid_map, trie, keys)
+    result.update(figures if i == 0 else {f'{preset}.{k}': v for k, v in figures.items()})
   if _WORKDIR.value:
     report.write_result(_WORKDIR.value, result)
   print(json.dumps(result))
