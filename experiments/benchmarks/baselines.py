@@ -46,6 +46,9 @@ SASREC_GRID = flags.DEFINE_list('sasrec_grid', ['0.5:1e-3', '0.2:1e-3', '0.5:3e-
                                 'SASRec tuning grid, dropout:lr pairs.')
 SASREC_LOSS = flags.DEFINE_enum('sasrec_loss', 'ce', ['ce', 'bce'], 'SASRec loss.')
 SASREC_BUDGET = flags.DEFINE_float('sasrec_budget_s', 2400.0, 'SASRec tuning time budget.')
+TIGER_MAX_ITEMS = flags.DEFINE_integer('tiger_max_items', 10, 'TIGER history items per prompt.')
+TIGER_LRS = flags.DEFINE_list('tiger_lrs', ['3e-3'], 'TIGER learning rates tried.')
+TIGER_BUDGET = flags.DEFINE_float('tiger_budget_s', 1500.0, 'TIGER tuning time budget.')
 
 
 def make_baseline(name: str, log):
@@ -58,6 +61,12 @@ def make_baseline(name: str, log):
   if name == 'dense':
     from neo_jax.eval import dense  # pylint: disable=g-import-not-at-top
     return dense.Dense(cache_dir=os.path.join(WORKDIR.value, 'dense'))
+  if name == 'tiger':
+    from neo_jax.eval import tiger  # pylint: disable=g-import-not-at-top
+    cfg = tiger.TIGERConfig(max_items=TIGER_MAX_ITEMS.value, stride=TIGER_MAX_ITEMS.value,
+                            lr_grid=tuple(float(x) for x in TIGER_LRS.value),
+                            time_budget_s=TIGER_BUDGET.value)
+    return tiger.TIGER(cfg, log=log)
   if name == 'sasrec':
     from neo_jax.eval import sasrec  # pylint: disable=g-import-not-at-top
     grid = tuple((float(p.split(':')[0]), float(p.split(':')[1])) for p in SASREC_GRID.value)
