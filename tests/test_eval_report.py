@@ -69,6 +69,12 @@ def test_write_report(tmp_path):
   # 0.06 vs 0.12 and 0.025 vs 0.05: both -50.0%.
   assert abl_row.count('-50.0%') == 2
   assert 'not measurable: the catalog has one entity type' in text
+  # Targets: NDCG@10 0.05 < SASRec 0.055 (-9.1%, not met); HR@10 0.12 >= 0.10 (met); dense
+  # missing: not measured; valid SIDs 1.0: met.
+  assert '| neo_multi/ndcg@10 >= sasrec/ndcg@10 | 0.0500 | 0.0550 | -9.1% | no |' in text
+  assert '| neo_multi/hr@10 >= sasrec/hr@10 | 0.1200 | 0.1000 | +20.0% | yes |' in text
+  assert '| neo_multi/search_hr@10 >= dense/search_hr@10 | 0.3000 | missing |  | not measured |' in text
+  assert '| valid_sid_fraction = 1 | 1.0000 | 1.0000 | | yes |' in text
   assert 'Validation protocol' in text and 'test split is read once' in text
   for png in ('training_curves.png', 'metrics.png'):
     with open(os.path.join(workdir, png), 'rb') as f:

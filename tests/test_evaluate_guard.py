@@ -86,3 +86,16 @@ def test_missing_baseline_is_reported_missing(monkeypatch):
     experiment.fit_baselines(['popularity'], {}, ds, Split(split.train, split.valid,
                                                            [Target('u', np.array([1]), 0)]),
                              [], print)
+
+
+def test_generic_config_data_dir(tmp_path):
+  from experiments.configs import generic
+  cfg = generic.get_config()
+  with pytest.raises(ValueError, match='--config.data_dir=D'):
+    experiment._apply_data_dir(cfg)
+  cfg.data_dir = str(tmp_path)
+  c = experiment._apply_data_dir(cfg)
+  assert (c.data.source, c.data.path) == ('generic', str(tmp_path))
+  cfg.data_dir = str(tmp_path / 'absent')
+  with pytest.raises(ValueError, match='is not a directory'):
+    experiment._apply_data_dir(cfg)

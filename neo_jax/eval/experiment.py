@@ -173,7 +173,7 @@ BASELINES: dict[str, Callable[[dict[str, Any]], baselines_lib.Baseline]] = {
     'popularity': _lazy('neo_jax.eval.baselines', 'Popularity'),
     'bm25': _lazy('neo_jax.eval.baselines', 'BM25'),
     'bm25s': _lazy('neo_jax.eval.baselines', 'BM25S'),
-    'dense': _lazy('neo_jax.eval.dense', 'DenseRetrieval'),
+    'dense': _lazy('neo_jax.eval.dense', 'Dense'),
     'sasrec': _lazy('neo_jax.eval.sasrec', 'SASRec', 'SASRecConfig'),
     'tiger': _lazy('neo_jax.eval.tiger', 'TIGER', 'TIGERConfig'),
 }
@@ -188,11 +188,13 @@ def register_baseline(name: str, make: Callable[[dict[str, Any]], baselines_lib.
 
 
 def fit_baselines(names_: Sequence[str], args: Any, dataset, view: Split,
-                  valid_queries: Sequence[Query], log: Log
+                  valid_queries: Sequence[Query], log: Log, workdir: str | None = None
                   ) -> tuple[dict[str, baselines_lib.Baseline], dict[str, Any]]:
   """Builds, fits (train) and tunes (validation) each named baseline. A baseline whose module
   or class is not in this checkout gets `<name>/status` 'missing: ...' and no figures;
-  every other gets status 'ok', its fit facts and time. `view` must hold no test targets."""
+  every other gets status 'ok', its fit facts and time. `view` must hold no test targets.
+  A baseline taking a `cache_dir` (dense: item embeddings) caches under
+  <workdir>/baselines/<name> unless its args name one."""
   if view.test:
     raise ValueError('baselines must be fitted on a split without test targets')
   fitted: dict[str, baselines_lib.Baseline] = {}
@@ -201,6 +203,8 @@ def fit_baselines(names_: Sequence[str], args: Any, dataset, view: Split,
     t0 = _now()
     kwargs = args[name].to_dict() if name in args and hasattr(args[name], 'to_dict') else (
         dict(args[name]) if name in args else {})
+    if workdir is not None and name in ('dense',) and 'cache_dir' not in kwargs:
+      kwargs['cache_dir'] = os.path.join(workdir, 'baselines', name)
     try:
       b = BASELINES[name](kwargs)
     except (ImportError, AttributeError) as err:
@@ -338,15 +342,20 @@ def _supports(fn, arg: str) -> bool:
 def rank_neo(ranker: NEORanker, req: Requests, num_beams: int, catalog, reachable,
              constrained: bool = True) -> tuple[np.ndarray, int, int]:
   """(items (B, num_beams), SIDs checked, valid): every returned item must be a reachable
-  catalog item of the requested type, counted."""
-  kwargs = {} if constrained else {'constrained': False}
-  items, _ = ranker.rank([e.prompt for e in req.examples], req.types, num_beams=num_beams,
-                         **kwargs)
+  catalog item of the requested type, counted. Constrained, -1 means fewer admissible items
+  than beams (not counted); unconstrained (`NEORanker.rank(constrained=False)`), -1 is a
+  beam whose tokens name no live item: counted, as invalid."""
+  if constrained:
+    items, _ = ranker.rank([e.prompt for e in req.examples], req.types, num_beams=num_beams)
+  else:
+    items, _, _ = ranker.rank([e.prompt for e in req.examples], req.types,
+                              num_beams=num_beams, constrained=False)
   checked = valid = 0
   for row, t in zip(items, req.types):
-    for item in row[row >= 0]:  # -1: fewer admissible items than beams
+    for item in (row[row >= 0] if constrained else row):
       checked += 1
-      valid += bool(reachable[item] and (t is None or catalog.type_of(int(item)) == t))
+      valid += bool(item >= 0 and reachable[item] and
+                    (t is None or catalog.type_of(int(item)) == t))
   return items, checked, valid
 
 
@@ -383,7 +392,10 @@ def steer_and_understand(cfg, ranker: NEORanker, art: pipeline.Artifacts, guard:
   out: dict[str, Any] = {}
   rec = _subsample(guard.examples('rec_test', stage), e.steer_requests, cfg.seed)
   by_user = {t.user_id: t.history for t in guard.targets('test', stage)}
-  # Type steering: the prompt's Type: changes, the decoder may return any type.
+  unconstrained = _supports(NEORanker.rank, 'constrained')
+  # Type steering: only the prompt's Type: changes. With constraints off (plain beam search
+  # over the full vocabulary) an invalid SID counts as off-type; also reported with the trie
+  # on but every type allowed (validity kept, the type left to the prompt).
   if len(cat.type_names) > 1 and rec:
     prompts_, wanted = [], []
     for ex in rec:
@@ -393,16 +405,25 @@ def steer_and_understand(cfg, ranker: NEORanker, art: pipeline.Artifacts, guard:
     items, _ = ranker.rank(prompts_, [None] * len(prompts_), num_beams=e.steer_beams)
     named = [[cat.type_of(int(i)) for i in row if i >= 0] for row in items]
     steer = understanding.type_steerability(wanted, named)
+    out['type_steerability/trie_any_type'] = steer['type_steerability']
+    if unconstrained:
+      items, _, _ = ranker.rank(prompts_, wanted, num_beams=e.steer_beams, constrained=False)
+      named = [[cat.type_of(int(i)) if i >= 0 else None for i in row] for row in items]
+      steer = understanding.type_steerability(wanted, named)
+      out['type_steerability/status'] = ('measured: Type: changed in the prompt, constraints '
+                                         'off (invalid SIDs count as off-type)')
+    else:
+      out['type_steerability/status'] = ('measured with the trie on, any type allowed: this '
+                                         'checkout cannot decode unconstrained')
     out['type_steerability'] = steer['type_steerability']
     out['type_steerability/answers_all_on_type'] = steer['answers_all_on_type']
     out['type_steerability/items'] = steer['items']
-    out['type_steerability/status'] = ('measured: Type: changed in the prompt, decoding '
-                                       'restricted to valid SIDs of any type')
   else:
     out['type_steerability'] = None
     out['type_steerability/status'] = (f'not measurable: the catalog has one entity type '
                                        f'({", ".join(cat.type_names)})')
-  # Format steering: the prompt's Format: changes; generation admits text and SIDs alike.
+  # Format steering: only the prompt's Format: changes; constraints off (no format, type or
+  # trie mask), else the 'mixed' mask, which admits text and SIDs alike.
   fmt_prompts, fmt_wanted, fmt_types = [], [], []
   for ex in rec:
     for fmt in prompts.OUTPUT_FORMATS:
@@ -410,11 +431,16 @@ def steer_and_understand(cfg, ranker: NEORanker, art: pipeline.Artifacts, guard:
       fmt_wanted.append(fmt)
       fmt_types.append(ex.target_type)
   if fmt_prompts:
-    gens = ranker.generate(fmt_prompts, 'mixed', target_types=fmt_types,
-                           max_new_tokens=e.max_new_tokens, max_items=3)
+    if unconstrained:
+      gens, _ = ranker.generate(fmt_prompts, 'mixed', target_types=fmt_types,
+                                max_new_tokens=e.max_new_tokens, constrained=False)
+    else:
+      gens = ranker.generate(fmt_prompts, 'mixed', target_types=fmt_types,
+                             max_new_tokens=e.max_new_tokens, max_items=3)
     fs = understanding.format_steerability(fmt_wanted, [g[0] for g in gens])
     out.update({k: v for k, v in fs.items() if k.startswith('format_steerability')})
     out['format_steerability/answers'] = fs['answers']
+    out['format_steerability/constraints_off'] = int(unconstrained)
   # User understanding (decoding admits every format, like every generation here: one
   # compiled program; the summary's SID spans, if any, name no attribute).
   summ = _subsample(guard.examples('summary_test', stage), e.understanding_requests, cfg.seed)
@@ -470,6 +496,9 @@ def ablation_config(cfg: ml_collections.ConfigDict, name: str) -> ml_collections
 def _apply_data_dir(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   data_dir = cfg.get('data_dir', '')
   if not data_dir:
+    if cfg.data.source == 'generic' and not cfg.data.path:
+      raise ValueError('the generic config needs the dataset directory: --config.data_dir=D '
+                       '(a directory in the generic format, see data/README.md)')
     return cfg
   if not os.path.isdir(data_dir):
     raise ValueError(f'data_dir {data_dir!r} is not a directory')
@@ -564,7 +593,7 @@ def run_experiment(cfg: ml_collections.ConfigDict, workdir: str, log: Log = prin
   valid_queries = [Query(builders.query_of(x), tuple(x.target_items))
                    for x in guard.examples('search_valid', 'baselines/tune')]
   fitted, facts_ = fit_baselines(e.baselines, cfg.get('baseline_args', {}), art.dataset, view,
-                                 valid_queries, log)
+                                 valid_queries, log, workdir)
   result.update(facts_)
 
   # NEO on validation (never used to choose anything here; reported beside the test figures).

@@ -127,6 +127,30 @@ def results_markdown(result: dict[str, Any]) -> str:
   return '\n'.join(out)
 
 
+# The issue's acceptance targets: (figure, reference, what) -- NEO-multi at least the reference.
+TARGETS = (('neo_multi/ndcg@10', 'sasrec/ndcg@10'), ('neo_multi/hr@10', 'sasrec/hr@10'),
+           ('neo_multi/search_hr@10', 'bm25/search_hr@10'),
+           ('neo_multi/search_hr@10', 'dense/search_hr@10'),
+           ('neo_multi/ndcg@10', 'neo_mono/ndcg@10'), ('neo_multi/hr@10', 'neo_mono/hr@10'),
+           ('neo_multi/search_hr@10', 'neo_mono/search_hr@10'))
+
+
+def targets_markdown(result: dict[str, Any]) -> str:
+  """The acceptance targets: met or not, and by how much (relative difference)."""
+  lines = ['| target | value | reference | relative | met |', '|---|---|---|---|---|']
+  for a, b in TARGETS:
+    va, vb = result.get(a), result.get(b)
+    if not (_is_num(va) and _is_num(vb)):
+      met = 'not measured'
+    else:
+      met = 'yes' if va >= vb else 'no'
+    lines.append(f'| {a} >= {b} | {_fmt(va)} | {_fmt(vb)} | {rel(va, vb)} | {met} |')
+  v = result.get('valid_sid_fraction')
+  lines.append(f'| valid_sid_fraction = 1 | {_fmt(v)} | 1.0000 | | '
+               f'{"not measured" if not _is_num(v) else "yes" if v == 1.0 else "no"} |')
+  return '\n'.join(lines)
+
+
 def _curves(workdir: str) -> dict[str, list[tuple[int, float]]]:
   """run/stage -> [(step, loss)] from every <workdir>/**/logs/<stage>.jsonl."""
   out = {}
@@ -203,7 +227,8 @@ def write_report(workdir: str, result: dict[str, Any]) -> str:
   """Writes <workdir>/report.md (+ training_curves.png, metrics.png); returns its path."""
   os.makedirs(workdir, exist_ok=True)
   lines = [f'# NEO experiment: {result.get("dataset", "?")}', '']
-  lines += [results_markdown(result), '## Protocol', '', PROTOCOL]
+  lines += [results_markdown(result), '## Targets (issue 8)', '', targets_markdown(result), '',
+            '## Protocol', '', PROTOCOL]
   timings = [k for k in sorted(result) if k.startswith('seconds/')]
   if timings:
     lines += ['## Time', '', '| part | wall seconds | CPU seconds (all threads) |',
