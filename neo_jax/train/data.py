@@ -79,19 +79,25 @@ class PackedData:
   def steps_per_epoch(self) -> int:
     return max(1, self.num_rows // self.batch_size)
 
-  def batch(self, step: int) -> dict[str, np.ndarray]:
+  def batch(self, step: int, rows: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
     """The batch for global step `step`: epoch e = step // steps_per_epoch reads a permutation
-    of the rows seeded by (seed, e); a last partial batch of an epoch is skipped."""
+    of the rows seeded by (seed, e); a last partial batch of an epoch is skipped.
+    rows=(start, stop): only those rows of the batch (one host's part of the global batch)."""
     epoch, i = divmod(int(step), self.steps_per_epoch)
     order = np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
     if self.num_rows < self.batch_size:  # tiny data: repeat rows to fill one batch
       order = np.resize(order, self.batch_size)
-    rows = order[i * self.batch_size:(i + 1) * self.batch_size]
+    picked = order[i * self.batch_size:(i + 1) * self.batch_size]
+    if rows is not None:
+      start, stop = rows
+      if not 0 <= start < stop <= self.batch_size:
+        raise ValueError(f'rows {rows} outside the batch of {self.batch_size}')
+      picked = picked[start:stop]
     return {
-        'tokens': self.tokens[rows],
-        'segment_ids': self.segment_ids[rows],
-        'positions': self.positions[rows],
-        'loss_mask': self.loss_mask[rows],
+        'tokens': self.tokens[picked],
+        'segment_ids': self.segment_ids[picked],
+        'positions': self.positions[picked],
+        'loss_mask': self.loss_mask[picked],
     }
 
 

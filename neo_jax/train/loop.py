@@ -25,6 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tensorboardX import SummaryWriter
 
 from neo_jax.model import sharding
+from neo_jax.train import hostdata
 from neo_jax.train import optimizer as optimizer_lib
 from neo_jax.train.data import PackedData
 
@@ -177,7 +178,9 @@ def train_stage(model: nnx.Module, data: PackedData, cfg: ml_collections.ConfigD
   With `mesh`, parameters and optimizer state are sharded by the logical rules
   (neo_jax/model/sharding.py), the batch is split over the rules' 'batch' axes, and the step
   is one jitted program with explicit in/out shardings and donated state. Without a mesh the
-  step runs on the default device.
+  step runs on the default device. Each process loads only its rows of every global batch
+  and the batch is assembled with jax.make_array_from_process_local_data (neo_jax/train/
+  hostdata.py), one process included; every process packs the same `data` (deterministic).
   trainable: an nnx filter of the parameters that train (default all); the other parameters
   are frozen (no gradient, no optimizer state, not checkpointed: they must come back the same
   on a rerun, as the previous stage's result does). `update_mask` is shaped like the trainable
@@ -257,9 +260,14 @@ def train_stage(model: nnx.Module, data: PackedData, cfg: ml_collections.ConfigD
                         in_shardings=(param_sharding, frozen_sharding, batch_sharding),
                         out_shardings=replicated)
 
+  # Each process loads only its rows of every global batch (all of them in one process) and
+  # the global arrays are assembled from the processes' parts.
+  in_sharding = (batch_sharding if batch_sharding is not None
+                 else jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+  host_rows = hostdata.host_row_range(in_sharding, data.batch_size)
+
   def put(batch):
-    return (jax.device_put(batch, batch_sharding) if batch_sharding is not None
-            else {k: jnp.asarray(v) for k, v in batch.items()})
+    return hostdata.assemble(batch, in_sharding, data.batch_size)
 
   logs_dir = os.path.join(workdir, 'logs')
   os.makedirs(logs_dir, exist_ok=True)
@@ -280,8 +288,9 @@ def train_stage(model: nnx.Module, data: PackedData, cfg: ml_collections.ConfigD
     out: dict[str, float] = {}
     if valid_data is not None:
       sums = None
+      lo, hi = host_rows
       for batch in valid_batches(valid_data, int(cfg.get('eval_batches', 0))):
-        s = eval_step(params, frozen, put(batch))
+        s = eval_step(params, frozen, put({k: v[lo:hi] for k, v in batch.items()}))
         sums = s if sums is None else jax.tree.map(jnp.add, sums, s)
       sums = {k: float(v) for k, v in jax.device_get(sums).items()}
       n = max(sums['loss_tokens'], 1.0)
@@ -334,8 +343,8 @@ def train_stage(model: nnx.Module, data: PackedData, cfg: ml_collections.ConfigD
   context = jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
   with context, sharding.axis_rules(rules):
     for step in range(start + 1, steps + 1):
-      params, opt_state, metrics = train_step(params, opt_state, put(data.batch(step - 1)),
-                                              frozen)
+      batch = put(data.batch(step - 1, rows=host_rows))
+      params, opt_state, metrics = train_step(params, opt_state, batch, frozen)
       if pending is not None:
         drain(pending)
       pending = (step, metrics)
