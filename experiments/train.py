@@ -5,6 +5,12 @@ r"""Training only: data, SIDs, tokenizer, examples, then NEO's two stages, resum
 Rerunning the same command after an interruption (even SIGKILL) resumes each stage from its
 last checkpoint in W (`--config.capability.checkpoint_every=N` sets the cadence) and reaches
 the same final loss as an uninterrupted run. Ends by printing the `result.json` object.
+
+The paper's ablations are configs: experiments/configs/ablation_no_grounding.py,
+ablation_stages_merged.py, ablation_random_init.py (SmolLM2 shape, random weights). A config
+may also set task mixture weights (tasks.mixture), validation during training
+(<stage>.eval_every, train.best_metric, train.restore_best, train.valid_requests) and LoRA
+for the capability stage (capability.lora_rank, lora_alpha); see neo_jax/pipeline.train.
 """
 
 import json

@@ -280,7 +280,7 @@ def train(cfg: ml_collections.ConfigDict, model: Decoder, tok: Tokenizer,
           sid_map: SIDMap | None = None) -> dict[str, Any]:
   """The stages of `stage_plan` in order (grounding: only the SID rows of the embedding and
   head train; capability: full fine-tuning, or with cfg.capability.lora_rank > 0 LoRA
-  adapters of that rank (scale lora_alpha / rank; alpha defaults to 2 * rank) on every
+  adapters of that rank (scale lora_alpha / rank; lora_alpha 0 or unset means 2 * rank) on every
   attention and MLP projection plus the SID rows, merged into the weights after the stage).
 
   Validation during training (a stage's `eval_every` > 0): the validation loss on the
@@ -332,11 +332,12 @@ def train(cfg: ml_collections.ConfigDict, model: Decoder, tok: Tokenizer,
     if rank > 0:
       # LoRA: adapters on every attention/MLP projection plus the SID rows train; merged into
       # the base weights after the stage.
-      lora.apply_lora(model, rank, float(scfg.get('lora_alpha', 2 * rank)), seed=cfg.seed + 2)
+      alpha = float(scfg.get('lora_alpha', 0) or 2 * rank)  # 0 / unset: 2 x rank
+      lora.apply_lora(model, rank, alpha, seed=cfg.seed + 2)
       trainable = lora.trainable_filter()
       mask = lora.update_mask(model, tok.text_vocab_size)
       adapters = nnx.to_flat_state(nnx.state(model, lora.LoRAParam))
-      log(f'[{stage}] LoRA rank {rank}, alpha {float(scfg.get("lora_alpha", 2 * rank))}: '
+      log(f'[{stage}] LoRA rank {rank}, alpha {alpha}: '
           f'{sum(v.get_value().size for _, v in adapters):,} adapter parameters')
     evaluated = int(scfg.get('eval_every', 0)) > 0
     eval_fn = (make_recall_eval_fn(cfg, tok, sid_map, eval_requests)
