@@ -48,12 +48,14 @@ def test_windows_hold_sid_tokens_and_mask_target_codes():
   vocab = model.vocab
   tok_of = lambda n: [vocab.sid_open_id] + [vocab.token_id(ds.catalog.type_of(n), l, c)
                                             for l, c in enumerate(_sid_map().codes[n])]
-  # Windows end at items 9 (targets 8, 9), 7 (targets 6, 7); items 0 is never a target.
-  assert toks.shape == (2, 1 + 3 * 3)
-  assert toks[0].tolist() == [tiger.BOS] + tok_of(7) + tok_of(8) + tok_of(9)
-  assert toks[1].tolist() == [tiger.BOS] + tok_of(5) + tok_of(6) + tok_of(7)
-  expect = np.zeros((2, 10), bool)
-  expect[:, [5, 6, 8, 9]] = True  # the codes (not the `[SID]`) of the last two items
+  # Windows end at items 9 (items 6..9, targets 8, 9) and 7 (items 5..7, targets 6, 7); the
+  # first item of a sequence is never a target.
+  assert toks.shape == (2, 1 + 4 * 3)
+  assert toks[0].tolist() == [tiger.BOS] + tok_of(6) + tok_of(7) + tok_of(8) + tok_of(9)
+  assert toks[1].tolist() == [tiger.BOS] + tok_of(5) + tok_of(6) + tok_of(7) + [tiger.PAD] * 3
+  expect = np.zeros((2, 13), bool)
+  expect[0, [8, 9, 11, 12]] = True  # the codes (not the `[SID]`) of the targets
+  expect[1, [5, 6, 8, 9]] = True
   np.testing.assert_array_equal(mask, expect)
   tokens, positions, valid = model._prompts([np.array([5, 6])])
   assert tokens[0, valid[0]].tolist() == [tiger.BOS] + tok_of(5) + tok_of(6) + [

@@ -10,8 +10,10 @@ same token sequence is the variant that shares NEO's decoding code.)
 
 Sequences: `<bos> [SID] c0 .. c{L-1} [SID] c0 .. [SID]` - each item is `[SID]` and its L
 codes; the prompt for a prediction is the last `max_items` history items and an open `[SID]`.
-Training windows follow SASRec's (`sasrec.make_windows`): windows of `max_items` items with the
-loss on the codes of the last `stride` items, every training target predicted once per epoch.
+Training windows follow SASRec's (`sasrec.make_windows`): windows of max_items + 1 items (the
+prompt's max_items history items and a target) with the loss on the codes of the last `stride`
+items, so every training target is predicted once per epoch from at least max_items - stride
++ 1 previous items (all of them near a sequence's start).
 Items without a reachable SID (a collision policy dropped them) are left out of the sequences
 and counted in `fit`'s facts. Validation: NDCG@10 on `split.valid` after each epoch (early
 stopping with `patience`, best epoch kept), a small lr grid, all within `time_budget_s`.
@@ -135,16 +137,16 @@ class TIGER(baselines.Baseline):
     return 1 + self.sid_map.num_levels
 
   def _windows(self, sequences) -> tuple[np.ndarray, np.ndarray]:
-    """Training token windows: (W, 1 + max_items * item_len) int32 tokens (right-padded) and
+    """Training token windows: (W, 1 + (max_items + 1) * item_len) int32 tokens (right-padded),
     the (W, same) bool loss mask on the target code tokens (next-token targets)."""
     cfg, il = self.cfg, self._item_len
-    width = 1 + cfg.max_items * il
+    width = 1 + (cfg.max_items + 1) * il
     toks, masks = [], []
     for seq in sequences:
       seq = self._known(seq)
-      # Window ending at item `end` (its last target): items [end - max_items + 1, end].
+      # Window ending at item `end` (its last target): items [end - max_items, end].
       for end in range(seq.size - 1, 0, -cfg.stride):
-        lo = max(0, end - cfg.max_items + 1)
+        lo = max(0, end - cfg.max_items)
         items = seq[lo:end + 1]
         t = np.full(width, PAD, np.int32)
         t[0] = BOS
@@ -179,7 +181,7 @@ class TIGER(baselines.Baseline):
                        num_layers=cfg.num_layers, num_heads=cfg.num_heads,
                        num_kv_heads=cfg.num_heads, head_dim=cfg.d_model // cfg.num_heads,
                        mlp_dim=cfg.mlp_dim, tie_embeddings=True,
-                       max_seq_len=2 + cfg.max_items * self._item_len)
+                       max_seq_len=1 + (cfg.max_items + 1) * self._item_len)
 
   def _train_one(self, lr: float, windows, split: Split | None, exclude_history: bool,
                  deadline: float | None) -> tuple[Any, dict[str, Any]]:
