@@ -1,8 +1,11 @@
 r"""Training throughput: tokens/s per chip and model FLOPs utilisation (MFU) per preset.
 
   python -m experiments.benchmarks.train                       # tiny and smollm2-135m
-  python -m experiments.benchmarks.train --presets=smollm2-135m --seq_len=1024 \
-      --batch_size=8 --dtype=bfloat16                           # on a GPU
+  python -m experiments.benchmarks.train --presets=smollm2-135m --batch_size=32  # on a GPU
+
+Defaults follow the device: on an accelerator sequence length 1024, bf16 compute (f32
+parameters), batch 8 (tiny) / 16 (larger presets); on a CPU sequence length 128, f32, batch
+8 / 1, so that both presets finish in a few minutes on 2 cores.
 
 Times the library's own jitted train step (`neo_jax.train.loop.make_train_step`: forward,
 backward, AdamW) on random tokens, after a warm-up that compiles it. Model FLOPs per token
@@ -35,13 +38,16 @@ from neo_jax.train import loop
 from neo_jax.train import optimizer as optimizer_lib
 
 _PRESETS = flags.DEFINE_list('presets', ['tiny', 'smollm2-135m'], 'Model presets to time.')
-_SEQ_LEN = flags.DEFINE_integer('seq_len', 1024, 'Tokens per row.')
+_SEQ_LEN = flags.DEFINE_integer('seq_len', 0, 'Tokens per row; 0 = 1024 on accelerators, '
+                                '128 on CPU.')
 _BATCH = flags.DEFINE_integer('batch_size', 0,
-                              'Rows per step; 0 = 8 for tiny, 1 for larger presets on CPU, '
-                              '8 on accelerators.')
+                              'Rows per step; 0 = 8 for tiny; for larger presets 1 on CPU, '
+                              '16 on accelerators.')
 _STEPS = flags.DEFINE_integer('steps', 3, 'Timed steps after the warm-up.')
 _DTYPE = flags.DEFINE_string('dtype', '', "Compute dtype; '' = float32 on CPU, bfloat16 "
                              'on accelerators. Parameters stay float32.')
+_REMAT = flags.DEFINE_enum('remat', 'none', ['none', 'dots', 'full'],
+                           'Activation rematerialisation of the decoder blocks.')
 _WORKDIR = flags.DEFINE_string('workdir', '', 'If set, result.json is also written there.')
 
 # Published dense peaks (FLOP/s) per device kind substring and compute dtype.
@@ -75,8 +81,9 @@ def _measured_cpu_peak() -> float:
   return 2.0 * n ** 3 / best
 
 
-def _time_preset(name: str, seq_len: int, batch: int, dtype: str, steps: int) -> dict:
-  cfg = get_config(name, dtype=dtype, param_dtype='float32')
+def _time_preset(name: str, seq_len: int, batch: int, dtype: str, steps: int,
+                 remat: str = 'none') -> dict:
+  cfg = get_config(name, dtype=dtype, param_dtype='float32', remat=remat)
   model = Decoder(cfg, rngs=nnx.Rngs(0))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx = optimizer_lib.make_optimizer(ml_collections.ConfigDict(dict(
@@ -126,17 +133,21 @@ def main(argv):
     peak = next((v for (k, dt), v in _PEAKS.items() if k in kind and dt == dtype), None)
     peak_source = f'published dense {dtype} peak of {kind}' if peak else 'unknown'
   cpu = platform.processor() or platform.machine()
-  print(f'device: {kind} x{jax.local_device_count()} ({cpu}, {os.cpu_count()} CPUs); peak '
+  seq_len = _SEQ_LEN.value or (128 if on_cpu else 1024)
+  description = f'{kind} x{jax.local_device_count()} ({cpu}, {os.cpu_count()} CPUs)'
+  print(f'device: {description}; peak '
         f'{peak / 1e12 if peak else float("nan"):.3f} TFLOP/s ({peak_source})')
-  result = {'device': kind, 'num_devices': jax.local_device_count(),
-            'peak_flops_per_second': peak or float('nan')}
+  result = {'device': kind, 'device_description': description,
+            'num_devices': jax.local_device_count(),
+            'peak_flops_per_second': peak or float('nan'), 'peak_source': peak_source,
+            'remat': _REMAT.value}
   print(f'{"preset":<14} {"params":>12} {"batch x len":>12} {"step s":>9} {"tokens/s":>10} '
         f'{"MFU":>7}')
   for name in _PRESETS.value:
-    batch = _BATCH.value or (8 if (name == 'tiny' or not on_cpu) else 1)
-    r = _time_preset(name, _SEQ_LEN.value, batch, dtype, _STEPS.value)
+    batch = _BATCH.value or (8 if name == 'tiny' else 1 if on_cpu else 16)
+    r = _time_preset(name, seq_len, batch, dtype, _STEPS.value, _REMAT.value)
     mfu = r['tokens_per_second'] * r['model_flops_per_token'] / peak if peak else float('nan')
-    print(f'{name:<14} {r["params"]:>12,} {f"{batch} x {_SEQ_LEN.value}":>12} '
+    print(f'{name:<14} {r["params"]:>12,} {f"{batch} x {seq_len}":>12} '
           f'{r["step_seconds"]:>9.3f} {r["tokens_per_second"]:>10,.0f} {mfu:>7.1%}')
     for k, v in r.items():
       result[f'{name}/{k}'] = v
