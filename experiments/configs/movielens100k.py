@@ -30,7 +30,7 @@ def add_experiment(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       share_grounding=True,
       # Registry names (neo_jax/eval/experiment.py BASELINES); one not in this checkout is
       # reported as missing.
-      baselines=('popularity', 'bm25', 'dense', 'sasrec', 'tiger'),
+      baselines=('popularity', 'bm25', 'bm25s', 'dense', 'sasrec', 'tiger'),
       # Any of no_grounding, stages_merged, random_sids, unconstrained (and random_init with a
       # pretrained backbone).
       ablations=(),
@@ -46,6 +46,9 @@ def add_experiment(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.baseline_args = ml_collections.ConfigDict({
       'sasrec': {'max_epochs': 20, 'patience': 3, 'time_budget_s': 150.0,
                  'grid': ((0.2, 1e-3), (0.5, 1e-3), (0.2, 3e-3), (0.5, 3e-3))},
+      # TIGER: NEO's own SID map (neo_jax/eval/experiment.py fit_baselines), its lr grid in
+      # time_budget_s.
+      'tiger': {'max_epochs': 10, 'patience': 2, 'time_budget_s': 120.0},
   })
   return c
 

@@ -188,13 +188,15 @@ def register_baseline(name: str, make: Callable[[dict[str, Any]], baselines_lib.
 
 
 def fit_baselines(names_: Sequence[str], args: Any, dataset, view: Split,
-                  valid_queries: Sequence[Query], log: Log, workdir: str | None = None
+                  valid_queries: Sequence[Query], log: Log, workdir: str | None = None,
+                  sid_map: Any = None
                   ) -> tuple[dict[str, baselines_lib.Baseline], dict[str, Any]]:
   """Builds, fits (train) and tunes (validation) each named baseline. A baseline whose module
   or class is not in this checkout gets `<name>/status` 'missing: ...' and no figures;
   every other gets status 'ok', its fit facts and time. `view` must hold no test targets.
   A baseline taking a `cache_dir` (dense: item embeddings) caches under
-  <workdir>/baselines/<name> unless its args name one."""
+  <workdir>/baselines/<name> unless its args name one. TIGER gets NEO's `sid_map` (the same
+  SIDs, so the comparison isolates the language model) when one is given."""
   if view.test:
     raise ValueError('baselines must be fitted on a split without test targets')
   fitted: dict[str, baselines_lib.Baseline] = {}
@@ -211,6 +213,8 @@ def fit_baselines(names_: Sequence[str], args: Any, dataset, view: Split,
       out[f'{name}/status'] = f'missing: {type(err).__name__}: {err}'
       log(f'baseline {name}: missing ({err})')
       continue
+    if name == 'tiger' and sid_map is not None and getattr(b, 'sid_map', 0) is None:
+      b.sid_map = sid_map
     fit_facts = b.fit(dataset, view, valid=True, valid_queries=list(valid_queries) or None)
     fitted[name] = b
     for k, v in fit_facts.items():
@@ -593,7 +597,7 @@ def run_experiment(cfg: ml_collections.ConfigDict, workdir: str, log: Log = prin
   valid_queries = [Query(builders.query_of(x), tuple(x.target_items))
                    for x in guard.examples('search_valid', 'baselines/tune')]
   fitted, facts_ = fit_baselines(e.baselines, cfg.get('baseline_args', {}), art.dataset, view,
-                                 valid_queries, log, workdir)
+                                 valid_queries, log, workdir, art.sid_map)
   result.update(facts_)
 
   # NEO on validation (never used to choose anything here; reported beside the test figures).

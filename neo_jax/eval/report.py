@@ -20,7 +20,7 @@ NEO_SYSTEMS = ('neo_multi', 'neo_mono')
 # Result prefixes that are figures, not systems (some carry a '/status' too).
 NOT_SYSTEMS = frozenset({'type_steerability', 'format_steerability', 'explain', 'valid',
                          'seconds', 'requests', 'split', 'sid'})
-BASELINE_ORDER = ('popularity', 'bm25', 'dense', 'sasrec', 'tiger')
+BASELINE_ORDER = ('popularity', 'bm25', 'bm25s', 'dense', 'sasrec', 'tiger')
 REC_METRICS = ('hr@1', 'hr@5', 'hr@10', 'hr@30', 'ndcg@1', 'ndcg@5', 'ndcg@10', 'ndcg@30',
                'mrr')
 TABLE_METRICS = ('hr@10', 'hr@30', 'ndcg@10', 'ndcg@30', 'mrr')
