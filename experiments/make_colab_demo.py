@@ -15,9 +15,7 @@ import nbformat
 from absl import app
 from absl import flags
 
-_OUT = flags.DEFINE_string(
-    'out', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'colab_demo.ipynb'),
-    'where to write the notebook')
+NOTEBOOK = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'colab_demo.ipynb')
 
 INTRO = """\
 # NEO in JAX: one language model for recommendation, search and user understanding
@@ -331,9 +329,11 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   nb = build_notebook()
   nbformat.validate(nb)
-  nbformat.write(nb, _OUT.value)
-  print(f'wrote {_OUT.value} ({len(nb.cells)} cells)')
+  nbformat.write(nb, flags.FLAGS.out)
+  print(f'wrote {flags.FLAGS.out} ({len(nb.cells)} cells)')
 
 
 if __name__ == '__main__':
+  # Defined here, not on import: tests import this module beside other entry points.
+  flags.DEFINE_string('out', NOTEBOOK, 'where to write the notebook')
   app.run(main)
