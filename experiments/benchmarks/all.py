@@ -181,7 +181,8 @@ def run_one(name: str, args: list[str], workdir: str, timeout_s: int) -> dict[st
     os.remove(result_path)  # only this run's result counts
   log_path = os.path.join(workdir, f'{name}.log')
   t0 = time.perf_counter()
-  out: dict[str, Any] = {'command': ' '.join(cmd[1:]), 'log': log_path, 'result': {}}
+  out: dict[str, Any] = {'command': 'python ' + ' '.join(cmd[1:]), 'log': log_path,
+                         'result': {}}
   try:
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
     stdout, stderr, rc = proc.stdout, proc.stderr, proc.returncode
