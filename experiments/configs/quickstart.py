@@ -59,7 +59,7 @@ def get_config() -> ml_collections.ConfigDict:
       # History continuation (tasks.builders.history_examples): windows of this many training
       # items as completions, every position a target (0 = off), with history_context items
       # of the prompt before each window.
-      history_window=0, history_context=3))
+      history_window=12, history_context=3))
 
   # mesh: '' trains on one device; 'data,fsdp,tensor' (e.g. '8,1,1') shards over all devices.
   c.train = ml_collections.ConfigDict(dict(seq_len=128, batch_size=32, mesh=''))
