@@ -228,14 +228,18 @@ def train_stage(model: nnx.Module, data: PackedData, cfg: ml_collections.ConfigD
   ckpt_dir = os.path.join(os.path.abspath(workdir), 'checkpoints', name)
   summary_path = os.path.join(ckpt_dir, 'summary.json')
   best_fn = lambda metrics: float(metrics[best_metric])
-  policy = ocp.checkpoint_managers.AnyPreservationPolicy([
-      ocp.checkpoint_managers.LatestN(n=int(keep_last)),
-      ocp.checkpoint_managers.BestN(get_metric_fn=best_fn, reverse=(mode == 'min'), n=1,
-                                    keep_checkpoints_without_metrics=False)])
+  if eval_every:
+    policy = ocp.checkpoint_managers.AnyPreservationPolicy([
+        ocp.checkpoint_managers.LatestN(n=int(keep_last)),
+        ocp.checkpoint_managers.BestN(get_metric_fn=best_fn, reverse=(mode == 'min'), n=1,
+                                      keep_checkpoints_without_metrics=False)])
+    options = ocp.CheckpointManagerOptions(create=True, best_fn=best_fn, best_mode=mode,
+                                           preservation_policy=policy)
+  else:  # no validation, no best: the last keep_last checkpoints
+    options = ocp.CheckpointManagerOptions(
+        create=True, preservation_policy=ocp.checkpoint_managers.LatestN(n=int(keep_last)))
   # Saves are asynchronous (orbax's default): the step loop continues while they write.
-  manager = ocp.CheckpointManager(
-      ckpt_dir, options=ocp.CheckpointManagerOptions(
-          create=True, best_fn=best_fn, best_mode=mode, preservation_policy=policy))
+  manager = ocp.CheckpointManager(ckpt_dir, options=options)
   start = 0
   if manager.latest_step() is not None:
     start = int(manager.latest_step())
