@@ -7,9 +7,26 @@ how many requests each evaluation uses.
 
   python -m experiments.evaluate --config=experiments/configs/movielens100k.py --workdir=W
 
-`experiment.ablations` is empty by default (each ablation is another NEO training run); every
-ablation: `--config.experiment.ablations=no_grounding,stages_merged,random_sids,unconstrained`
-(config_flags parses the comma list as a tuple).
+What it costs on a 2-core CPU (estimates: this was sized on a shared machine, load ~12 on 2
+cores, where everything ran 10-15x slower; the run writes wall and CPU seconds per part into
+result.json and report.md, so a quiet rerun gives the real figures):
+  prepare (TFDS build, SIDs, tokenizer, examples)   ~0.5 min
+  NEO-multi (quickstart's 100 + 900 steps)          ~8 min (README: the whole quickstart ~10)
+  NEO-mono recommend, search (900 steps each; the grounding stage is NEO-multi's)  ~7 min each
+  baselines: SASRec / TIGER their time_budget_s (a grid point that has started finishes, so
+    up to ~2x), dense ~10 s CPU, BM25 / bm25s / popularity ~1 s
+  final evaluation (300 + 300 requests, 30 beams, 3 NEO models) + steering ~3 min
+  total ~30 min. `--config.experiment.mono_tasks=recommend` saves ~7 min.
+On the shared machine a run with 20 + 60 steps and 50 requests measured (CPU seconds, all
+threads): prepare 13, SASRec 41 (30 s budget), TIGER 120 (30 s budget), dense 10, evaluation
+28, steering/understanding 11.
+
+`experiment.ablations` is empty by default: each ablation is another NEO run (no_grounding,
+stages_merged: one more NEO-multi training, ~8 min each; random_sids: a preparation with random
+SIDs and a training, ~9 min; unconstrained: one more evaluation of NEO-multi, ~1 min), so all
+four add ~26 min:
+  --config.experiment.ablations=no_grounding,stages_merged,random_sids,unconstrained
+(a comma list is accepted for every list of `experiment`).
 """
 
 import ml_collections
@@ -44,11 +61,11 @@ def add_experiment(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   # point to early stopping on validation NDCG@10 or max_epochs, grid points started only
   # while time_budget_s (seconds, whole grid) is left: sized for the 30-minute CPU budget.
   c.baseline_args = ml_collections.ConfigDict({
-      'sasrec': {'max_epochs': 20, 'patience': 3, 'time_budget_s': 150.0,
+      'sasrec': {'max_epochs': 20, 'patience': 3, 'time_budget_s': 120.0,
                  'grid': ((0.2, 1e-3), (0.5, 1e-3), (0.2, 3e-3), (0.5, 3e-3))},
       # TIGER: NEO's own SID map (neo_jax/eval/experiment.py fit_baselines), its lr grid in
       # time_budget_s.
-      'tiger': {'max_epochs': 10, 'patience': 2, 'time_budget_s': 120.0},
+      'tiger': {'max_epochs': 10, 'patience': 2, 'time_budget_s': 90.0},
   })
   return c
 

@@ -387,9 +387,16 @@ class Rankers:
 # -- steerability and understanding ------------------------------------------------------------
 
 def steer_and_understand(cfg, ranker: NEORanker, art: pipeline.Artifacts, guard: SplitGuard,
-                         log: Log) -> dict[str, Any]:
+                         log: Log, samples_path: str | None = None) -> dict[str, Any]:
   """Type and format steerability, user understanding and faithfulness of NEO-multi on test
-  requests (`experiment.steer_requests` / `understanding_requests` of them)."""
+  requests (`experiment.steer_requests` / `understanding_requests` of them). The first
+  generations of each kind (prompt, output) go to `samples_path` (JSON) for reading."""
+  samples: list[dict[str, str]] = []
+
+  def keep(kind, prompts_, texts, n=5):
+    samples.extend({'kind': kind, 'prompt': p, 'output': t}
+                   for p, t in list(zip(prompts_, texts))[:n])
+
   e = cfg.experiment
   cat = art.dataset.catalog
   stage = 'final/steer'
@@ -442,6 +449,7 @@ def steer_and_understand(cfg, ranker: NEORanker, art: pipeline.Artifacts, guard:
       gens = ranker.generate(fmt_prompts, 'mixed', target_types=fmt_types,
                              max_new_tokens=e.max_new_tokens, max_items=3)
     fs = understanding.format_steerability(fmt_wanted, [g[0] for g in gens])
+    keep('format', fmt_prompts, [g[0] for g in gens], 6)
     out.update({k: v for k, v in fs.items() if k.startswith('format_steerability')})
     out['format_steerability/answers'] = fs['answers']
     out['format_steerability/constraints_off'] = int(unconstrained)
@@ -455,6 +463,7 @@ def steer_and_understand(cfg, ranker: NEORanker, art: pipeline.Artifacts, guard:
     profiles = [facts.user_profile(cat, by_user.get(x.user_id, np.zeros(0, np.int64)),
                                    art.dataset.users.get(x.user_id)) for x in summ]
     out.update(understanding.summary_understanding([g[0] for g in gens], profiles, vocab))
+    keep('user_summary', [x.prompt for x in summ], [g[0] for g in gens])
   # Recsplanation faithfulness: the rationale must be true of the first item the answer names.
   expl = _subsample(guard.examples('explain_test', stage), e.understanding_requests, cfg.seed)
   if expl:
@@ -467,6 +476,10 @@ def steer_and_understand(cfg, ranker: NEORanker, art: pipeline.Artifacts, guard:
     items = [g[1][0] if g[1] else None for g in gens]
     fa = understanding.rationale_faithfulness([g[0] for g in gens], cat, items, hists)
     out.update({f'explain/{k}': v for k, v in fa.items()})
+    keep('explain', [x.prompt for x in expl], [g[0] for g in gens])
+  if samples_path:
+    with open(samples_path, 'w') as f:
+      json.dump(samples, f, indent=1)
   return out
 
 
@@ -678,7 +691,7 @@ def run_experiment(cfg: ml_collections.ConfigDict, workdir: str, log: Log = prin
   # Steerability, understanding, faithfulness (NEO-multi) + validity of every generated SID.
   t1 = _now()
   result.update(steer_and_understand(cfg, rankers(models['neo_multi'], art), art,
-                                     guard, log))
+                                     guard, log, os.path.join(workdir, 'samples.json')))
   _record(result, 'steer_understand', t1)
   result['sid_checked'] = checked
   result['valid_sid_fraction'] = valid / checked if checked else None

@@ -178,7 +178,8 @@ def plot_training_curves(workdir: str, path: str) -> bool:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  stages = sorted({k.rsplit('/', 1)[1] for k in curves})
+  order = {'grounding': 0, 'capability': 1}
+  stages = sorted({k.rsplit('/', 1)[1] for k in curves}, key=lambda s: (order.get(s, 2), s))
   fig, axes = plt.subplots(1, len(stages), figsize=(6 * len(stages), 4), squeeze=False)
   for ax, stage in zip(axes[0], stages):
     for key, pts in curves.items():
@@ -233,8 +234,11 @@ def write_report(workdir: str, result: dict[str, Any]) -> str:
   if timings:
     lines += ['## Time', '', '| part | wall seconds | CPU seconds (all threads) |',
               '|---|---|---|']
-    lines += [f'| {k[len("seconds/"):]} | {result[k]:.1f} | '
-              f'{_fmt(result.get("cpu_" + k))} |' for k in timings if _is_num(result[k])]
+    cpu = lambda k: f'{result["cpu_" + k]:.1f}' if _is_num(result.get('cpu_' + k)) else ''
+    lines += [f'| {k[len("seconds/"):]} | {result[k]:.1f} | {cpu(k)} |' for k in timings
+              if _is_num(result[k])]
+    lines += ['', 'Resumed runs restore trained stages: their training time is in '
+              '`<run>/train/<stage>_seconds` of result.json (the run that trained them).']
     lines.append('')
   lines += ['## Plots', '']
   if plot_training_curves(workdir, os.path.join(workdir, 'training_curves.png')):
