@@ -92,14 +92,15 @@ def test_rationale_faithfulness_hand_made():
   good = f'{S1} Night Garden, a movie about jazz and noir from 1994; it shares jazz with "Blue Train".'
   # Wrong type and a tag the item does not have: two unsupported claims.
   bad = f'{S1} Night Garden, a book about trains.'
-  out = u.rationale_faithfulness([good, bad, 'no item named'], cat, [0, 0, None],
-                                 [[1], [1], [1]])
+  out = u.rationale_faithfulness([good, bad, 'no item named', f'{S1} '], cat, [0, 0, None, 0],
+                                 [[1], [1], [1], [1]])
   # good: title, type, jazz, noir, year, shared_tag = 6 claims, all true; bad: title (true),
-  # type (false), trains (false) = 3 claims.
-  assert out['faithful'] == pytest.approx(1 / 3)
+  # type (false), trains (false) = 3 claims; the last names an item but explains nothing.
+  assert out['faithful'] == pytest.approx(1 / 4)
   assert out['claims_supported'] == pytest.approx(7 / 9)
-  assert out['no_item'] == pytest.approx(1 / 3)
+  assert out['no_item'] == pytest.approx(1 / 4)
+  assert out['no_rationale'] == pytest.approx(1 / 4)
   assert out['unparsed'] == 0.0
-  assert out['explanations'] == 3
+  assert out['explanations'] == 4
   with pytest.raises(ValueError):
     u.rationale_faithfulness(['x'], cat, [0, 1], [[1]])

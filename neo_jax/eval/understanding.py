@@ -146,14 +146,19 @@ def rationale_faithfulness(texts: Sequence[str], catalog: Catalog, items: Sequen
     histories: (B,) the rows the prompt showed.
   Returns: faithful (share of answers whose every claim is true, at least one claim),
     claims_supported (share of all claims that are true), unparsed (share of answers with
-    text the checker does not understand), no_item (share without an item), explanations.
+    text the checker does not understand), no_item (share without an item), no_rationale
+    (share naming an item but writing no text besides SID spans: not faithful, no claims),
+    explanations.
   """
   if not len(texts) == len(items) == len(histories):
     raise ValueError(f'{len(texts)} texts, {len(items)} items, {len(histories)} histories')
-  faithful = unparsed = no_item = claims = supported = 0
+  faithful = unparsed = no_item = no_text = claims = supported = 0
   for text, item, hist in zip(texts, items, histories):
     if item is None:
       no_item += 1
+      continue
+    if not _SPAN_RE.sub('', text).strip():
+      no_text += 1
       continue
     check = rationale.check_rationale(text, catalog, int(item), hist)
     faithful += check.faithful
@@ -165,4 +170,4 @@ def rationale_faithfulness(texts: Sequence[str], catalog: Catalog, items: Sequen
   return {'faithful': faithful / n if n else nan,
           'claims_supported': supported / claims if claims else nan,
           'unparsed': unparsed / n if n else nan, 'no_item': no_item / n if n else nan,
-          'explanations': n}
+          'no_rationale': no_text / n if n else nan, 'explanations': n}
