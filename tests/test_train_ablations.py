@@ -72,7 +72,8 @@ def test_pipeline_training_with_mixture_validation_best_and_lora(tmp_path):
   cfg.capability.eval_every = 2
   cfg.capability.lora_rank, cfg.capability.lora_alpha = 2, 4.0
   cfg.tasks.mixture = ml_collections.ConfigDict(dict(
-      recommend=2, search=1, user_summary=0, sid_to_text=1, text_to_sid=1, sid_to_type=0))
+      recommend=2, search=1, user_summary=0, sid_to_text=1, text_to_sid=1, sid_to_type=0,
+      history=0))
   cfg.train.valid_requests = 4
   cfg.train.best_metric = 'valid/recommend/recall@10'
   cfg.train.restore_best = True
