@@ -17,7 +17,9 @@ import ml_collections
 def _stage(steps, lr, warmup):
   return ml_collections.ConfigDict(dict(
       steps=steps, learning_rate=lr, warmup_steps=warmup, final_lr_fraction=0.1,
-      b1=0.9, b2=0.95, weight_decay=0.01, clip_norm=1.0, log_every=50, checkpoint_every=0))
+      b1=0.9, b2=0.95, weight_decay=0.01, clip_norm=1.0, log_every=50, checkpoint_every=0,
+      # Validation every eval_every steps (0 = off) on eval_batches batches (0 = all).
+      eval_every=0, eval_batches=0))
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -48,7 +50,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict(dict(
       preset='tiny', d_model=128, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32,
-      mlp_dim=384, dtype='float32', param_dtype='float32', sid_init='mean'))
+      mlp_dim=384, dtype='float32', param_dtype='float32', sid_init='mean',
+      # The ablation 'random initialisation': a random decoder of the backbone's shape.
+      random_init=False))
 
   c.tasks = ml_collections.ConfigDict(dict(
       history_len=8, train_targets_per_user=12, query_valid_fraction=0.1,
@@ -62,9 +66,17 @@ def get_config() -> ml_collections.ConfigDict:
       history_window=12, history_context=3))
 
   # mesh: '' trains on one device; 'data,fsdp,tensor' (e.g. '8,1,1') shards over all devices.
-  c.train = ml_collections.ConfigDict(dict(seq_len=128, batch_size=32, mesh=''))
+  # merge_stages: one stage on both stages' examples (the ablation 'stages merged').
+  # best_metric/best_mode ('' = by the metric's name)/restore_best: keep-best by validation;
+  # valid_requests: recommend requests scored by Recall@10 during validation (0 = loss only).
+  c.train = ml_collections.ConfigDict(dict(
+      seq_len=128, batch_size=32, mesh='', merge_stages=False, best_metric='valid/loss',
+      best_mode='', restore_best=False, keep_checkpoints=2, valid_requests=0))
   c.grounding = _stage(steps=100, lr=3e-3, warmup=20)
   c.capability = _stage(steps=900, lr=2e-3, warmup=60)
+  # LoRA rank of the capability stage (0 = full fine-tuning); alpha 0 = 2 x rank.
+  c.capability.lora_rank = 0
+  c.capability.lora_alpha = 0.0
 
   c.eval = ml_collections.ConfigDict(dict(
       num_beams=20, ks=(1, 5, 10), max_requests=300, batch_size=50))
