@@ -297,9 +297,15 @@ def _metric_prefix(system: str, task: str) -> str:
 
 # -- NEO runs ----------------------------------------------------------------------------------
 
+# Capability tasks that are another task's own training data: history continuation is
+# next-item recommendation with every position a target (tasks.builders.history_examples).
+_MONO_EXTRA = {'recommend': ('history',)}
+
+
 def _capability_subset(examples: list[Example], task: str) -> list[Example]:
-  """One task's capability examples plus the grounding examples the stage keeps."""
-  keep = set(GROUNDING_TASKS) | {task}
+  """One task's capability examples (with the task's own extra data, `_MONO_EXTRA`) plus the
+  grounding examples the stage keeps."""
+  keep = set(GROUNDING_TASKS) | {task} | set(_MONO_EXTRA.get(task, ()))
   out = [e for e in examples if e.task in keep]
   if not any(e.task == task for e in out):
     raise ValueError(f'no capability examples of task {task!r}')
