@@ -327,16 +327,7 @@ class BM25(Baseline):
       self._index(dataset.catalog, self.k1, self.b)
     facts.update(k1=self.k1, b=self.b)
     if valid and split.valid:
-      best = None
-      for last in self.LAST_GRID:
-        self.last = last
-        score = recommend_metrics(self, split.valid, ks=(10,), exclude_history=exclude_history,
-                                  max_requests=self.max_valid_requests)['ndcg@10']
-        facts[f'valid_ndcg@10/last={last}'] = score
-        if best is None or score > best[0]:
-          best = (score, last)
-      self.last = best[1]
-      facts['valid_ndcg@10'] = best[0]
+      tune_last_items(self, split, exclude_history, facts)
     facts['last'] = self.last
     return facts
 
@@ -441,3 +432,19 @@ class BM25S(Baseline):
       # broken by row like every other ranking here.
       scores[n, rows] = retriever.get_scores(toks) if toks else 0.0
     return rank_scores(catalog, scores, target_types, k)
+
+
+def tune_last_items(ranker, split, exclude_history: bool, facts: dict) -> None:
+  """Sets `ranker.last` (how many of the latest history items form a recommendation query)
+  to the point of `ranker.LAST_GRID` with the best validation NDCG@10, recording each point's
+  score in `facts`."""
+  best = None
+  for last in ranker.LAST_GRID:
+    ranker.last = last
+    score = recommend_metrics(ranker, split.valid, ks=(10,), exclude_history=exclude_history,
+                              max_requests=ranker.max_valid_requests)['ndcg@10']
+    facts[f'valid_ndcg@10/last={last}'] = score
+    if best is None or score > best[0]:
+      best = (score, last)
+  ranker.last = best[1]
+  facts['valid_ndcg@10'] = best[0]

@@ -97,17 +97,7 @@ class Dense(baselines.Baseline):
     facts: dict[str, Any] = {'encoder': self.encoder.name, 'cached': float(cached),
                              'dim': int(self.item_emb.shape[1])}
     if valid and split.valid:
-      best = None
-      for last in self.LAST_GRID:
-        self.last = last
-        score = baselines.recommend_metrics(
-            self, split.valid, ks=(10,), exclude_history=exclude_history,
-            max_requests=self.max_valid_requests)['ndcg@10']
-        facts[f'valid_ndcg@10/last={last}'] = score
-        if best is None or score > best[0]:
-          best = (score, last)
-      self.last = best[1]
-      facts['valid_ndcg@10'] = best[0]
+      baselines.tune_last_items(self, split, exclude_history, facts)
     facts['last'] = self.last
     return facts
 

@@ -46,6 +46,18 @@ NEG_INF = -1e9  # finite: a query row with every key masked gets a uniform softm
 LOSSES = ('ce', 'bce')
 
 
+def epoch_batches(rng: np.random.Generator, n: int, batch_size: int):
+  """One shuffled epoch over n rows in batches of `batch_size`: yields (rows (batch_size,)
+  int, real (batch_size,) bool). The last partial batch is filled with row 0 marked not
+  real (to be masked out), so one compiled program serves every batch."""
+  order = rng.permutation(n)
+  order = np.concatenate([order, np.full((-n) % batch_size, -1)])
+  for start in range(0, order.size, batch_size):
+    idx = order[start:start + batch_size]
+    real = idx >= 0
+    yield np.where(real, idx, 0), real
+
+
 @dataclasses.dataclass(frozen=True)
 class SASRecConfig:
   """Hyperparameters. Units: `lr` per Adam step, `batch_size` in windows, `time_budget_s`
@@ -257,14 +269,8 @@ class SASRec(baselines.Baseline):
     bad = 0
     t0 = time.perf_counter()
     for epoch in range(1, epochs + 1):
-      order = rng.permutation(n)
-      # The last partial batch is filled with masked-out windows so one program serves all.
-      order = np.concatenate([order, np.full((-n) % bs, -1)])
       losses = []
-      for start in range(0, order.size, bs):
-        idx = order[start:start + bs]
-        real = idx >= 0
-        idx = np.where(real, idx, 0)
+      for idx, real in epoch_batches(rng, n, bs):
         key, sub = jax.random.split(key)
         state, opt_state, loss = step(state, opt_state, inputs[idx], targets[idx],
                                       mask[idx] & real[:, None], sub)

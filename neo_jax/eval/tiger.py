@@ -38,6 +38,7 @@ from neo_jax.decode import cache as cache_lib
 from neo_jax.decode.beam_search import sid_beam_search
 from neo_jax.decode.trie import (SIDTrie, SIDVocabArrays, allowed_types_mask, request_filter)
 from neo_jax.eval import baselines
+from neo_jax.eval import sasrec
 from neo_jax.model.config import ModelConfig
 from neo_jax.model.decoder import Decoder
 from neo_jax.sid.builder import build_sid_map
@@ -210,13 +211,8 @@ class TIGER(baselines.Baseline):
     best, bad, history = (-1.0, state, 0), 0, []
     t0 = time.perf_counter()
     for epoch in range(1, epochs + 1):
-      order = rng.permutation(n)
-      order = np.concatenate([order, np.full((-n) % bs, -1)])
       losses = []
-      for start in range(0, order.size, bs):
-        idx = order[start:start + bs]
-        real = idx >= 0
-        idx = np.where(real, idx, 0)
+      for idx, real in sasrec.epoch_batches(rng, n, bs):
         state, opt_state, loss = step(state, opt_state, tokens[idx], mask[idx] & real[:, None])
         losses.append(loss)
       mean_loss = float(np.mean(jax.device_get(losses)))
