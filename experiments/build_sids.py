@@ -33,8 +33,10 @@ _DATASET = flags.DEFINE_enum('dataset', None, ['movielens100k', 'synthetic', 'ge
                              'generic: --data_dir. Default generic when --data_dir is given.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'A dataset directory in the generic format.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory.', required=True)
-_ENCODER = flags.DEFINE_string('encoder', 'minilm', "'minilm', 'tfidf' or 'npy:<path>' (an "
-                               '(N, D) .npy aligned with the catalog rows).')
+_ENCODER = flags.DEFINE_string('encoder', 'minilm', "'minilm', 'tfidf', 'cf' (collaborative, "
+                               "fitted on the leave-one-out training split), 'npy:<path>' (an "
+                               "(N, D) .npy aligned with the catalog rows), or parts joined by "
+                               "'+', e.g. 'minilm+cf'.")
 _SAVE_EMB = flags.DEFINE_bool('save_embeddings', True, 'Also write W/sids/embeddings.npy (reuse '
                                'it with --encoder=npy:W/sids/embeddings.npy, e.g. for ablations).')
 _CONFIG = config_flags.DEFINE_config_file(
@@ -62,17 +64,22 @@ def _load(cfg, workdir):
   return tfds_builders.load_built(built)
 
 
+def _train_sequences(ds):
+  """The leave-one-out training sequences (catalog rows): what 'cf' and train popularity see."""
+  split, _ = splits.make_split(ds.interactions, 'leave_one_out')
+  return split.train.values()
+
+
 def _popularity(ds, how):
   if how == 'none':
     return None
   if how == 'all':
     return ds.item_counts().astype(np.float64)
   if how == 'train':
-    split, _ = splits.make_split(ds.interactions, 'leave_one_out')
-    rows = [r for r in split.train.values()]
+    # split.train holds catalog rows already.
+    rows = list(_train_sequences(ds))
     rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-    item = ds.interactions.item_index[rows]
-    return np.bincount(item, minlength=len(ds.catalog)).astype(np.float64)
+    return np.bincount(rows, minlength=len(ds.catalog)).astype(np.float64)
   raise ValueError(f"sid.popularity must be 'train', 'all' or 'none', got {how!r}")
 
 
@@ -83,8 +90,10 @@ def main(argv):
   t_start = time.perf_counter()
   ds = _load(cfg, workdir)
   t0 = time.perf_counter()
+  needs_cf = 'cf' in _ENCODER.value.split('+')
   emb, encoder_name = job.embed(ds.catalog, _ENCODER.value, tfidf_dim=cfg.encoder.tfidf_dim,
-                                seed=cfg.seed, batch_size=cfg.encoder.batch_size)
+                                seed=cfg.seed, batch_size=cfg.encoder.batch_size,
+                                sequences=list(_train_sequences(ds)) if needs_cf else None)
   embed_s = time.perf_counter() - t0
   if _SAVE_EMB.value and not _ENCODER.value.startswith('npy:'):
     os.makedirs(os.path.join(workdir, 'sids'), exist_ok=True)

@@ -100,12 +100,17 @@ def load_data(cfg: ml_collections.ConfigDict, workdir: str, log: Log) -> Dataset
 
 def build_sids(cfg: ml_collections.ConfigDict, ds: Dataset, split: Split, workdir: str,
                log: Log) -> tuple[SIDMap, dict[str, Any]]:
-  """Item embeddings (cfg.sid.encoder: 'tfidf', 'minilm' or 'npy:<path>') and the SID map,
+  """Item embeddings (cfg.sid.encoder: 'tfidf', 'minilm', 'cf', 'npy:<path>' or parts joined by
+  '+', e.g. 'minilm+cf'; 'cf' fitted on the training split) and the SID map,
   written with its quality report and plot under <workdir>/sids. Collisions are ranked by
   training popularity (interactions in the training split only)."""
   t0 = time.perf_counter()
+  # 'cf' parts of the encoder see the training split only.
   emb, encoder_name = sid_job.embed(ds.catalog, cfg.sid.encoder, tfidf_dim=cfg.sid.feature_dim,
-                                    seed=cfg.seed, progress=False)
+                                    seed=cfg.seed, progress=False,
+                                    sequences=list(split.train.values()),
+                                    cf_dim=cfg.sid.get('cf_dim', 64),
+                                    cf_window=cfg.sid.get('cf_window', 3))
   train_rows = np.concatenate(list(split.train.values())) if split.train else np.zeros(0, int)
   popularity = np.bincount(train_rows, minlength=len(ds.catalog)).astype(np.float64)
   sid_map, report = sid_job.build_and_save(

@@ -44,7 +44,9 @@ def get_config() -> ml_collections.ConfigDict:
   # levels and codes per level (+1 disambiguation level for collisions).
   c.sid = ml_collections.ConfigDict(dict(
       encoder='tfidf', feature_dim=128, method='rkmeans', levels=3, k=16,
-      collision='disambiguate', iters=30, tol=0.0, batch_size=0, minibatch=False))
+      collision='disambiguate', iters=30, tol=0.0, batch_size=0, minibatch=False,
+      # 'cf' parts (neo_jax/sid/collaborative.py): PPMI-SVD size and co-occurrence window.
+      cf_dim=64, cf_window=3))
 
   c.tokenizer = ml_collections.ConfigDict(dict(vocab_size=1500, model_type='bpe'))
 

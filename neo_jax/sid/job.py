@@ -17,30 +17,29 @@ import numpy as np
 
 from neo_jax.catalog.types import Catalog
 from neo_jax.sid import builder
+from neo_jax.sid import collaborative
 from neo_jax.sid import features
 from neo_jax.sid import quality
 from neo_jax.sid.types import SIDMap
 
-ENCODERS = ('minilm', 'tfidf', 'npy:<path>')
+ENCODERS = ('minilm', 'tfidf', 'cf', 'npy:<path>')
 
 
-def embed(catalog: Catalog, encoder: str, *, tfidf_dim: int = 128, seed: int = 0,
-          batch_size: int = 64, progress: bool = True) -> tuple[np.ndarray, str]:
-  """(N, D) float32 item embeddings and the encoder's name.
-
-  Args:
-    catalog: the items; their text is `Catalog.text`.
-    encoder: 'minilm' (all-MiniLM-L6-v2, 384 dims), 'tfidf' (hashed TF-IDF fitted on the
-      catalog, `tfidf_dim` dims) or 'npy:<path>' (the user's own (N, D) array, row n = item n).
-    tfidf_dim, seed: hashed TF-IDF settings.
-    batch_size: MiniLM texts per forward pass.
-    progress: MiniLM progress line on stderr.
-  """
+def _embed_one(catalog: Catalog, encoder: str, *, tfidf_dim: int, seed: int, batch_size: int,
+               progress: bool, sequences, cf_dim: int, cf_window: int) -> tuple[np.ndarray, str]:
   if encoder.startswith('npy:'):
     path = encoder[len('npy:'):]
     if not path:
       raise ValueError("encoder 'npy:<path>' needs a path after 'npy:'")
     return features.load_embeddings(path, catalog), f'npy({os.path.abspath(path)})'
+  if encoder == 'cf':
+    if sequences is None:
+      raise ValueError("encoder 'cf' needs the training sequences (sequences=...): it is "
+                       'fitted on interactions, not on item text')
+    emb, facts = collaborative.cooccurrence_embeddings(
+        list(sequences), len(catalog), dim=cf_dim, window=cf_window)
+    logging.info('cf embeddings: %s', facts)
+    return emb, f'cf(ppmi-svd,dim={facts["dim"]},window={cf_window})'
   if encoder == 'tfidf':
     enc = features.HashedTfidfEncoder.fit(features.catalog_texts(catalog), dim=tfidf_dim,
                                           seed=seed)
@@ -48,8 +47,52 @@ def embed(catalog: Catalog, encoder: str, *, tfidf_dim: int = 128, seed: int = 0
     from neo_jax.sid import minilm  # local: loads 90 MB of weights only when asked
     enc = minilm.MiniLMEncoder(batch_size=batch_size, progress=progress)
   else:
-    raise ValueError(f'unknown encoder {encoder!r}; known: {ENCODERS}')
+    raise ValueError(f'unknown encoder {encoder!r}; known: {ENCODERS} or parts of them joined '
+                     "by '+'")
   return features.embed_catalog(catalog, enc, batch_size=4096), enc.name
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+  norm = np.linalg.norm(x, axis=1, keepdims=True)
+  return np.where(norm > 0, x / np.maximum(norm, 1e-12), 0.0).astype(np.float32)
+
+
+def embed(catalog: Catalog, encoder: str, *, tfidf_dim: int = 128, seed: int = 0,
+          batch_size: int = 64, progress: bool = True, sequences=None, cf_dim: int = 64,
+          cf_window: int = 3) -> tuple[np.ndarray, str]:
+  """(N, D) float32 item embeddings and the encoder's name.
+
+  Args:
+    catalog: the items; their text is `Catalog.text`.
+    encoder: 'minilm' (all-MiniLM-L6-v2, 384 dims), 'tfidf' (hashed TF-IDF fitted on the
+      catalog, `tfidf_dim` dims), 'cf' (collaborative: PPMI-SVD of co-occurrence in
+      `sequences`, `cf_dim` dims; `neo_jax/sid/collaborative.py`) or 'npy:<path>' (the user's
+      own (N, D) array, row n = item n); or several joined by '+' (e.g. 'minilm+cf'): each
+      part's rows scaled to unit norm, then concatenated, so every part weighs the same. 'cf'
+      alone is unit-normalised too.
+    tfidf_dim, seed: hashed TF-IDF settings.
+    batch_size: MiniLM texts per forward pass.
+    progress: MiniLM progress line on stderr.
+    sequences: per-user (T,) catalog rows, oldest first (the training split only: whatever
+      is passed here shapes the SIDs); needed by 'cf'.
+    cf_dim, cf_window: the collaborative embedding's size and co-occurrence window.
+  """
+  parts = encoder.split('+') if not encoder.startswith('npy:') else [encoder]
+  if any(not p for p in parts):
+    raise ValueError(f'empty part in encoder {encoder!r}')
+  if len(set(parts)) != len(parts):
+    raise ValueError(f'encoder {encoder!r} names a part twice')
+  kwargs = dict(tfidf_dim=tfidf_dim, seed=seed, batch_size=batch_size, progress=progress,
+                sequences=sequences, cf_dim=cf_dim, cf_window=cf_window)
+  if len(parts) == 1:
+    emb, name = _embed_one(catalog, parts[0], **kwargs)
+    return (_unit_rows(emb), name) if parts[0] == 'cf' else (emb, name)
+  embs, names = [], []
+  for p in parts:
+    emb, name = _embed_one(catalog, p, **kwargs)
+    embs.append(_unit_rows(np.asarray(emb, np.float32)))
+    names.append(name)
+  return np.concatenate(embs, axis=1), '+'.join(names)
 
 
 def build_and_save(catalog: Catalog, emb_NxD: np.ndarray, out_dir: str, sid: Mapping[str, Any],
