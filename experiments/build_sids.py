@@ -64,21 +64,14 @@ def _load(cfg, workdir):
   return tfds_builders.load_built(built)
 
 
-def _train_sequences(ds):
-  """The leave-one-out training sequences (catalog rows): what 'cf' and train popularity see."""
-  split, _ = splits.make_split(ds.interactions, 'leave_one_out')
-  return split.train.values()
-
-
-def _popularity(ds, how):
+def _popularity(ds, how, train_seqs):
+  """`train_seqs`: the leave-one-out training sequences (catalog rows)."""
   if how == 'none':
     return None
   if how == 'all':
     return ds.item_counts().astype(np.float64)
   if how == 'train':
-    # split.train holds catalog rows already.
-    rows = list(_train_sequences(ds))
-    rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    rows = np.concatenate(train_seqs) if train_seqs else np.zeros(0, np.int64)
     return np.bincount(rows, minlength=len(ds.catalog)).astype(np.float64)
   raise ValueError(f"sid.popularity must be 'train', 'all' or 'none', got {how!r}")
 
@@ -89,11 +82,13 @@ def main(argv):
   cfg, workdir = _CONFIG.value, _WORKDIR.value
   t_start = time.perf_counter()
   ds = _load(cfg, workdir)
+  # What 'cf' and train popularity see: the leave-one-out training sequences (catalog rows).
+  train_seqs = list(splits.make_split(ds.interactions, 'leave_one_out')[0].train.values())
   t0 = time.perf_counter()
-  needs_cf = 'cf' in _ENCODER.value.split('+')
   emb, encoder_name = job.embed(ds.catalog, _ENCODER.value, tfidf_dim=cfg.encoder.tfidf_dim,
                                 seed=cfg.seed, batch_size=cfg.encoder.batch_size,
-                                sequences=list(_train_sequences(ds)) if needs_cf else None)
+                                sequences=train_seqs, cf_dim=cfg.encoder.cf_dim,
+                                cf_window=cfg.encoder.cf_window)
   embed_s = time.perf_counter() - t0
   if _SAVE_EMB.value and not _ENCODER.value.startswith('npy:'):
     os.makedirs(os.path.join(workdir, 'sids'), exist_ok=True)
@@ -103,7 +98,7 @@ def main(argv):
   sid_cfg = cfg.sid.to_dict()
   sid_map, rep = job.build_and_save(
       ds.catalog, emb, os.path.join(workdir, 'sids'), sid_cfg,
-      popularity=_popularity(ds, sid_cfg['popularity']), encoder_name=encoder_name,
+      popularity=_popularity(ds, sid_cfg['popularity'], train_seqs), encoder_name=encoder_name,
       seed=cfg.seed)
   result = {
       'dataset': ds.name, 'encoder': encoder_name, 'method': sid_map.meta['method'],

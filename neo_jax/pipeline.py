@@ -105,13 +105,12 @@ def build_sids(cfg: ml_collections.ConfigDict, ds: Dataset, split: Split, workdi
   written with its quality report and plot under <workdir>/sids. Collisions are ranked by
   training popularity (interactions in the training split only)."""
   t0 = time.perf_counter()
+  train_seqs = list(split.train.values())
   # 'cf' parts of the encoder see the training split only.
   emb, encoder_name = sid_job.embed(ds.catalog, cfg.sid.encoder, tfidf_dim=cfg.sid.feature_dim,
-                                    seed=cfg.seed, progress=False,
-                                    sequences=list(split.train.values()),
-                                    cf_dim=cfg.sid.get('cf_dim', 64),
-                                    cf_window=cfg.sid.get('cf_window', 3))
-  train_rows = np.concatenate(list(split.train.values())) if split.train else np.zeros(0, int)
+                                    seed=cfg.seed, progress=False, sequences=train_seqs,
+                                    cf_dim=cfg.sid.cf_dim, cf_window=cfg.sid.cf_window)
+  train_rows = np.concatenate(train_seqs) if train_seqs else np.zeros(0, int)
   popularity = np.bincount(train_rows, minlength=len(ds.catalog)).astype(np.float64)
   sid_map, report = sid_job.build_and_save(
       ds.catalog, emb, os.path.join(workdir, 'sids'), cfg.sid.to_dict(), popularity=popularity,

@@ -74,6 +74,9 @@ def test_encoder_combination(tiny_catalog_and_sequences):
   both, name = job.embed(catalog, 'tfidf+cf', tfidf_dim=16, sequences=seqs, cf_dim=8)
   assert name.startswith('hashed_tfidf(') and '+cf(' in name and cname.startswith('cf(')
   assert both.shape == (len(catalog), 16 + 8)
+  # Each part scaled to unit rows by hand, then concatenated.
+  t_unit = t / np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-12)
+  np.testing.assert_allclose(both[:, :16], t_unit, rtol=1e-5, atol=1e-6)
   norms = np.linalg.norm(both[:, 16:], axis=1)
   np.testing.assert_allclose(norms[norms > 0], 1.0, rtol=1e-5)
   np.testing.assert_allclose(both[:, 16:], c, rtol=1e-5, atol=1e-6)

@@ -13,7 +13,9 @@ def get_config() -> ml_collections.ConfigDict:
   # --dataset=synthetic generates this catalog in memory.
   c.synthetic = ml_collections.ConfigDict(dict(items_per_type=2000, num_users=500,
                                                num_queries=100, seed=0))
-  c.encoder = ml_collections.ConfigDict(dict(tfidf_dim=128, batch_size=64))
+  # cf_dim / cf_window: the collaborative encoder's size and co-occurrence window.
+  c.encoder = ml_collections.ConfigDict(dict(tfidf_dim=128, batch_size=64, cf_dim=64,
+                                             cf_window=3))
   c.sid = ml_collections.ConfigDict(dict(
       levels=3,                  # residual k-means levels (+1 disambiguation level)
       k=64,                      # codes per level (int, or edit to a per-type dict)

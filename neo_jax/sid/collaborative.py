@@ -44,8 +44,8 @@ def cooccurrence_counts(sequences: Iterable[np.ndarray], num_items: int, window:
   if not rows:
     return scipy.sparse.csr_matrix((num_items, num_items))
   r, c, v = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+  # tocsr() sums duplicate pairs.
   m = scipy.sparse.coo_matrix((v, (r, c)), shape=(num_items, num_items)).tocsr()
-  m.sum_duplicates()
   return (m + m.T).tocsr()
 
 
