@@ -1,5 +1,5 @@
 r"""The paper's comparison: NEO-multi, NEO-mono and the ablations against the baselines, with
-the test split untouched until the final evaluation (neo_jax/eval/experiment.py).
+the test split untouched until the final evaluation (neo_jax/run/experiment.py).
 
   python -m experiments.evaluate --config=experiments/configs/movielens100k.py --workdir=W
   python -m experiments.evaluate --config=experiments/configs/synthetic.py --workdir=W
@@ -15,7 +15,7 @@ from absl import app
 
 from experiments import common
 from experiments import report as report_io
-from neo_jax.eval import experiment
+from neo_jax.run import experiment
 from neo_jax.eval import report
 
 

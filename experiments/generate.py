@@ -14,7 +14,7 @@ A trained run (the workdir of `experiments.quickstart` or `experiments.train`):
 
   python -m experiments.generate --workdir=W --batch_in=requests.jsonl \
       --batch_out=answers.jsonl
-      one JSON request per line (fields: neo_jax/serving.py), answered in batches; a bad
+      one JSON request per line (fields: neo_jax/run/serving.py), answered in batches; a bad
       line (bad JSON, unknown user/item/type/format/task, missing or misplaced field) is
       reported on stderr and as {"line": n, "error": ...} in the output, and the batch goes
       on. Exits with status 1 when any line was bad.
@@ -80,8 +80,8 @@ def _run_backbone() -> dict:
 
 
 def _service(batch_size: int):
-  from neo_jax import serving  # pylint: disable=g-import-not-at-top
-  from neo_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from neo_jax.run import serving  # pylint: disable=g-import-not-at-top
+  from neo_jax.run import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   t0 = time.perf_counter()
   try:
     run = workdir_lib.load_run(_WORKDIR.value,
@@ -116,7 +116,7 @@ def _help(svc) -> str:
 
 
 def _interactive() -> dict:
-  from neo_jax import serving  # pylint: disable=g-import-not-at-top
+  from neo_jax.run import serving  # pylint: disable=g-import-not-at-top
   svc, facts = _service(batch_size=_BATCH_SIZE.value or 1)
   print(f'NEO run {facts["run/workdir"]} ({facts["run/stage"]} step {facts["run/step"]}): '
         f'{facts["run/num_items"]} items ({facts["run/types"]}), {facts["run/num_users"]} users. '
@@ -154,7 +154,7 @@ def _interactive() -> dict:
 
 
 def _batch() -> dict:
-  from neo_jax import serving  # pylint: disable=g-import-not-at-top
+  from neo_jax.run import serving  # pylint: disable=g-import-not-at-top
   if not _BATCH_OUT.value:
     raise app.UsageError('--batch_in needs --batch_out (where the answers go)')
   if not os.path.exists(_BATCH_IN.value):

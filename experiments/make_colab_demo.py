@@ -115,16 +115,16 @@ The whole pipeline of `experiments.quickstart`, up to the end of training: Movie
 (TFDS build from the installed `recbole` package), semantic IDs by residual k-means over item
 text, a sentencepiece vocabulary plus the SID tokens, a Llama-style decoder, and NEO's two
 stages (grounding, then capability). Then the run is reloaded from its workdir alone
-(`neo_jax.workdir.load_run`), exactly as `python -m experiments.generate --workdir=W` does.
+(`neo_jax.run.workdir.load_run`), exactly as `python -m experiments.generate --workdir=W` does.
 """
 
 BUILD = """\
 import time
 
 from experiments.configs import quickstart
-from neo_jax import pipeline
-from neo_jax import serving
-from neo_jax import workdir as workdir_lib
+from neo_jax.run import stages as pipeline
+from neo_jax.run import serving
+from neo_jax.run import workdir as workdir_lib
 
 SIZES = {
     'tiny': {'sid.iters': 10, 'tokenizer.vocab_size': 1000, 'model.d_model': 32,
@@ -162,7 +162,7 @@ print(f'ready in {time.perf_counter() - t0:.0f}s:', workdir_lib.describe(run))
 USER_MD = """\
 ## 3. One user
 
-Requests go through `neo_jax.serving.Service`, the same code as the `generate` command: it
+Requests go through `neo_jax.run.serving.Service`, the same code as the `generate` command: it
 writes the training prompts (task, entity type, output format, the user's recent history as
 SID spans) and runs the trie-constrained beam search or generation.
 """

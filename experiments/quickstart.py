@@ -12,7 +12,7 @@ from absl import app
 
 from experiments import common
 from experiments import report
-from neo_jax import pipeline
+from neo_jax.run import stages as pipeline
 
 
 def main(argv):

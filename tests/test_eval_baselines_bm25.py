@@ -5,7 +5,7 @@ import pytest
 
 from neo_jax.catalog.splits import Split
 from neo_jax.catalog.types import Catalog, Dataset, Interactions, Query
-from neo_jax.eval import baselines
+from neo_jax.baselines import base as baselines
 
 TITLES = ['red apple pie recipe', 'green apple orchard', 'blue sky jazz', 'jazz night in paris',
           'apple jazz fusion', 'quiet night sky', 'the night of the red moon',

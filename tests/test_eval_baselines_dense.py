@@ -7,7 +7,7 @@ import pytest
 
 from neo_jax.catalog.splits import Split, Target
 from neo_jax.catalog.types import Catalog, Dataset, Interactions
-from neo_jax.eval import dense
+from neo_jax.baselines import dense
 from neo_jax.sid.features import HashedTfidfEncoder
 
 TITLES = ['A quiet cabin in the snowy mountains', 'Jazz standards played on a late night radio',

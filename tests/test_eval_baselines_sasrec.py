@@ -9,7 +9,7 @@ from flax import nnx
 
 from neo_jax.catalog.splits import leave_one_out
 from neo_jax.catalog.types import Catalog, Dataset, Interactions
-from neo_jax.eval import sasrec
+from neo_jax.baselines import sasrec
 
 N_ITEMS = 24
 

@@ -5,7 +5,7 @@ import pytest
 
 from neo_jax.catalog.splits import leave_one_out
 from neo_jax.catalog.types import Catalog, Dataset, Interactions
-from neo_jax.eval import tiger
+from neo_jax.baselines import tiger
 from neo_jax.sid.types import SIDMap
 
 N_ITEMS = 24

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from neo_jax.decode.trie import SIDTrie
-from neo_jax.eval.neo import NEORanker
+from neo_jax.decode.ranker import NEORanker
 from neo_jax.model.config import get_config
 from neo_jax.model.decoder import Decoder
 from neo_jax.sid.types import SIDMap

@@ -11,7 +11,7 @@ import pytest
 
 from neo_jax.catalog.splits import Split, Target
 from neo_jax.catalog.types import Catalog, Dataset, Interactions
-from neo_jax.eval import experiment
+from neo_jax.run import experiment
 from neo_jax.tasks.types import Example
 
 

@@ -16,8 +16,8 @@ import sys
 import numpy as np
 import pytest
 
-from neo_jax import pipeline
-from neo_jax import workdir as workdir_lib
+from neo_jax.run import stages as pipeline
+from neo_jax.run import workdir as workdir_lib
 from neo_jax.catalog.splits import user_sequences
 from test_generate_workdir import tiny_config
 

@@ -1,4 +1,4 @@
-"""neo_jax.workdir: a tiny run trained in memory, then reloaded from its workdir alone, gives
+"""neo_jax.run.workdir: a tiny run trained in memory, then reloaded from its workdir alone, gives
 the same logits as the in-memory model; every missing or inconsistent piece is named."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from experiments.configs import quickstart
-from neo_jax import pipeline
-from neo_jax import workdir as workdir_lib
+from neo_jax.run import stages as pipeline
+from neo_jax.run import workdir as workdir_lib
 
 # The quickstart's own config, shrunk (the sizes of tests/test_quickstart.py, synthetic data).
 TINY = {

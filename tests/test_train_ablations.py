@@ -12,7 +12,7 @@ from flax import nnx
 
 from experiments.configs import ablation_no_grounding, ablation_random_init
 from experiments.configs import ablation_stages_merged, quickstart, quickstart_smollm2
-from neo_jax import pipeline
+from neo_jax.run import stages as pipeline
 from neo_jax.model import backbones, lora
 from neo_jax.model.config import get_config
 from test_quickstart import TINY

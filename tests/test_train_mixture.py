@@ -6,7 +6,7 @@ import ml_collections
 import pytest
 
 from experiments.configs import quickstart
-from neo_jax import pipeline
+from neo_jax.run import stages as pipeline
 from neo_jax.tasks.types import Example
 from neo_jax.train import mixture
 

@@ -8,7 +8,7 @@ import numpy as np
 from flax import nnx
 
 from experiments.configs import quickstart
-from neo_jax import pipeline
+from neo_jax.run import stages as pipeline
 from neo_jax.catalog.splits import leave_one_out
 from neo_jax.catalog.types import Dataset, Interactions
 from neo_jax.tasks.suite import build_task_examples

@@ -28,7 +28,7 @@ from absl import flags
 from experiments import report
 from neo_jax.catalog import tfds_builders
 from neo_jax.catalog.splits import leave_one_out
-from neo_jax.eval import baselines
+from neo_jax.baselines import base as baselines
 from neo_jax.tasks.queries import generate_queries
 
 WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for the TFDS build and result.json.',
@@ -59,16 +59,16 @@ def make_baseline(name: str, log):
   if name == 'bm25s':
     return baselines.BM25S()
   if name == 'dense':
-    from neo_jax.eval import dense  # pylint: disable=g-import-not-at-top
+    from neo_jax.baselines import dense  # pylint: disable=g-import-not-at-top
     return dense.Dense(cache_dir=os.path.join(WORKDIR.value, 'dense'))
   if name == 'tiger':
-    from neo_jax.eval import tiger  # pylint: disable=g-import-not-at-top
+    from neo_jax.baselines import tiger  # pylint: disable=g-import-not-at-top
     cfg = tiger.TIGERConfig(max_items=TIGER_MAX_ITEMS.value, stride=TIGER_MAX_ITEMS.value,
                             lr_grid=tuple(float(x) for x in TIGER_LRS.value),
                             time_budget_s=TIGER_BUDGET.value)
     return tiger.TIGER(cfg, log=log)
   if name == 'sasrec':
-    from neo_jax.eval import sasrec  # pylint: disable=g-import-not-at-top
+    from neo_jax.baselines import sasrec  # pylint: disable=g-import-not-at-top
     grid = tuple((float(p.split(':')[0]), float(p.split(':')[1])) for p in SASREC_GRID.value)
     cfg = sasrec.SASRecConfig(stride=SASREC_STRIDE.value, max_epochs=SASREC_EPOCHS.value,
                               grid=grid, loss=SASREC_LOSS.value,

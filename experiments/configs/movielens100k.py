@@ -46,7 +46,7 @@ def add_experiment(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       # recommend,search`.
       mono_tasks=('recommend',),
       share_grounding=True,
-      # Registry names (neo_jax/eval/experiment.py BASELINES); one not in this checkout is
+      # Registry names (neo_jax/run/experiment.py BASELINES); one not in this checkout is
       # reported as missing.
       baselines=('popularity', 'bm25', 'bm25s', 'dense', 'sasrec', 'tiger'),
       # Any of no_grounding, stages_merged, random_sids, unconstrained (and random_init with a
@@ -57,7 +57,7 @@ def add_experiment(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       valid_requests=300, neo_valid_requests=0,
       # Steerability / understanding / faithfulness requests (generation, so fewer).
       steer_requests=20, steer_beams=10, understanding_requests=40, max_new_tokens=48))
-  # Constructor arguments per baseline (neo_jax/eval/experiment.py BASELINES); each baseline
+  # Constructor arguments per baseline (neo_jax/run/experiment.py BASELINES); each baseline
   # tunes itself on the validation split inside fit(). SASRec: its dropout x lr grid, each
   # point to early stopping on validation NDCG@10 or max_epochs, grid points started only
   # while time_budget_s (seconds, whole grid) is left: sized for the 30-minute CPU budget.
@@ -68,7 +68,7 @@ def add_experiment(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       # 1-2 epochs, far from converged, which would make the comparison unfair to it.
       'sasrec': {'max_epochs': 20, 'patience': 3, 'time_budget_s': 240.0,
                  'grid': ((0.5, 1e-3), (0.2, 1e-3), (0.5, 3e-3), (0.2, 3e-3))},
-      # TIGER: NEO's own SID map (neo_jax/eval/experiment.py fit_baselines), its lr grid in
+      # TIGER: NEO's own SID map (neo_jax/run/experiment.py fit_baselines), its lr grid in
       # time_budget_s.
       'tiger': {'max_epochs': 10, 'patience': 2, 'time_budget_s': 120.0},
   })

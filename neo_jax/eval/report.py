@@ -1,4 +1,4 @@
-"""The report of an experiment (`neo_jax.eval.experiment.run_experiment`): `report.md` with the
+"""The report of an experiment (`neo_jax.run.experiment.run_experiment`): `report.md` with the
 results table as the paper presents it (NEO rows, baseline rows, relative differences to the
 best baseline), the ablation rows relative to NEO-multi, the steerability / understanding
 figures, the validation protocol, and PNG plots (training curves from the runs'

@@ -40,7 +40,7 @@ from flax import nnx
 
 from neo_jax.catalog.splits import Split
 from neo_jax.catalog.types import Dataset
-from neo_jax.eval import baselines
+from neo_jax.baselines import base as baselines
 
 NEG_INF = -1e9  # finite: a query row with every key masked gets a uniform softmax, not NaN
 LOSSES = ('ce', 'bce')

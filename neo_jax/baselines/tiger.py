@@ -37,8 +37,8 @@ from neo_jax.catalog.types import Dataset
 from neo_jax.decode import cache as cache_lib
 from neo_jax.decode.beam_search import sid_beam_search
 from neo_jax.decode.trie import (SIDTrie, SIDVocabArrays, allowed_types_mask, request_filter)
-from neo_jax.eval import baselines
-from neo_jax.eval import sasrec
+from neo_jax.baselines import base as baselines
+from neo_jax.baselines import sasrec
 from neo_jax.model.config import ModelConfig
 from neo_jax.model.decoder import Decoder
 from neo_jax.sid.builder import build_sid_map

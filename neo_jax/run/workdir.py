@@ -30,7 +30,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from neo_jax import pipeline
+from neo_jax.run import stages as pipeline
 from neo_jax.catalog.splits import make_split
 from neo_jax.decode.trie import SIDTrie
 from neo_jax.sid.builder import load_sid_map

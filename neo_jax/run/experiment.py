@@ -3,14 +3,14 @@ the baselines, on one dataset, with a validation protocol that keeps the test sp
 until the final evaluation.
 
 `run_experiment(cfg, workdir)` (what `experiments/evaluate.py` calls):
-  1. prepare (`neo_jax.pipeline.prepare`): data, split, SIDs, tokenizer, every task's examples;
+  1. prepare (`neo_jax.run.stages.prepare`): data, split, SIDs, tokenizer, every task's examples;
   2. NEO-multi: both training stages on every task, in <workdir>/neo_multi;
   3. NEO-mono: one model per task of `experiment.mono_tasks` (capability stage on that task's
      examples + the grounding examples, the grounding stage shared with NEO-multi), in
      <workdir>/neo_mono_<task>;
   4. ablations (`experiment.ablations`), each a separate NEO run in <workdir>/ablation_<name>;
   5. baselines from the registry (`BASELINES`), fitted on the training split and tuned on the
-     validation split by their own `fit(..., valid=True)` (neo_jax/eval/baselines.py);
+     validation split by their own `fit(..., valid=True)` (neo_jax/baselines/base.py);
   6. the final evaluation on the test split only: full ranking over the catalog for
      recommendation (the target's type) and search, SID validity, steerability, user
      understanding and recsplanation faithfulness.
@@ -42,14 +42,14 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from neo_jax import pipeline
+from neo_jax.run import stages as pipeline
 from neo_jax.catalog.splits import Split, Target
 from neo_jax.catalog.types import Query
 from neo_jax.decode.trie import SIDTrie
-from neo_jax.eval import baselines as baselines_lib
+from neo_jax.baselines import base as baselines_lib
 from neo_jax.eval import metrics as metrics_lib
 from neo_jax.eval import understanding
-from neo_jax.eval.neo import NEORanker
+from neo_jax.decode.ranker import NEORanker
 from neo_jax.tasks import builders
 from neo_jax.tasks import facts
 from neo_jax.tasks import prompts
@@ -147,7 +147,7 @@ def ranking_figures(ranked_BxK: np.ndarray, relevant: Sequence[Sequence[int]],
 
 
 # -- baselines ---------------------------------------------------------------------------------
-# Baselines implement `neo_jax.eval.baselines.Baseline`: fit(dataset, split, valid=True,
+# Baselines implement `neo_jax.baselines.base.Baseline`: fit(dataset, split, valid=True,
 # valid_queries=...) fits on split.train and tunes on the validation split only; then
 # rank_recommend(histories, types, k) / rank_search(queries, types, k) -> (N, k) rows.
 
@@ -170,12 +170,12 @@ def _lazy(module: str, attr: str, config_attr: str | None = None
 
 # name -> make(args) (args: the config's `baseline_args.<name>`).
 BASELINES: dict[str, Callable[[dict[str, Any]], baselines_lib.Baseline]] = {
-    'popularity': _lazy('neo_jax.eval.baselines', 'Popularity'),
-    'bm25': _lazy('neo_jax.eval.baselines', 'BM25'),
-    'bm25s': _lazy('neo_jax.eval.baselines', 'BM25S'),
-    'dense': _lazy('neo_jax.eval.dense', 'Dense'),
-    'sasrec': _lazy('neo_jax.eval.sasrec', 'SASRec', 'SASRecConfig'),
-    'tiger': _lazy('neo_jax.eval.tiger', 'TIGER', 'TIGERConfig'),
+    'popularity': _lazy('neo_jax.baselines.base', 'Popularity'),
+    'bm25': _lazy('neo_jax.baselines.base', 'BM25'),
+    'bm25s': _lazy('neo_jax.baselines.base', 'BM25S'),
+    'dense': _lazy('neo_jax.baselines.dense', 'Dense'),
+    'sasrec': _lazy('neo_jax.baselines.sasrec', 'SASRec', 'SASRecConfig'),
+    'tiger': _lazy('neo_jax.baselines.tiger', 'TIGER', 'TIGERConfig'),
 }
 
 
@@ -374,7 +374,7 @@ class Rankers:
 
   NEORanker's jitted programs are cached per ranker object, with the parameters as an
   argument: models of one shape then share one compilation instead of one each (the
-  training-time evaluator in neo_jax/pipeline.py does the same)."""
+  training-time evaluator in neo_jax/run/stages.py does the same)."""
 
   def __init__(self, cfg: ml_collections.ConfigDict):
     self.cfg = cfg

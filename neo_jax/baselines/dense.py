@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from neo_jax.eval import baselines
+from neo_jax.baselines import base as baselines
 
 
 def _texts_digest(texts: list[str]) -> str:

@@ -25,8 +25,9 @@ from neo_jax.catalog import tfds_builders
 from neo_jax.catalog.splits import Split, make_split
 from neo_jax.catalog.types import Dataset
 from neo_jax.decode.trie import SIDTrie
-from neo_jax.eval import baselines, metrics
-from neo_jax.eval.neo import NEORanker
+from neo_jax.baselines import base as baselines
+from neo_jax.eval import metrics
+from neo_jax.decode.ranker import NEORanker
 from neo_jax.model import backbones
 from neo_jax.model import lora
 from neo_jax.model import sharding

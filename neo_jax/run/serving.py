@@ -43,8 +43,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from neo_jax.catalog.splits import user_sequences
-from neo_jax.eval.neo import NEORanker
-from neo_jax.pipeline import Artifacts
+from neo_jax.decode.ranker import NEORanker
+from neo_jax.run.stages import Artifacts
 from neo_jax.tasks import builders
 from neo_jax.tasks import prompts
 from neo_jax.tasks.types import OUTPUT_FORMATS
@@ -93,7 +93,7 @@ class Service:
   """Validates and answers requests against one trained run.
 
   Args:
-    art: the run's artifacts (`neo_jax.workdir.load_workdir`), model and trie included.
+    art: the run's artifacts (`neo_jax.run.workdir.load_workdir`), model and trie included.
     prompt_len: token width of prompts (the pipeline uses train.seq_len - 8).
     history_len: how many recent items a prompt shows (the run's tasks.history_len).
     batch_size: requests per compiled batch (1 for an interactive session).
