@@ -7,7 +7,8 @@ import pytest
 
 from neo_jax.catalog.splits import leave_one_out
 from neo_jax.catalog.types import Catalog, Dataset, Interactions, Query
-from neo_jax.baselines import base as baselines, metrics
+from neo_jax.baselines import base as baselines
+from neo_jax.eval import metrics
 
 
 def test_metrics_hand_computed():
