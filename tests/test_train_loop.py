@@ -40,9 +40,9 @@ def _data(rows=16, seq_len=16, batch_size=4, seed=0):
 
 
 def _cfg(steps, lr=1e-2, ckpt_every=0):
-  return ml_collections.ConfigDict(dict(
+  return loop.StageSettings(
       steps=steps, learning_rate=lr, warmup_steps=2, b1=0.9, b2=0.95, weight_decay=0.01,
-      clip_norm=1.0, log_every=100, checkpoint_every=ckpt_every))
+      clip_norm=1.0, log_every=100, checkpoint_every=ckpt_every)
 
 
 def test_masked_lm_loss_matches_numpy():
@@ -119,3 +119,23 @@ def test_non_finite_loss_stops_with_clear_error(tmp_path):
   data.tokens[:, :] = 5
   with pytest.raises(loop.NonFiniteLossError, match='non-finite loss'):
     loop.train_stage(model, data, _cfg(3), name='n', workdir=str(tmp_path), log=lambda s: None)
+
+
+def test_stage_settings_from_a_config_section():
+  section = ml_collections.ConfigDict(dict(
+      steps=5, learning_rate=3e-3, warmup_steps=2, final_lr_fraction=0.1, b1=0.9, b2=0.95,
+      weight_decay=0.01, clip_norm=1.0, log_every=50, checkpoint_every=0, eval_every=0,
+      eval_batches=0, lora_rank=4, lora_alpha=0.0))
+  s = loop.StageSettings.from_dict(section)
+  assert (s.steps, s.learning_rate) == (5, 3e-3) and not hasattr(s, 'lora_rank')
+  assert s.grad_accum_steps == 1 and isinstance(s.steps, int) and isinstance(s.b1, float)
+  assert loop.StageSettings(steps=5.0, learning_rate=1, warmup_steps=1, b1=0.9, b2=0.95,
+                            weight_decay=0, clip_norm=1).steps == 5
+  with pytest.raises(TypeError, match='clip_norm'):
+    loop.StageSettings.from_dict({k: v for k, v in section.items() if k != 'clip_norm'})
+  with pytest.raises(ValueError, match='divide the batch'):
+    loop.train_stage(_model(), _data(), loop.StageSettings.from_dict(
+        {**section.to_dict(), 'grad_accum_steps': 3}), name='x', workdir='/nonexistent')
+  with pytest.raises(ValueError, match="best_mode must be 'min' or 'max'"):
+    loop.train_stage(_model(), _data(), s, name='x', workdir='/nonexistent',
+                     checkpoints=loop.CheckpointPolicy(best_mode='up'))

@@ -13,11 +13,12 @@ from neo_jax.train import loop
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _COMMON = '''
-import jax, ml_collections, numpy as np
+import jax, numpy as np
 from flax import nnx
 from neo_jax.model.config import get_config
 from neo_jax.model.decoder import Decoder
 from neo_jax.train.data import PackedData
+from neo_jax.train.loop import StageSettings
 
 def make_model():
   cfg = get_config('tiny', vocab_size=64, d_model=32, num_layers=2, num_heads=4,
@@ -37,9 +38,9 @@ def make_data(batch_size=8, rows=32, seq_len=16):
   return PackedData(tokens, segs, pos, mask, batch_size, 0, {})
 
 def make_cfg(accum=1):
-  return ml_collections.ConfigDict(dict(
+  return StageSettings(
       steps=3, learning_rate=1e-2, warmup_steps=1, b1=0.9, b2=0.95, weight_decay=0.01,
-      clip_norm=1.0, log_every=100, checkpoint_every=0, grad_accum_steps=accum))
+      clip_norm=1.0, log_every=100, checkpoint_every=0, grad_accum_steps=accum)
 
 def flat_params(model):
   return {'/'.join(map(str, p)): np.asarray(v.get_value())

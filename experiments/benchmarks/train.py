@@ -27,7 +27,6 @@ from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -86,9 +85,9 @@ def _time_preset(name: str, seq_len: int, batch: int, dtype: str, steps: int,
   cfg = get_config(name, dtype=dtype, param_dtype='float32', remat=remat)
   model = Decoder(cfg, rngs=nnx.Rngs(0))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  tx = optimizer_lib.make_optimizer(ml_collections.ConfigDict(dict(
-      steps=1000, learning_rate=1e-4, warmup_steps=10, b1=0.9, b2=0.95, weight_decay=0.01,
-      clip_norm=1.0)))
+  tx = optimizer_lib.make_optimizer(
+      optimizer_lib.schedule(steps=1000, learning_rate=1e-4, warmup_steps=10), b1=0.9, b2=0.95,
+      weight_decay=0.01, clip_norm=1.0)
   opt_state = tx.init(params)
   step = jax.jit(loop.make_train_step(graphdef, rest, tx), donate_argnums=(0, 1))
   rng = np.random.default_rng(0)

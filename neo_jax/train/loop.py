@@ -8,6 +8,7 @@ of the embedding and head updated, through `update_mask`) and "capability" (full
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -16,7 +17,6 @@ from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
@@ -32,6 +32,69 @@ from neo_jax.train.data import PackedData
 
 class NonFiniteLossError(FloatingPointError):
   pass
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSettings:
+  """The settings of one training stage (a stage's config section: cfg.grounding,
+  cfg.capability). Values are converted to the field's type (int or float) on construction.
+
+  steps: optimizer updates. learning_rate (peak), warmup_steps, final_lr_fraction: the
+  warmup-cosine schedule (`optimizer.schedule`). b1, b2, weight_decay, clip_norm: AdamW and
+  global-norm clipping (`optimizer.make_optimizer`). log_every: steps between progress lines
+  and metric records. checkpoint_every: steps between checkpoints (0: only the last step and
+  the validation steps). eval_every: steps between validations (0 = off); eval_batches:
+  validation batches per evaluation (0 = all). grad_accum_steps: micro-batches per step (the
+  batch size must be a multiple of it; the update equals the one of the whole batch).
+  """
+  steps: int
+  learning_rate: float
+  warmup_steps: int
+  b1: float
+  b2: float
+  weight_decay: float
+  clip_norm: float
+  final_lr_fraction: float = 0.1
+  log_every: int = 50
+  checkpoint_every: int = 0
+  eval_every: int = 0
+  eval_batches: int = 0
+  grad_accum_steps: int = 1
+
+  def __post_init__(self):
+    cast = {'int': int, 'float': float}
+    for f in dataclasses.fields(self):
+      object.__setattr__(self, f.name, cast[f.type](getattr(self, f.name)))
+
+  @classmethod
+  def from_dict(cls, section: Mapping[str, Any]) -> StageSettings:
+    """The settings named in `section` (a dict or ConfigDict, e.g. `cfg.capability`); its other
+    keys (lora_rank, lora_alpha: the run layer's) are left out. Missing optional keys take the
+    defaults above; a missing required one raises TypeError."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in section.items() if k in names})
+
+  def schedule(self) -> optax.Schedule:
+    return optimizer_lib.schedule(steps=self.steps, learning_rate=self.learning_rate,
+                                  warmup_steps=self.warmup_steps,
+                                  final_lr_fraction=self.final_lr_fraction)
+
+  def optimizer(self, update_mask: Any = None) -> optax.GradientTransformation:
+    return optimizer_lib.make_optimizer(self.schedule(), b1=self.b1, b2=self.b2,
+                                        weight_decay=self.weight_decay,
+                                        clip_norm=self.clip_norm, update_mask=update_mask)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointPolicy:
+  """Which checkpoints a stage keeps: the last `keep_last` (>= 1) and, when the stage
+  validates, the best by `best_metric` (a 'valid/...' key) in direction `best_mode` ('min',
+  'max', or None/'' for best_mode_of's choice by the name); `restore_best`: the model ends
+  the stage with the best checkpoint's parameters."""
+  best_metric: str = 'valid/loss'
+  best_mode: str | None = None
+  restore_best: bool = False
+  keep_last: int = 2
 
 
 def masked_lm_loss(logits_BxLxV: jax.Array, batch: dict[str, jax.Array]
@@ -161,20 +224,304 @@ def best_mode_of(metric: str, mode: str | None = None) -> str:
   return 'min' if metric.split('/')[-1].endswith('loss') else 'max'
 
 
-def train_stage(model: nnx.Module, data: PackedData, cfg: ml_collections.ConfigDict, *,
+
+
+def _check(name: str, settings: StageSettings, policy: CheckpointPolicy, data: PackedData,
+           validates: bool) -> None:
+  accum = settings.grad_accum_steps
+  if accum < 1 or data.batch_size % accum:
+    raise ValueError(f'[{name}] grad_accum_steps={accum} must be >= 1 and divide the batch '
+                     f'size {data.batch_size}')
+  eval_every = settings.eval_every
+  if eval_every < 0:
+    raise ValueError(f'[{name}] eval_every must be >= 0 (0 = off), got {eval_every}')
+  if eval_every and not validates:
+    raise ValueError(f'[{name}] eval_every={eval_every} but neither validation data nor an '
+                     'eval_fn was given')
+  if int(policy.keep_last) < 1:
+    raise ValueError(f'[{name}] keep_last must be >= 1, got {policy.keep_last}')
+  best_mode_of(policy.best_metric, policy.best_mode)
+
+
+@dataclasses.dataclass
+class _Placed:
+  """The split model and optimizer state on their devices; shardings None without a mesh."""
+  params: nnx.State
+  frozen: nnx.State
+  rest: nnx.State
+  opt_state: Any
+  param_sharding: Any = None
+  frozen_sharding: Any = None
+  opt_sharding: Any = None
+
+
+def _place(params: nnx.State, frozen: nnx.State, rest: nnx.State,
+           tx: optax.GradientTransformation, mesh: Mesh | None,
+           rules: Mapping[str, Any]) -> _Placed:
+  """Puts the state on the default device, or shards it by `rules` over `mesh` (optimizer
+  state initialised in place, with the parameters' shardings)."""
+  if mesh is None:
+    return _Placed(params, frozen, rest, tx.init(params))
+  param_sharding = sharding.param_shardings(params, mesh, rules)
+  frozen_sharding = sharding.param_shardings(frozen, mesh, rules)
+  params = jax.device_put(params, param_sharding)
+  frozen = jax.device_put(frozen, frozen_sharding)
+  rest = jax.device_put(rest, NamedSharding(mesh, PartitionSpec()))
+  with jax.set_mesh(mesh):
+    opt_state = jax.jit(tx.init)(params)
+  opt_sharding = jax.tree.map(lambda x: x.sharding, opt_state)
+  return _Placed(params, frozen, rest, opt_state, param_sharding, frozen_sharding, opt_sharding)
+
+
+def _checkpoint_manager(ckpt_dir: str, policy: CheckpointPolicy,
+                        validates: bool) -> ocp.CheckpointManager:
+  """Keeps the last `policy.keep_last` checkpoints, and the best by `policy.best_metric` when
+  the stage validates (`validates`: eval_every > 0)."""
+  keep = int(policy.keep_last)
+  if validates:
+    mode = best_mode_of(policy.best_metric, policy.best_mode)
+    best_fn = lambda metrics: float(metrics[policy.best_metric])
+    preserve = ocp.checkpoint_managers.AnyPreservationPolicy([
+        ocp.checkpoint_managers.LatestN(n=keep),
+        ocp.checkpoint_managers.BestN(get_metric_fn=best_fn, reverse=(mode == 'min'), n=1,
+                                      keep_checkpoints_without_metrics=False)])
+    options = ocp.CheckpointManagerOptions(create=True, best_fn=best_fn, best_mode=mode,
+                                           preservation_policy=preserve)
+  else:  # no validation, no best: the last keep_last checkpoints
+    options = ocp.CheckpointManagerOptions(
+        create=True, preservation_policy=ocp.checkpoint_managers.LatestN(n=keep))
+  # Saves are asynchronous (orbax's default): the step loop continues while they write.
+  return ocp.CheckpointManager(ckpt_dir, options=options)
+
+
+def _compile(graphdef: nnx.GraphDef, placed: _Placed, tx: optax.GradientTransformation,
+             grad_accum_steps: int, mesh: Mesh | None, batch_sharding: NamedSharding | None):
+  """(train_step, eval_step), jitted: `train_step(params, opt_state, batch, frozen)` donates
+  the state; with a mesh both have explicit in/out shardings."""
+  step_fn = make_train_step(graphdef, placed.rest, tx, grad_accum_steps, with_frozen=True)
+  eval_loss_fn = make_eval_step(graphdef, placed.rest)
+  if mesh is None:
+    return jax.jit(step_fn, donate_argnums=(0, 1)), jax.jit(eval_loss_fn)
+  replicated = NamedSharding(mesh, PartitionSpec())
+  p, f, o = placed.param_sharding, placed.frozen_sharding, placed.opt_sharding
+  train_step = jax.jit(step_fn, donate_argnums=(0, 1),
+                       in_shardings=(p, o, batch_sharding, f), out_shardings=(p, o, replicated))
+  eval_step = jax.jit(eval_loss_fn, in_shardings=(p, f, batch_sharding),
+                      out_shardings=replicated)
+  return train_step, eval_step
+
+
+class _Logs:
+  """Where a stage's figures go: `log` lines, <workdir>/logs/<name>.jsonl and TensorBoard
+  (<workdir>/tensorboard/<name>, scalars '<name>/<key>')."""
+
+  def __init__(self, workdir: str, name: str, log: Callable[[str], None]):
+    logs_dir = os.path.join(workdir, 'logs')
+    os.makedirs(logs_dir, exist_ok=True)
+    self.name, self.log = name, log
+    self.jsonl = os.path.join(logs_dir, f'{name}.jsonl')
+    self.writer = SummaryWriter(os.path.join(workdir, 'tensorboard', name))
+
+  def record(self, step: int, record: Mapping[str, Any], scalars: Mapping[str, float]) -> None:
+    _log_jsonl(self.jsonl, record)
+    for k, v in scalars.items():
+      self.writer.add_scalar(f'{self.name}/{k}', v, step)
+
+  def close(self) -> None:
+    self.writer.close()
+
+
+def _resume(manager: ocp.CheckpointManager, placed: _Placed, ckpt_dir: str, name: str,
+            log: Callable[[str], None]) -> int:
+  """The step to continue after: the latest checkpoint's (its parameters and optimizer state
+  replace `placed`'s, keeping their shardings), or 0."""
+  if manager.latest_step() is None:
+    return 0
+  start = int(manager.latest_step())
+  restored = manager.restore(start, args=ocp.args.StandardRestore(
+      {'params': placed.params, 'opt_state': placed.opt_state}))
+  placed.params, placed.opt_state = restored['params'], restored['opt_state']
+  log(f'[{name}] resumed from step {start} ({ckpt_dir})')
+  return start
+
+
+@dataclasses.dataclass
+class _Run:
+  """A stage in progress: the step loop, validation and checkpoints over `state`, whose
+  params and opt_state each step replaces (the old buffers are donated)."""
+  name: str
+  settings: StageSettings
+  policy: CheckpointPolicy
+  model: nnx.Module
+  data: PackedData
+  valid_data: PackedData | None
+  eval_fn: Callable[[nnx.Module], Mapping[str, float]] | None
+  state: _Placed
+  train_step: Callable[..., Any]
+  eval_step: Callable[..., Any]
+  in_sharding: jax.sharding.Sharding
+  manager: ocp.CheckpointManager
+  ckpt_dir: str
+  logs: _Logs
+  start: int
+
+  def __post_init__(self):
+    # Each process loads only its rows of every global batch (all of them in one process)
+    # and the global arrays are assembled from the processes' parts.
+    self.host_rows = hostdata.host_row_range(self.in_sharding, self.data.batch_size)
+    self.sched = self.settings.schedule()
+    self.tokens_per_step = self.data.batch_size * self.data.seq_len
+    self.history: list[dict[str, float]] = []
+    self.last_valid: dict[str, float] = {}
+    self.t0 = time.perf_counter()
+    self.t_last, self.step_last = self.t0, self.start
+
+  def put(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+    return hostdata.assemble(batch, self.in_sharding, self.data.batch_size)
+
+  def best_value(self, step: int) -> float:
+    return float(self.manager.metrics(step)[self.policy.best_metric])
+
+  def save(self, step: int, metrics: Mapping[str, float] | None = None) -> None:
+    if step in self.manager.all_steps():
+      return  # a resumed run re-reaching a saved step: same parameters, already on disk
+    self.manager.save(step, args=ocp.args.StandardSave(
+        {'params': self.state.params, 'opt_state': self.state.opt_state}), metrics=metrics)
+
+  def validate(self, step: int) -> dict[str, float]:
+    """The validation metrics of the current parameters, logged: 'valid/loss' (nats per
+    token), 'valid/accuracy', 'valid/loss_tokens' over `valid_data`, 'valid/<key>' of
+    `eval_fn`."""
+    out: dict[str, float] = {}
+    if self.valid_data is not None:
+      sums = None
+      lo, hi = self.host_rows
+      for batch in valid_batches(self.valid_data, self.settings.eval_batches):
+        s = self.eval_step(self.state.params, self.state.frozen,
+                           self.put({k: v[lo:hi] for k, v in batch.items()}))
+        sums = s if sums is None else jax.tree.map(jnp.add, sums, s)
+      sums = {k: float(v) for k, v in jax.device_get(sums).items()}
+      n = max(sums['loss_tokens'], 1.0)
+      out.update({'valid/loss': sums['loss_sum'] / n, 'valid/accuracy': sums['correct'] / n,
+                  'valid/loss_tokens': sums['loss_tokens']})
+    if self.eval_fn is not None:
+      # The callback reads the model; the next step donates these buffers.
+      nnx.update(self.model, self.state.params)
+      out.update({f'valid/{k}': float(v) for k, v in self.eval_fn(self.model).items()})
+    if self.policy.best_metric not in out:
+      raise ValueError(f'[{self.name}] best_metric {self.policy.best_metric!r} is not among '
+                       f'the validation metrics {sorted(out)}')
+    self.logs.log(f'[{self.name}] step {step}/{self.settings.steps} ' + ' '.join(
+        f'{k} {v:.4f}' for k, v in out.items() if k != 'valid/loss_tokens'))
+    self.logs.record(step, {'step': step, **out}, out)
+    return out
+
+  def drain(self, step: int, metrics: Mapping[str, jax.Array]) -> None:
+    """Reads a step's metrics from the device (one step late, so the host never stalls):
+    stops on a non-finite loss, keeps the history, logs every log_every steps and the last."""
+    steps = self.settings.steps
+    m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    if not math.isfinite(m['loss']):
+      self.manager.wait_until_finished()
+      raise NonFiniteLossError(
+          f'[{self.name}] non-finite loss {m["loss"]} at step {step}; last good checkpoint: '
+          f'step {self.manager.latest_step()} in {self.ckpt_dir}')
+    m['step'] = step
+    m['learning_rate'] = float(self.sched(step - 1))
+    self.history.append(m)
+    if step % max(1, self.settings.log_every) == 0 or step == steps:
+      now = time.perf_counter()
+      tps = (step - self.step_last) * self.tokens_per_step / max(now - self.t_last, 1e-9)
+      eta = (steps - step) * (now - self.t_last) / max(step - self.step_last, 1)
+      self.logs.log(f'[{self.name}] step {step}/{steps} loss {m["loss"]:.4f} '
+                    f'acc {m["accuracy"]:.3f} tokens/s {tps:,.0f} eta {eta:.0f}s')
+      m['tokens_per_s'] = tps
+      self.t_last, self.step_last = now, step
+      self.logs.record(step, m, {k: v for k, v in m.items() if k != 'step'})
+
+  def run_steps(self) -> None:
+    """Steps start+1 .. steps; validates every eval_every steps and at the last, checkpoints
+    then, every checkpoint_every steps and at the last."""
+    steps, eval_every = self.settings.steps, self.settings.eval_every
+    ckpt_every = self.settings.checkpoint_every
+    pending = None  # (step, metrics on device)
+    for step in range(self.start + 1, steps + 1):
+      batch = self.put(self.data.batch(step - 1, rows=self.host_rows))
+      self.state.params, self.state.opt_state, metrics = self.train_step(
+          self.state.params, self.state.opt_state, batch, self.state.frozen)
+      if pending is not None:
+        self.drain(*pending)
+      pending = (step, metrics)
+      evaluate = bool(eval_every) and (step % eval_every == 0 or step == steps)
+      if evaluate or step == steps or (ckpt_every and step % ckpt_every == 0):
+        # Check this step's loss before saving, so that a checkpoint is never non-finite.
+        self.drain(*pending)
+        pending = None
+        if evaluate:
+          self.last_valid = self.validate(step)
+        self.save(step, self.last_valid if evaluate else None)
+    if pending is not None:
+      self.drain(*pending)
+
+  def restore_best(self) -> tuple[int | None, bool]:
+    """(best step or None without validation, whether its parameters were restored): with
+    policy.restore_best, the state takes the best checkpoint's parameters unless that is the
+    last step."""
+    self.manager.wait_until_finished()
+    best_step = self.manager.best_step() if self.settings.eval_every else None
+    if not (self.policy.restore_best and best_step is not None
+            and best_step != self.settings.steps):
+      return best_step, False
+    restored = self.manager.restore(best_step, args=ocp.args.StandardRestore(
+        {'params': self.state.params, 'opt_state': self.state.opt_state}))
+    self.state.params = restored['params']
+    self.logs.log(f'[{self.name}] restored the best checkpoint: step {best_step}, '
+                  f'{self.policy.best_metric} {self.best_value(best_step):.4f}')
+    return best_step, True
+
+  def summary(self, seconds: float) -> dict[str, float]:
+    """The stage's figures, written to <checkpoints>/summary.json; for a stage that had
+    finished before (no step run now), the ones written then."""
+    summary_path = os.path.join(self.ckpt_dir, 'summary.json')
+    steps, start = self.settings.steps, self.start
+    if not self.history:  # the stage had finished before: report what it reported then
+      if os.path.exists(summary_path):
+        with open(summary_path) as f:
+          return json.load(f)
+      self.logs.log(f'[{self.name}] finished before at step {start} but its summary.json is '
+                    'missing (killed while writing it?); its final loss is unknown')
+      return {'steps': steps, 'seconds': 0.0, 'final_loss': float('nan'),
+              'resumed_from_step': start}
+    # The last step's loss is exactly reproducible (resume included); the mean over the last
+    # 10% of steps is the less noisy figure to compare runs by.
+    history = self.history
+    tail = history[-max(1, len(history) // 10):]
+    summary = {
+        'steps': steps,
+        'seconds': seconds,
+        'final_loss': history[-1]['loss'],
+        'final_accuracy': history[-1]['accuracy'],
+        'tail_mean_loss': float(np.mean([h['loss'] for h in tail])),
+        'tokens_per_s': (steps - start) * self.tokens_per_step / max(seconds, 1e-9),
+        'resumed_from_step': start,
+        **{f'final_{k}': v for k, v in self.last_valid.items()},
+    }
+    tmp = summary_path + '.tmp'
+    with open(tmp, 'w') as f:
+      json.dump(summary, f)
+    os.replace(tmp, summary_path)
+    return summary
+
+
+def train_stage(model: nnx.Module, data: PackedData, settings: StageSettings, *,
                 name: str, workdir: str, update_mask: Any = None,
                 mesh: Mesh | None = None, rules: Mapping[str, Any] = sharding.LOGICAL_RULES,
                 log: Callable[[str], None] = print, trainable: Any = nnx.Param,
                 valid_data: PackedData | None = None,
                 eval_fn: Callable[[nnx.Module], Mapping[str, float]] | None = None,
-                best_metric: str = 'valid/loss', best_mode: str | None = None,
-                restore_best: bool = False, keep_last: int = 2) -> dict[str, float]:
-  """Trains `model` in place for cfg.steps steps on `data`; returns summary metrics.
+                checkpoints: CheckpointPolicy = CheckpointPolicy()) -> dict[str, float]:
+  """Trains `model` in place for settings.steps steps on `data`; returns summary metrics.
 
-  cfg: steps, learning_rate, warmup_steps, b1, b2, weight_decay, clip_norm, log_every,
-  checkpoint_every, optional grad_accum_steps (micro-batches per step; the batch size must be
-  a multiple of it; the update equals the one of the whole batch), optional eval_every
-  (0 = off) and eval_batches (validation batches per evaluation, 0 = all).
   With `mesh`, parameters and optimizer state are sharded by the logical rules
   (neo_jax/model/sharding.py), the batch is split over the rules' 'batch' axes, and the step
   is one jitted program with explicit in/out shardings and donated state. Without a mesh the
@@ -185,224 +532,48 @@ def train_stage(model: nnx.Module, data: PackedData, cfg: ml_collections.ConfigD
   are frozen (no gradient, no optimizer state, not checkpointed: they must come back the same
   on a rerun, as the previous stage's result does). `update_mask` is shaped like the trainable
   parameters.
-  Validation: every cfg.eval_every steps and at the last step, the token-weighted loss and
-  accuracy on `valid_data` (never trained on) and the metrics of `eval_fn(model)` are logged
-  as 'valid/loss', 'valid/accuracy', 'valid/<key>' (JSONL, TensorBoard), and a checkpoint with
-  those metrics is saved. The checkpoint manager keeps the last `keep_last` checkpoints and
-  the best by `best_metric` (direction `best_mode`, see best_mode_of); with `restore_best`
-  the model ends the stage with the best checkpoint's parameters.
+  Validation: every settings.eval_every steps and at the last step, the token-weighted loss
+  and accuracy on `valid_data` (never trained on) and the metrics of `eval_fn(model)` are
+  logged as 'valid/loss', 'valid/accuracy', 'valid/<key>' (JSONL, TensorBoard), and a
+  checkpoint with those metrics is saved. `checkpoints` says which checkpoints are kept (the
+  last ones and the best by a validation metric) and whether the stage ends with the best.
   If `workdir/checkpoints/<name>` holds a checkpoint, training resumes from its last step
   (batches are a pure function of the step, so the resumed run sees the same data and, on
   the same machine, reaches the same parameters). Raises NonFiniteLossError on a NaN/inf
   loss, leaving the last good checkpoint in place.
+
+  Returns:
+    steps, seconds, final_loss, final_accuracy, tail_mean_loss (mean over the last 10% of
+    steps), tokens_per_s, resumed_from_step, final_valid/<key> (the last validation),
+    best_step (-1 without validation), best_value (nan without), restored_best. Logs go to
+    <workdir>/logs/<name>.jsonl and <workdir>/tensorboard/<name>.
   """
+  _check(name, settings, checkpoints, data, valid_data is not None or eval_fn is not None)
   graphdef, params, frozen, rest = nnx.split(model, trainable, nnx.Param, ...)
-  steps = int(cfg.steps)
-  accum = int(cfg.get('grad_accum_steps', 1))
-  if accum < 1 or data.batch_size % accum:
-    raise ValueError(f'[{name}] grad_accum_steps={accum} must be >= 1 and divide the batch '
-                     f'size {data.batch_size}')
-  eval_every = int(cfg.get('eval_every', 0))
-  if eval_every < 0:
-    raise ValueError(f'[{name}] eval_every must be >= 0 (0 = off), got {eval_every}')
-  if eval_every and valid_data is None and eval_fn is None:
-    raise ValueError(f'[{name}] eval_every={eval_every} but neither validation data nor an '
-                     'eval_fn was given')
-  if int(keep_last) < 1:
-    raise ValueError(f'[{name}] keep_last must be >= 1, got {keep_last}')
-  mode = best_mode_of(best_metric, best_mode)
-  tx = optimizer_lib.make_optimizer(cfg, update_mask)
+  tx = settings.optimizer(update_mask)
   batch_sharding = _batch_spec(mesh, rules)
-  if mesh is not None:
-    param_sharding = sharding.param_shardings(params, mesh, rules)
-    frozen_sharding = sharding.param_shardings(frozen, mesh, rules)
-    params = jax.device_put(params, param_sharding)
-    frozen = jax.device_put(frozen, frozen_sharding)
-    rest = jax.device_put(rest, NamedSharding(mesh, PartitionSpec()))
-    with jax.set_mesh(mesh):
-      opt_state = jax.jit(tx.init)(params)
-    opt_sharding = jax.tree.map(lambda x: x.sharding, opt_state)
-  else:
-    opt_state = tx.init(params)
-
+  state = _place(params, frozen, rest, tx, mesh, rules)
   ckpt_dir = os.path.join(os.path.abspath(workdir), 'checkpoints', name)
-  summary_path = os.path.join(ckpt_dir, 'summary.json')
-  best_fn = lambda metrics: float(metrics[best_metric])
-  if eval_every:
-    policy = ocp.checkpoint_managers.AnyPreservationPolicy([
-        ocp.checkpoint_managers.LatestN(n=int(keep_last)),
-        ocp.checkpoint_managers.BestN(get_metric_fn=best_fn, reverse=(mode == 'min'), n=1,
-                                      keep_checkpoints_without_metrics=False)])
-    options = ocp.CheckpointManagerOptions(create=True, best_fn=best_fn, best_mode=mode,
-                                           preservation_policy=policy)
-  else:  # no validation, no best: the last keep_last checkpoints
-    options = ocp.CheckpointManagerOptions(
-        create=True, preservation_policy=ocp.checkpoint_managers.LatestN(n=int(keep_last)))
-  # Saves are asynchronous (orbax's default): the step loop continues while they write.
-  manager = ocp.CheckpointManager(ckpt_dir, options=options)
-  start = 0
-  if manager.latest_step() is not None:
-    start = int(manager.latest_step())
-    restored = manager.restore(start, args=ocp.args.StandardRestore(
-        {'params': params, 'opt_state': opt_state}))
-    params, opt_state = restored['params'], restored['opt_state']
-    log(f'[{name}] resumed from step {start} ({ckpt_dir})')
-
-  step_fn = make_train_step(graphdef, rest, tx, accum, with_frozen=True)
-  eval_loss_fn = make_eval_step(graphdef, rest)
-
-  if mesh is None:
-    train_step = jax.jit(step_fn, donate_argnums=(0, 1))
-    eval_step = jax.jit(eval_loss_fn)
-  else:
-    replicated = NamedSharding(mesh, PartitionSpec())
-    train_step = jax.jit(
-        step_fn, donate_argnums=(0, 1),
-        in_shardings=(param_sharding, opt_sharding, batch_sharding, frozen_sharding),
-        out_shardings=(param_sharding, opt_sharding, replicated))
-    eval_step = jax.jit(eval_loss_fn,
-                        in_shardings=(param_sharding, frozen_sharding, batch_sharding),
-                        out_shardings=replicated)
-
-  # Each process loads only its rows of every global batch (all of them in one process) and
-  # the global arrays are assembled from the processes' parts.
+  manager = _checkpoint_manager(ckpt_dir, checkpoints, validates=bool(settings.eval_every))
+  start = _resume(manager, state, ckpt_dir, name, log)
+  train_step, eval_step = _compile(graphdef, state, tx, settings.grad_accum_steps, mesh,
+                                   batch_sharding)
   in_sharding = (batch_sharding if batch_sharding is not None
                  else jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
-  host_rows = hostdata.host_row_range(in_sharding, data.batch_size)
-
-  def put(batch):
-    return hostdata.assemble(batch, in_sharding, data.batch_size)
-
-  logs_dir = os.path.join(workdir, 'logs')
-  os.makedirs(logs_dir, exist_ok=True)
-  jsonl = os.path.join(logs_dir, f'{name}.jsonl')
-  writer = SummaryWriter(os.path.join(workdir, 'tensorboard', name))
-  log_every = max(1, int(cfg.get('log_every', 50)))
-  ckpt_every = int(cfg.get('checkpoint_every', 0))
-  tokens_per_step = data.batch_size * data.seq_len
-  sched = optimizer_lib.schedule(cfg)
-
-  def save(step, metrics=None):
-    if step in manager.all_steps():
-      return  # a resumed run re-reaching a saved step: same parameters, already on disk
-    manager.save(step, args=ocp.args.StandardSave({'params': params, 'opt_state': opt_state}),
-                 metrics=metrics)
-
-  def validate(step) -> dict[str, float]:
-    out: dict[str, float] = {}
-    if valid_data is not None:
-      sums = None
-      lo, hi = host_rows
-      for batch in valid_batches(valid_data, int(cfg.get('eval_batches', 0))):
-        s = eval_step(params, frozen, put({k: v[lo:hi] for k, v in batch.items()}))
-        sums = s if sums is None else jax.tree.map(jnp.add, sums, s)
-      sums = {k: float(v) for k, v in jax.device_get(sums).items()}
-      n = max(sums['loss_tokens'], 1.0)
-      out.update({'valid/loss': sums['loss_sum'] / n, 'valid/accuracy': sums['correct'] / n,
-                  'valid/loss_tokens': sums['loss_tokens']})
-    if eval_fn is not None:
-      nnx.update(model, params)  # the callback reads the model; the next step donates these
-      out.update({f'valid/{k}': float(v) for k, v in eval_fn(model).items()})
-    if best_metric not in out:
-      raise ValueError(f'[{name}] best_metric {best_metric!r} is not among the validation '
-                       f'metrics {sorted(out)}')
-    log(f'[{name}] step {step}/{steps} ' + ' '.join(
-        f'{k} {v:.4f}' for k, v in out.items() if k != 'valid/loss_tokens'))
-    _log_jsonl(jsonl, {'step': step, **out})
-    for k, v in out.items():
-      writer.add_scalar(f'{name}/{k}', v, step)
-    return out
-
-  pending = None  # (step, metrics on device): read one step late so the host never stalls
-  history: list[dict[str, float]] = []
-  t0 = time.perf_counter()
-  t_last, step_last = t0, start
-
-  def drain(step_and_metrics):
-    nonlocal t_last, step_last
-    step, metrics = step_and_metrics
-    m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    if not math.isfinite(m['loss']):
-      manager.wait_until_finished()
-      raise NonFiniteLossError(
-          f'[{name}] non-finite loss {m["loss"]} at step {step}; last good checkpoint: '
-          f'step {manager.latest_step()} in {ckpt_dir}')
-    m['step'] = step
-    m['learning_rate'] = float(sched(step - 1))
-    history.append(m)
-    if step % log_every == 0 or step == steps:
-      now = time.perf_counter()
-      tps = (step - step_last) * tokens_per_step / max(now - t_last, 1e-9)
-      eta = (steps - step) * (now - t_last) / max(step - step_last, 1)
-      log(f'[{name}] step {step}/{steps} loss {m["loss"]:.4f} acc {m["accuracy"]:.3f} '
-          f'tokens/s {tps:,.0f} eta {eta:.0f}s')
-      m['tokens_per_s'] = tps
-      t_last, step_last = now, step
-      _log_jsonl(jsonl, m)
-      for k, v in m.items():
-        if k != 'step':
-          writer.add_scalar(f'{name}/{k}', v, step)
-
-  last_valid: dict[str, float] = {}
+  run = _Run(name=name, settings=settings, policy=checkpoints, model=model, data=data,
+             valid_data=valid_data, eval_fn=eval_fn, state=state, train_step=train_step,
+             eval_step=eval_step, in_sharding=in_sharding, manager=manager, ckpt_dir=ckpt_dir,
+             logs=_Logs(workdir, name, log), start=start)
   context = jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
   with context, sharding.axis_rules(rules):
-    for step in range(start + 1, steps + 1):
-      batch = put(data.batch(step - 1, rows=host_rows))
-      params, opt_state, metrics = train_step(params, opt_state, batch, frozen)
-      if pending is not None:
-        drain(pending)
-      pending = (step, metrics)
-      evaluate = bool(eval_every) and (step % eval_every == 0 or step == steps)
-      if evaluate or step == steps or (ckpt_every and step % ckpt_every == 0):
-        # Check this step's loss before saving, so that a checkpoint is never non-finite.
-        drain(pending)
-        pending = None
-        if evaluate:
-          last_valid = validate(step)
-        save(step, last_valid if evaluate else None)
-    if pending is not None:
-      drain(pending)
-    manager.wait_until_finished()
-    best_step = manager.best_step() if eval_every else None
-    restored_best = False
-    if restore_best and best_step is not None and best_step != steps:
-      restored = manager.restore(best_step, args=ocp.args.StandardRestore(
-          {'params': params, 'opt_state': opt_state}))
-      params = restored['params']
-      restored_best = True
-      log(f'[{name}] restored the best checkpoint: step {best_step}, {best_metric} '
-          f'{best_fn(manager.metrics(best_step)):.4f}')
-  best_value = best_fn(manager.metrics(best_step)) if best_step is not None else float('nan')
+    run.run_steps()
+    best_step, restored_best = run.restore_best()
+  best_value = run.best_value(best_step) if best_step is not None else float('nan')
   manager.wait_until_finished()
   manager.close()
-  writer.close()
-  nnx.update(model, params)
-  seconds = time.perf_counter() - t0
+  run.logs.close()
+  nnx.update(model, state.params)
+  summary = run.summary(time.perf_counter() - run.t0)
   best = {'best_step': best_step if best_step is not None else -1, 'best_value': best_value,
           'restored_best': restored_best}
-  if not history:  # the stage had finished before: report what it reported then
-    if os.path.exists(summary_path):
-      with open(summary_path) as f:
-        return {**json.load(f), **best}
-    log(f'[{name}] finished before at step {start} but its summary.json is missing (killed '
-        'while writing it?); its final loss is unknown')
-    return {'steps': steps, 'seconds': 0.0, 'final_loss': float('nan'),
-            'resumed_from_step': start, **best}
-  # The last step's loss is exactly reproducible (resume included); the mean over the last
-  # 10% of steps is the less noisy figure to compare runs by.
-  tail = history[-max(1, len(history) // 10):]
-  summary = {
-      'steps': steps,
-      'seconds': seconds,
-      'final_loss': history[-1]['loss'],
-      'final_accuracy': history[-1]['accuracy'],
-      'tail_mean_loss': float(np.mean([h['loss'] for h in tail])),
-      'tokens_per_s': (steps - start) * tokens_per_step / max(seconds, 1e-9),
-      'resumed_from_step': start,
-      **{f'final_{k}': v for k, v in last_valid.items()},
-  }
-  tmp = summary_path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(summary, f)
-  os.replace(tmp, summary_path)
   return {**summary, **best}

@@ -9,16 +9,19 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import ml_collections
 import optax
 
 
-def schedule(cfg: ml_collections.ConfigDict) -> optax.Schedule:
-  warmup = min(int(cfg.warmup_steps), max(int(cfg.steps) - 1, 0))
+def schedule(*, steps: int, learning_rate: float, warmup_steps: int,
+             final_lr_fraction: float = 0.1) -> optax.Schedule:
+  """Learning rate by step (0-based): 0 -> `learning_rate` linearly over `warmup_steps`
+  (capped at steps - 1), then a cosine down to `learning_rate * final_lr_fraction` at
+  `steps`."""
+  warmup = min(int(warmup_steps), max(int(steps) - 1, 0))
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=float(cfg.learning_rate), warmup_steps=warmup,
-      decay_steps=max(int(cfg.steps), warmup + 1),
-      end_value=float(cfg.learning_rate) * float(cfg.get('final_lr_fraction', 0.1)))
+      init_value=0.0, peak_value=float(learning_rate), warmup_steps=warmup,
+      decay_steps=max(int(steps), warmup + 1),
+      end_value=float(learning_rate) * float(final_lr_fraction))
 
 
 def _multiply_by(mask: Any) -> optax.GradientTransformation:
@@ -30,16 +33,18 @@ def _multiply_by(mask: Any) -> optax.GradientTransformation:
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict, update_mask: Any = None
+def make_optimizer(learning_rate: optax.Schedule, *, b1: float, b2: float,
+                   weight_decay: float, clip_norm: float, update_mask: Any = None
                    ) -> optax.GradientTransformation:
-  """cfg: learning_rate, warmup_steps, steps, b1, b2, weight_decay, clip_norm."""
+  """Clip to global norm `clip_norm`, then AdamW(b1, b2, decoupled `weight_decay`) with the
+  learning rate `learning_rate(step)` (`schedule(...)`); `update_mask` (optional, shaped like
+  the parameters, 0/1) zeroes the gradients before and the updates after."""
   parts = []
   if update_mask is not None:
     parts.append(_multiply_by(update_mask))
   parts += [
-      optax.clip_by_global_norm(float(cfg.clip_norm)),
-      optax.adamw(schedule(cfg), b1=float(cfg.b1), b2=float(cfg.b2),
-                  weight_decay=float(cfg.weight_decay)),
+      optax.clip_by_global_norm(float(clip_norm)),
+      optax.adamw(learning_rate, b1=float(b1), b2=float(b2), weight_decay=float(weight_decay)),
   ]
   if update_mask is not None:
     parts.append(_multiply_by(update_mask))
