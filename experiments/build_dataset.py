@@ -1,41 +1,45 @@
 """Builds a dataset with TFDS (array_record), exports it to the generic format, splits it.
 
   python -m experiments.build_dataset --dataset=movielens100k --workdir=W
-  python -m experiments.build_dataset --dataset=movielens100k --source=ml-100k.zip --workdir=W
+  python -m experiments.build_dataset --dataset=movielens100k --data_dir=ml-100k.zip --workdir=W
   python -m experiments.build_dataset --dataset=generic --data_dir=D --workdir=W
+  python -m experiments.build_dataset --dataset=synthetic --workdir=W
 
 Writes
   W/tfds/<dataset>/<table>/1.0.0/   the TFDS build (items, interactions, users, queries, meta)
   W/data/                           the same dataset in the generic format (--export)
   W/result.json                     counts, split sizes, and every policy's counts
 and prints the result.json object as the last line. Bad input stops the build with an error
-naming the file, line and field (exit status 1).
+naming the file, line and field (exit status 1). --dataset=synthetic first generates the
+synthetic catalog (the run config's data.synthetic defaults) into W/synthetic_source in the
+generic format, then builds that as generic data.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
-from absl import app
 from absl import flags
 
-from experiments import report
+from experiments import common
 from neo_jax.catalog import io as catalog_io
 from neo_jax.catalog import splits
+from neo_jax.catalog import synthetic
 from neo_jax.catalog import tfds_builders
-from neo_jax.catalog.types import DatasetError
+from neo_jax.run import config as config_lib
+from neo_jax.run import rundir
 
-_DATASET = flags.DEFINE_enum('dataset', None, sorted(tfds_builders.BUILDERS),
+flags.adopt_module_key_flags(common)
+
+_DATASET = flags.DEFINE_enum('dataset', None, list(config_lib.DATASETS),
                              'Which dataset to build.', required=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory.', required=True)
-_DATA_DIR = flags.DEFINE_string('data_dir', None,
-                                'generic: the directory in the generic format to build.')
-_SOURCE = flags.DEFINE_string(
-    'source', None, 'movielens100k: the official ml-100k.zip or an extracted folder (official '
-    'or RecBole atomic files); default: the copy inside the installed recbole package.')
+_DATA_DIR = flags.DEFINE_string(
+    'data_dir', None, 'The input data: generic: the directory in the generic format to build; '
+    'movielens100k: the official ml-100k.zip or an extracted folder (official or RecBole atomic '
+    'files; default: the copy inside the installed recbole package).')
 _SPLIT = flags.DEFINE_string(
     'split', 'leave_one_out', "Split whose sizes to report: 'leave_one_out' or "
     "'temporal[:V,T[,H]]' (see neo_jax/catalog/splits.make_split).")
@@ -50,33 +54,40 @@ _EXPORT = flags.DEFINE_bool('export', True, 'Also write W/data in the generic fo
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace an existing W/data and W/tfds.')
 
 
-def _builder_kwargs() -> dict:
+def _builder(workdir: str) -> tuple[str, dict]:
+  """(TFDS builder name, its arguments) of the flags."""
   if _DATASET.value == 'generic':
     if not _DATA_DIR.value:
-      raise app.UsageError('--dataset=generic needs --data_dir=<a generic-format directory>')
-    return dict(source=_DATA_DIR.value, on_unknown_item=_ON_UNKNOWN_ITEM.value,
-                allowed_types=_TYPES.value, on_out_of_order=_ON_OUT_OF_ORDER.value)
-  for flag in (_DATA_DIR, _TYPES):
-    if flag.value:
-      raise app.UsageError(f'--{flag.name} applies to --dataset=generic only')
-  return dict(source=_SOURCE.value)
+      raise config_lib.UserError('--dataset=generic needs --data_dir=<a generic-format '
+                                 'directory>')
+    return 'generic', dict(source=_DATA_DIR.value, on_unknown_item=_ON_UNKNOWN_ITEM.value,
+                           allowed_types=_TYPES.value, on_out_of_order=_ON_OUT_OF_ORDER.value)
+  if _TYPES.value:
+    raise config_lib.UserError('--types applies to --dataset=generic only')
+  if _DATASET.value == 'synthetic':
+    if _DATA_DIR.value:
+      raise config_lib.UserError('--data_dir does not apply to --dataset=synthetic (it is '
+                                 'generated)')
+    source = os.path.join(workdir, 'synthetic_source')
+    if not os.path.exists(os.path.join(source, 'items.jsonl')):
+      synthetic.write_synthetic(synthetic.SyntheticConfig(
+          **config_lib.defaults().data.synthetic.to_dict()), source)
+    return 'generic', dict(source=source)
+  return _DATASET.value, dict(source=_DATA_DIR.value)
 
 
 def main(argv):
-  del argv
+  common.start(argv)
   tfds_builders.tfds.disable_progress_bar()
   workdir = _WORKDIR.value
   tfds_dir = os.path.join(workdir, 'tfds')
   start = time.perf_counter()
-  try:
-    source_ds, source_report, built = tfds_builders.build(
-        _DATASET.value, tfds_dir, overwrite=_OVERWRITE.value, **_builder_kwargs())
-  except DatasetError as e:
-    print(f'bad input: {e}', file=sys.stderr)
-    sys.exit(1)
-  except FileExistsError:
-    raise app.UsageError(f'{os.path.join(tfds_dir, _DATASET.value)} exists; pass --overwrite '
-                         'or choose another --workdir') from None
+  name, kwargs = _builder(workdir)
+  if not _OVERWRITE.value and os.path.exists(os.path.join(tfds_dir, name)):
+    raise FileExistsError(f'{os.path.join(tfds_dir, name)} exists; pass --overwrite or choose '
+                          'another --workdir')
+  source_ds, source_report, built = tfds_builders.build(name, tfds_dir,
+                                                        overwrite=_OVERWRITE.value, **kwargs)
   build_s = time.perf_counter() - start
 
   # Everything below reads the TFDS build back, so the figures describe what was written.
@@ -115,9 +126,9 @@ def main(argv):
   result.update({f'policy/{k}': v for k, v in catalog_io.interaction_report(ds).items()})
   for section, values in source_report.items():
     result.update({f'{section}/{k}': v for k, v in values.items()})
-  report.write_result(workdir, result)
+  rundir.write_result(workdir, result)
   print(json.dumps(result, sort_keys=True))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  common.run(main)

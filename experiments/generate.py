@@ -24,8 +24,9 @@ A bare backbone (no NEO training):
   python -m experiments.generate --backbone=smollm2-135m \
       --prompt="The capital of France is" --max_new_tokens=8
 
-Every mode ends by printing a flat result object (also written to <--out_dir>/result.json
-when --out_dir is set; never into the trained run's workdir).
+--workdir takes a workdir (its main model, W/neo_multi) or any run directory in it (e.g.
+W/neo_mono_recommend, W/ablation_no_grounding). Every mode ends by printing a flat result
+object (nothing is written into the trained run's directories).
 """
 
 from __future__ import annotations
@@ -35,14 +36,16 @@ import os
 import sys
 import time
 
-from absl import app
 from absl import flags
-from absl import logging
 
-from experiments import report
+from experiments import common
+from neo_jax.run.config import UserError
+
+flags.adopt_module_key_flags(common)
 
 _BACKBONE = flags.DEFINE_string('backbone', None, 'packaged backbone name or a .gguf path')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'a trained NEO run to load')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'a trained NEO run to load: a workdir or one '
+                               'of its run directories')
 _BATCH_IN = flags.DEFINE_string('batch_in', None, 'JSONL requests (with --workdir)')
 _BATCH_OUT = flags.DEFINE_string('batch_out', None, 'JSONL answers (with --batch_in)')
 _BATCH_SIZE = flags.DEFINE_integer(
@@ -53,7 +56,6 @@ _MAX_NEW = flags.DEFINE_integer('max_new_tokens', None,
                                 'tokens to generate at most (default: 8 with --backbone, 48 '
                                 'with --workdir)')
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'compute dtype')
-_OUT_DIR = flags.DEFINE_string('out_dir', None, 'where to write result.json (optional)')
 
 # Requests answered per `Service.answer` call in batch mode: bounds memory, and answers are
 # written as each chunk finishes.
@@ -65,7 +67,7 @@ def _run_backbone() -> dict:
   t0 = time.perf_counter()
   model, tok = backbones.load_backbone(_BACKBONE.value, dtype=_DTYPE.value)
   if tok is None:
-    raise app.UsageError(f'{_BACKBONE.value} has no tokenizer this tool can read yet; use a '
+    raise UserError(f'{_BACKBONE.value} has no tokenizer this tool can read yet; use a '
                          '.gguf backbone')
   seconds_load = time.perf_counter() - t0
   prompt_ids = tok.encode_text(_PROMPT.value)
@@ -83,11 +85,7 @@ def _service(batch_size: int):
   from neo_jax.run import serving  # pylint: disable=g-import-not-at-top
   from neo_jax.run import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   t0 = time.perf_counter()
-  try:
-    run = workdir_lib.load_run(_WORKDIR.value,
-                               log=lambda s: print(s, file=sys.stderr, flush=True))
-  except workdir_lib.WorkdirError as e:
-    raise app.UsageError(str(e)) from None
+  run = workdir_lib.load_run(_WORKDIR.value, log=lambda s: print(s, file=sys.stderr, flush=True))
   cfg = run.config
   svc = serving.Service(run.artifacts, prompt_len=int(cfg.train.seq_len) - 8,
                         history_len=int(cfg.tasks.history_len), batch_size=batch_size,
@@ -156,9 +154,9 @@ def _interactive() -> dict:
 def _batch() -> dict:
   from neo_jax.run import serving  # pylint: disable=g-import-not-at-top
   if not _BATCH_OUT.value:
-    raise app.UsageError('--batch_in needs --batch_out (where the answers go)')
+    raise UserError('--batch_in needs --batch_out (where the answers go)')
   if not os.path.exists(_BATCH_IN.value):
-    raise app.UsageError(f'--batch_in={_BATCH_IN.value}: no such file')
+    raise UserError(f'--batch_in={_BATCH_IN.value}: no such file')
   svc, facts = _service(batch_size=_BATCH_SIZE.value or 16)
   results: dict[int, dict] = {}
   pending: list[tuple[int, serving.Request]] = []
@@ -211,26 +209,21 @@ def _batch() -> dict:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logging.set_verbosity(logging.WARNING)
+  common.start(argv)
   if (_WORKDIR.value is None) == (_BACKBONE.value is None):
-    raise app.UsageError('give exactly one of --workdir (a trained NEO run) and --backbone')
+    raise UserError('give exactly one of --workdir (a trained NEO run) and --backbone')
   if _BATCH_IN.value is not None and _WORKDIR.value is None:
-    raise app.UsageError('--batch_in needs --workdir')
+    raise UserError('--batch_in needs --workdir')
   if _WORKDIR.value is None:
     result = _run_backbone()
   elif _BATCH_IN.value is not None:
     result = _batch()
   else:
     result = _interactive()
-  if _OUT_DIR.value:
-    os.makedirs(_OUT_DIR.value, exist_ok=True)
-    report.write_result(_OUT_DIR.value, result)
   print(json.dumps(result, sort_keys=True))
   if result.get('bad'):
     sys.exit(1)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  common.run(main)

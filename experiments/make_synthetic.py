@@ -1,8 +1,9 @@
 """Writes a synthetic multi-type dataset in the generic format.
 
-  python -m experiments.make_synthetic --out=/tmp/synth --num_items=30000 --num_users=20000
+  python -m experiments.make_synthetic --workdir=W --num_items=30000 --num_users=20000
 
-Prints progress lines (rate, ETA) and, last, a one-line JSON summary (counts, seconds).
+Writes the dataset to W/data (use it with --data_dir=W/data) and W/result.json; prints
+progress lines (rate, ETA) and, last, the result object (counts, seconds).
 """
 
 from __future__ import annotations
@@ -10,12 +11,17 @@ from __future__ import annotations
 import json
 import time
 
-from absl import app
+import os
+
 from absl import flags
 
+from experiments import common
 from neo_jax.catalog import synthetic
+from neo_jax.run import rundir
 
-_OUT = flags.DEFINE_string('out', None, 'Dataset directory to create.', required=True)
+flags.adopt_module_key_flags(common)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory: the dataset goes to '
+                               '<workdir>/data.', required=True)
 _NUM_ITEMS = flags.DEFINE_integer(
     'num_items', None, 'Total items, split evenly over --types; default: the config default.')
 _TYPES = flags.DEFINE_list('types', ['movie', 'book', 'podcast'], 'Entity types.')
@@ -24,7 +30,7 @@ _NUM_QUERIES = flags.DEFINE_integer('num_queries', None, 'Search queries.')
 _NUM_TOPICS = flags.DEFINE_integer('num_topics', None, 'Latent topics.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed; equal flags give identical files.')
 _CHUNK_SIZE = flags.DEFINE_integer('chunk_size', 100_000, 'Items generated per step.')
-_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace a non-empty --out.')
+_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace a non-empty <workdir>/data.')
 
 
 def _config() -> synthetic.SyntheticConfig:
@@ -65,14 +71,17 @@ class _Progress:
 
 
 def main(argv):
-  del argv
+  common.start(argv)
   config = _config()
   start = time.perf_counter()
-  summary = synthetic.write_synthetic(config, _OUT.value, chunk_size=_CHUNK_SIZE.value,
+  out = os.path.join(_WORKDIR.value, 'data')
+  summary = synthetic.write_synthetic(config, out, chunk_size=_CHUNK_SIZE.value,
                                       overwrite=_OVERWRITE.value, progress=_Progress())
   summary['wall_seconds'] = round(time.perf_counter() - start, 3)
-  print(json.dumps(summary))
+  summary['data_dir'] = out
+  rundir.write_result(_WORKDIR.value, summary)
+  print(json.dumps(rundir.json_safe(summary), sort_keys=True))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  common.run(main)

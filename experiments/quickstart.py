@@ -1,28 +1,41 @@
-r"""The main job: the whole NEO pipeline, small, end to end, and a results table.
+r"""The main job: the whole NEO pipeline, small, end to end, and its results table.
 
   python -m experiments.quickstart --workdir=runs/quickstart
   python -m experiments.quickstart --workdir=W --config.capability.steps=200
+  python -m experiments.quickstart --workdir=W --config=experiments/configs/tiny.py
+  python -m experiments.quickstart --print_config
 
-Writes its artifacts under --workdir and ends by printing the `result.json` object.
+MovieLens-100k -> SIDs -> tokenizer -> decoder -> grounding and capability stages ->
+constrained beam search, beside popularity and BM25, on the test split (the same experiment
+as `experiments.evaluate`, with the small config experiments/configs/quickstart.py). Writes
+everything under --workdir (the trained model in W/neo_multi, which `experiments.generate
+--workdir=W` loads), W/report.md and W/result.json, and prints the result object last.
 """
 
 import json
 
-from absl import app
+from absl import flags
 
 from experiments import common
-from experiments import report
-from neo_jax.run import stages as pipeline
+from neo_jax.eval import report
+from neo_jax.run import experiment
+from neo_jax.run import rundir
+
+RUN = common.RunFlags('quickstart.py')
+flags.adopt_module_key_flags(common)
 
 
 def main(argv):
-  common.start(argv)
-  out = pipeline.run(common.CONFIG.value, common.WORKDIR.value)
-  print(report.results_table(out['result']))
-  print(report.generations_text(out['generations']))
-  report.write_result(common.WORKDIR.value, out['result'])
-  print(json.dumps(out['result']))
+  RUN.start(argv)
+  cfg = RUN.resolved_config()
+  workdir = RUN.workdir_value()
+  result, samples = experiment.run_experiment(cfg, workdir, overwrite=RUN.overwrite.value)
+  report.write_report(workdir, result)
+  print(report.results_markdown(result))
+  print(report.generations_text(samples))
+  rundir.write_result(workdir, result)
+  print(json.dumps(result, sort_keys=True))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  common.run(main)

@@ -6,7 +6,7 @@ still SmolLM2's (with the SID block), so only the starting weights differ.
 The tiny preset of experiments/configs/quickstart.py always starts from random weights, so for
 it this ablation is the quickstart itself; there is nothing to change.
 
-Only `model.random_init` changes (read by pipeline.build_model).
+Only `model.random_init` changes (read by neo_jax.run.stages.build_model).
 """
 
 import ml_collections

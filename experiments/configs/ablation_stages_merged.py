@@ -1,9 +1,9 @@
 """Ablation 'stages merged' (the paper's ablation table): one training stage instead of two.
 
-`train.merge_stages` makes pipeline.train run a single stage, 'capability', with full
+`train.merge_stages` makes neo_jax.run.training.train run a single stage, 'capability', with full
 fine-tuning on the capability examples plus the grounding examples not already among them,
 for grounding.steps + capability.steps steps (as many updates as the two stages together)
-with the capability stage's optimiser settings (see pipeline.stage_plan).
+with the capability stage's optimiser settings (see neo_jax.run.training.stage_plan).
 
 Everything else is experiments/configs/quickstart.py.
 """

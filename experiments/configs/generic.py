@@ -1,7 +1,7 @@
 """The comparison on any dataset directory in the generic format (data/README.md):
 
-  python -m experiments.evaluate --config=experiments/configs/generic.py \
-      --config.data_dir=D --workdir=W
+  python -m experiments.evaluate --config=experiments/configs/generic.py --data_dir=D \
+      --workdir=W
 
 Every entity type in the data is a target type (each test user's next item is asked for with
 its own type; figures per type as `<system>/type_<type>/...`), and search is evaluated on
@@ -16,5 +16,5 @@ from experiments.configs import movielens100k
 
 def get_config() -> ml_collections.ConfigDict:
   c = movielens100k.get_config()
-  c.data.source = 'generic'
+  c.data.dataset = 'generic'  # and --data_dir=D (data.data_dir)
   return c

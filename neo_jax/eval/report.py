@@ -151,6 +151,22 @@ def targets_markdown(result: dict[str, Any]) -> str:
   return '\n'.join(lines)
 
 
+def generations_text(generations: list[dict[str, Any]]) -> str:
+  """The sample generations of a run (`neo_jax.eval.steering.sample_generations`): prompt,
+  output and every item named, by title and type."""
+  lines = []
+  for g in generations:
+    lines.append(f'--- {g["task"]}, format {g["format"]} ---')
+    lines.append(f'prompt: {g["prompt"]}')
+    lines.append(f'output: {g["output"]}')
+    for row, title, type_name in g['items']:
+      if row is None:
+        lines.append('  item: <not in the catalog>')
+      else:
+        lines.append(f'  item {row}: {title!r} ({type_name})')
+  return '\n'.join(lines)
+
+
 def _curves(workdir: str) -> dict[str, list[tuple[int, float]]]:
   """run/stage -> [(step, loss)] from every <workdir>/**/logs/<stage>.jsonl."""
   out = {}
@@ -228,7 +244,7 @@ def write_report(workdir: str, result: dict[str, Any]) -> str:
   """Writes <workdir>/report.md (+ training_curves.png, metrics.png); returns its path."""
   os.makedirs(workdir, exist_ok=True)
   lines = [f'# NEO experiment: {result.get("dataset", "?")}', '']
-  lines += [results_markdown(result), '## Targets (issue 8)', '', targets_markdown(result), '',
+  lines += [results_markdown(result), '## Targets', '', targets_markdown(result), '',
             '## Protocol', '', PROTOCOL]
   timings = [k for k in sorted(result) if k.startswith('seconds/')]
   if timings:

@@ -1,18 +1,23 @@
-"""Reloading a trained run from its workdir: config, dataset, split, SID map, tokenizer, the
-trained model (the last trained stage's final checkpoint) and the trie.
+"""Reloading a trained run: config, dataset, split, SID map, tokenizer, the trained model
+and the trie.
 
-A workdir written by `experiments.quickstart` or `experiments.train` holds (WORKSPACE.md):
+A workdir written by `experiments.quickstart`, `experiments.train` or `experiments.evaluate`
+holds (WORKSPACE.md):
 
-  config.json                     the run's config (every field, as trained)
+  config.json                     the experiment's config
   data/ | tfds/<name>/            the dataset (synthetic: generic format; movielens: TFDS);
-                                  data.source='generic' reads config's data.path instead
+                                  data.dataset='generic' reads config's data.data_dir instead
   sids/sid_map/                   the SID map and its manifest
   tokenizer/                      spm.model or tokenizer.json (BPE), + sid_vocab.json
-  checkpoints/<stage>/<step>/     orbax checkpoints {'params', 'opt_state'} of each stage
+  neo_multi/, neo_mono_<task>/,   run directories, one per trained model: config.json (the
+  ablation_<name>/                config the model was trained with), checkpoints/<stage>/
+                                  <step>/ (orbax {'params', 'opt_state'}), logs/, tensorboard/
 
-`load_run` rebuilds every piece the way the pipeline built it (same functions, same config)
-and restores only the model parameters from the checkpoint (the optimizer state is not read).
-Every missing or inconsistent piece raises `WorkdirError` naming the path and what to run.
+`load_run(path)` takes a workdir (its main model, neo_multi) or a run directory (any model;
+its preparation is its parent directory), rebuilds every piece the way the run built it
+(same functions, same config) and restores only the model parameters (the optimizer state is
+not read). Every missing or inconsistent piece raises `WorkdirError` naming the path and what
+to run.
 """
 
 from __future__ import annotations
@@ -30,22 +35,26 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from neo_jax.run import stages as pipeline
 from neo_jax.catalog.splits import make_split
 from neo_jax.decode.trie import SIDTrie
+from neo_jax.run import config as config_lib
+from neo_jax.run import rundir
+from neo_jax.run import stages
+from neo_jax.run import training
 from neo_jax.sid.builder import load_sid_map
 from neo_jax.tasks.types import Example
 from neo_jax.tokenizer.base import Tokenizer
 from neo_jax.tokenizer.bpe import BPETokenizer
 from neo_jax.tokenizer.spm import SentencePieceTokenizer
 
-# Training stages in the order the pipeline runs them (pipeline.train).
-STAGES = ('grounding', 'capability')
+# Run directories tried, in order, when a workdir (not a run directory) is given: the
+# experiment's main model, then the random-SID ablation's (its own preparation).
+MAIN_RUNS = ('neo_multi', 'neo')
 
 Log = Callable[[str], None]
 
 
-class WorkdirError(FileNotFoundError):
+class WorkdirError(config_lib.UserError, FileNotFoundError):
   """A workdir lacks a piece (or holds inconsistent pieces) needed to reload the run."""
 
 
@@ -54,15 +63,17 @@ class TrainedRun:
   """A reloaded run.
 
   Attributes:
-    workdir: the absolute workdir.
-    config: the run's config (from config.json).
+    workdir: the absolute directory of the preparation (data, SIDs, tokenizer).
+    run_dir: the absolute run directory of the model.
+    config: the model's config (from <run_dir>/config.json).
     artifacts: dataset, split, SID map, tokenizer, trained model and trie.
     stage, step: the checkpoint the model was restored from.
-    examples: every task's examples (as `pipeline.build_examples` makes them), when asked.
+    examples: every task's examples (as `stages.build_examples` makes them), when asked.
   """
   workdir: str
+  run_dir: str
   config: ml_collections.ConfigDict
-  artifacts: pipeline.Artifacts
+  artifacts: stages.Artifacts
   stage: str
   step: int
   examples: dict[str, list[Example]] | None = None
@@ -85,22 +96,36 @@ def _absl_errors_only():
     logger.setLevel(level)
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The run's config from `workdir/config.json`."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.isdir(workdir):
-    raise WorkdirError(f'{workdir}: no such directory')
+def find_run_dir(path: str) -> tuple[str, str]:
+  """(run directory, preparation directory) of `path`: a run directory (it holds
+  checkpoints/; its preparation is its parent) or a workdir holding one of MAIN_RUNS."""
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    raise WorkdirError(f'{path}: no such directory')
+  if os.path.isdir(os.path.join(path, 'checkpoints')):
+    return path, os.path.dirname(path)
+  for name in MAIN_RUNS:
+    if os.path.isdir(os.path.join(path, name, 'checkpoints')):
+      return os.path.join(path, name), path
+  raise WorkdirError(f'{path}: holds no trained model (no {path}/neo_multi/checkpoints); run '
+                     'experiments.quickstart, train or evaluate with this --workdir first, or '
+                     'give a run directory such as W/neo_mono_recommend')
+
+
+def load_config(directory: str) -> ml_collections.ConfigDict:
+  """The validated config recorded in `directory/config.json`."""
+  path = os.path.join(directory, rundir.CONFIG_FILE)
   if not os.path.exists(path):
-    raise WorkdirError(f'{path}: missing; {workdir} is not the workdir of a run of '
-                       'experiments.quickstart or experiments.train')
+    raise WorkdirError(f'{path}: missing; {directory} is not a run directory of neo_jax')
   try:
     with open(path) as f:
       raw = json.load(f)
   except json.JSONDecodeError as e:
     raise WorkdirError(f'{path}: not valid JSON ({e})') from e
-  if not isinstance(raw, dict) or not all(k in raw for k in ('data', 'sid', 'model', 'train')):
-    raise WorkdirError(f'{path}: not a pipeline config (needs data, sid, model and train)')
-  return ml_collections.ConfigDict(raw)
+  try:
+    return config_lib.validate(ml_collections.ConfigDict(raw))
+  except config_lib.ConfigError as e:
+    raise WorkdirError(f'{path}: not a config of this version of neo_jax ({e})') from None
 
 
 def load_tokenizer(directory: str) -> Tokenizer:
@@ -110,48 +135,54 @@ def load_tokenizer(directory: str) -> Tokenizer:
     return SentencePieceTokenizer.load(directory)
   if os.path.exists(os.path.join(directory, 'tokenizer.json')):
     return BPETokenizer.load(directory)
-  raise WorkdirError(f'{directory}: holds neither spm.model nor tokenizer.json (the pipeline '
-                     'writes one of them after the SID map)')
+  raise WorkdirError(f'{directory}: holds neither spm.model nor tokenizer.json (a run writes '
+                     'one of them after the SID map)')
 
 
-def _check_dataset_source(cfg: ml_collections.ConfigDict, workdir: str) -> None:
-  """The dataset must already be in the workdir (or at data.path): loading never builds."""
-  source = cfg.data.source
-  if source == 'synthetic':
-    need = os.path.join(workdir, 'data', 'items.jsonl')
-  elif source == 'movielens100k':
-    need = os.path.join(workdir, 'tfds', 'movielens100k')
-  elif source == 'generic':
-    need = cfg.data.path
-  else:
-    raise WorkdirError(f'{workdir}/config.json: unknown data.source {source!r}')
+def _check_dataset(cfg: ml_collections.ConfigDict, workdir: str) -> None:
+  """The dataset must already be in the workdir (or at data.data_dir): loading never builds."""
+  need = stages.dataset_location(cfg, workdir)
   if not need or not os.path.exists(need):
-    raise WorkdirError(f'{need or "data.path"}: missing; the {source} dataset of this run is '
-                       'gone (rerun experiments.train with the same --workdir to rebuild it)')
+    raise WorkdirError(f'{need or "data.data_dir"}: missing; the {cfg.data.dataset} dataset of '
+                       'this run is gone (rerun the command that trained it to rebuild it)')
 
 
-def final_checkpoint(workdir: str, cfg: ml_collections.ConfigDict) -> tuple[str, int]:
-  """(stage, step) of the model to load: the final step of the last stage with steps > 0.
+def _checkpoint_steps(ckpt_dir: str) -> list[int]:
+  return sorted(int(d) for d in (os.listdir(ckpt_dir) if os.path.isdir(ckpt_dir) else [])
+                if d.isdigit() and os.path.exists(os.path.join(ckpt_dir, d, 'default')))
+
+
+def final_checkpoint(run_dir: str, cfg: ml_collections.ConfigDict) -> tuple[str, int]:
+  """(stage, step) of the trained model: the last stage's final step (or, when the stage
+  validated and `train.restore_best` is set, the step of its summary's best checkpoint).
 
   Raises:
     WorkdirError: that stage has no checkpoint, or training stopped before its last step.
   """
-  stages = [s for s in STAGES if s in cfg and int(cfg[s].steps) > 0]
-  if not stages:
-    raise WorkdirError(f'{workdir}/config.json: no training stage has steps > 0')
-  stage = stages[-1]
-  steps = int(cfg[stage].steps)
-  ckpt_dir = os.path.join(workdir, 'checkpoints', stage)
-  have = sorted(int(d) for d in (os.listdir(ckpt_dir) if os.path.isdir(ckpt_dir) else [])
-                if d.isdigit() and os.path.exists(os.path.join(ckpt_dir, d, 'default')))
+  try:
+    stage, steps = training.last_stage(cfg)
+  except ValueError as e:
+    raise WorkdirError(f'{run_dir}/config.json: {e}') from None
+  ckpt_dir = os.path.join(run_dir, 'checkpoints', stage)
+  have = _checkpoint_steps(ckpt_dir)
   if not have:
     raise WorkdirError(f'{ckpt_dir}: no checkpoint; stage {stage!r} never saved one (rerun '
-                       f'experiments.train with the same --workdir and config to train it)')
+                       'the command that trained it with the same --workdir to train it)')
   if have[-1] != steps:
     raise WorkdirError(f'{ckpt_dir}: training of stage {stage!r} stopped at step {have[-1]} of '
-                       f'{steps} (rerun experiments.train with the same --workdir and config '
+                       f'{steps} (rerun the command that trained it with the same --workdir '
                        'to resume and finish it)')
-  return stage, steps
+  best = _best_step(ckpt_dir) if cfg.train.restore_best else None
+  return stage, best if best is not None else steps
+
+
+def _best_step(ckpt_dir: str) -> int | None:
+  path = os.path.join(ckpt_dir, 'summary.json')
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    step = json.load(f).get('best_step', -1)
+  return int(step) if step is not None and int(step) >= 0 else None
 
 
 def _path_name(path) -> str:
@@ -202,11 +233,12 @@ def restore_params(model: nnx.Module, ckpt_dir: str, step: int) -> None:
   nnx.update(model, restored['params'])
 
 
-def load_run(workdir: str, *, examples: bool = False, log: Log | None = None) -> TrainedRun:
-  """Reloads the trained run in `workdir` (see the module docstring for the layout).
+def load_run(path: str, *, examples: bool = False, log: Log | None = None) -> TrainedRun:
+  """Reloads the trained model of `path` (a workdir or a run directory; module docstring).
 
   Args:
-    workdir: a workdir of `experiments.quickstart` or `experiments.train`.
+    path: a workdir of `experiments.quickstart`, `train` or `evaluate`, or one of its run
+      directories (e.g. W/neo_mono_recommend).
     examples: also rebuild every task's examples (seconds on MovieLens-100k).
     log: progress lines (None: silent).
 
@@ -214,17 +246,17 @@ def load_run(workdir: str, *, examples: bool = False, log: Log | None = None) ->
     WorkdirError: a piece is missing or the pieces disagree (each message names the path).
   """
   log = log or _quiet
-  workdir = os.path.abspath(workdir)
-  cfg = load_config(workdir)
-  _check_dataset_source(cfg, workdir)
-  stage, step = final_checkpoint(workdir, cfg)
+  run_dir, workdir = find_run_dir(path)
+  cfg = load_config(run_dir)
+  _check_dataset(cfg, workdir)
+  stage, step = final_checkpoint(run_dir, cfg)
   sid_dir = os.path.join(workdir, 'sids', 'sid_map')
   tok_dir = os.path.join(workdir, 'tokenizer')
-  for path in (sid_dir, tok_dir):
-    if not os.path.isdir(path):
-      raise WorkdirError(f'{path}: missing (the pipeline writes it before training)')
+  for p in (sid_dir, tok_dir):
+    if not os.path.isdir(p):
+      raise WorkdirError(f'{p}: missing (a run writes it before training)')
 
-  ds = pipeline.load_data(cfg, workdir, log)
+  ds = stages.load_data(cfg, workdir, log, build=False)
   split, _ = make_split(ds.interactions, cfg.data.split)
   sid_map = load_sid_map(sid_dir)
   if (len(sid_map) != len(ds.catalog) or tuple(sid_map.type_names) != ds.catalog.type_names
@@ -240,24 +272,24 @@ def load_run(workdir: str, *, examples: bool = False, log: Log | None = None) ->
                        f'the SID map ({dict(sid_map.level_sizes)})')
   log(f'tokenizer: {tok.text_vocab_size} text tokens + {tok.sid.size} SID tokens')
 
-  model = pipeline.build_model(cfg, tok)
-  restore_params(model, os.path.join(workdir, 'checkpoints', stage), step)
-  log(f'model: restored {stage} step {step} from {workdir}/checkpoints/{stage}')
+  model = stages.build_model(cfg, tok)
+  restore_params(model, os.path.join(run_dir, 'checkpoints', stage), step)
+  log(f'model: restored {stage} step {step} from {run_dir}/checkpoints/{stage}')
   trie = SIDTrie.build(sid_map, tok.sid)
-  art = pipeline.Artifacts(ds, split, sid_map, tok, model, trie)
-  exs = pipeline.build_examples(cfg, ds, split, sid_map, tok) if examples else None
-  return TrainedRun(workdir, cfg, art, stage, step, exs)
+  art = stages.Artifacts(ds, split, sid_map, tok, model, trie)
+  exs = stages.build_examples(cfg, ds, split, sid_map, tok) if examples else None
+  return TrainedRun(workdir, run_dir, cfg, art, stage, step, exs)
 
 
-def load_workdir(workdir: str, *, log: Log | None = None) -> pipeline.Artifacts:
-  """The artifacts of the trained run in `workdir` (`load_run(...).artifacts`)."""
-  return load_run(workdir, log=log).artifacts
+def load_workdir(path: str, *, log: Log | None = None) -> stages.Artifacts:
+  """The artifacts of the trained model of `path` (`load_run(...).artifacts`)."""
+  return load_run(path, log=log).artifacts
 
 
 def describe(run: TrainedRun) -> dict[str, Any]:
   """Flat facts of a reloaded run (for result.json and banners)."""
   art = run.artifacts
-  return {'workdir': run.workdir, 'stage': run.stage, 'step': run.step,
+  return {'workdir': run.workdir, 'run_dir': run.run_dir, 'stage': run.stage, 'step': run.step,
           'num_items': len(art.dataset.catalog), 'types': ','.join(art.dataset.catalog.type_names),
           'num_users': len(art.dataset.interactions.user_names),
           'vocab_size': int(art.model.cfg.vocab_size)}

@@ -1,0 +1,208 @@
+"""Training one NEO model: the stage plan of the config, then each stage through
+`neo_jax.train.loop.train_stage` in a run directory.
+
+A run directory (`<workdir>/<name>`) holds `config.json` (the config its state was trained
+with), `checkpoints/<stage>/`, `logs/<stage>.jsonl` and `tensorboard/`; rerunning resumes each
+stage from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import ml_collections
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+import jax
+
+from neo_jax.decode.ranker import NEORanker
+from neo_jax.decode.trie import SIDTrie
+from neo_jax.eval import metrics
+from neo_jax.eval.protocol import subsample
+from neo_jax.model import lora
+from neo_jax.model import sharding
+from neo_jax.model import vocab as vocab_lib
+from neo_jax.model.decoder import Decoder
+from neo_jax.run.config import parse_mixture
+from neo_jax.sid.types import SIDMap
+from neo_jax.tasks.types import Example
+from neo_jax.tokenizer.base import Tokenizer
+from neo_jax.train import loop
+from neo_jax.train import mixture as mixture_lib
+from neo_jax.train.data import pack_examples
+
+Log = Callable[[str], None]
+STAGES = ('grounding', 'capability')
+
+
+def train_mesh(cfg: ml_collections.ConfigDict) -> Mesh | None:
+  """The (data, fsdp, tensor) mesh of `cfg.train.mesh` ('' = no mesh: one device); the
+  product must equal the number of devices."""
+  if not cfg.train.mesh:
+    return None
+  shape = tuple(int(x) for x in cfg.train.mesh.split(','))
+  if np.prod(shape) != jax.device_count():
+    raise ValueError(f'train.mesh {shape} needs {int(np.prod(shape))} devices, '
+                     f'{jax.device_count()} are visible')
+  return sharding.make_mesh(*shape)
+
+
+def stage_plan(cfg: ml_collections.ConfigDict, examples: dict[str, list[Example]]
+               ) -> list[tuple[str, list[Example], ml_collections.ConfigDict]]:
+  """The training stages to run, in order: (name, training examples, stage config).
+
+  Normally 'grounding' then 'capability' (a stage with 0 steps is left out: the ablation
+  'no grounding'). `cfg.tasks.mixture` resamples the capability stage's examples to those
+  task proportions (neo_jax/train/mixture.py). `cfg.train.merge_stages` (the ablation 'stages
+  merged') runs one stage, 'capability', with full fine-tuning on the capability examples plus
+  the grounding examples that are not already among them, for grounding.steps +
+  capability.steps steps (the same number of updates as the two stages) with the capability
+  stage's optimiser settings.
+  """
+  mixture = parse_mixture(cfg.tasks.mixture)
+  grounding = list(examples['grounding'])
+  capability = list(examples['capability'])
+  if cfg.train.merge_stages:
+    seen = set(capability)
+    capability += [e for e in grounding if e not in seen]
+    scfg = ml_collections.ConfigDict(cfg.capability.to_dict())
+    scfg.steps = int(cfg.grounding.steps) + int(cfg.capability.steps)
+    plan = [('capability', mixture_lib.apply_mixture(capability, mixture, cfg.seed), scfg)]
+  else:
+    plan = [('grounding', grounding, cfg.grounding),
+            ('capability', mixture_lib.apply_mixture(capability, mixture, cfg.seed),
+             cfg.capability)]
+  return [(name, exs, scfg) for name, exs, scfg in plan if int(scfg.steps) > 0]
+
+
+def last_stage(cfg: ml_collections.ConfigDict) -> tuple[str, int]:
+  """(name, steps) of the stage whose final checkpoint is the trained model."""
+  if cfg.train.merge_stages:
+    return 'capability', int(cfg.grounding.steps) + int(cfg.capability.steps)
+  stages = [s for s in STAGES if int(cfg[s].steps) > 0]
+  if not stages:
+    raise ValueError('no training stage: grounding.steps and capability.steps are both 0')
+  return stages[-1], int(cfg[stages[-1]].steps)
+
+
+def validation_examples(examples: dict[str, list[Example]],
+                        training: list[Example]) -> tuple[list[Example], int]:
+  """The held-out validation examples (rec_valid + search_valid) that validation during
+  training scores, minus any that equals a training example (same prompt and completion):
+  validation never scores what trained. Returns (examples, number dropped as duplicates)."""
+  seen = {(e.prompt, e.completion) for e in training}
+  valid = list(examples.get('rec_valid', [])) + list(examples.get('search_valid', []))
+  kept = [e for e in valid if (e.prompt, e.completion) not in seen]
+  return kept, len(valid) - len(kept)
+
+
+def make_recall_eval_fn(cfg: ml_collections.ConfigDict, tok: Tokenizer, sid_map: SIDMap,
+                        requests: list[Example], k: int = 10
+                        ) -> Callable[[Decoder], dict[str, float]]:
+  """`eval_fn(model) -> {'recommend/recall@k': .., 'recommend/ndcg@k': ..}`: trie-constrained
+  beam search (k beams) on `requests` (validation recommendations), for validation during
+  training. The ranker (and its jit cache) is built on the first call and then only swaps in
+  the model's current parameters, so later calls do not recompile."""
+  trie = SIDTrie.build(sid_map, tok.sid)
+  prompts_ = [e.prompt for e in requests]
+  types = [e.target_type for e in requests]
+  relevant = [list(e.target_items) for e in requests]
+  holder: dict[str, NEORanker] = {}
+
+  def eval_fn(model: Decoder) -> dict[str, float]:
+    if 'ranker' not in holder:
+      holder['ranker'] = NEORanker(model, tok, trie, prompt_len=cfg.train.seq_len - 8,
+                                   batch_size=cfg.eval.batch_size)
+    ranker = holder['ranker']
+    ranker.graphdef, ranker.state = nnx.split(model)
+    items, _ = ranker.rank(prompts_, types, num_beams=k)
+    found = metrics.ranking_metrics(items, relevant, (k,))
+    return {f'recommend/{m}': float(v) for m, v in found.items()}
+
+  return eval_fn
+
+
+def _validation(cfg, examples, plan, tok, log, out):
+  """Packed validation data and the beam-search requests of validation during training (when
+  a stage of the plan validates)."""
+  tcfg = cfg.train
+  if not any(int(scfg.eval_every) > 0 for _, _, scfg in plan):
+    return None, []
+  valid, dropped = validation_examples(examples, [e for _, exs, _ in plan for e in exs])
+  out['valid_examples'] = len(valid)
+  out['valid_dropped_as_training_duplicates'] = dropped
+  if not valid:
+    raise ValueError('eval_every > 0 but there are no validation examples (rec_valid, '
+                     'search_valid)')
+  valid_data = pack_examples(valid, tok, tcfg.seq_len, tcfg.batch_size, seed=cfg.seed)
+  log(f'validation: {len(valid)} examples in {valid_data.num_rows} rows'
+      + (f' ({dropped} dropped: equal to a training example)' if dropped else ''))
+  requests = []
+  if tcfg.valid_requests > 0:
+    requests = subsample([e for e in valid if e.task == 'recommend'], tcfg.valid_requests,
+                         cfg.seed)
+  return valid_data, requests
+
+
+def _trainable(stage, scfg, model, tok, seed, log):
+  """(update mask, trainable filter, LoRA rank) of a stage: grounding trains the SID rows only;
+  capability everything, or with lora_rank > 0 LoRA adapters on every attention and MLP
+  projection plus the SID rows (merged into the weights after the stage)."""
+  mask = vocab_lib.sid_row_mask(model, tok.text_vocab_size) if stage == 'grounding' else None
+  rank = int(scfg.lora_rank) if stage == 'capability' and 'lora_rank' in scfg else 0
+  if rank <= 0:
+    return mask, nnx.Param, 0
+  alpha = float(scfg.lora_alpha or 2 * rank)  # 0: 2 x rank
+  lora.apply_lora(model, rank, alpha, seed=seed + 2)
+  adapters = nnx.to_flat_state(nnx.state(model, lora.LoRAParam))
+  log(f'[{stage}] LoRA rank {rank}, alpha {alpha}: '
+      f'{sum(v.get_value().size for _, v in adapters):,} adapter parameters')
+  return lora.update_mask(model, tok.text_vocab_size), lora.trainable_filter(), rank
+
+
+def train(cfg: ml_collections.ConfigDict, model: Decoder, tok: Tokenizer,
+          examples: dict[str, list[Example]], run_dir: str, log: Log,
+          sid_map: SIDMap | None = None) -> dict[str, Any]:
+  """The stages of `stage_plan` in order, in `run_dir` (resuming from its checkpoints).
+
+  Validation during training (a stage's `eval_every` > 0): the validation loss on the packed
+  rec_valid + search_valid examples (`validation_examples`: never trained on) and, with
+  cfg.train.valid_requests > 0 (needs `sid_map`), Recall@10/NDCG@10 of constrained beam search
+  on that many validation recommendations; cfg.train.best_metric / best_mode /
+  keep_checkpoints / restore_best configure the checkpoint manager.
+  """
+  tcfg = cfg.train
+  out: dict[str, Any] = {}
+  plan = stage_plan(cfg, examples)
+  for stage in STAGES:
+    if stage not in [p[0] for p in plan]:
+      log(f'[{stage}] skipped' + (' (stages merged)' if tcfg.merge_stages and
+                                  stage == 'grounding' else ' (0 steps)'))
+  valid_data, eval_requests = _validation(cfg, examples, plan, tok, log, out)
+  if eval_requests and sid_map is None:
+    raise ValueError('train.valid_requests > 0 needs the SID map (sid_map=...)')
+  mesh = train_mesh(cfg)
+  for stage, stage_examples, scfg in plan:
+    counts = mixture_lib.task_counts(stage_examples)
+    log(f'[{stage}] examples by task: ' + ', '.join(f'{t} {n}' for t, n in counts.items()))
+    out.update({f'{stage}_examples/{t}': n for t, n in counts.items()})
+    data = pack_examples(stage_examples, tok, tcfg.seq_len, tcfg.batch_size, seed=cfg.seed)
+    log(f'[{stage}] {data.stats["examples"]} examples packed into {data.stats["rows"]} rows '
+        f'of {tcfg.seq_len} (fill {data.stats["fill"]:.2f}, '
+        f'{data.stats["truncated_prompts"]} prompts cut, '
+        f'{data.stats["skipped_completion_too_long"]} examples skipped: answer longer than a row)')
+    mask, trainable, rank = _trainable(stage, scfg, model, tok, cfg.seed, log)
+    evaluated = int(scfg.eval_every) > 0
+    eval_fn = (make_recall_eval_fn(cfg, tok, sid_map, eval_requests)
+               if evaluated and eval_requests else None)
+    summary = loop.train_stage(
+        model, data, scfg, name=stage, workdir=run_dir, update_mask=mask, mesh=mesh, log=log,
+        valid_data=valid_data if evaluated else None, eval_fn=eval_fn,
+        best_metric=tcfg.best_metric, best_mode=tcfg.best_mode or None,
+        restore_best=tcfg.restore_best, keep_last=tcfg.keep_checkpoints, trainable=trainable)
+    if rank > 0:
+      lora.merge_lora(model)
+    out.update({f'{stage}_{k}': v for k, v in summary.items()})
+  return out
