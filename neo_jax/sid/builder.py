@@ -25,6 +25,7 @@ a checksum of the codes), each written atomically.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -32,7 +33,7 @@ import os
 import tempfile
 import time
 import zipfile
-from typing import Mapping, Sequence, Union
+from typing import Any, Mapping, Sequence, Union
 
 import jax
 import numpy as np
@@ -149,6 +150,160 @@ def _resolve_popularity(catalog: Catalog, popularity, required: bool
   return None, 'row_order'
 
 
+@dataclasses.dataclass(frozen=True)
+class _KMeans:
+  """How the 'rkmeans' method runs k-means: one in-memory Lloyd per level, or streamed in
+  batches of `batch_size` (mini-batch updates if `minibatch`, sharded over `mesh`) when any
+  of the three is set."""
+  iters: int
+  tol: float
+  batch_size: int | None
+  minibatch: bool
+  mesh: Any
+
+  @property
+  def streaming(self) -> bool:
+    return self.batch_size is not None or self.minibatch or self.mesh is not None
+
+  def fit(self, emb_NxD: np.ndarray, rows: np.ndarray, ks: tuple[int, ...], key: jax.Array
+          ) -> tuple[np.ndarray, dict]:
+    """(len(rows), len(ks)) int32 codes of the rows `rows` of `emb_NxD`, and the k-means
+    report (k_l{l}, mse_input, mse_l{l}, iterations_l{l}, k_clamped)."""
+    if self.streaming:
+      x_t = emb_NxD[rows] if rows.size < emb_NxD.shape[0] else emb_NxD  # one type: no copy
+      kcodes, _, info = residual_kmeans_streaming(
+          x_t, ks, key=key, iters=self.iters, tol=self.tol,
+          batch_size=self.batch_size or 65536, minibatch=self.minibatch, mesh=self.mesh)
+    else:
+      kcodes, _, info = residual_kmeans(emb_NxD[rows], ks, iters=self.iters, key=key,
+                                        tol=self.tol)
+    return kcodes, info
+
+
+def _checked_embeddings(emb_NxD, n: int, streaming: bool) -> np.ndarray:
+  """The (n, D) embeddings as a numpy array: float32 when k-means runs in memory; a streamed
+  array (e.g. a memmap) is left as it is and not scanned here."""
+  emb = emb_NxD if isinstance(emb_NxD, np.ndarray) else np.asarray(emb_NxD)
+  if emb.ndim != 2 or emb.shape[0] != n:
+    raise ValueError(f'embeddings must have shape ({n}, D) for {n} catalog items, '
+                     f'got {emb.shape}')
+  if not np.issubdtype(emb.dtype, np.floating):
+    raise ValueError(f'embeddings must be floating point, got dtype {emb.dtype}')
+  if not streaming:
+    if not np.all(np.isfinite(emb)):
+      raise ValueError('embeddings must be finite floating-point values')
+    emb = emb.astype(np.float32)
+  return emb
+
+
+def _type_codes(method: str, kmeans: _KMeans, emb_NxD: np.ndarray, rows: np.ndarray,
+                ks: tuple[int, ...], m_t: int, kmeans_levels: int, key: jax.Array,
+                rng_seed: list[int]) -> tuple[np.ndarray, tuple[int, ...], dict]:
+  """(kcodes, sizes, info) of one type's items `rows`: (R, kmeans_levels) int32 codes (one
+  column for 'atomic'), the size of each of those levels, and the quantiser's report. A type
+  with m_t < kmeans_levels levels gets size-1 filler levels (code 0) after its own."""
+  info: dict = {}
+  if method == 'atomic':
+    return np.arange(rows.size, dtype=np.int32)[:, None], (int(rows.size),), info
+  if method == 'random':
+    sizes = tuple(min(kk, rows.size) for kk in ks)
+    info['k_clamped'] = sum(kk > rows.size for kk in ks)
+    kcodes = _random_codes(rows.size, sizes, np.random.default_rng(rng_seed))
+  else:
+    kcodes, info = kmeans.fit(emb_NxD, rows, ks, key)
+    sizes = tuple(info[f'k_l{l}'] for l in range(m_t))
+  if m_t < kmeans_levels:
+    # Shallower type: size-1 filler levels keep every type at the same depth.
+    kcodes = np.concatenate([kcodes, np.zeros((rows.size, kmeans_levels - m_t), np.int32)],
+                            axis=1)
+    sizes = sizes + (1,) * (kmeans_levels - m_t)
+  return kcodes, sizes, info
+
+
+@dataclasses.dataclass(frozen=True)
+class _Groups:
+  """One type's groups of identical k-means codes."""
+  rank: np.ndarray  # (R,) int64: rank in the group, most popular (then lowest row) first
+  colliding: int  # items in a group of two or more
+  colliding_groups: int
+  max_group: int
+
+
+def _collision_groups(kcodes_RxL: np.ndarray, rows: np.ndarray, pop: np.ndarray | None
+                      ) -> _Groups:
+  _, group, group_size = np.unique(kcodes_RxL, axis=0, return_inverse=True, return_counts=True)
+  group = group.reshape(-1)
+  neg_pop = -pop[rows] if pop is not None else np.zeros(rows.size)
+  order = np.lexsort((rows, neg_pop, group))
+  starts = np.concatenate([[0], np.cumsum(group_size)[:-1]])
+  rank = np.empty(rows.size, np.int64)
+  rank[order] = np.arange(rows.size) - starts[group[order]]
+  return _Groups(rank=rank, colliding=int(np.sum(group_size[group] > 1)),
+                 colliding_groups=int(np.sum(group_size > 1)), max_group=int(group_size.max()))
+
+
+def _assign_codes(codes_NxL: np.ndarray, rows: np.ndarray, kcodes: np.ndarray,
+                  sizes: tuple[int, ...], groups: _Groups, method: str, collision: str
+                  ) -> tuple[tuple[int, ...], int]:
+  """Writes one type's final codes into `codes_NxL` by the collision policy; returns the
+  type's level sizes (with the disambiguation level) and its number of unreachable items."""
+  if method == 'atomic':
+    codes_NxL[rows] = kcodes
+    return sizes, 0
+  if collision == 'disambiguate':
+    kmeans_levels = kcodes.shape[1]
+    codes_NxL[rows, :kmeans_levels] = kcodes
+    codes_NxL[rows, kmeans_levels] = groups.rank
+    return sizes + (groups.max_group,), 0
+  keep = groups.rank == 0
+  codes_NxL[rows[keep], :] = kcodes[keep]
+  return sizes, int(np.sum(~keep))
+
+
+class _Means:
+  """Item-weighted means of a figure over the types that have it."""
+
+  def __init__(self):
+    self.sums: dict[str, list[float]] = {}  # key -> [weighted sum, weight]
+
+  def add(self, key: str, value: float, weight: int) -> None:
+    acc = self.sums.setdefault(key, [0.0, 0.0])
+    acc[0] += value * weight
+    acc[1] += weight
+
+  def means(self) -> dict[str, float]:
+    return {key: num / den for key, (num, den) in self.sums.items()}
+
+
+def _type_report(t: str, kcodes: np.ndarray, sizes: tuple[int, ...], groups: _Groups,
+                 unreachable: int, levels: int, info: dict, means: _Means
+                 ) -> dict[str, float]:
+  """The '{t}/...' figures of one type but its seconds (see build_sid_map), adding its
+  item-weighted ones to `means`; `levels`: its quantised levels (1 for 'atomic')."""
+  n_t = int(kcodes.shape[0])
+  report = {
+      f'{t}/num_items': n_t,
+      f'{t}/collision_rate': groups.colliding / n_t,
+      f'{t}/colliding_groups': groups.colliding_groups,
+      f'{t}/max_group': groups.max_group,
+      f'{t}/unreachable_items': unreachable,
+      f'{t}/kmeans_levels': levels,
+      f'{t}/k_clamped': int(info.get('k_clamped', 0)),
+  }
+  if 'mse_input' in info:
+    report[f'{t}/mse_input'] = info['mse_input']
+    means.add('mse_input', info['mse_input'], n_t)
+  for l in range(levels):
+    report[f'{t}/k_l{l}'] = int(sizes[l])
+    report[f'{t}/utilisation_l{l}'] = _perplexity_ratio(kcodes[:, l], int(sizes[l]))
+    means.add(f'utilisation_l{l}', report[f'{t}/utilisation_l{l}'], n_t)
+    if f'mse_l{l}' in info:
+      report[f'{t}/mse_l{l}'] = info[f'mse_l{l}']
+      report[f'{t}/iterations_l{l}'] = info[f'iterations_l{l}']
+      means.add(f'mse_l{l}', info[f'mse_l{l}'], n_t)
+  return report
+
+
 def build_sid_map(catalog: Catalog, embeddings_NxD, *, levels=3, k: KSpec = 256,
                   collision: str = 'disambiguate', popularity=None, seed: int = 0,
                   iters: int = 50, encoder_name: str | None = None, method: str = 'rkmeans',
@@ -189,17 +344,8 @@ def build_sid_map(catalog: Catalog, embeddings_NxD, *, levels=3, k: KSpec = 256,
   if method not in METHODS:
     raise ValueError(f'unknown SID method {method!r}; known: {METHODS}')
   n = len(catalog)
-  emb = embeddings_NxD if isinstance(embeddings_NxD, np.ndarray) else np.asarray(embeddings_NxD)
-  if emb.ndim != 2 or emb.shape[0] != n:
-    raise ValueError(f'embeddings must have shape ({n}, D) for {n} catalog items, '
-                     f'got {emb.shape}')
-  if not np.issubdtype(emb.dtype, np.floating):
-    raise ValueError(f'embeddings must be floating point, got dtype {emb.dtype}')
-  streaming = batch_size is not None or minibatch or mesh is not None
-  if not streaming:
-    if not np.all(np.isfinite(emb)):
-      raise ValueError('embeddings must be finite floating-point values')
-    emb = emb.astype(np.float32)
+  kmeans = _KMeans(iters=iters, tol=tol, batch_size=batch_size, minibatch=minibatch, mesh=mesh)
+  emb = _checked_embeddings(embeddings_NxD, n, kmeans.streaming)
   type_names = tuple(catalog.type_names)
   type_index = np.asarray(catalog.type_index, np.int32)
   lv = _levels_per_type(levels, type_names)
@@ -214,105 +360,34 @@ def build_sid_map(catalog: Catalog, embeddings_NxD, *, levels=3, k: KSpec = 256,
   codes_NxL = np.full((n, num_levels), -1, np.int32)
   level_sizes: dict[str, tuple[int, ...]] = {}
   report: dict[str, float] = {}
-  totals = {'colliding': 0, 'unreachable': 0}
-  level_totals: dict[str, list[float]] = {}  # key -> [weighted sum, weight]
+  colliding = unreachable = 0
+  means = _Means()
   base_key = jax.random.PRNGKey(seed)
-
-  def add_total(key, value, weight):
-    acc = level_totals.setdefault(key, [0.0, 0.0])
-    acc[0] += value * weight
-    acc[1] += weight
-
   for ti, t in enumerate(type_names):
     t0 = time.perf_counter()
     rows = np.flatnonzero(type_index == ti)
     if rows.size == 0:
       raise ValueError(f'entity type {t!r} has no items; the catalog is inconsistent')
-    m_t = lv[t]
-    tkey = jax.random.fold_in(base_key, ti)
-    info: dict = {}
-    if method == 'atomic':
-      kcodes = np.arange(rows.size, dtype=np.int32)[:, None]
-      sizes = (int(rows.size),)
-    elif method == 'random':
-      sizes = tuple(min(kk, rows.size) for kk in ks[t])
-      info['k_clamped'] = sum(kk > rows.size for kk in ks[t])
-      rng = np.random.default_rng([int(seed), ti, 0x5EED])
-      kcodes = _random_codes(rows.size, sizes, rng)
-    else:
-      if streaming:
-        x_t = emb[rows] if rows.size < n else emb  # one type: no copy of a memmap
-        kcodes, _, info = residual_kmeans_streaming(
-            x_t, ks[t], key=tkey, iters=iters, tol=tol, batch_size=batch_size or 65536,
-            minibatch=minibatch, mesh=mesh)
-      else:
-        kcodes, _, info = residual_kmeans(emb[rows], ks[t], iters=iters, key=tkey, tol=tol)
-      sizes = tuple(info[f'k_l{l}'] for l in range(m_t))
-    if method != 'atomic' and m_t < kmeans_levels:
-      # Shallower type: size-1 filler levels keep every type at the same depth.
-      kcodes = np.concatenate([kcodes, np.zeros((rows.size, kmeans_levels - m_t), np.int32)],
-                              axis=1)
-      sizes = sizes + (1,) * (kmeans_levels - m_t)
-
-    # Groups of identical codes; within a group, most popular (then lowest row) first.
-    _, group, group_size = np.unique(kcodes, axis=0, return_inverse=True, return_counts=True)
-    group = group.reshape(-1)
-    size_of_item = group_size[group]
-    neg_pop = -pop[rows] if pop is not None else np.zeros(rows.size)
-    order = np.lexsort((rows, neg_pop, group))
-    starts = np.concatenate([[0], np.cumsum(group_size)[:-1]])
-    rank = np.empty(rows.size, np.int64)
-    rank[order] = np.arange(rows.size) - starts[group[order]]
-    max_group = int(group_size.max())
-
-    if method == 'atomic':
-      codes_NxL[rows] = kcodes
-      unreachable = 0
-    elif collision == 'disambiguate':
-      codes_NxL[rows, :kmeans_levels] = kcodes
-      codes_NxL[rows, kmeans_levels] = rank
-      sizes = sizes + (max_group,)
-      unreachable = 0
-    else:
-      keep = rank == 0
-      codes_NxL[rows[keep], :] = kcodes[keep]
-      unreachable = int(np.sum(~keep))
-    level_sizes[t] = sizes
-
-    colliding = int(np.sum(size_of_item > 1))
+    kcodes, sizes, info = _type_codes(method, kmeans, emb, rows, ks[t], lv[t], kmeans_levels,
+                                      jax.random.fold_in(base_key, ti), [int(seed), ti, 0x5EED])
+    groups = _collision_groups(kcodes, rows, pop)
+    level_sizes[t], unreachable_t = _assign_codes(codes_NxL, rows, kcodes, sizes, groups,
+                                                  method, collision)
     seconds = time.perf_counter() - t0
-    report[f'{t}/num_items'] = int(rows.size)
-    report[f'{t}/collision_rate'] = colliding / rows.size
-    report[f'{t}/colliding_groups'] = int(np.sum(group_size > 1))
-    report[f'{t}/max_group'] = max_group
-    report[f'{t}/unreachable_items'] = unreachable
-    report[f'{t}/kmeans_levels'] = 1 if method == 'atomic' else m_t
-    report[f'{t}/k_clamped'] = int(info.get('k_clamped', 0))
-    if 'mse_input' in info:
-      report[f'{t}/mse_input'] = info['mse_input']
-      add_total('mse_input', info['mse_input'], rows.size)
-    for l in range(1 if method == 'atomic' else m_t):
-      report[f'{t}/k_l{l}'] = int(sizes[l])
-      report[f'{t}/utilisation_l{l}'] = _perplexity_ratio(kcodes[:, l], int(sizes[l]))
-      add_total(f'utilisation_l{l}', report[f'{t}/utilisation_l{l}'], rows.size)
-      if f'mse_l{l}' in info:
-        report[f'{t}/mse_l{l}'] = info[f'mse_l{l}']
-        report[f'{t}/iterations_l{l}'] = info[f'iterations_l{l}']
-        add_total(f'mse_l{l}', info[f'mse_l{l}'], rows.size)
+    report.update(_type_report(t, kcodes, level_sizes[t], groups, unreachable_t,
+                               1 if method == 'atomic' else lv[t], info, means))
     report[f'{t}/seconds'] = seconds
-    totals['colliding'] += colliding
-    totals['unreachable'] += unreachable
+    colliding += groups.colliding
+    unreachable += unreachable_t
     logging.info('SIDs (%s) for %s: %d items, K=%s, collision rate %.4f, %.1fs', method, t,
-                 rows.size, sizes, colliding / rows.size, seconds)
+                 rows.size, level_sizes[t], groups.colliding / rows.size, seconds)
 
   report['num_items'] = n
   report['num_types'] = len(type_names)
   report['num_levels'] = num_levels
-  report['collision_rate'] = totals['colliding'] / n
-  report['unreachable_items'] = totals['unreachable']
-  # Item-weighted means over the types that have the figure.
-  for key, (num, den) in level_totals.items():
-    report[key] = num / den
+  report['collision_rate'] = colliding / n
+  report['unreachable_items'] = unreachable
+  report.update(means.means())
   report['seconds'] = time.perf_counter() - t_start
 
   meta = {

@@ -1,9 +1,9 @@
 """Item text -> fixed-size content embedding, the input of the SID quantiser.
 
 `TextEncoder` is the one protocol every encoder implements (`minilm.MiniLMEncoder` is the
-learned one, all-MiniLM-L6-v2). `HashedTfidfEncoder` is a training-free one: TF-IDF over hashed word unigrams and
-bigrams, IDF fitted on the catalog, projected to D dims by a fixed sparse random projection
-and L2-normalised, so that cosine similarity ~ shared (rare) words.
+learned one, all-MiniLM-L6-v2). `HashedTfidfEncoder` is a training-free one: TF-IDF over
+hashed word unigrams and bigrams, IDF fitted on the catalog, projected to D dims by a fixed
+sparse random projection and L2-normalised, so that cosine similarity ~ shared (rare) words.
 """
 
 from __future__ import annotations

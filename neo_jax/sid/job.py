@@ -95,30 +95,34 @@ def embed(catalog: Catalog, encoder: str, *, tfidf_dim: int = 128, seed: int = 0
   return np.concatenate(embs, axis=1), '+'.join(names)
 
 
-def build_and_save(catalog: Catalog, emb_NxD: np.ndarray, out_dir: str, sid: Mapping[str, Any],
-                   *, popularity: np.ndarray | None, encoder_name: str, seed: int = 0,
+def build_and_save(catalog: Catalog, emb_NxD: np.ndarray, out_dir: str, *,
+                   levels: int | Mapping[str, int], k: builder.KSpec, collision: str,
+                   iters: int, popularity: np.ndarray | None, encoder_name: str,
+                   method: str = 'rkmeans', tol: float = 0.0, batch_size: int = 0,
+                   minibatch: bool = False, shard: bool = True, seed: int = 0,
                    plot: bool = True) -> tuple[SIDMap, dict[str, Any]]:
-  """Builds the SID map with the settings `sid` and writes under `out_dir`:
-  `sid_map/` (map + manifest), `report.json` (build + quality figures), `quality.png`.
+  """Builds the SID map and writes under `out_dir`: `sid_map/` (map + manifest),
+  `report.json` (build + quality figures), `quality.png` (if `plot`).
 
   Args:
-    sid: levels, k, collision, iters, tol, method, batch_size (0: in-memory Lloyd),
-      minibatch, shard (shard items over every local device when there are several).
+    levels, k, collision, iters, method, tol, minibatch, popularity, encoder_name, seed: as in
+      `builder.build_sid_map` (k and a per-type levels as plain dicts, not ConfigDicts).
+    batch_size: items per k-means batch; 0 runs one in-memory Lloyd per level.
+    shard: shard the items over every local device when there are several.
 
   Returns:
-    (sid_map, report): the builder's figures and `quality.quality_report`'s, merged.
+    (sid_map, report): the builder's figures and `quality.quality_report`'s, merged, plus
+    seconds_build and seconds_quality.
   """
   t0 = time.perf_counter()
   mesh = None
-  if sid.get('shard', True) and jax.device_count() > 1:
+  if shard and jax.device_count() > 1:
     from neo_jax.sid import stream_kmeans  # local: only for multi-device builds
     mesh = stream_kmeans.data_mesh()
-  batch_size = int(sid.get('batch_size', 0)) or None
   sid_map, report = builder.build_sid_map(
-      catalog, emb_NxD, levels=sid['levels'], k=sid['k'], collision=sid['collision'],
-      popularity=popularity, seed=seed, iters=sid['iters'], encoder_name=encoder_name,
-      method=sid.get('method', 'rkmeans'), tol=sid.get('tol', 0.0), batch_size=batch_size,
-      minibatch=bool(sid.get('minibatch', False)), mesh=mesh)
+      catalog, emb_NxD, levels=levels, k=k, collision=collision, popularity=popularity,
+      seed=seed, iters=iters, encoder_name=encoder_name, method=method, tol=tol,
+      batch_size=int(batch_size) or None, minibatch=bool(minibatch), mesh=mesh)
   build_s = time.perf_counter() - t0
   q = quality.quality_report(sid_map, emb_NxD)
   for key, value in q.items():

@@ -318,7 +318,8 @@ def lloyd(x_NxD, init_centroids_KxD, iters: int, tol: float = 0.0) -> KMeansResu
     raise ValueError(f'tol must be >= 0, got {tol}')
   xp, valid = _padded(x)
   cents, assign, d2, counts, _, it, reseeded = _lloyd_core(
-      xp, valid, jnp.asarray(c), jnp.int32(iters), jnp.float32(tol), chunk=_chunk_for(xp.shape[0], c.shape[0]))
+      xp, valid, jnp.asarray(c), jnp.int32(iters), jnp.float32(tol),
+      chunk=_chunk_for(xp.shape[0], c.shape[0]))
   return KMeansResult(centroids=np.asarray(cents), codes=np.asarray(assign)[:n],
                       sq_dist=np.asarray(d2)[:n], counts=np.asarray(counts),
                       iterations=int(it), reseeded=int(reseeded))
