@@ -1,0 +1,131 @@
+"""The validation protocol that baselines tune and early-stop on: which requests, which
+protocol switches, which figure.
+
+A `Validator` holds the validation requests (`split.valid` targets for recommendation, queries
+for search) and the protocol (nothing excluded unless `exclude_history`; full-ranking figures
+at `ks`; `metric` the one figure to maximise). A baseline gets it in `fit(..., validator=...)`
+and hands it a ranking function; it never reads the requests itself, so the protocol stays
+the evaluation's and the baselines do not depend on this package (`neo_jax.baselines.base.
+Validation` is the part of this class they use). A ranking function is a baseline's:
+
+  recommend: rank_fn(histories, target_types, k, exclude=None) -> (N, k) int catalog rows
+  search:    rank_fn(query_texts, target_types, k)               -> (N, k) int catalog rows
+
+best first, -1 padded, where a history is (H,) int catalog rows, oldest first. Each request
+asks for its target's type (search: the type of its first relevant item).
+
+`recommend_metrics` / `search_metrics` compute the same figures for any requests (e.g. a
+benchmark's test split).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from neo_jax.catalog.splits import Target
+from neo_jax.catalog.types import Catalog, Query
+from neo_jax.eval import metrics
+
+RankRecommend = Callable[..., np.ndarray]
+RankSearch = Callable[[Sequence[str], Sequence[str | None], int], np.ndarray]
+
+
+def subsample_targets(targets: Sequence[Target], max_requests: int | None, seed: int
+                      ) -> list[Target]:
+  """At most `max_requests` of `targets` (all for None): a fixed random subset drawn with
+  `seed`, in their order."""
+  targets = list(targets)
+  if max_requests is not None and len(targets) > max_requests:
+    idx = np.sort(np.random.default_rng(seed).choice(len(targets), max_requests, False))
+    targets = [targets[i] for i in idx]
+  return targets
+
+
+def recommend_metrics(catalog: Catalog, targets: Sequence[Target], rank_fn: RankRecommend, *,
+                      ks: Sequence[int] = metrics.DEFAULT_KS, exclude_history: bool = False,
+                      max_requests: int | None = None, seed: int = 0) -> dict[str, float]:
+  """Full-ranking figures (`metrics.ranking_metrics`) of next-item recommendation over
+  `targets`, each request being its target's history and asking for its target's type; at
+  most `max_requests` of them (`subsample_targets`). With `exclude_history` each request's
+  history is excluded from its ranking."""
+  if not targets:
+    raise ValueError('no targets to evaluate')
+  targets = subsample_targets(targets, max_requests, seed)
+  types = [catalog.type_of(t.target) for t in targets]
+  exclude = [t.history for t in targets] if exclude_history else None
+  ranked = rank_fn([t.history for t in targets], types, max(ks), exclude=exclude)
+  return metrics.ranking_metrics(ranked, [[t.target] for t in targets], ks, exclude=exclude)
+
+
+def search_metrics(catalog: Catalog, queries: Sequence[Query], rank_fn: RankSearch, *,
+                   ks: Sequence[int] = metrics.DEFAULT_KS,
+                   target_types: Sequence[str | None] | None = None) -> dict[str, float]:
+  """Full-ranking figures of search over `queries`; a query's target type is that of its
+  first relevant item unless `target_types` is given."""
+  queries = list(queries)
+  if not queries:
+    raise ValueError('no queries to evaluate')
+  if target_types is None:
+    target_types = [catalog.type_of(q.item_index[0]) for q in queries]
+  ranked = rank_fn([q.text for q in queries], target_types, max(ks))
+  return metrics.ranking_metrics(ranked, [list(q.item_index) for q in queries], ks)
+
+
+class Validator:
+  """The validation requests and protocol (see the module docstring).
+
+  Args:
+    catalog: the items (for each request's target type).
+    targets: the recommendation requests, `split.valid` (may be empty: nothing to tune on).
+    queries: the search requests (may be empty).
+    exclude_history: exclude each history from its ranking (the evaluation's protocol).
+    ks: the cutoffs of the figures.
+    metric: the figure to maximise, a key of `metrics.ranking_metrics` at one of `ks`.
+    max_requests, seed: at most this many recommendation requests (None: all), a fixed
+      random subset drawn with `seed`; `with_subsample` gives the same protocol over another
+      subset. Search requests are never subsampled.
+  """
+
+  def __init__(self, catalog: Catalog, targets: Sequence[Target],
+               queries: Sequence[Query] = (), *, exclude_history: bool = False,
+               ks: Sequence[int] = (10,), metric: str = 'ndcg@10',
+               max_requests: int | None = None, seed: int = 0):
+    ks = tuple(int(k) for k in ks)
+    name, _, k = metric.partition('@')
+    if name not in ('hr', 'recall', 'ndcg', 'mrr') or (k and int(k) not in ks) or (
+        name != 'mrr' and not k):
+      raise ValueError(f'metric {metric!r} is not a figure at ks={ks}')
+    self.catalog = catalog
+    self.targets = list(targets)
+    self.queries = list(queries)
+    self.exclude_history = bool(exclude_history)
+    self.ks = ks
+    self.metric = metric
+    self.max_requests = max_requests
+    self.seed = int(seed)
+
+  def with_subsample(self, max_requests: int | None, seed: int) -> Validator:
+    """The same protocol over at most `max_requests` of all the targets (None: all), drawn
+    with `seed` (replacing this validator's subsample)."""
+    return Validator(self.catalog, self.targets, self.queries,
+                     exclude_history=self.exclude_history, ks=self.ks, metric=self.metric,
+                     max_requests=max_requests, seed=seed)
+
+  def recommend(self, rank_fn: RankRecommend) -> dict[str, float]:
+    """The figures of `rank_fn` on the recommendation requests (raises when there are none)."""
+    return recommend_metrics(self.catalog, self.targets, rank_fn, ks=self.ks,
+                             exclude_history=self.exclude_history,
+                             max_requests=self.max_requests, seed=self.seed)
+
+  def search(self, rank_fn: RankSearch) -> dict[str, float]:
+    """The figures of `rank_fn` on the search requests (raises when there are none)."""
+    return search_metrics(self.catalog, self.queries, rank_fn, ks=self.ks)
+
+  def __repr__(self) -> str:
+    args: dict[str, Any] = dict(targets=len(self.targets), queries=len(self.queries),
+                                exclude_history=self.exclude_history, ks=self.ks,
+                                metric=self.metric, max_requests=self.max_requests,
+                                seed=self.seed)
+    return 'Validator(' + ', '.join(f'{k}={v}' for k, v in args.items()) + ')'
