@@ -17,7 +17,7 @@ _SCRIPT = textwrap.dedent('''
     from flax import nnx
     from jax.sharding import NamedSharding, PartitionSpec as P
     from neo_jax.model import config as config_lib, sharding
-    from neo_jax.model.decoder import init_cache
+    from neo_jax.model.decoder import Decoder, init_cache
     from neo_jax.model.vocab import extend_vocab
 
     assert jax.device_count() == 8, jax.devices()
@@ -43,7 +43,7 @@ _SCRIPT = textwrap.dedent('''
     ref = ref_params = None
     for shape in [(8, 1, 1), (2, 2, 2)]:
       mesh = sharding.make_mesh(*shape)
-      model = sharding.create_sharded_decoder(cfg, mesh, seed=0)
+      model = sharding.create_sharded(lambda: Decoder(cfg, rngs=nnx.Rngs(0)), mesh)
       if ref is None:
         # The unsharded reference: the same weights, copied to one device.
         ref_params = {p: np.asarray(v.get_value())

@@ -211,9 +211,10 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
 
 def create_sharded(model_fn, mesh: jax.sharding.Mesh,
                    rules: Mapping[str, MeshAxes] = LOGICAL_RULES):
-  """Builds `model_fn()` (an nnx.Module factory) with every parameter created in place on
-  its shards: shapes come from nnx.eval_shape, the initialiser runs under jit with
-  `out_shardings`, so no device ever holds the whole model.
+  """Builds `model_fn()` (an nnx.Module factory, e.g. `lambda: Decoder(cfg, rngs=...)`) with
+  every parameter created in place on its shards: shapes come from nnx.eval_shape, the
+  initialiser runs under jit with `out_shardings`, so no device ever holds the whole model.
+  With JAX's partitionable threefry (the default) the values equal the unsharded model's.
   """
   abstract = nnx.eval_shape(model_fn)
   graphdef, abstract_state = nnx.split(abstract)
@@ -224,13 +225,3 @@ def create_sharded(model_fn, mesh: jax.sharding.Mesh,
     state = init()
   return nnx.merge(graphdef, state)
 
-
-def create_sharded_decoder(cfg, mesh: jax.sharding.Mesh, *, seed: int = 0,
-                           rules: Mapping[str, MeshAxes] = LOGICAL_RULES):
-  """`Decoder(cfg, rngs=nnx.Rngs(seed))` created directly sharded over `mesh`.
-
-  With JAX's partitionable threefry (the default) the values equal the unsharded model's.
-  """
-  from neo_jax.model.decoder import Decoder  # decoder imports this module
-
-  return create_sharded(lambda: Decoder(cfg, rngs=nnx.Rngs(seed)), mesh, rules)
