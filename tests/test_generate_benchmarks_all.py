@@ -12,7 +12,7 @@ from experiments.benchmarks import all as bench_all
 
 def test_every_benchmark_has_settings_for_both_sizes():
   names = bench_all.discover()
-  assert {'train', 'decode', 'sids', 'input_pipeline', 'backbone_step'} <= set(names)
+  assert {'train', 'decode', 'sids', 'backbone_step'} <= set(names)
   assert 'all' not in names and '__init__' not in names
   for size in ('small', 'full'):
     assert set(names) <= set(bench_all.SIZES[size]), (size, names)
