@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from neo_jax.baselines import base as baselines
+from neo_jax.baselines import base
 
 
 def _texts_digest(texts: list[str]) -> str:
@@ -29,7 +29,7 @@ def _texts_digest(texts: list[str]) -> str:
   return h.hexdigest()
 
 
-class Dense(baselines.Baseline):
+class Dense(base.Baseline):
   """Cosine top-k over item-text embeddings (see the module docstring).
 
   Args:
@@ -37,13 +37,16 @@ class Dense(baselines.Baseline):
       packaged all-MiniLM-L6-v2 (`sid.minilm.MiniLMEncoder`).
     cache_dir: where item embeddings are cached (`dense_items.npy` + `dense_items.json`).
     batch_size: MiniLM texts per forward pass (default encoder only).
+    last: how many of the latest history items' vectors are averaged into a recommendation
+      query (tuned with a validator that has targets, over `LAST_GRID`).
+    max_valid_requests: validation targets used to tune `last` (a fixed subset, seed 0).
   """
 
   name = 'dense'
   LAST_GRID = (1, 3, 5, 10)
 
   def __init__(self, encoder: Any = None, cache_dir: str | None = None, batch_size: int = 64,
-               last: int = 5, max_valid_requests: int = 1000):
+               last: int = 5, max_valid_requests: int | None = 1000):
     super().__init__()
     self._encoder = encoder
     self.batch_size = batch_size
@@ -91,13 +94,14 @@ class Dense(baselines.Baseline):
         json.dump(key, f)
     return emb, False
 
-  def _fit(self, dataset, split, *, valid, valid_queries, exclude_history):
-    del valid_queries  # nothing to tune for search: the encoder is used as it is
+  def _fit(self, dataset, split, validator):
+    del split  # nothing is learned from interactions
+    # Nothing to tune for search: the encoder is used as it is.
     self.item_emb, cached = self.item_embeddings(dataset.catalog)
     facts: dict[str, Any] = {'encoder': self.encoder.name, 'cached': float(cached),
                              'dim': int(self.item_emb.shape[1])}
-    if valid and split.valid:
-      baselines.tune_last_items(self, split, exclude_history, facts)
+    if validator is not None and validator.targets:
+      base.tune_last_items(self, validator, facts)
     facts['last'] = self.last
     return facts
 

@@ -19,43 +19,30 @@ is predicted exactly once per epoch, each from at least max_len - stride + 1 pre
 (or all of them near the start). stride=1 is RecBole's "every prefix" augmentation; stride =
 max_len is the cheapest (most targets then see a shorter context).
 
-Validation protocol: the model trains on `split.train` only; with `fit(valid=True)` it is
-evaluated on `split.valid` (full ranking, NDCG@10) after every epoch, keeps the best epoch's
-parameters and stops after `patience` epochs without improvement; a small grid (dropout x
-lr) is tried the same way and the best validation NDCG@10 wins. The test split is never read.
+Validation protocol: the model trains on `split.train` only; with a validator
+(`fit(..., validator=...)`) it is evaluated on the validation targets (full ranking, the
+validator's figure, NDCG@10) after every epoch, keeps the best epoch's parameters and stops
+after `patience` epochs without improvement (`training.train_early_stopping`); a small grid
+(dropout x lr) is tried the same way and the best validation figure wins
+(`training.grid_search`). The test split is never read.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
-from neo_jax.catalog.splits import Split
-from neo_jax.catalog.types import Dataset
-from neo_jax.baselines import base as baselines
+from neo_jax.baselines import base
+from neo_jax.baselines import training
 
 NEG_INF = -1e9  # finite: a query row with every key masked gets a uniform softmax, not NaN
 LOSSES = ('ce', 'bce')
-
-
-def epoch_batches(rng: np.random.Generator, n: int, batch_size: int):
-  """One shuffled epoch over n rows in batches of `batch_size`: yields (rows (batch_size,)
-  int, real (batch_size,) bool). The last partial batch is filled with row 0 marked not
-  real (to be masked out), so one compiled program serves every batch."""
-  order = rng.permutation(n)
-  order = np.concatenate([order, np.full((-n) % batch_size, -1)])
-  for start in range(0, order.size, batch_size):
-    idx = order[start:start + batch_size]
-    real = idx >= 0
-    yield np.where(real, idx, 0), real
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +63,7 @@ class SASRecConfig:
   stride: int = 10
   max_epochs: int = 50
   patience: int = 3
-  # Epochs trained when fit(valid=False), i.e. without early stopping.
+  # Epochs trained when fit gets no validator, i.e. without early stopping.
   epochs_without_valid: int = 10
   grid: tuple[tuple[float, float], ...] = ((0.5, 1e-3), (0.2, 1e-3), (0.5, 3e-3),
                                            (0.2, 3e-3))
@@ -211,7 +198,7 @@ def left_pad(histories: Sequence[np.ndarray], max_len: int) -> np.ndarray:
   return out
 
 
-class SASRec(baselines.Baseline):
+class SASRec(base.Baseline):
   """The SASRec baseline (see the module docstring); recommendation only."""
 
   name = 'sasrec'
@@ -225,14 +212,9 @@ class SASRec(baselines.Baseline):
 
   # -- training --------------------------------------------------------------------------------
 
-  def _train_one(self, cfg: SASRecConfig, num_items: int, windows, split: Split | None,
-                 exclude_history: bool, deadline: float | None) -> tuple[Any, dict[str, Any]]:
-    """Trains one configuration; returns (the chosen parameters, facts)."""
-    net = SASRecNet(num_items, cfg, nnx.Rngs(params=cfg.seed))
-    graphdef, state = nnx.split(net)
-    tx = optax.adam(cfg.lr)
-    opt_state = tx.init(state)
-    inputs, targets, mask = windows
+  def _loss_fn(self, cfg: SASRecConfig, graphdef, num_items: int):
+    """loss_fn(state, inputs, targets, mask, key) -> mean loss over the masked targets of
+    (B, max_len) input ids and (B, stride) target ids (`make_windows`)."""
     stride = cfg.stride
 
     def loss_fn(state, inp, tgt, msk, key):
@@ -254,92 +236,56 @@ class SASRec(baselines.Baseline):
         per = -jax.nn.log_sigmoid(pos_s) - jax.nn.log_sigmoid(-neg_s)
       return jnp.sum(per * msk) / jnp.maximum(jnp.sum(msk), 1)
 
-    @jax.jit
-    def step(state, opt_state, inp, tgt, msk, key):
-      loss, grads = jax.value_and_grad(loss_fn)(state, inp, tgt, msk, key)
-      updates, opt_state = tx.update(grads, opt_state, state)
-      return optax.apply_updates(state, updates), opt_state, loss
+    return loss_fn
 
-    rng = np.random.default_rng(cfg.seed)
-    key = jax.random.key(cfg.seed)
-    n, bs = inputs.shape[0], cfg.batch_size
-    epochs = cfg.max_epochs if split is not None else cfg.epochs_without_valid
-    best = (-1.0, state, 0)
-    history = []
-    bad = 0
-    t0 = time.perf_counter()
-    for epoch in range(1, epochs + 1):
-      losses = []
-      for idx, real in epoch_batches(rng, n, bs):
-        key, sub = jax.random.split(key)
-        state, opt_state, loss = step(state, opt_state, inputs[idx], targets[idx],
-                                      mask[idx] & real[:, None], sub)
-        losses.append(loss)
-      mean_loss = float(np.mean(jax.device_get(losses)))
-      if not np.isfinite(mean_loss):
-        raise FloatingPointError(f'SASRec loss is {mean_loss} at epoch {epoch} ({cfg})')
-      record = {'epoch': epoch, 'loss': mean_loss, 'seconds': time.perf_counter() - t0}
-      if split is not None:
+  def _train_one(self, cfg: SASRecConfig, num_items: int, windows,
+                 validator: base.Validation | None, deadline: float | None
+                 ) -> tuple[Any, training.TrainResult]:
+    """Trains one configuration: (graphdef, the result with the kept state)."""
+    graphdef, state = nnx.split(SASRecNet(num_items, cfg, nnx.Rngs(params=cfg.seed)))
+    evaluate = None
+    if validator is not None:
+      validator = validator.with_subsample(cfg.valid_max_requests, cfg.seed)
+
+      def evaluate(state):
         self.net = nnx.merge(graphdef, state)
-        valid = baselines.recommend_metrics(
-            self, split.valid, ks=(10,), exclude_history=exclude_history,
-            max_requests=cfg.valid_max_requests, seed=cfg.seed)
-        record['valid_ndcg@10'] = valid['ndcg@10']
-        record['valid_hr@10'] = valid['hr@10']
-        if valid['ndcg@10'] > best[0]:
-          best, bad = (valid['ndcg@10'], state, epoch), 0
-        else:
-          bad += 1
-      else:
-        best = (float('nan'), state, epoch)
-      history.append(record)
-      self.log(f'sasrec dropout={cfg.dropout} lr={cfg.lr} ' +
-               ' '.join(f'{k}={v:.4f}' if isinstance(v, float) else f'{k}={v}'
-                        for k, v in record.items()))
-      if split is not None and bad >= cfg.patience:
-        break
-      if deadline is not None and time.perf_counter() > deadline:
-        break
-    facts = {'valid_ndcg@10': best[0], 'best_epoch': best[2], 'epochs': len(history),
-             'train_seconds': time.perf_counter() - t0, 'history': history}
-    return (graphdef, best[1]), facts
+        return validator.recommend(self.rank_recommend)
 
-  def _fit(self, dataset: Dataset, split: Split, *, valid, valid_queries, exclude_history):
-    del valid_queries  # recommendation only
+    result = training.train_early_stopping(
+        self._loss_fn(cfg, graphdef, num_items), state, windows, lr=cfg.lr,
+        batch_size=cfg.batch_size, seed=cfg.seed,
+        epochs=cfg.max_epochs if validator is not None else cfg.epochs_without_valid,
+        patience=cfg.patience, evaluate=evaluate,
+        metric=validator.metric if validator is not None else 'ndcg@10', deadline=deadline,
+        dropout_keys=True, label=f'sasrec dropout={cfg.dropout} lr={cfg.lr}', log=self.log)
+    return graphdef, result
+
+  def _fit(self, dataset, split, validator):
     cfg = self.cfg
     num_items = len(dataset.catalog)
     windows = make_windows([s for s in split.train.values()], cfg.max_len, cfg.stride)
     facts: dict[str, Any] = {'train_windows': int(windows[0].shape[0]),
                              'train_targets': int(windows[2].sum())}
-    if not valid:
-      (graphdef, state), f = self._train_one(cfg, num_items, windows, None, exclude_history,
-                                             None)
-      self.net = nnx.merge(graphdef, state)
-      facts.update(dropout=cfg.dropout, lr=cfg.lr, epochs=f['epochs'],
-                   train_seconds=f['train_seconds'])
+    if validator is None:
+      graphdef, r = self._train_one(cfg, num_items, windows, None, None)
+      self.net = nnx.merge(graphdef, r.state)
+      facts.update(dropout=cfg.dropout, lr=cfg.lr, epochs=r.epochs, train_seconds=r.seconds)
       return facts
-    if not split.valid:
-      raise ValueError('fit(valid=True) needs validation targets; the split has none')
-    deadline = time.perf_counter() + cfg.time_budget_s
-    best = None
-    tried = 0
-    for dropout, lr in cfg.grid:
-      if tried and time.perf_counter() > deadline:
-        self.log(f'sasrec: time budget spent; {tried} of {len(cfg.grid)} grid points tried')
-        break
-      point = dataclasses.replace(cfg, dropout=dropout, lr=lr)
-      params, f = self._train_one(point, num_items, windows, split, exclude_history, deadline)
-      tried += 1
-      facts[f'valid_ndcg@10/dropout={dropout},lr={lr}'] = f['valid_ndcg@10']
-      facts[f'best_epoch/dropout={dropout},lr={lr}'] = f['best_epoch']
-      facts[f'train_seconds/dropout={dropout},lr={lr}'] = f['train_seconds']
-      if best is None or f['valid_ndcg@10'] > best[0]:
-        best = (f['valid_ndcg@10'], params, point, f)
-    score, (graphdef, state), point, f = best
-    self.net = nnx.merge(graphdef, state)
-    self.curves = f['history']
-    facts.update({'valid_ndcg@10': score, 'dropout': point.dropout, 'lr': point.lr,
-                  'best_epoch': f['best_epoch'], 'grid_points_tried': tried})
+    if not validator.targets:
+      raise ValueError('fit with a validator needs validation targets; it has none')
+    key = f'valid_{validator.metric}'
+    points = [dataclasses.replace(cfg, dropout=dropout, lr=lr) for dropout, lr in cfg.grid]
+    tried, (point, graphdef, r) = training.grid_search(
+        points, lambda p, deadline: self._train_one(p, num_items, windows, validator, deadline),
+        cfg.time_budget_s, label='sasrec', log=self.log)
+    for p, _, pr in tried:
+      facts[f'{key}/dropout={p.dropout},lr={p.lr}'] = pr.score
+      facts[f'best_epoch/dropout={p.dropout},lr={p.lr}'] = pr.best_epoch
+      facts[f'train_seconds/dropout={p.dropout},lr={p.lr}'] = pr.seconds
+    self.net = nnx.merge(graphdef, r.state)
+    self.curves = r.history
+    facts.update({key: r.score, 'dropout': point.dropout, 'lr': point.lr,
+                  'best_epoch': r.best_epoch, 'grid_points_tried': len(tried)})
     return facts
 
   # -- inference -------------------------------------------------------------------------------

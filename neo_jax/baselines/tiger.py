@@ -15,15 +15,16 @@ prompt's max_items history items and a target) with the loss on the codes of the
 items, so every training target is predicted once per epoch from at least max_items - stride
 + 1 previous items (all of them near a sequence's start).
 Items without a reachable SID (a collision policy dropped them) are left out of the sequences
-and counted in `fit`'s facts. Validation: NDCG@10 on `split.valid` after each epoch (early
-stopping with `patience`, best epoch kept), a small lr grid, all within `time_budget_s`.
+and counted in `fit`'s facts. Validation, with a validator: its figure (NDCG@10) on the
+validation targets after each epoch (early stopping with `patience`, best epoch kept:
+`training.train_early_stopping`), a small lr grid (`training.grid_search`), all within
+`time_budget_s`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 from typing import Any, Callable
 
 import jax
@@ -37,8 +38,8 @@ from neo_jax.catalog.types import Dataset
 from neo_jax.decode import cache as cache_lib
 from neo_jax.decode.beam_search import sid_beam_search
 from neo_jax.decode.trie import (SIDTrie, SIDVocabArrays, allowed_types_mask, request_filter)
-from neo_jax.baselines import base as baselines
-from neo_jax.baselines import sasrec
+from neo_jax.baselines import base
+from neo_jax.baselines import training
 from neo_jax.model.config import ModelConfig
 from neo_jax.model.decoder import Decoder
 from neo_jax.sid.builder import build_sid_map
@@ -84,7 +85,7 @@ class TIGERConfig:
       raise ValueError('lr_grid is empty')
 
 
-class TIGER(baselines.Baseline):
+class TIGER(base.Baseline):
   """The TIGER-style baseline (see the module docstring); recommendation only."""
 
   name = 'tiger'
@@ -106,7 +107,7 @@ class TIGER(baselines.Baseline):
     if self.sid_map is None:
       from neo_jax.sid import job as sid_job  # pylint: disable=g-import-not-at-top
       emb, enc_name = sid_job.embed(catalog, 'tfidf', seed=self.cfg.seed, progress=False)
-      popularity = np.bincount(baselines.train_rows(split), minlength=len(catalog))
+      popularity = np.bincount(base.train_rows(split), minlength=len(catalog))
       self.sid_map, report = build_sid_map(
           catalog, emb, levels=self.cfg.sid_levels, k=self.cfg.sid_k, collision='disambiguate',
           popularity=popularity.astype(np.float64), seed=self.cfg.seed,
@@ -184,14 +185,11 @@ class TIGER(baselines.Baseline):
                        mlp_dim=cfg.mlp_dim, tie_embeddings=True,
                        max_seq_len=1 + (cfg.max_items + 1) * self._item_len)
 
-  def _train_one(self, lr: float, windows, split: Split | None, exclude_history: bool,
-                 deadline: float | None) -> tuple[Any, dict[str, Any]]:
+  def _train_one(self, lr: float, windows, validator: base.Validation | None,
+                 deadline: float | None) -> tuple[Any, training.TrainResult]:
+    """Trains at one learning rate: (graphdef, the result with the kept state)."""
     cfg = self.cfg
-    model = Decoder(self._model_config(), rngs=nnx.Rngs(params=cfg.seed))
-    graphdef, state = nnx.split(model)
-    tx = optax.adam(lr)
-    opt_state = tx.init(state)
-    tokens, mask = windows
+    graphdef, state = nnx.split(Decoder(self._model_config(), rngs=nnx.Rngs(params=cfg.seed)))
 
     def loss_fn(state, tok, msk):
       logits = nnx.merge(graphdef, state)(tok[:, :-1])
@@ -199,80 +197,46 @@ class TIGER(baselines.Baseline):
       m = msk[:, 1:]
       return jnp.sum(per * m) / jnp.maximum(jnp.sum(m), 1)
 
-    @jax.jit
-    def step(state, opt_state, tok, msk):
-      loss, grads = jax.value_and_grad(loss_fn)(state, tok, msk)
-      updates, opt_state = tx.update(grads, opt_state, state)
-      return optax.apply_updates(state, updates), opt_state, loss
+    evaluate = None
+    if validator is not None:
+      validator = validator.with_subsample(cfg.valid_max_requests, cfg.seed)
 
-    rng = np.random.default_rng(cfg.seed)
-    n, bs = tokens.shape[0], cfg.batch_size
-    epochs = cfg.max_epochs if split is not None else cfg.epochs_without_valid
-    best, bad, history = (-1.0, state, 0), 0, []
-    t0 = time.perf_counter()
-    for epoch in range(1, epochs + 1):
-      losses = []
-      for idx, real in sasrec.epoch_batches(rng, n, bs):
-        state, opt_state, loss = step(state, opt_state, tokens[idx], mask[idx] & real[:, None])
-        losses.append(loss)
-      mean_loss = float(np.mean(jax.device_get(losses)))
-      if not np.isfinite(mean_loss):
-        raise FloatingPointError(f'TIGER loss is {mean_loss} at epoch {epoch} (lr {lr})')
-      record = {'epoch': epoch, 'loss': mean_loss, 'seconds': time.perf_counter() - t0}
-      if split is not None:
+      def evaluate(state):
         self.model = nnx.merge(graphdef, state)
-        valid = baselines.recommend_metrics(
-            self, split.valid, ks=(10,), exclude_history=exclude_history,
-            max_requests=cfg.valid_max_requests, seed=cfg.seed)
-        record.update({'valid_ndcg@10': valid['ndcg@10'], 'valid_hr@10': valid['hr@10']})
-        if valid['ndcg@10'] > best[0]:
-          best, bad = (valid['ndcg@10'], state, epoch), 0
-        else:
-          bad += 1
-      else:
-        best = (float('nan'), state, epoch)
-      history.append(record)
-      self.log(f'tiger lr={lr} ' + ' '.join(
-          f'{k}={v:.4f}' if isinstance(v, float) else f'{k}={v}' for k, v in record.items()))
-      if split is not None and bad >= cfg.patience:
-        break
-      if deadline is not None and time.perf_counter() > deadline:
-        break
-    return (graphdef, best[1]), {'valid_ndcg@10': best[0], 'best_epoch': best[2],
-                                 'epochs': len(history), 'history': history,
-                                 'train_seconds': time.perf_counter() - t0}
+        return validator.recommend(self.rank_recommend)
 
-  def _fit(self, dataset, split, *, valid, valid_queries, exclude_history):
-    del valid_queries
+    result = training.train_early_stopping(
+        loss_fn, state, windows, lr=lr, batch_size=cfg.batch_size, seed=cfg.seed,
+        epochs=cfg.max_epochs if validator is not None else cfg.epochs_without_valid,
+        patience=cfg.patience, evaluate=evaluate,
+        metric=validator.metric if validator is not None else 'ndcg@10', deadline=deadline,
+        label=f'tiger lr={lr}', log=self.log)
+    return graphdef, result
+
+  def _fit(self, dataset, split, validator):
     facts = self._setup_sids(dataset, split)
     windows = self._windows(list(split.train.values()))
     facts.update(train_windows=int(windows[0].shape[0]),
                  train_code_tokens=int(windows[1].sum()))
     self._search_fn = None
-    if not valid:
-      (graphdef, state), f = self._train_one(self.cfg.lr_grid[0], windows, None,
-                                             exclude_history, None)
-      self.model = nnx.merge(graphdef, state)
-      facts.update(lr=self.cfg.lr_grid[0], epochs=f['epochs'])
+    if validator is None:
+      graphdef, r = self._train_one(self.cfg.lr_grid[0], windows, None, None)
+      self.model = nnx.merge(graphdef, r.state)
+      facts.update(lr=self.cfg.lr_grid[0], epochs=r.epochs)
       return facts
-    if not split.valid:
-      raise ValueError('fit(valid=True) needs validation targets; the split has none')
-    deadline = time.perf_counter() + self.cfg.time_budget_s
-    best, tried = None, 0
-    for lr in self.cfg.lr_grid:
-      if tried and time.perf_counter() > deadline:
-        break
-      params, f = self._train_one(lr, windows, split, exclude_history, deadline)
-      tried += 1
-      facts[f'valid_ndcg@10/lr={lr}'] = f['valid_ndcg@10']
-      facts[f'best_epoch/lr={lr}'] = f['best_epoch']
-      if best is None or f['valid_ndcg@10'] > best[0]:
-        best = (f['valid_ndcg@10'], params, lr, f)
-    score, (graphdef, state), lr, f = best
-    self.model = nnx.merge(graphdef, state)
-    self.curves = f['history']
-    facts.update({'valid_ndcg@10': score, 'lr': lr, 'best_epoch': f['best_epoch'],
-                  'grid_points_tried': tried})
+    if not validator.targets:
+      raise ValueError('fit with a validator needs validation targets; it has none')
+    key = f'valid_{validator.metric}'
+    tried, (lr, graphdef, r) = training.grid_search(
+        self.cfg.lr_grid, lambda lr, deadline: self._train_one(lr, windows, validator, deadline),
+        self.cfg.time_budget_s, label='tiger', log=self.log)
+    for point_lr, _, pr in tried:
+      facts[f'{key}/lr={point_lr}'] = pr.score
+      facts[f'best_epoch/lr={point_lr}'] = pr.best_epoch
+    self.model = nnx.merge(graphdef, r.state)
+    self.curves = r.history
+    facts.update({key: r.score, 'lr': lr, 'best_epoch': r.best_epoch,
+                  'grid_points_tried': len(tried)})
     return facts
 
   # -- ranking ---------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from flax import nnx
 from neo_jax.catalog.splits import leave_one_out
 from neo_jax.catalog.types import Catalog, Dataset, Interactions
 from neo_jax.baselines import sasrec
+from neo_jax.eval.validation import Validator
 
 N_ITEMS = 24
 
@@ -91,7 +92,7 @@ def test_sasrec_learns_next_item_cycle(loss):
                             num_blocks=2, loss=loss, batch_size=32, max_epochs=30, patience=3,
                             grid=((0.1, 1e-2),), eval_batch_size=64)
   model = sasrec.SASRec(cfg)
-  facts = model.fit(ds, split)
+  facts = model.fit(ds, split, validator=Validator(ds.catalog, split.valid))
   assert facts['grid_points_tried'] == 1 and facts['valid_ndcg@10'] > 0.9
   # Test targets (never seen in training) follow the rule too: the next item after the last.
   types = [ds.catalog.type_of(t.target) for t in split.test]
@@ -109,6 +110,10 @@ def test_sasrec_config_rejects_bad_values():
     sasrec.SASRecConfig(hidden=10, num_heads=3)
   with pytest.raises(ValueError, match='stride'):
     dataclasses.replace(sasrec.SASRecConfig(), stride=0)
+  ds = _cycle_dataset(n_users=4)
+  with pytest.raises(ValueError, match='needs validation targets'):
+    sasrec.SASRec().fit(ds, leave_one_out(ds.interactions),
+                        validator=Validator(ds.catalog, []))
   with pytest.raises(NotImplementedError, match='does not search'):
     m = sasrec.SASRec()
     m.catalog = _cycle_dataset().catalog

@@ -6,6 +6,7 @@ import pytest
 from neo_jax.catalog.splits import leave_one_out
 from neo_jax.catalog.types import Catalog, Dataset, Interactions
 from neo_jax.baselines import tiger
+from neo_jax.eval.validation import Validator
 from neo_jax.sid.types import SIDMap
 
 N_ITEMS = 24
@@ -70,7 +71,7 @@ def test_tiger_learns_next_item_cycle():
                           lr_grid=(1e-2,), batch_size=16, max_epochs=60, patience=8,
                           num_beams=4, eval_batch_size=32)
   model = tiger.TIGER(cfg, sid_map=_sid_map())
-  facts = model.fit(ds, split)
+  facts = model.fit(ds, split, validator=Validator(ds.catalog, split.valid))
   assert facts['unreachable_items'] == 0 and facts['valid_ndcg@10'] > 0.9
   types = [ds.catalog.type_of(t.target) for t in split.test]
   ranked = model.rank_recommend(split.test, types, 4)
@@ -89,7 +90,7 @@ def test_tiger_builds_its_own_sids_and_rejects_bad_input():
                           epochs_without_valid=1, num_beams=4, eval_batch_size=8, sid_k=4,
                           sid_levels=2)
   model = tiger.TIGER(cfg)
-  facts = model.fit(ds, split, valid=False)
+  facts = model.fit(ds, split)
   assert facts['unreachable_items'] == 0 and model.sid_map.num_levels == 3
   ranked = model.rank_recommend(split.test[:3], ['a', 'b', None], 4)
   assert (ranked >= 0).all() and len(set(ranked[0])) == 4

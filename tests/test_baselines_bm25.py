@@ -5,7 +5,8 @@ import pytest
 
 from neo_jax.catalog.splits import Split
 from neo_jax.catalog.types import Catalog, Dataset, Interactions, Query
-from neo_jax.baselines import base as baselines
+from neo_jax.baselines import bm25
+from neo_jax.eval.validation import Validator
 
 TITLES = ['red apple pie recipe', 'green apple orchard', 'blue sky jazz', 'jazz night in paris',
           'apple jazz fusion', 'quiet night sky', 'the night of the red moon',
@@ -27,24 +28,25 @@ def _dataset():
 @pytest.mark.parametrize('k1,b', [(1.2, 0.75), (2.0, 0.3)])
 def test_bm25s_scores_equal_ours_over_k1_plus_1(k1, b):
   import bm25s
-  ds, _ = _dataset()
-  ours = baselines.BM25(ds.catalog, k1=k1, b=b)
+  ds, split = _dataset()
+  ours = bm25.BM25(k1=k1, b=b)
+  ours.fit(ds, split)
   retriever = bm25s.BM25(k1=k1, b=b, method='lucene')
-  retriever.index([baselines.words(ds.catalog.text(i)) for i in range(len(ds.catalog))],
+  retriever.index([bm25.words(ds.catalog.text(i)) for i in range(len(ds.catalog))],
                   show_progress=False)
   for query in ('apple jazz', 'night in paris', 'blue orchard of the sky', 'moon'):
-    toks = sorted(set(baselines.words(query)))  # ours counts a repeated word once
+    toks = sorted(set(bm25.words(query)))  # ours counts a repeated word once
     np.testing.assert_allclose(retriever.get_scores(toks) * (k1 + 1), ours.scores([query])[0],
                                rtol=1e-5, atol=1e-6)
 
 
 def test_bm25s_baseline_ranks_within_type_and_tunes_on_validation():
   ds, split = _dataset()
-  model = baselines.BM25S()
+  model = bm25.BM25S()
   valid = [Query('apple orchard', (1,)), Query('jazz night', (3,))]
-  facts = model.fit(ds, split, valid_queries=valid)
+  facts = model.fit(ds, split, validator=Validator(ds.catalog, split.valid, valid))
   grid = {(k1, b): facts[f'valid_search_ndcg@10/k1={k1},b={b}']
-          for k1, b in baselines.BM25S.K1_B_GRID}
+          for k1, b in bm25.BM25S.K1_B_GRID}
   assert (facts['k1'], facts['b']) == max(grid, key=lambda kb: (grid[kb], -list(grid).index(kb)))
   ranked = model.rank_search(['jazz night in paris', 'apple', 'the of'], ['b', 'a', None], 4)
   assert ranked.dtype == np.int32 and ranked.shape == (3, 4)
@@ -63,9 +65,10 @@ def test_bm25s_baseline_ranks_within_type_and_tunes_on_validation():
 
 def test_bm25s_and_ours_agree_on_top_item_of_exact_titles():
   ds, split = _dataset()
-  lib = baselines.BM25S(stopwords=None)
+  lib = bm25.BM25S(stopwords=None)
   lib.fit(ds, split)
-  ours = baselines.BM25(ds.catalog)
+  ours = bm25.BM25()
+  ours.fit(ds, split)
   types = [ds.catalog.type_of(i) for i in range(len(TITLES))]
   np.testing.assert_array_equal(lib.rank_search(TITLES, types, 1)[:, 0], np.arange(len(TITLES)))
-  np.testing.assert_array_equal(ours.rank(TITLES, types, 1)[:, 0], np.arange(len(TITLES)))
+  np.testing.assert_array_equal(ours.rank_search(TITLES, types, 1)[:, 0], np.arange(len(TITLES)))

@@ -8,6 +8,7 @@ import pytest
 from neo_jax.catalog.splits import Split, Target
 from neo_jax.catalog.types import Catalog, Dataset, Interactions
 from neo_jax.baselines import dense
+from neo_jax.eval.validation import Validator
 from neo_jax.sid.features import HashedTfidfEncoder
 
 TITLES = ['A quiet cabin in the snowy mountains', 'Jazz standards played on a late night radio',
@@ -49,7 +50,8 @@ class CountingEncoder:
 def test_minilm_exact_text_query_ranks_its_item_first():
   ds, split = _dataset()
   model = dense.Dense(batch_size=4)
-  facts = model.fit(ds, split)
+  facts = model.fit(ds, split, validator=Validator(ds.catalog, split.valid))
+  assert set(facts) >= {f'valid_ndcg@10/last={n}' for n in dense.Dense.LAST_GRID}
   assert facts['dim'] == 384 and 'all-MiniLM-L6-v2' in facts['encoder']
   types = [ds.catalog.type_of(i) for i in range(len(TITLES))]
   ranked = model.rank_search(TITLES, types, 3)
@@ -76,13 +78,13 @@ def test_scores_are_cosine_and_cache_is_reused(tmp_path):
   # A fresh model on the same catalog and encoder reads the cache: no item is encoded again.
   enc2 = CountingEncoder(texts)
   again = dense.Dense(encoder=enc2, cache_dir=str(tmp_path))
-  assert again.fit(ds, split, valid=False)['cached'] == 1.0 and enc2.encoded == 0
+  assert again.fit(ds, split)['cached'] == 1.0 and enc2.encoded == 0
   np.testing.assert_array_equal(again.item_emb, model.item_emb)
   # A changed catalog text invalidates it.
   ds3, _ = _dataset(TITLES[:-1] + ['Something else entirely'])
   enc3 = CountingEncoder(texts)
   assert dense.Dense(encoder=enc3, cache_dir=str(tmp_path)).fit(
-      ds3, split, valid=False)['cached'] == 0.0
+      ds3, split)['cached'] == 0.0
   assert enc3.encoded == len(TITLES)
 
 
