@@ -6,13 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from neo_jax.decode.beam_search import NEG_INF, sid_beam_search
-from neo_jax.decode.cache import left_pad, prefill
 import hypothesis
 import hypothesis.strategies as st
 
-from neo_jax.decode.beam_search import vocab_beam_search
-from neo_jax.decode.testing import markov_cache, markov_lm, markov_logits, rows_only
+from neo_jax.decode.beam_search import NEG_INF, sid_beam_search, vocab_beam_search
+from neo_jax.decode.cache import left_pad
+from neo_jax.decode.interface import Constraints, Prefill, prefill
+from neo_jax.decode.testing import markov_cache, markov_lm, markov_logits
 from neo_jax.decode.trie import SIDTrie, SIDVocabArrays, request_filter
 from neo_jax.sid.types import SIDMap
 from neo_jax.tokenizer.sid_vocab import SIDVocab
@@ -102,26 +102,30 @@ def setup():
   first = rng.normal(0, 2, (v, v)).astype(np.float32)
   second = rng.normal(0, 2, (v, v)).astype(np.float32)
   position = rng.normal(0, 2, (5, v)).astype(np.float32)
-  step_fn = markov_lm(first, second, position)
+  model = markov_lm(first, second, position)
   prompts = [[1, 2, vocab.sid_open_id], [3, vocab.sid_open_id],
              [4, 5, 1, 2, vocab.sid_open_id]]
   allowed = np.array([[True, True], [True, False], [False, True]])
   tokens, positions, valid = left_pad(prompts, PAD)
   cache = markov_cache(len(prompts), tokens.shape[1] + sid_map.num_levels)
-  last_logits, last_positions, cache = prefill(step_fn, cache, jnp.asarray(tokens),
-                                               jnp.asarray(positions), jnp.asarray(valid))
+  pre, cache = prefill(model, cache, jnp.asarray(tokens), jnp.asarray(positions),
+                       jnp.asarray(valid))
   return dict(sid_map=sid_map, vocab=vocab, tables=(first, second, position),
-              step_fn=step_fn, prompts=prompts, allowed=allowed, cache=cache,
-              last_logits=last_logits, last_positions=last_positions,
+              model=model, prompts=prompts, allowed=allowed, cache=cache, prefill=pre,
               trie=SIDTrie.build(sid_map, vocab), arrays=SIDVocabArrays.from_vocab(vocab))
+
+
+def constraints(s, trie=None, allowed=None, request=None):
+  return Constraints(trie=s['trie'] if trie is None else trie, vocab=s['arrays'],
+                     allowed_types_BxT=None if allowed is None else jnp.asarray(allowed),
+                     request=request)
 
 
 @pytest.mark.parametrize('num_beams', [1, 7, 30])
 def test_beam_search_matches_reference_and_exhaustive_enumeration(setup, num_beams):
   s = setup
-  items, scores = sid_beam_search(s['step_fn'], s['cache'], s['last_logits'],
-                                  s['last_positions'], s['trie'], s['arrays'], num_beams,
-                                  jnp.asarray(s['allowed']))
+  items, scores = sid_beam_search(s['model'], s['cache'], s['prefill'],
+                                  constraints(s, allowed=s['allowed']), num_beams)
   items, scores = np.asarray(items), np.asarray(scores)
   assert items.shape == scores.shape == (len(s['prompts']), num_beams)
   for b, prompt in enumerate(s['prompts']):
@@ -142,8 +146,7 @@ def test_beam_search_matches_reference_and_exhaustive_enumeration(setup, num_bea
 
 def test_all_types_allowed_by_default(setup):
   s = setup
-  items, _ = sid_beam_search(s['step_fn'], s['cache'], s['last_logits'], s['last_positions'],
-                             s['trie'], s['arrays'], 7)
+  items, _ = sid_beam_search(s['model'], s['cache'], s['prefill'], constraints(s), 7)
   for b, prompt in enumerate(s['prompts']):
     ref = reference_beam_search(s['sid_map'], s['vocab'], s['tables'], prompt,
                                 [True, True], 7)
@@ -173,15 +176,15 @@ def greedy_trap():
 
 def test_beam_finds_the_item_greedy_misses():
   sid_map, vocab, table = greedy_trap()
-  step_fn = markov_lm(table)
+  model = markov_lm(table)
   tokens, positions, valid = left_pad([[1, vocab.sid_open_id]], PAD)
   trie, arrays = SIDTrie.build(sid_map, vocab), SIDVocabArrays.from_vocab(vocab)
   results = {}
   for k in (1, 2):
     cache = markov_cache(1, 4)
-    logits, last_pos, cache = prefill(step_fn, cache, jnp.asarray(tokens),
-                                      jnp.asarray(positions), jnp.asarray(valid))
-    items, scores = sid_beam_search(step_fn, cache, logits, last_pos, trie, arrays, k)
+    pre, cache = prefill(model, cache, jnp.asarray(tokens), jnp.asarray(positions),
+                         jnp.asarray(valid))
+    items, scores = sid_beam_search(model, cache, pre, Constraints(trie, arrays), k)
     results[k] = (np.asarray(items)[0], np.asarray(scores)[0])
   np.testing.assert_array_equal(results[1][0], [0])
   np.testing.assert_allclose(results[1][1], np.log([0.6 * 0.55]), rtol=1e-5)
@@ -192,29 +195,27 @@ def test_beam_finds_the_item_greedy_misses():
 def test_bad_shapes_are_rejected(setup):
   s = setup
   with pytest.raises(ValueError, match='allowed_types_BxT'):
-    sid_beam_search(s['step_fn'], s['cache'], s['last_logits'], s['last_positions'],
-                    s['trie'], s['arrays'], 3, jnp.ones((3, 5), bool))
+    sid_beam_search(s['model'], s['cache'], s['prefill'],
+                    constraints(s, allowed=np.ones((3, 5), bool)), 3)
   with pytest.raises(ValueError, match='SID block ends'):
-    sid_beam_search(s['step_fn'], s['cache'], s['last_logits'][:, :10], s['last_positions'],
-                    s['trie'], s['arrays'], 3)
+    short = Prefill(s['prefill'].logits_BxV[:, :10], s['prefill'].positions_B)
+    sid_beam_search(s['model'], s['cache'], short, constraints(s), 3)
+  # A bare step function (the old calling convention) is not a DecodingModel.
+  with pytest.raises(TypeError, match='decode_hidden'):
+    sid_beam_search(s['model'].decode_hidden, s['cache'], s['prefill'], constraints(s), 3)
 
 
-def _search(s, trie, num_beams, allowed, **kwargs):
-  items, scores = sid_beam_search(s['step_fn'], s['cache'], s['last_logits'],
-                                  s['last_positions'], trie, s['arrays'], num_beams,
-                                  jnp.asarray(allowed), **kwargs)
+def _search(s, trie, num_beams, allowed, request=None, **kwargs):
+  items, scores = sid_beam_search(s['model'], s['cache'], s['prefill'],
+                                  constraints(s, trie, allowed, request), num_beams, **kwargs)
   return np.asarray(items), np.asarray(scores)
 
 
-@pytest.mark.parametrize('rows', [False, True])
-def test_code_scores_equal_exhaustive(setup, rows):
-  """score='codes' (level-normalised), through full logits or the rows-only step, equals
-  exhaustive scoring with the same normalisation when the beams cover every item."""
+def test_code_scores_equal_exhaustive(setup):
+  """score='codes' (level-normalised, through the rows-only LM head) equals exhaustive scoring
+  with the same normalisation when the beams cover every item."""
   s = setup
-  kwargs = dict(score='codes')
-  if rows:
-    kwargs.update(row_step_fn=rows_only(s['step_fn']))
-  items, scores = _search(s, s['trie'], 40, s['allowed'], **kwargs)
+  items, scores = _search(s, s['trie'], 40, s['allowed'], score='codes')
   for b, prompt in enumerate(s['prompts']):
     ref = exhaustive(s['sid_map'], s['vocab'], s['tables'], prompt, s['allowed'][b],
                      score_mode='codes')
@@ -266,9 +267,8 @@ def test_removed_items_are_never_returned_and_restore_works(setup):
 def test_vocab_beam_search_matches_brute_force(setup):
   """The unconstrained baseline: with K >= V the first step keeps every token; 2 steps."""
   s = setup
-  v = s['last_logits'].shape[1]
-  tokens, scores = vocab_beam_search(s['step_fn'], s['cache'], s['last_logits'],
-                                     s['last_positions'], v, 2)
+  v = s['prefill'].logits_BxV.shape[1]
+  tokens, scores = vocab_beam_search(s['model'], s['cache'], s['prefill'], v, 2)
   first, second, position = s['tables']
   for b, prompt in enumerate(s['prompts']):
     lp0 = log_softmax(markov_logits(first, second, prompt, position))

@@ -9,9 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from neo_jax.decode.cache import left_pad, prefill
-from neo_jax.decode.generate import generate
-from neo_jax.decode.testing import markov_cache, markov_lm, markov_logits, split_head
+from neo_jax.decode.cache import left_pad
+from neo_jax.decode.generate import GenerateSettings, generate
+from neo_jax.decode.interface import Constraints, prefill
+from neo_jax.decode.testing import markov_cache, markov_lm, markov_logits
 from neo_jax.decode.trie import SIDTrie, SIDVocabArrays, request_filter
 from neo_jax.sid.types import SIDMap
 from neo_jax.tokenizer.sid_vocab import SIDVocab
@@ -36,24 +37,28 @@ def setup():
   position = rng.normal(0, 1.5, (7, v)).astype(np.float32)
   first[:, vocab.sid_open_id] += 2.0  # make spans common, so the tests see many of them
   first[:, EOS] -= 1.0
-  step_fn = markov_lm(first, second, position)
+  model = markov_lm(first, second, position)
   prompts = [[4, 5], [6], [7, 4, 5], [5, 5]]
   allowed = np.array([[True, True], [True, False], [False, True], [True, True]])
   return dict(sid_map=sid_map, vocab=vocab, first=first, second=second, position=position,
-              step_fn=step_fn, prompts=prompts, allowed=allowed, trie=SIDTrie.build(sid_map, vocab),
-              arrays=SIDVocabArrays.from_vocab(vocab), split=split_head(step_fn))
+              model=model, prompts=prompts, allowed=allowed, trie=SIDTrie.build(sid_map, vocab),
+              arrays=SIDVocabArrays.from_vocab(vocab))
 
 
-def run(s, prompts=None, rows_head=False, **kwargs):
+def run(s, prompts=None, rows_head=False, allowed_types_BxT=None, request=None,
+        temperature=0.0, rng=None, sample_codes=False, **settings):
+  """Prefill + generate; rows_head: code rows only of the LM head inside spans; `settings`:
+  the other GenerateSettings."""
   prompts = s['prompts'] if prompts is None else prompts
   tokens, positions, valid = left_pad(prompts, PAD)
   cache = markov_cache(len(prompts), tokens.shape[1] + MAX_NEW)
-  logits, last_pos, cache = prefill(s['step_fn'], cache, jnp.asarray(tokens),
-                                    jnp.asarray(positions), jnp.asarray(valid))
-  if rows_head:  # the step split in two: code rows only inside spans
-    kwargs.update(hidden_fn=s['split'][0], head_fn=s['split'][1])
-  out = generate(None if rows_head else s['step_fn'], cache, logits, last_pos, s['trie'],
-                 s['arrays'], max_new_tokens=MAX_NEW, eos_id=EOS, pad_id=PAD, **kwargs)
+  pre, cache = prefill(s['model'], cache, jnp.asarray(tokens), jnp.asarray(positions),
+                       jnp.asarray(valid))
+  constraints = Constraints(s['trie'], s['arrays'], allowed_types_BxT, request)
+  settings = GenerateSettings(max_new_tokens=MAX_NEW, eos_id=EOS, pad_id=PAD, rows_head=rows_head,
+                              **settings)
+  out = generate(s['model'], cache, pre, constraints, settings, temperature=temperature, rng=rng,
+                 sample_codes=sample_codes)
   return jax.tree.map(np.asarray, out)
 
 
@@ -196,7 +201,7 @@ def test_greedy_generation_takes_the_greedy_item():
   table[c0[0], c1] = np.log([0.55, 0.45])
   table[c0[1], c1] = np.log([0.9, 0.1])
   table[vocab.sid_close_id, EOS] = 0.0
-  s = dict(step_fn=markov_lm(table), trie=SIDTrie.build(sid_map, vocab),
+  s = dict(model=markov_lm(table), trie=SIDTrie.build(sid_map, vocab),
            arrays=SIDVocabArrays.from_vocab(vocab))
   out = run(s, prompts=[[1]], output_format='mixed')
   assert out.tokens[0, :5].tolist() == [vocab.sid_open_id, c0[0], c1[0], vocab.sid_close_id, EOS]
@@ -392,11 +397,16 @@ def test_rows_only_head_samples_like_the_full_head(setup):
     assert int(rows.rows_only_steps) == steps_inside_spans(s['vocab'], rows)
 
 
-def test_rows_only_head_arguments():
-  with pytest.raises(ValueError, match='both hidden_fn and head_fn'):
-    generate(None, {}, jnp.zeros((1, 20)), jnp.zeros(1, jnp.int32), None,
-             SIDVocabArrays.from_vocab(SIDVocab(('a',), {'a': (2,)}, 8)), max_new_tokens=4,
-             eos_id=EOS, pad_id=PAD, hidden_fn=lambda *a: a)
+def test_model_argument_is_checked(setup):
+  """A bare step function (the old calling convention) is not a DecodingModel."""
+  s = setup
+  tokens, positions, valid = left_pad(s['prompts'], PAD)
+  cache = markov_cache(len(s['prompts']), tokens.shape[1] + MAX_NEW)
+  pre, cache = prefill(s['model'], cache, jnp.asarray(tokens), jnp.asarray(positions),
+                       jnp.asarray(valid))
+  with pytest.raises(TypeError, match='decode_hidden and logits_from_hidden'):
+    generate(s['model'].decode_hidden, cache, pre, Constraints(s['trie'], s['arrays']),
+             GenerateSettings(max_new_tokens=4, eos_id=EOS, pad_id=PAD))
 
 
 def test_unconstrained_generation_is_plain_greedy(setup):

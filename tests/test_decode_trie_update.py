@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from neo_jax.decode.beam_search import sid_beam_search
-from neo_jax.decode.cache import left_pad, prefill
+from neo_jax.decode.cache import left_pad
+from neo_jax.decode.interface import Constraints, prefill
 from neo_jax.decode.testing import markov_cache, markov_lm
 from neo_jax.decode.trie import SIDTrie, SIDVocabArrays, admissible_children
 from neo_jax.sid.types import SIDMap
@@ -34,7 +35,7 @@ MAX_INITIAL = 18  # capacity - initial >= 22 = the most level-2 nodes: shapes ne
 
 _rng = np.random.default_rng(1)
 _V = VOCAB.end + 1
-STEP_FN = markov_lm(_rng.normal(0, 2, (_V, _V)).astype(np.float32),
+MODEL = markov_lm(_rng.normal(0, 2, (_V, _V)).astype(np.float32),
                     _rng.normal(0, 2, (_V, _V)).astype(np.float32))
 TRACES = collections.Counter()
 
@@ -57,10 +58,10 @@ def add(trie, rows, live=True):
 
 
 @jax.jit
-def search_all(trie, cache, last_logits, last_positions):
+def search_all(trie, cache, pre):
   """Beam search with more beams than leaf slots: returns every admissible item."""
   TRACES['search'] += 1
-  return sid_beam_search(STEP_FN, cache, last_logits, last_positions, trie, ARRAYS, CAPACITY)
+  return sid_beam_search(MODEL, cache, pre, Constraints(trie, ARRAYS), CAPACITY)
 
 
 @jax.jit
@@ -90,7 +91,7 @@ def admissible_paths(trie) -> dict:
 def prompt():
   tokens, positions, valid = left_pad([[1, 2, VOCAB.sid_open_id]], 0)
   cache = markov_cache(1, tokens.shape[1] + 3)
-  return prefill(STEP_FN, cache, jnp.asarray(tokens), jnp.asarray(positions),
+  return prefill(MODEL, cache, jnp.asarray(tokens), jnp.asarray(positions),
                  jnp.asarray(valid))
 
 
@@ -110,7 +111,7 @@ def scenarios(draw):
 @hypothesis.given(scenarios())
 def test_adds_removes_restores_match_a_reference_set_without_retracing(prompt, scenario):
   initial, ops = scenario
-  last_logits, last_positions, cache = prompt
+  pre, cache = prompt
   trie = SIDTrie.build(sid_map_of(initial), VOCAB, capacity=CAPACITY, row_capacity=ROW_CAPACITY)
   shapes = jax.tree.map(jnp.shape, trie)
   present, live = set(initial), set(initial)  # the reference
@@ -119,7 +120,7 @@ def test_adds_removes_restores_match_a_reference_set_without_retracing(prompt, s
     assert jax.tree.map(jnp.shape, trie) == shapes
     expected = {SID_OF_ROW[r]: r for r in live}
     assert admissible_paths(trie) == expected
-    items, _ = search_all(trie, cache, last_logits, last_positions)
+    items, _ = search_all(trie, cache, pre)
     items = np.asarray(items)[0]
     assert sorted(items[items >= 0].tolist()) == sorted(live)
     assert trie.num_live == len(live) and trie.num_leaves == len(present)

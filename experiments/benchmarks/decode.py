@@ -48,7 +48,8 @@ from flax import nnx
 from experiments import report
 from neo_jax.decode.beam_search import sid_beam_search, vocab_beam_search
 from neo_jax.decode.cache import left_pad
-from neo_jax.decode.generate import generate
+from neo_jax.decode.generate import GenerateSettings, generate
+from neo_jax.decode.interface import Constraints, prefill
 from neo_jax.decode.trie import (SIDTrie, SIDVocabArrays, build_trie_arrays, lookup_items,
                                  request_filter)
 from neo_jax.model.config import get_config
@@ -205,37 +206,28 @@ def run_preset(preset: str, settings: dict, sid_map: SIDMap, trie: SIDTrie,
   def prompt_fn(state, tokens, positions, valid):
     model = nnx.merge(graphdef, state)
     cache = model.init_cache(tokens.shape[0], tokens.shape[1] + num_levels)
-    h, cache = model.decode_hidden(tokens, positions, cache, valid)
-    return model.logits_from_hidden(h[:, -1]), positions[:, -1], cache
+    return prefill(model, cache, tokens, positions, valid)
 
   @functools.partial(jax.jit, static_argnames='mode')
-  def search_fn(state, cache, last_logits, last_pos, trie, request, mode):
+  def search_fn(state, cache, pre, trie, request, mode):
     model = nnx.merge(graphdef, state)
-
-    def step_fn(tokens, positions, cache, valid):
-      return model.decode(tokens, positions, cache, valid)
-
-    def row_step_fn(tokens, positions, cache, valid, rows):
-      h, cache = model.decode_hidden(tokens, positions, cache, valid)
-      return model.logits_from_hidden(h, rows), cache
-
     if mode == 'unconstrained':
-      return vocab_beam_search(step_fn, cache, last_logits, last_pos, beams, num_levels)
-    if mode == 'rows':
-      return sid_beam_search(None, cache, last_logits, last_pos, trie, vocab_arrays, beams,
-                             request=request, score='codes', row_step_fn=row_step_fn)
-    return sid_beam_search(step_fn, cache, last_logits, last_pos, trie, vocab_arrays, beams,
-                           request=request, score='vocab')
+      return vocab_beam_search(model, cache, pre, beams, num_levels)
+    constraints = Constraints(trie=trie, vocab=vocab_arrays, request=request)
+    # 'rows': level-normalised scores from the code rows of the LM head only; 'full': the
+    # full-softmax scores, every row at every level.
+    return sid_beam_search(model, cache, pre, constraints, beams,
+                           score='codes' if mode == 'rows' else 'vocab')
 
   # Step times at batch B, the prompt's cache computed once beforehand.
   tokens, positions, valid = prompts_of(batch)
-  last_logits, last_pos, cache = jax.block_until_ready(prompt_fn(state, tokens, positions, valid))
+  pre, cache = jax.block_until_ready(prompt_fn(state, tokens, positions, valid))
   hist, request = history_filter(batch, trie)
   step_ms, first_s, outputs = {}, {}, {}
   for mode in ('rows', 'full', 'unconstrained'):
     for filt in ((None, request) if mode != 'unconstrained' else (None,)):
       name = mode + ('_filtered' if filt is not None else '')
-      fn = functools.partial(search_fn, state, cache, last_logits, last_pos, trie, filt, mode)
+      fn = functools.partial(search_fn, state, cache, pre, trie, filt, mode)
       first, warm = timed(fn, runs)
       step_ms[name] = 1e3 * float(np.median(warm)) / num_levels
       first_s[name] = first
@@ -273,23 +265,12 @@ def run_preset(preset: str, settings: dict, sid_map: SIDMap, trie: SIDTrie,
   def gen_fn(state, tokens, positions, valid, trie, mode):
     model = nnx.merge(graphdef, state)
     cache = model.init_cache(tokens.shape[0], tokens.shape[1] + max_new)
-
-    def step_fn(tokens, positions, cache, valid):
-      return model.decode(tokens, positions, cache, valid)
-
-    def hidden_fn(tokens, positions, cache, valid):
-      return model.decode_hidden(tokens, positions, cache, valid)
-
-    def head_fn(h, rows=None):
-      return model.logits_from_hidden(h, rows)
-
-    h, cache = model.decode_hidden(tokens, positions, cache, valid)
-    split = dict(hidden_fn=hidden_fn, head_fn=head_fn) if mode == 'rows' else {}
-    return generate(None if mode == 'rows' else step_fn, cache,
-                    model.logits_from_hidden(h[:, -1]), positions[:, -1], trie, vocab_arrays,
-                    max_new_tokens=max_new, eos_id=2, pad_id=0, output_format='ids',
-                    separator_ids=(3,), temperature=1.0, sample_codes=True,
-                    rng=jax.random.key(0), constrained=mode != 'unconstrained', **split)
+    pre, cache = prefill(model, cache, tokens, positions, valid)
+    settings = GenerateSettings(max_new_tokens=max_new, eos_id=2, pad_id=0, output_format='ids',
+                                separator_ids=(3,), rows_head=mode == 'rows',
+                                constrained=mode != 'unconstrained')
+    return generate(model, cache, pre, Constraints(trie=trie, vocab=vocab_arrays), settings,
+                    temperature=1.0, sample_codes=True, rng=jax.random.key(0))
 
   gen = {}
   for mode in ('rows', 'full', 'unconstrained'):
@@ -315,15 +296,15 @@ def run_preset(preset: str, settings: dict, sid_map: SIDMap, trie: SIDTrie,
     tok1, pos1, val1 = prompts_of(1)
     _, req1 = history_filter(1, trie)
     t0 = time.perf_counter()
-    ll, lp, c1 = prompt_fn(state, tok1, pos1, val1)
-    jax.block_until_ready(search_fn(state, c1, ll, lp, trie, req1, 'rows'))
+    pre1, c1 = prompt_fn(state, tok1, pos1, val1)
+    jax.block_until_ready(search_fn(state, c1, pre1, trie, req1, 'rows'))
     if i:  # the first includes compiling
       lat.append(time.perf_counter() - t0)
   p50, p99 = (1e3 * float(np.percentile(lat, q)) for q in (50, 99))
 
   def batch_request():
-    ll, lp, c = prompt_fn(state, tokens, positions, valid)
-    return search_fn(state, c, ll, lp, trie, request, 'rows')
+    pre_b, c = prompt_fn(state, tokens, positions, valid)
+    return search_fn(state, c, pre_b, trie, request, 'rows')
 
   _, thr_warm = timed(batch_request, runs)
   throughput = batch / float(np.median(thr_warm))
@@ -338,8 +319,7 @@ def run_preset(preset: str, settings: dict, sid_map: SIDMap, trie: SIDTrie,
   trie2 = jax.block_until_ready(trie.set_live(removed, False))
   update_s = time.perf_counter() - t0
   request2 = request_filter(trie2, excluded=hist.tolist(), width=history)
-  items2, _ = jax.tree.map(np.asarray, search_fn(state, cache, last_logits, last_pos, trie2,
-                                                 request2, 'rows'))
+  items2, _ = jax.tree.map(np.asarray, search_fn(state, cache, pre, trie2, request2, 'rows'))
   returned_removed = int(np.isin(items2[items2 >= 0], removed).sum())
   print(f'[{preset}] catalog update: removed {removed.size} items in {1e3 * update_s:.1f} ms; '
         f'removed items returned afterwards: {returned_removed} (of '

@@ -37,6 +37,7 @@ from neo_jax.catalog.splits import Split
 from neo_jax.catalog.types import Dataset
 from neo_jax.decode import cache as cache_lib
 from neo_jax.decode.beam_search import sid_beam_search
+from neo_jax.decode.interface import Constraints, prefill
 from neo_jax.decode.trie import (SIDTrie, SIDVocabArrays, allowed_types_mask, request_filter)
 from neo_jax.baselines import base
 from neo_jax.baselines import training
@@ -246,14 +247,10 @@ class TIGER(base.Baseline):
               num_beams):
     model = nnx.merge(graphdef, state)
     cache = model.init_cache(tokens.shape[0], tokens.shape[1] + trie.num_levels)
-    h, cache = model.decode_hidden(tokens, positions, cache, valid)
-
-    def step_fn(tok, pos, cache, val):
-      return model.decode(tok, pos, cache, val)
-
-    return sid_beam_search(step_fn, cache, model.logits_from_hidden(h[:, -1]),
-                           positions[:, -1], trie, self.vocab_arrays, num_beams, allowed,
-                           request=request)
+    pre, cache = prefill(model, cache, tokens, positions, valid)
+    constraints = Constraints(trie=trie, vocab=self.vocab_arrays, allowed_types_BxT=allowed,
+                              request=request)
+    return sid_beam_search(model, cache, pre, constraints, num_beams)
 
   def rank_recommend(self, requests, target_types, k, *, exclude=None):
     """(N, k) int32 items by beam search (width max(k, cfg.num_beams)), -1 padded."""

@@ -1,39 +1,20 @@
-"""The model-side contract of decoding, and the cache helpers beams need.
+"""The cache helpers beams need, and left padding of prompts.
 
-Decoding never looks inside the model. It calls a t5x-style closure
-
-  step_fn(tokens_NxT int32, positions_NxT int32, cache, valid_NxT bool)
-      -> (logits_NxTxV float32, cache)
-
-which appends T tokens per row to the cache and returns the next-token logits at each of them.
-`cache` is any pytree; by default every leaf has the batch dimension N at axis 1 (k/v as
-(layers, N, S, H, D)) except scalar leaves (shared, e.g. an int32 write index) and leaves of
-rank 1 or 2 ((N,) or (N, S), batch at axis 0). A model with another layout passes its own
-`cache_batch_axis(leaf) -> int | None`.
+The model's cache (see neo_jax/decode/interface.py) is any pytree. By default every leaf has
+the batch dimension N at axis 1 (k/v as (layers, N, S, H, D)) except scalar leaves (shared, e.g.
+an int32 write index) and leaves of rank 1 or 2 ((N,) or (N, S), batch at axis 0). A model with
+another layout passes its own `cache_batch_axis(leaf) -> int | None` to the searches.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-StepFn = Callable[[jax.Array, jax.Array, Any, jax.Array], tuple[jax.Array, Any]]
-# row_step_fn(tokens_NxT, positions_NxT, cache, valid_NxT, rows_R int32) -> (logits_NxTxR, cache):
-# the same step, computing only the LM-head rows `rows_R` (e.g. Decoder.decode_hidden followed
-# by Decoder.logits_from_hidden(h, rows_R)).
-RowStepFn = Callable[[jax.Array, jax.Array, Any, jax.Array, jax.Array], tuple[jax.Array, Any]]
 CacheBatchAxis = Callable[[Any], 'int | None']
-# The same step split in two, so that a caller can choose which LM-head rows to compute after
-# seeing the state (interleaved generation computes only SID code rows inside spans):
-#   hidden_fn(tokens_NxT, positions_NxT, cache, valid_NxT) -> (hidden_NxTxD, cache)
-#   head_fn(hidden_NxD, rows) -> logits: rows None -> (N, V); rows (N, R) int32 -> (N, R), row
-#   set n for hidden n (Decoder.decode_hidden and Decoder.logits_from_hidden).
-HiddenFn = Callable[[jax.Array, jax.Array, Any, jax.Array], tuple[jax.Array, Any]]
-HeadFn = Callable[[jax.Array, 'jax.Array | None'], jax.Array]
 
 
 def default_cache_batch_axis(leaf) -> int | None:
@@ -100,16 +81,3 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int,
     valid[b, t - len(p):] = True
   positions = np.maximum(np.cumsum(valid, axis=1) - 1, 0).astype(np.int32)
   return tokens, positions, valid
-
-
-@functools.partial(jax.jit, static_argnames='step_fn')
-def prefill(step_fn: StepFn, cache, tokens_BxT: jax.Array, positions_BxT: jax.Array,
-            valid_BxT: jax.Array) -> tuple[jax.Array, jax.Array, Any]:
-  """Runs left-padded prompts through the model once.
-
-  Returns:
-    last_logits_BxV float32 (the next-token logits after each prompt), last_positions_B int32
-    (the position of each prompt's last token), and the cache.
-  """
-  logits_BxTxV, cache = step_fn(tokens_BxT, positions_BxT, cache, valid_BxT)
-  return logits_BxTxV[:, -1].astype(jnp.float32), positions_BxT[:, -1], cache

@@ -15,6 +15,9 @@ Request constraints (exclusions such as a user's history, allow-lists) and catal
 trie's arrays with unchanged shapes) never recompile; a removed item is never returned after
 the update.
 
+Models. `set_model` points the ranker at another model of the same structure (e.g. a later
+checkpoint): the parameters are an argument of the compiled programs, so nothing recompiles.
+
 Generation computes only the code rows of the LM head inside SID spans (`rows_head`, see
 neo_jax/decode/generate.py); greedy and sampled outputs equal the full head's.
 
@@ -38,8 +41,9 @@ import numpy as np
 from flax import nnx
 
 from neo_jax.decode import cache as cache_lib
-from neo_jax.decode.generate import generate as constrained_generate
 from neo_jax.decode.beam_search import SCORES, sid_beam_search, vocab_beam_search
+from neo_jax.decode.generate import GenerateSettings, generate as constrained_generate
+from neo_jax.decode.interface import Constraints, prefill
 from neo_jax.decode.trie import SIDTrie, SIDVocabArrays, lookup_items, request_filter
 from neo_jax.model.decoder import Decoder
 from neo_jax.tokenizer.base import Tokenizer
@@ -63,9 +67,15 @@ class NEORanker:
     self.vocab_arrays = SIDVocabArrays.from_vocab(tokenizer.sid)
     self.prompt_len = int(prompt_len)
     self.batch_size = int(batch_size)
+    self.set_model(model)
+    self.type_names = tokenizer.sid.type_names
+
+  def set_model(self, model: Decoder) -> None:
+    """Ranks and generates with `model` from now on. A model of the same structure (config,
+    module tree) as the current one reuses every compiled program, only the parameters change;
+    another structure compiles anew on first use."""
     self.graphdef, self.state = nnx.split(model)
     self.cfg = model.cfg
-    self.type_names = tokenizer.sid.type_names
 
   def prompt_tokens(self, prompt: str, open_sid: bool = True) -> list[int]:
     """bos + prompt (+ `[SID]`), the prompt cut from the left to fit `prompt_len`, the way
@@ -156,30 +166,23 @@ class NEORanker:
       yield (real, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(valid),
              jnp.asarray(self._allowed(types)))
 
-  @functools.partial(jax.jit, static_argnames=('self', 'num_beams', 'constrained'))
-  def _search(self, state, trie, vocab_arrays, tokens_BxT, positions_BxT, valid_BxT,
-              allowed_BxT, request, num_beams, constrained=True):
-    model = nnx.merge(self.graphdef, state)
+  def _constraints(self, allowed_BxT, request) -> Constraints:
+    return Constraints(trie=self.trie, vocab=self.vocab_arrays, allowed_types_BxT=allowed_BxT,
+                       request=request)
+
+  @functools.partial(jax.jit, static_argnames=('self', 'graphdef', 'num_beams', 'constrained'))
+  def _search(self, graphdef, state, constraints, tokens_BxT, positions_BxT, valid_BxT,
+              num_beams, constrained=True):
+    # The graphdef is static, the parameters (state) an argument: a model of the same structure
+    # (`set_model`) reuses the compiled search.
+    model = nnx.merge(graphdef, state)
     batch, width = tokens_BxT.shape
-    cache = model.init_cache(batch, width + trie.num_levels)
-
-    def step_fn(tokens, positions, cache, valid):
-      return model.decode(tokens, positions, cache, valid)
-
-    def row_step_fn(tokens, positions, cache, valid, rows):
-      h, cache = model.decode_hidden(tokens, positions, cache, valid)
-      return model.logits_from_hidden(h, rows), cache
-
-    # The prompt: hidden states everywhere, the full LM head at its last token only.
-    h, cache = model.decode_hidden(tokens_BxT, positions_BxT, cache, valid_BxT)
-    last_logits = model.logits_from_hidden(h[:, -1])
-    last_pos = positions_BxT[:, -1]
+    num_levels = constraints.trie.num_levels
+    cache = model.init_cache(batch, width + num_levels)
+    pre, cache = prefill(model, cache, tokens_BxT, positions_BxT, valid_BxT)
     if not constrained:
-      return vocab_beam_search(step_fn, cache, last_logits, last_pos, num_beams,
-                               trie.num_levels)
-    return sid_beam_search(step_fn, cache, last_logits, last_pos, trie, vocab_arrays,
-                           num_beams, allowed_BxT, request=request, score=self.score,
-                           row_step_fn=row_step_fn if self.score == 'codes' else None)
+      return vocab_beam_search(model, cache, pre, num_beams, num_levels)
+    return sid_beam_search(model, cache, pre, constraints, num_beams, score=self.score)
 
   def rank(self, prompts: Sequence[str], target_types: Sequence[str | None], num_beams: int,
            *, excluded: Sequence[Sequence[int]] | None = None,
@@ -201,8 +204,8 @@ class NEORanker:
     filters = self._filters(len(prompts), excluded, allowed)
     for (real, tokens, positions, valid, allowed_types), request in zip(
         self._batches(prompts, target_types, True), filters):
-      it, sc = self._search(self.state, self.trie, self.vocab_arrays, tokens, positions, valid,
-                            allowed_types, request, num_beams)
+      it, sc = self._search(self.graphdef, self.state, self._constraints(allowed_types, request),
+                            tokens, positions, valid, num_beams)
       items.append(np.asarray(it)[:real])
       scores.append(np.asarray(sc)[:real])
     return np.concatenate(items), np.concatenate(scores)
@@ -214,8 +217,8 @@ class NEORanker:
     items, scores, types = [], [], []
     for real, tokens, positions, valid, allowed_types in self._batches(prompts, target_types,
                                                                        True):
-      toks, sc = self._search(self.state, self.trie, self.vocab_arrays, tokens, positions,
-                              valid, allowed_types, None, num_beams, constrained=False)
+      toks, sc = self._search(self.graphdef, self.state, self._constraints(allowed_types, None),
+                              tokens, positions, valid, num_beams, constrained=False)
       toks = np.asarray(toks)[:real]
       rows, ts = self.parse_sids(toks.reshape(-1, self.trie.num_levels))
       items.append(rows.reshape(real, num_beams))
@@ -250,35 +253,14 @@ class NEORanker:
             'target_type_fraction': on_type / typed if typed else 0.0,
             'excluded_named': ex, 'not_allowed_named': na}
 
-  @functools.partial(jax.jit, static_argnames=('self', 'output_format', 'max_new_tokens',
-                                               'max_items', 'separators', 'num_beams',
-                                               'constrained'))
-  def _generate(self, state, trie, vocab_arrays, tokens_BxT, positions_BxT, valid_BxT,
-                allowed_BxT, request, output_format, max_new_tokens, max_items, separators,
-                num_beams=1, constrained=True):
-    model = nnx.merge(self.graphdef, state)
+  @functools.partial(jax.jit, static_argnames=('self', 'graphdef', 'settings'))
+  def _generate(self, graphdef, state, constraints, tokens_BxT, positions_BxT, valid_BxT,
+                settings: GenerateSettings):
+    model = nnx.merge(graphdef, state)
     batch, width = tokens_BxT.shape
-    cache = model.init_cache(batch, width + max_new_tokens)
-
-    def step_fn(tokens, positions, cache, valid):
-      return model.decode(tokens, positions, cache, valid)
-
-    def hidden_fn(tokens, positions, cache, valid):
-      return model.decode_hidden(tokens, positions, cache, valid)
-
-    def head_fn(h, rows=None):
-      return model.logits_from_hidden(h, rows)
-
-    # The prompt: hidden states everywhere, the full LM head at its last token only.
-    h, cache = model.decode_hidden(tokens_BxT, positions_BxT, cache, valid_BxT)
-    last_logits = model.logits_from_hidden(h[:, -1]).astype(jnp.float32)
-    split = dict(hidden_fn=hidden_fn, head_fn=head_fn) if self.rows_head else {}
-    return constrained_generate(
-        None if self.rows_head else step_fn, cache, last_logits, positions_BxT[:, -1], trie,
-        vocab_arrays, max_new_tokens=max_new_tokens, eos_id=self.tokenizer.eos_id,
-        pad_id=self.tokenizer.pad_id, output_format=output_format, separator_ids=separators,
-        max_items=max_items, allowed_types_BxT=allowed_BxT, request=request, num_beams=num_beams,
-        constrained=constrained, **split)
+    cache = model.init_cache(batch, width + settings.max_new_tokens)
+    pre, cache = prefill(model, cache, tokens_BxT, positions_BxT, valid_BxT)
+    return constrained_generate(model, cache, pre, constraints, settings)
 
   def generate(self, prompts: Sequence[str], output_format: str, *,
                target_types: Sequence[str | None] | None = None, max_new_tokens: int = 48,
@@ -299,14 +281,17 @@ class NEORanker:
       target_types = [None] * len(prompts)
     separators = tuple(sorted({i for s in (' ', ', ', ',', '\n')
                                for i in self.tokenizer.encode_text(s)}))
+    settings = GenerateSettings(
+        max_new_tokens=max_new_tokens, eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id,
+        output_format=output_format, separator_ids=separators, max_items=max_items,
+        num_beams=num_beams, rows_head=self.rows_head, constrained=constrained)
     out, span_rows, span_types = [], [], []
     filters = (self._filters(len(prompts), excluded, allowed) if constrained
                else [None] * -(-len(prompts) // self.batch_size))
     for (real, tokens, positions, valid, allowed_types), request in zip(
         self._batches(prompts, target_types, False), filters):
-      res = self._generate(self.state, self.trie, self.vocab_arrays, tokens, positions, valid,
-                           allowed_types, request, output_format, max_new_tokens, max_items,
-                           separators, num_beams, constrained)
+      res = self._generate(self.graphdef, self.state, self._constraints(allowed_types, request),
+                           tokens, positions, valid, settings)
       toks, lengths = np.asarray(res.tokens), np.asarray(res.lengths)
       items, counts = np.asarray(res.items), np.asarray(res.num_items)
       for b in range(real):

@@ -1,6 +1,7 @@
-"""Hand-built models that follow the decoding contract, for tests and benchmarks.
+"""Hand-built models that follow the decoding protocol, for tests and benchmarks.
 
-`markov_lm` is a second-order Markov chain over tokens with fixed logit tables:
+`markov_lm` is a second-order Markov chain over tokens with fixed logit tables, a
+`DecodingModel` (neo_jax/decode/interface.py):
 
   logits(next | history) = first_RxV[last % R] + second_RxV[previous % R]
                            + position_PxV[position of last % P]
@@ -9,7 +10,8 @@ where `last` is the newest valid token and `previous` the valid token before it 
 there is none). It keeps the history in a cache with the default layout (a (1, N, S, 1, 1)
 leaf, an (N, S) leaf and a scalar write index), so a search that hands a beam the wrong
 parent's cache, or feeds wrong positions, gets wrong logits. Its probabilities are easy to
-recompute in numpy (`markov_logits`).
+recompute in numpy (`markov_logits`). Its "hidden state" is the full logits (D = V) and its LM
+head picks rows of them, so a rows-only head returns exactly the full head's entries.
 """
 
 from __future__ import annotations
@@ -28,15 +30,22 @@ def markov_cache(batch: int, max_len: int) -> dict:
   }
 
 
-def markov_lm(first_RxV: np.ndarray, second_RxV: np.ndarray | None = None,
-              position_PxV: np.ndarray | None = None):
-  """A step_fn for the chain above (tables float32, R rows; a token t uses row t % R)."""
-  first = jnp.asarray(first_RxV, jnp.float32)
-  second = None if second_RxV is None else jnp.asarray(second_RxV, jnp.float32)
-  by_position = None if position_PxV is None else jnp.asarray(position_PxV, jnp.float32)
-  rows = first.shape[0]
+class MarkovLM:
+  """The chain above as a `DecodingModel`; hashed by identity (a static argument of searches)."""
 
-  def step_fn(tokens_NxT, positions_NxT, cache, valid_NxT):
+  def __init__(self, first_RxV: np.ndarray, second_RxV: np.ndarray | None = None,
+               position_PxV: np.ndarray | None = None):
+    self.first = jnp.asarray(first_RxV, jnp.float32)
+    self.second = None if second_RxV is None else jnp.asarray(second_RxV, jnp.float32)
+    self.by_position = None if position_PxV is None else jnp.asarray(position_PxV, jnp.float32)
+
+  def init_cache(self, batch: int, max_len: int) -> dict:
+    return markov_cache(batch, max_len)
+
+  def decode_hidden(self, tokens_NxT, positions_NxT, cache, valid_NxT):
+    """Appends the valid tokens to the history; returns (logits (N, T, V) float32, cache)."""
+    first, second, by_position = self.first, self.second, self.by_position
+    rows = first.shape[0]
     n, t = tokens_NxT.shape
     end = cache['end']
     stored_NxT = jnp.where(valid_NxT, tokens_NxT, -1).astype(jnp.int32)
@@ -66,34 +75,22 @@ def markov_lm(first_RxV: np.ndarray, second_RxV: np.ndarray | None = None,
                                   by_position[last_pos % by_position.shape[0]], 0.0)
     return logits, cache
 
-  return step_fn
+  def logits_from_hidden(self, h, rows=None):
+    """The "hidden state" is the logits (..., V): rows None -> all of them; rows (R,) -> those
+    entries (..., R); rows (N, R) -> row set n for h[n], (N, ..., R)."""
+    if rows is None:
+      return h
+    rows = jnp.asarray(rows)
+    if rows.ndim == 1:
+      return jnp.take(h, rows, axis=-1)
+    rows_Nx1xR = rows.reshape((rows.shape[0],) + (1,) * (h.ndim - 2) + (rows.shape[1],))
+    return jnp.take_along_axis(h, rows_Nx1xR, axis=-1)
 
 
-def rows_only(step_fn):
-  """A row_step_fn from a step_fn: the full logits, then only the requested rows (for tests of
-  the rows-only plumbing; a real model computes only those rows, see Decoder.logits_from_hidden).
-  """
-
-  def row_step_fn(tokens_NxT, positions_NxT, cache, valid_NxT, rows_R):
-    logits, cache = step_fn(tokens_NxT, positions_NxT, cache, valid_NxT)
-    return jnp.take(logits, rows_R, axis=-1), cache
-
-  return row_step_fn
-
-
-def split_head(step_fn):
-  """(hidden_fn, head_fn) from a step_fn whose "hidden state" is its full logits, so that the
-  rows a head_fn returns are exactly those of the full logits (tests of the rows-only path)."""
-
-  def hidden_fn(tokens_NxT, positions_NxT, cache, valid_NxT):
-    return step_fn(tokens_NxT, positions_NxT, cache, valid_NxT)
-
-  def head_fn(hidden_NxV, rows_NxR=None):
-    if rows_NxR is None:
-      return hidden_NxV
-    return jnp.take_along_axis(hidden_NxV, rows_NxR, axis=-1)
-
-  return hidden_fn, head_fn
+def markov_lm(first_RxV: np.ndarray, second_RxV: np.ndarray | None = None,
+              position_PxV: np.ndarray | None = None) -> MarkovLM:
+  """A `MarkovLM` for the chain above (tables float32, R rows; a token t uses row t % R)."""
+  return MarkovLM(first_RxV, second_RxV, position_PxV)
 
 
 def markov_logits(first_RxV: np.ndarray, second_RxV: np.ndarray | None, history: list[int],
