@@ -1,6 +1,7 @@
 """NEORanker (prefill + trie-constrained beam search through the real decoder's KV cache)
 against exhaustive scoring of every catalog item with the full, uncached forward pass."""
 
+import collections
 import functools
 
 import jax
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from neo_jax.decode import ranker as ranker_lib
 from neo_jax.decode.trie import SIDTrie
 from neo_jax.decode.ranker import NEORanker
 from neo_jax.model.config import get_config
@@ -35,12 +37,16 @@ def _setup():
   tok = SentencePieceTokenizer.from_sid_map(train_sentencepiece(corpus, vocab_size=300), sid_map)
   cfg = get_config('tiny', vocab_size=tok.vocab_size, d_model=32, num_heads=2, num_kv_heads=1,
                    head_dim=16, mlp_dim=64)
-  model = Decoder(cfg, rngs=nnx.Rngs(3))
+  return sid_map, tok, _sharp_model(cfg, seed=3)
+
+
+def _sharp_model(cfg, seed):
+  model = Decoder(cfg, rngs=nnx.Rngs(seed))
   # Sharpen the random model so that scores differ clearly between items.
   state = nnx.state(model)
   state['embed_tokens'].set_value(state['embed_tokens'].get_value() * 4)
   nnx.update(model, state)
-  return sid_map, tok, model
+  return model
 
 
 def _exhaustive(model, tok, sid_map, prompt, type_name, score='vocab'):
@@ -271,3 +277,49 @@ def test_parse_spans_of_unconstrained_output():
   # by the end.
   assert rows.tolist() == [3, -1, 12, -1, -1]
   assert types.tolist() == [int(sid_map.type_index[3]), -1, int(sid_map.type_index[12]), -1, -1]
+
+
+def test_set_model_equals_a_fresh_ranker_without_retracing(monkeypatch):
+  """`set_model` with a model of the same structure: rank and generate give exactly what a new
+  ranker on that model gives, and neither compiled program is traced again."""
+  sid_map, tok, model = _setup()
+  other = _sharp_model(model.cfg, seed=11)
+  traces = collections.Counter()
+
+  def counted(name, fn):
+    def wrapper(*args, **kwargs):
+      traces[name] += 1  # runs only while the ranker's jitted program is traced
+      return fn(*args, **kwargs)
+    return wrapper
+
+  monkeypatch.setattr(ranker_lib, 'sid_beam_search',
+                      counted('search', ranker_lib.sid_beam_search))
+  monkeypatch.setattr(ranker_lib, 'constrained_generate',
+                      counted('generate', ranker_lib.constrained_generate))
+  trie = SIDTrie.build(sid_map, tok.sid)
+  prompts = ['Task: recommend. Type: movie. Format: ids. History: a b. Answer: ', 'quick fox',
+             'Task: recommend. Type: book. Format: mixed. Answer: ']
+  types = ['movie', None, 'book']
+  movies = np.flatnonzero(sid_map.type_index == 1).tolist()
+  kwargs = dict(excluded=[movies[:2], [], []])
+
+  def outputs(ranker):
+    items, scores = ranker.rank(prompts, types, num_beams=5, **kwargs)
+    return items, scores, ranker.generate(prompts, 'mixed', target_types=types,
+                                          max_new_tokens=10, **kwargs)
+
+  ranker = NEORanker(model, tok, trie, prompt_len=96, batch_size=4)
+  before = outputs(ranker)
+  assert traces == {'search': 1, 'generate': 1}
+  ranker.set_model(other)
+  swapped = outputs(ranker)
+  assert traces == {'search': 1, 'generate': 1}  # new parameters, same compiled programs
+  ranker.set_model(model)
+  again = outputs(ranker)
+  assert traces == {'search': 1, 'generate': 1}
+  fresh = outputs(NEORanker(other, tok, trie, prompt_len=96, batch_size=4))
+  for got, want in ((swapped, fresh), (again, before)):
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])  # bit for bit
+    assert got[2] == want[2]
+  assert not np.array_equal(swapped[1], before[1])  # the parameters did change
