@@ -1,4 +1,4 @@
-"""Every baseline of `neo_jax.eval` on MovieLens-100k: recommendation and generated search.
+"""Every baseline of `neo_jax.baselines` on MovieLens-100k: recommendation and generated search.
 
   python -m experiments.benchmarks.baselines --workdir=W [--methods=popularity,bm25,sasrec]
 
@@ -10,10 +10,11 @@ generate_queries` with the quickstart's fractions (valid 0.1, test 0.2, at most
 
 Protocol: full ranking of the 1,682 movies, nothing excluded unless --exclude_history (then
 each user's history is excluded, RecBole's protocol for non-sequential models). Each
-baseline fits on the training split and tunes/early-stops on validation only; the test split
-is read once, at the end. Prints each baseline's validation and test HR@10 / NDCG@10 and its
-fit time (seconds on this machine); the last line is the flat JSON result (also
-W/result.json).
+baseline fits on the training split and tunes/early-stops on validation only (a
+`neo_jax.eval.validation.Validator` over the validation targets and queries, under the same
+protocol); the test split is read once, at the end. Prints each baseline's validation and
+test HR@10 / NDCG@10 and its fit time (seconds on this machine); the last line is the flat
+JSON result (also W/result.json).
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ import time
 from absl import app
 from absl import flags
 
-from experiments import report
+from neo_jax.run import rundir
 from neo_jax.catalog import tfds_builders
 from neo_jax.catalog.splits import leave_one_out
-from neo_jax.baselines import base as baselines
+from neo_jax.baselines import bm25
+from neo_jax.baselines import popularity
+from neo_jax.eval import validation
 from neo_jax.tasks.queries import generate_queries
 
 WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for the TFDS build and result.json.',
@@ -53,11 +56,11 @@ TIGER_BUDGET = flags.DEFINE_float('tiger_budget_s', 1500.0, 'TIGER tuning time b
 
 def make_baseline(name: str, log):
   if name == 'popularity':
-    return baselines.Popularity()
+    return popularity.Popularity()
   if name == 'bm25':
-    return baselines.BM25()
+    return bm25.BM25()
   if name == 'bm25s':
-    return baselines.BM25S()
+    return bm25.BM25S()
   if name == 'dense':
     from neo_jax.baselines import dense  # pylint: disable=g-import-not-at-top
     return dense.Dense(cache_dir=os.path.join(WORKDIR.value, 'dense'))
@@ -95,12 +98,13 @@ def main(argv):
   result: dict[str, float] = {'exclude_history': float(EXCLUDE_HISTORY.value),
                               'search_valid_queries': len(queries.valid),
                               'search_test_queries': len(queries.test)}
+  validator = validation.Validator(ds.catalog, split.valid, queries.valid,
+                                   exclude_history=EXCLUDE_HISTORY.value)
   rows = []
   for name in METHODS.value:
     model = make_baseline(name, log)
     t0 = time.perf_counter()
-    facts = model.fit(ds, split, valid=True, valid_queries=queries.valid,
-                      exclude_history=EXCLUDE_HISTORY.value)
+    facts = model.fit(ds, split, validator=validator)
     fit_s = time.perf_counter() - t0
     log(f'{name}: fitted in {fit_s:.1f}s: ' + json.dumps(
         {k: v for k, v in facts.items() if not isinstance(v, (list, dict))}))
@@ -108,13 +112,14 @@ def main(argv):
     row = {'method': name}
     if 'recommend' in model.tasks:
       for part, targets in (('valid', split.valid), ('test', split.test)):
-        m = baselines.recommend_metrics(model, targets, exclude_history=EXCLUDE_HISTORY.value)
+        m = validation.recommend_metrics(ds.catalog, targets, model.rank_recommend,
+                                         exclude_history=EXCLUDE_HISTORY.value)
         for key in ('hr@10', 'ndcg@10', 'hr@30', 'ndcg@30', 'mrr'):
           result[f'{name}/{part}/{key}'] = m[key]
         row.update({f'{part} hr@10': m['hr@10'], f'{part} ndcg@10': m['ndcg@10']})
     if 'search' in model.tasks:
       for part, qs in (('valid', queries.valid), ('test', queries.test)):
-        m = baselines.search_metrics(model, qs)
+        m = validation.search_metrics(ds.catalog, qs, model.rank_search)
         for key in ('hr@10', 'ndcg@10', 'recall@10', 'mrr'):
           result[f'{name}/{part}/search_{key}'] = m[key]
         row.update({f'{part} search hr@10': m['hr@10'], f'{part} search ndcg@10': m['ndcg@10']})
@@ -126,7 +131,7 @@ def main(argv):
   for row in rows:
     print(f'{row["method"]:12s}' + ''.join(
         f'{row[c]:20.4f}' if c in row else f'{"-":>20s}' for c in cols))
-  report.write_result(workdir, result)
+  rundir.write_result(workdir, result)
 
 
 if __name__ == '__main__':
