@@ -88,7 +88,7 @@ os.chdir(REPO)
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
-needed = ('jax', 'flax', 'orbax', 'sentencepiece', 'tensorflow_datasets', 'grain', 'recbole')
+needed = ('jax', 'flax', 'orbax', 'sentencepiece', 'tensorflow_datasets', 'recbole')
 missing = [m for m in needed if importlib.util.find_spec(m) is None]
 if missing:
   print('installing; missing:', missing)
@@ -122,7 +122,7 @@ BUILD = """\
 import time
 
 from experiments.configs import quickstart
-from neo_jax.run import stages as pipeline
+from neo_jax.run import experiment
 from neo_jax.run import serving
 from neo_jax.run import workdir as workdir_lib
 
@@ -141,7 +141,7 @@ if not WORKDIR:
 
 t0 = time.perf_counter()
 if os.path.exists(os.path.join(WORKDIR, 'config.json')):
-  cfg = workdir_lib.load_config(WORKDIR)  # an existing run keeps its own config
+  cfg = workdir_lib.load_config(WORKDIR)  # an existing workdir keeps its own config
   print('workdir holds a run; its config is used:', WORKDIR)
 else:
   cfg = quickstart.get_config()
@@ -153,7 +153,7 @@ try:
   print(f'loaded the trained run ({run.stage} step {run.step})')
 except workdir_lib.WorkdirError as e:
   print('training:', e)
-  _, _, facts = pipeline.run_training(cfg, WORKDIR)
+  facts, _ = experiment.run_experiment(cfg, WORKDIR, train_only=True)
   print({k: round(v, 4) for k, v in facts.items() if k.endswith('final_loss')})
   run = workdir_lib.load_run(WORKDIR)
 print(f'ready in {time.perf_counter() - t0:.0f}s:', workdir_lib.describe(run))

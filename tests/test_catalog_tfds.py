@@ -261,6 +261,8 @@ def test_build_dataset_generic_good_and_bad(tmp_path):
   bad = _dir(tmp_path, name='bad', **{'interactions.csv': INTERACTIONS + '7,zz9,alice,1\n'})
   proc = _run('--dataset=generic', f'--data_dir={bad}', f'--workdir={tmp_path / "w2"}')
   assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]  # one line
+  assert proc.stderr.startswith('error: ')
   assert "interactions.csv, line 8, field 'item_id': unknown item id 'zz9'" in proc.stderr
   assert not (tmp_path / 'w2' / 'result.json').exists()
 
@@ -269,13 +271,15 @@ def test_export_dataset_entry_point(tmp_path):
   src = _dir(tmp_path)
   _, _, built = tfds_builders.build('generic', str(tmp_path / 'tfds'), source=str(src))
   proc = subprocess.run([sys.executable, '-m', 'experiments.export_dataset', f'--built={built}',
-                         f'--out={tmp_path / "out"}'], cwd=REPO_ROOT, capture_output=True,
+                         f'--workdir={tmp_path / "out"}'], cwd=REPO_ROOT, capture_output=True,
                         text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   summary = json.loads(proc.stdout.strip().splitlines()[-1])
   assert (summary['num_items'], summary['num_interactions'], summary['num_queries']) == (3, 6, 2)
-  assert_same(catalog_io.load_dataset(tmp_path / 'out'), catalog_io.load_dataset(src))
+  assert summary == json.loads((tmp_path / 'out' / 'result.json').read_text())
+  assert_same(catalog_io.load_dataset(tmp_path / 'out' / 'data'), catalog_io.load_dataset(src))
   proc = subprocess.run([sys.executable, '-m', 'experiments.export_dataset',
-                         f'--built={tmp_path}', f'--out={tmp_path / "out2"}'], cwd=REPO_ROOT,
-                        capture_output=True, text=True, timeout=300)
+                         f'--built={tmp_path}', f'--workdir={tmp_path / "out2"}'],
+                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 1 and "missing built table 'items'" in proc.stderr
+  assert proc.stderr.startswith('error: ') and len(proc.stderr.strip().splitlines()) == 1

@@ -18,7 +18,7 @@ TINY = {
     'model.head_dim': 16, 'model.mlp_dim': 64, 'train.batch_size': 8,
     'grounding.steps': 2, 'capability.steps': 3, 'eval.max_requests': 8, 'eval.batch_size': 8,
     'experiment.baselines': 'popularity,bm25', 'experiment.mono_tasks': 'recommend',
-    'experiment.valid_requests': 20, 'experiment.steer_requests': 2,
+'experiment.steer_requests': 2,
     'experiment.understanding_requests': 2, 'experiment.max_new_tokens': 8,
     'experiment.steer_beams': 4,
 }

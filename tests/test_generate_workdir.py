@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 
 from experiments.configs import quickstart
-from neo_jax.run import stages as pipeline
+from neo_jax.run import config as config_lib
+from neo_jax.run import experiment
+from neo_jax.run import stages
 from neo_jax.run import workdir as workdir_lib
 
 # The quickstart's own config, shrunk (the sizes of tests/test_quickstart.py, synthetic data).
 TINY = {
-    'data.source': 'synthetic', 'data.synthetic.items_per_type': 40,
+    'data.dataset': 'synthetic', 'data.synthetic.items_per_type': 40,
     'data.synthetic.num_users': 120, 'data.synthetic.num_queries': 120, 'sid.k': 4,
     'sid.iters': 5, 'model.d_model': 32, 'model.num_layers': 1, 'model.num_heads': 2,
     'model.num_kv_heads': 1, 'model.head_dim': 16, 'model.mlp_dim': 64,
@@ -33,13 +35,22 @@ def tiny_config():
     for p in parents:
       node = node[p]
     node[leaf] = value
-  return cfg
+  return config_lib.validate(cfg)
+
+
+def train_tiny(cfg, workdir: str):
+  """NEO-multi of `cfg` trained in `workdir` the way the experiment trains it: (artifacts with
+  the model, every task's examples)."""
+  cfg, art, guard, _ = experiment.prepare(cfg, workdir, lambda s: None)
+  art.model, _ = experiment.train_neo(experiment.MAIN_RUN, cfg, art, guard, workdir,
+                                      lambda s: None)
+  return art, stages.build_examples(cfg, art.dataset, art.split, art.sid_map, art.tokenizer)
 
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
   w = str(tmp_path_factory.mktemp('run'))
-  art, examples, _ = pipeline.run_training(tiny_config(), w, log=lambda s: None)
+  art, examples = train_tiny(tiny_config(), w)
   return w, art, examples
 
 
@@ -57,7 +68,7 @@ def test_reloaded_model_gives_the_trained_logits(trained):
   got = _logits(run.artifacts.model, tokens)
   np.testing.assert_array_equal(got, want)
   # ... and not those of the untrained model the config builds (the restore did something).
-  fresh = pipeline.build_model(run.config, run.artifacts.tokenizer)
+  fresh = stages.build_model(run.config, run.artifacts.tokenizer)
   assert np.abs(_logits(fresh, tokens) - want).max() > 1e-4
   # Every other piece is the one the run built.
   np.testing.assert_array_equal(run.artifacts.sid_map.codes, art.sid_map.codes)
@@ -92,27 +103,34 @@ def test_missing_and_inconsistent_pieces_are_named(trained, tmp_path):
     workdir_lib.load_run(str(tmp_path / 'nowhere'))
   empty = tmp_path / 'empty'
   empty.mkdir()
-  with pytest.raises(workdir_lib.WorkdirError, match='config.json: missing'):
+  with pytest.raises(workdir_lib.WorkdirError, match='holds no trained model'):
     workdir_lib.load_run(str(empty))
 
   c = _copy(w, tmp_path)
+  run_dir = os.path.join(c, 'neo_multi')
+  assert workdir_lib.load_run(run_dir).run_dir == run_dir  # a run directory loads too
   # Training "stopped early": the config asks for more capability steps than were saved.
-  _edit_config(c, lambda cfg: cfg['capability'].update(steps=10))
+  _edit_config(run_dir, lambda cfg: cfg['capability'].update(steps=10))
   with pytest.raises(workdir_lib.WorkdirError, match=r"stage 'capability' stopped at step 4 of 10"):
     workdir_lib.load_run(c)
   # A model shape that is not the checkpoint's.
-  _edit_config(c, lambda cfg: (cfg['capability'].update(steps=4),
-                               cfg['model'].update(mlp_dim=48)))
+  _edit_config(run_dir, lambda cfg: (cfg['capability'].update(steps=4),
+                                     cfg['model'].update(mlp_dim=48)))
   with pytest.raises(workdir_lib.WorkdirError, match='do not match the model'):
     workdir_lib.load_run(c)
-  _edit_config(c, lambda cfg: cfg['model'].update(mlp_dim=64))
+  _edit_config(run_dir, lambda cfg: cfg['model'].update(mlp_dim=64))
+  # A config this version does not know.
+  _edit_config(run_dir, lambda cfg: cfg['data'].update(source='synthetic'))
+  with pytest.raises(workdir_lib.WorkdirError, match="not a config of this version"):
+    workdir_lib.load_run(c)
+  _edit_config(run_dir, lambda cfg: cfg['data'].pop('source'))
 
   shutil.rmtree(os.path.join(c, 'tokenizer'))
   with pytest.raises(workdir_lib.WorkdirError, match='tokenizer: missing'):
     workdir_lib.load_run(c)
-  shutil.rmtree(os.path.join(c, 'checkpoints', 'capability'))
+  shutil.rmtree(os.path.join(run_dir, 'checkpoints', 'capability'))
   with pytest.raises(workdir_lib.WorkdirError, match='capability: no checkpoint'):
     workdir_lib.load_run(c)
   shutil.rmtree(os.path.join(c, 'data'))
-  with pytest.raises(workdir_lib.WorkdirError, match='items.jsonl: missing'):
+  with pytest.raises(workdir_lib.WorkdirError, match='data: missing'):
     workdir_lib.load_run(c)

@@ -65,7 +65,7 @@ def test_notebook_runs_end_to_end_on_the_tiny_size(tmp_path, monkeypatch):
   out = ''.join(text)
   assert images == 2, f'{images} plots'  # codebook utilisation, genres
   assert 'loaded the trained run' not in out  # a fresh workdir: trained here
-  assert (tmp_path / 'run' / 'checkpoints' / 'capability').is_dir()
+  assert (tmp_path / 'run' / 'neo_multi' / 'checkpoints' / 'capability').is_dir()
   for head in ('== recommend', '== search', '== describe', '== explain'):
     assert head in out, head
   for fmt in ('ids', 'text', 'mixed'):

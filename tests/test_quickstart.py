@@ -32,19 +32,38 @@ def test_quickstart_runs_end_to_end(tmp_path):
   assert printed == saved
   assert saved['valid_sid_fraction'] == 1.0
   assert saved['sid_checked'] > 0
-  for task in ('recommend', 'search'):
-    for method in ('neo', 'popularity', 'bm25'):
-      for k in (1, 5, 10):
-        value = saved[f'{task}/{method}/recall@{k}']
-        assert 0.0 <= value <= 1.0
-  assert saved['recommend/requests'] == 12
+  for prefix in ('', 'search_'):
+    for system in ('neo_multi', 'popularity', 'bm25'):
+      for metric in ('hr', 'recall', 'ndcg'):
+        for k in (1, 5, 10):
+          value = saved[f'{system}/{prefix}{metric}@{k}']
+          assert 0.0 <= value <= 1.0
+  assert saved['requests/recommend'] == 12
   assert saved['sid/unreachable_items'] == 0
+  assert saved['popularity/status'] == saved['bm25/status'] == 'ok'
   out = proc.stdout
-  assert 'recommend  NEO' in out and 'BM25 text match' in out
+  assert '| neo_multi |' in out and '| bm25 |' in out and '| popularity |' in out
   for fmt in ('ids', 'text', 'mixed'):
     assert f'--- recommend, format {fmt} ---' in out
   assert '--- user_summary, format text ---' in out
-  # Every stage left its artifact.
+  # Every stage left its artifact; the model is a run directory generate can load.
   for path in ('tfds/movielens100k', 'sids/report.json', 'sids/quality.png', 'tokenizer/spm.model',
-               'logs/capability.jsonl', 'checkpoints/capability', 'config.json'):
+               'neo_multi/logs/capability.jsonl', 'neo_multi/checkpoints/capability',
+               'neo_multi/config.json', 'config.json', 'report.md', 'split_access.json'):
     assert (workdir / path).exists(), path
+
+
+def test_tiny_config_runs_the_whole_pipeline(tmp_path):
+  """experiments/configs/tiny.py (the smoke run): every stage on the synthetic catalog, with
+  the steerability and understanding measures of the comparison."""
+  workdir = tmp_path / 'w'
+  cmd = [sys.executable, '-m', 'experiments.quickstart', '--config=experiments/configs/tiny.py',
+         f'--workdir={workdir}']
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  saved = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert saved['dataset'] == 'synthetic' and saved['requests/recommend'] == 20
+  assert saved['valid_sid_fraction'] == 1.0
+  assert 0.0 <= saved['format_steerability'] <= 1.0
+  assert 0.0 <= saved['type_steerability'] <= 1.0
+  assert (workdir / 'neo_multi' / 'checkpoints' / 'capability' / '8').exists()

@@ -16,8 +16,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run(workdir, *args):
   cmd = [sys.executable, '-m', 'experiments.build_sids', f'--workdir={workdir}',
-         '--config.synthetic.items_per_type=40', '--config.synthetic.num_users=30',
-         '--config.synthetic.num_queries=5', '--config.sid.k=6', '--config.sid.levels=2',
+         '--config.data.synthetic.items_per_type=40', '--config.data.synthetic.num_users=30',
+         '--config.data.synthetic.num_queries=5', '--config.sid.k=6', '--config.sid.levels=2',
          *args]
   out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
@@ -30,7 +30,7 @@ def run(workdir, *args):
 
 def test_build_sids_synthetic_and_npy(tmp_path):
   w = tmp_path / 'w'
-  res = run(w, '--dataset=synthetic', '--encoder=tfidf')
+  res = run(w, '--dataset=synthetic', '--config.sid.encoder=tfidf')
   sid_map = builder.load_sid_map(w / 'sids' / 'sid_map')
   assert res['unreachable_items'] == 0 and sid_map.reachable().all()
   assert res['num_items'] == len(sid_map) == 40 * len(sid_map.type_names)
@@ -50,7 +50,7 @@ def test_build_sids_synthetic_and_npy(tmp_path):
   # The user's own embeddings, and the atomic ablation.
   emb = np.random.default_rng(0).normal(size=(len(sid_map), 8)).astype(np.float32)
   np.save(tmp_path / 'emb.npy', emb)
-  res2 = run(tmp_path / 'w2', '--dataset=synthetic', f'--encoder=npy:{tmp_path}/emb.npy',
+  res2 = run(tmp_path / 'w2', '--dataset=synthetic', f'--config.sid.encoder=npy:{tmp_path}/emb.npy',
              '--config.sid.method=atomic')
   assert res2['num_levels'] == 1 and res2['collision_rate'] == 0
   assert res2['encoder'].startswith('npy(')

@@ -313,14 +313,15 @@ def test_items_per_type_overrides_counts():
 def test_make_synthetic_entry_point(tmp_path):
   out = tmp_path / 'made'
   result = subprocess.run(
-      [sys.executable, '-m', 'experiments.make_synthetic', f'--out={out}', '--num_items=100',
+      [sys.executable, '-m', 'experiments.make_synthetic', f'--workdir={out}', '--num_items=100',
        '--num_users=30', '--num_queries=7', '--num_topics=5', '--types=movie,book,game',
        '--seed=2'],
       cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=True)
   lines = result.stdout.strip().splitlines()
   assert any('items/s' in line for line in lines[:-1])
   summary = json.loads(lines[-1])
-  loaded = io.load_dataset(out)
+  loaded = io.load_dataset(out / 'data')
+  assert summary == json.loads((out / 'result.json').read_text())
   assert summary['num_items'] == len(loaded.catalog) == 100
   assert loaded.catalog.type_names == ('book', 'game', 'movie')
   assert np.bincount(loaded.catalog.type_index).tolist() == [33, 33, 34]  # movie gets the +1

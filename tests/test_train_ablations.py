@@ -12,7 +12,8 @@ from flax import nnx
 
 from experiments.configs import ablation_no_grounding, ablation_random_init
 from experiments.configs import ablation_stages_merged, quickstart, quickstart_smollm2
-from neo_jax.run import stages as pipeline
+from neo_jax.run import experiment
+from neo_jax.run import stages
 from neo_jax.model import backbones, lora
 from neo_jax.model.config import get_config
 from test_quickstart import TINY
@@ -50,7 +51,7 @@ def test_random_init_builds_the_backbone_shape_without_reading_its_weights(monke
   cfg = ablation_random_init.get_config()
   cfg.model.param_dtype = cfg.model.dtype = 'bfloat16'  # half the memory, same shape
   tok = types.SimpleNamespace(text_vocab_size=49152, vocab_size=49152 + 40)
-  model = pipeline.build_model(cfg, tok)
+  model = stages.build_model(cfg, tok)
   preset = get_config('smollm2-135m')
   for field in ('d_model', 'num_layers', 'num_heads', 'num_kv_heads', 'head_dim', 'mlp_dim',
                 'tie_embeddings'):
@@ -67,26 +68,27 @@ def test_pipeline_training_with_mixture_validation_best_and_lora(tmp_path):
     for p in parents:
       node = node[p]
     node[leaf] = value
-  cfg.data.source = 'synthetic'
+  cfg.data.dataset = 'synthetic'
   cfg.grounding.steps, cfg.capability.steps = 2, 4
   cfg.capability.eval_every = 2
   cfg.capability.lora_rank, cfg.capability.lora_alpha = 2, 4.0
-  cfg.tasks.mixture = ml_collections.ConfigDict(dict(
-      recommend=2, search=1, user_summary=0, sid_to_text=1, text_to_sid=1, sid_to_type=0,
-      history=0))
+  cfg.tasks.mixture = ('recommend:2,search:1,user_summary:0,sid_to_text:1,text_to_sid:1,'
+                       'sid_to_type:0,history:0')
   cfg.train.valid_requests = 4
   cfg.train.best_metric = 'valid/recommend/recall@10'
   cfg.train.restore_best = True
   lines = []
-  art, _, facts = pipeline.run_training(cfg, str(tmp_path), log=lines.append)
-  assert not lora.has_lora(art.model) and not nnx.state(art.model, lora.LoRAParam)
+  cfg, art, guard, _ = experiment.prepare(cfg, str(tmp_path), lines.append)
+  model, facts = experiment.train_neo('neo_multi', cfg, art, guard, str(tmp_path), lines.append)
+  facts = {k.replace('neo_multi/train/', 'train/'): v for k, v in facts.items()}
+  assert not lora.has_lora(model) and not nnx.state(model, lora.LoRAParam)
   assert 'train/capability_examples/user_summary' not in facts
   assert 'train/capability_examples/sid_to_type' not in facts
   rec = facts['train/capability_examples/recommend']
   assert abs(rec - 2 * facts['train/capability_examples/search']) <= 1
   assert facts['train/valid_examples'] > 0
   assert any('LoRA rank 2' in l for l in lines)
-  records = [json.loads(l) for l in open(tmp_path / 'logs' / 'capability.jsonl')]
+  records = [json.loads(l) for l in open(tmp_path / 'neo_multi' / 'logs' / 'capability.jsonl')]
   valid = [r for r in records if 'valid/recommend/recall@10' in r]
   assert [r['step'] for r in valid] == [2, 4]
   values = [r['valid/recommend/recall@10'] for r in valid]

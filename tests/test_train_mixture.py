@@ -2,11 +2,11 @@
 
 import collections
 
-import ml_collections
 import pytest
 
 from experiments.configs import quickstart
-from neo_jax.run import stages as pipeline
+from neo_jax.run import config as config_lib
+from neo_jax.run import training
 from neo_jax.tasks.types import Example
 from neo_jax.train import mixture
 
@@ -64,7 +64,7 @@ def _cfg(**train):
   c = quickstart.get_config()
   c.grounding.steps, c.capability.steps = 5, 7
   c.train.update(train)
-  return c
+  return config_lib.validate(c)
 
 
 def _stage_examples():
@@ -76,9 +76,8 @@ def _stage_examples():
 
 def test_stage_plan_applies_the_mixture_to_the_capability_stage_only():
   c = _cfg()
-  c.tasks.mixture = ml_collections.ConfigDict(dict(
-      recommend=1, search=1, sid_to_text=0, text_to_sid=0))
-  plan = pipeline.stage_plan(c, _stage_examples())
+  c.tasks.mixture = 'recommend:1,search:1,sid_to_text:0,text_to_sid:0'
+  plan = training.stage_plan(c, _stage_examples())
   assert [p[0] for p in plan] == ['grounding', 'capability']
   assert len(plan[0][1]) == 9
   assert collections.Counter(e.task for e in plan[1][1]) == {'recommend': 4, 'search': 4}
@@ -86,7 +85,7 @@ def test_stage_plan_applies_the_mixture_to_the_capability_stage_only():
 
 def test_merge_stages_puts_both_stages_examples_in_one_stage():
   exs = _stage_examples()
-  plan = pipeline.stage_plan(_cfg(merge_stages=True), exs)
+  plan = training.stage_plan(_cfg(merge_stages=True), exs)
   assert [p[0] for p in plan] == ['capability']
   name, merged, scfg = plan[0]
   assert scfg.steps == 12 and scfg.learning_rate == quickstart.get_config().capability.learning_rate
@@ -95,4 +94,4 @@ def test_merge_stages_puts_both_stages_examples_in_one_stage():
                                             key=repr)
   no_grounding = _cfg()
   no_grounding.grounding.steps = 0
-  assert [p[0] for p in pipeline.stage_plan(no_grounding, exs)] == ['capability']
+  assert [p[0] for p in training.stage_plan(no_grounding, exs)] == ['capability']

@@ -9,7 +9,7 @@ import time
 
 from test_quickstart import REPO, TINY
 
-OVERRIDES = dict(TINY, **{'data.source': 'synthetic', 'capability.steps': 60,
+OVERRIDES = dict(TINY, **{'data.dataset': 'synthetic', 'capability.steps': 60,
                           'capability.checkpoint_every': 10,
                           'capability.log_every': 10})
 
@@ -31,7 +31,7 @@ def test_sigkill_then_rerun_reaches_the_same_final_loss(tmp_path):
   killed = tmp_path / 'killed'
   proc = subprocess.Popen(_cmd(killed), cwd=REPO, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
-  first_ckpt = killed / 'checkpoints' / 'capability' / '10'
+  first_ckpt = killed / 'neo_multi' / 'checkpoints' / 'capability' / '10'
   deadline = time.time() + 500
   while not first_ckpt.exists() and proc.poll() is None and time.time() < deadline:
     time.sleep(0.05)
@@ -41,9 +41,10 @@ def test_sigkill_then_rerun_reaches_the_same_final_loss(tmp_path):
   assert not (killed / 'result.json').exists()
 
   out, resumed = _run(killed)
-  assert '[grounding] resumed from step 3' in out  # finished before the kill
-  step = int(out.split('[capability] resumed from step ')[1].split()[0])
+  assert 'neo_multi [grounding] resumed from step 3' in out  # finished before the kill
+  step = int(out.split('neo_multi [capability] resumed from step ')[1].split()[0])
   assert 10 <= step < 60
-  assert resumed['train/capability_resumed_from_step'] == step
+  assert resumed['neo_multi/train/capability_resumed_from_step'] == step
   assert resumed['final_loss'] == straight['final_loss']
-  assert resumed['train/grounding_final_loss'] == straight['train/grounding_final_loss']
+  assert (resumed['neo_multi/train/grounding_final_loss']
+          == straight['neo_multi/train/grounding_final_loss'])

@@ -1,6 +1,7 @@
 """Validation during training: the validation loss, the best checkpoint kept and restored,
 and validation examples disjoint from training."""
 
+import dataclasses
 import json
 
 import jax.numpy as jnp
@@ -8,7 +9,7 @@ import numpy as np
 from flax import nnx
 
 from experiments.configs import quickstart
-from neo_jax.run import stages as pipeline
+from neo_jax.run import training
 from neo_jax.catalog.splits import leave_one_out
 from neo_jax.catalog.types import Dataset, Interactions
 from neo_jax.tasks.suite import build_task_examples
@@ -47,11 +48,11 @@ def test_best_checkpoint_by_an_eval_metric_is_kept_and_restored(tmp_path):
 
   model = _model()
   valid = _data(rows=6, seed=1)  # 6 rows, batch 4: the last batch is padded
-  cfg = _cfg(6)
-  cfg.eval_every = 1
+  cfg = dataclasses.replace(_cfg(6), eval_every=1)
   summary = loop.train_stage(model, _data(), cfg, name='c', workdir=str(tmp_path),
                              log=lambda s: None, valid_data=valid, eval_fn=eval_fn,
-                             best_metric='valid/score', restore_best=True, keep_last=2)
+                             checkpoints=loop.CheckpointPolicy(best_metric='valid/score',
+                                                               restore_best=True, keep_last=2))
   assert summary['best_step'] == 2 and summary['best_value'] == 0.5
   assert summary['restored_best']
   final = _flat(model)
@@ -76,7 +77,8 @@ def test_best_checkpoint_by_an_eval_metric_is_kept_and_restored(tmp_path):
 
   # valid/loss, min: the best is the step of the smallest logged validation loss.
   model2 = _model()
-  cfg.steps, cfg.eval_every, cfg.learning_rate = 4, 1, 0.3  # big steps: a non-monotone loss
+  # Big steps: a non-monotone loss.
+  cfg = dataclasses.replace(cfg, steps=4, eval_every=1, learning_rate=0.3)
   s2 = loop.train_stage(model2, _data(), cfg, name='d', workdir=str(tmp_path),
                         log=lambda s: None, valid_data=valid)
   losses = [json.loads(l)['valid/loss'] for l in open(tmp_path / 'logs' / 'd.jsonl')
@@ -96,13 +98,13 @@ def test_validation_examples_are_disjoint_from_training():
                            query_valid_fraction=0.2, seed=0)
   examples = {'grounding': te.grounding, 'capability': te.capability, **te.eval}
   cfg = quickstart.get_config()
-  plan = pipeline.stage_plan(cfg, examples)
-  training = [e for _, exs, _ in plan for e in exs]
-  valid, dropped = pipeline.validation_examples(examples, training)
+  plan = training.stage_plan(cfg, examples)
+  trained = [e for _, exs, _ in plan for e in exs]
+  valid, dropped = training.validation_examples(examples, trained)
   assert valid and dropped == 0
-  pairs = {(e.prompt, e.completion) for e in training}
+  pairs = {(e.prompt, e.completion) for e in trained}
   assert not any((e.prompt, e.completion) in pairs for e in valid)
   assert {e.task for e in valid} <= {'recommend', 'search'}
   # A validation example that equals a training one is dropped and counted.
-  valid2, dropped2 = pipeline.validation_examples(examples, training + valid[:3])
+  valid2, dropped2 = training.validation_examples(examples, trained + valid[:3])
   assert dropped2 == 3 and valid2 == valid[3:]

@@ -30,7 +30,7 @@ from typing import Any
 from absl import app
 from absl import flags
 
-from experiments import report
+from neo_jax.run import rundir
 
 FLAGS = flags.FLAGS
 
@@ -278,7 +278,7 @@ def main(argv):
     flat[f'{name}/seconds'] = r['seconds']
     for k, v in (key_figures(name, r['result']).items() if r['ok'] else ()):
       flat[f'{name}/{k}'] = v
-  report.write_result(workdir, flat)
+  rundir.write_result(workdir, flat)
   print(text)
   print(json.dumps(flat, sort_keys=True))
   if flat['failed']:

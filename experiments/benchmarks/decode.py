@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from experiments import report
+from neo_jax.run import rundir
 from neo_jax.decode.beam_search import sid_beam_search, vocab_beam_search
 from neo_jax.decode.cache import left_pad
 from neo_jax.decode.generate import GenerateSettings, generate
@@ -403,7 +403,7 @@ def main(argv):
     figures = run_preset(preset, settings[preset], sid_map, trie, keys)
     result.update(figures if i == 0 else {f'{preset}.{k}': v for k, v in figures.items()})
   if _WORKDIR.value:
-    report.write_result(_WORKDIR.value, result)
+    rundir.write_result(_WORKDIR.value, result)
   print(json.dumps(result))
 
 

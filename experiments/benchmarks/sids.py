@@ -28,7 +28,7 @@ from absl import flags
 import jax
 import numpy as np
 
-from experiments import report
+from neo_jax.run import rundir
 from neo_jax.sid import kmeans as km
 from neo_jax.sid import stream_kmeans as sk
 
@@ -106,7 +106,7 @@ def main(argv):
   }
   result.update({k: v for k, v in info.items() if k.startswith(('mse_l', 'utilisation_l'))})
   if _WORKDIR.value:
-    report.write_result(_WORKDIR.value, result)
+    rundir.write_result(_WORKDIR.value, result)
   print(json.dumps(result))
 
 

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from experiments import report
+from neo_jax.run import rundir
 from neo_jax.model.config import get_config
 from neo_jax.model.decoder import Decoder
 from neo_jax.train import loop
@@ -152,7 +152,7 @@ def main(argv):
       result[f'{name}/{k}'] = v
     result[f'{name}/mfu'] = mfu
   if _WORKDIR.value:
-    report.write_result(_WORKDIR.value, result)
+    rundir.write_result(_WORKDIR.value, result)
   print(json.dumps(result))
 
 

@@ -26,7 +26,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.grounding.update(dict(steps=4, warmup_steps=1, log_every=2))
   c.capability.update(dict(steps=8, warmup_steps=2, log_every=4))
   c.eval.update(dict(num_beams=10, max_requests=20, batch_size=20))
-  c.experiment.update(dict(baselines=('popularity', 'bm25'), valid_requests=20,
-                           steer_requests=2, steer_beams=4, understanding_requests=4,
-                           max_new_tokens=16))
+  c.experiment.update(dict(baselines=('popularity', 'bm25'), steer_requests=2, steer_beams=4,
+                           understanding_requests=4, max_new_tokens=16))
   return c

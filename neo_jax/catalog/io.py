@@ -1,4 +1,4 @@
-"""Reading and writing the generic dataset directory (ARCHITECTURE.md, "Data contracts").
+"""Reading and writing the generic dataset directory (neo_jax/ARCHITECTURE.md, "Data contracts").
 
 A dataset directory holds:
   items.jsonl         one object per line: `id` (str, unique), `type` (str, [A-Za-z0-9_-]+),

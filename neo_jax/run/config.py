@@ -334,8 +334,6 @@ SCHEMA = Section('a NEO run', {
                                 state=False),
         'ablations': Field((), 'NEO ablations (' + ', '.join(ABLATIONS) + ')',
                            check=_names_of(ABLATIONS), state=False),
-        'valid_requests': Field(300, 'validation requests the baselines are tuned on',
-                                check=_at_least(0), state=False),
         'neo_valid_requests': Field(0, 'validation requests NEO-multi is scored on (reported)',
                                     check=_at_least(0), state=False),
         'steer_requests': Field(20, 'requests of the type/format steerability measures',

@@ -30,7 +30,6 @@ from typing import Any, Callable
 
 import ml_collections
 import numpy as np
-from flax import nnx
 
 from neo_jax.baselines import registry as baselines_lib
 from neo_jax.catalog.types import Query
@@ -149,7 +148,7 @@ class Rankers:
       ranker = NEORanker(model, art.tokenizer, art.trie, prompt_len=self.cfg.train.seq_len - 8,
                          batch_size=self.cfg.eval.batch_size)
       self._by_art[id(art)] = ranker
-    ranker.graphdef, ranker.state = nnx.split(model)
+    ranker.set_model(model)
     return ranker
 
 
@@ -209,7 +208,7 @@ def fit_baselines(cfg, art, guard, workdir, log):
   if e.tune_baselines:
     valid_queries = [Query(builders.query_of(x), tuple(x.target_items))
                      for x in guard.examples('search_valid', 'baselines/tune')]
-    validator = Validator(art.dataset.catalog, view.valid, valid_queries, seed=cfg.seed)
+    validator = Validator(art.dataset.catalog, view.valid, valid_queries)
   args = {name: dict(a) for name, a in cfg.baseline_args.to_dict().items()}
   return baselines_lib.fit_baselines(e.baselines, args, art.dataset, view, validator, log,
                                      cache_root=os.path.join(workdir, 'baselines'),

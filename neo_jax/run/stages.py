@@ -135,7 +135,9 @@ def build_sids(cfg: ml_collections.ConfigDict, ds: Dataset, split: Split, workdi
   emb_NxD, encoder_name = emb if emb is not None else embed_items(cfg, ds, split)
   s = cfg.sid
   sid_map, report = sid_job.build_and_save(
-      ds.catalog, emb_NxD, os.path.join(workdir, 'sids'), s.to_dict(),
+      ds.catalog, emb_NxD, os.path.join(workdir, 'sids'), levels=s.levels, k=s.k,
+      collision=s.collision, iters=s.iters, method=s.method, tol=s.tol,
+      batch_size=s.batch_size, minibatch=s.minibatch, shard=s.shard,
       popularity=_popularity(ds, s.popularity, list(split.train.values())),
       encoder_name=encoder_name, seed=cfg.seed)
   log(f'sids: {encoder_name} embeddings, {sid_map.num_levels} levels, sizes '

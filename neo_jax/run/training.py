@@ -116,7 +116,7 @@ def make_recall_eval_fn(cfg: ml_collections.ConfigDict, tok: Tokenizer, sid_map:
       holder['ranker'] = NEORanker(model, tok, trie, prompt_len=cfg.train.seq_len - 8,
                                    batch_size=cfg.eval.batch_size)
     ranker = holder['ranker']
-    ranker.graphdef, ranker.state = nnx.split(model)
+    ranker.set_model(model)
     items, _ = ranker.rank(prompts_, types, num_beams=k)
     found = metrics.ranking_metrics(items, relevant, (k,))
     return {f'recommend/{m}': float(v) for m, v in found.items()}
@@ -184,6 +184,9 @@ def train(cfg: ml_collections.ConfigDict, model: Decoder, tok: Tokenizer,
   if eval_requests and sid_map is None:
     raise ValueError('train.valid_requests > 0 needs the SID map (sid_map=...)')
   mesh = train_mesh(cfg)
+  policy = loop.CheckpointPolicy(best_metric=tcfg.best_metric, best_mode=tcfg.best_mode or None,
+                                 restore_best=tcfg.restore_best,
+                                 keep_last=tcfg.keep_checkpoints)
   for stage, stage_examples, scfg in plan:
     counts = mixture_lib.task_counts(stage_examples)
     log(f'[{stage}] examples by task: ' + ', '.join(f'{t} {n}' for t, n in counts.items()))
@@ -198,10 +201,9 @@ def train(cfg: ml_collections.ConfigDict, model: Decoder, tok: Tokenizer,
     eval_fn = (make_recall_eval_fn(cfg, tok, sid_map, eval_requests)
                if evaluated and eval_requests else None)
     summary = loop.train_stage(
-        model, data, scfg, name=stage, workdir=run_dir, update_mask=mask, mesh=mesh, log=log,
-        valid_data=valid_data if evaluated else None, eval_fn=eval_fn,
-        best_metric=tcfg.best_metric, best_mode=tcfg.best_mode or None,
-        restore_best=tcfg.restore_best, keep_last=tcfg.keep_checkpoints, trainable=trainable)
+        model, data, loop.StageSettings.from_dict(scfg), name=stage, workdir=run_dir,
+        update_mask=mask, mesh=mesh, log=log, valid_data=valid_data if evaluated else None,
+        eval_fn=eval_fn, trainable=trainable, checkpoints=policy)
     if rank > 0:
       lora.merge_lora(model)
     out.update({f'{stage}_{k}': v for k, v in summary.items()})
