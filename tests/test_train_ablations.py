@@ -5,6 +5,7 @@ and LoRA wired together."""
 import json
 import types
 
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from experiments.configs import ablation_no_grounding, ablation_random_init
 from experiments.configs import ablation_stages_merged, quickstart, quickstart_smollm2
 from neo_jax.run import experiment
 from neo_jax.run import stages
+from neo_jax.run import workdir as workdir_lib
 from neo_jax.model import backbones, lora
 from neo_jax.model.config import get_config
 from test_quickstart import TINY
@@ -97,3 +99,10 @@ def test_pipeline_training_with_mixture_validation_best_and_lora(tmp_path):
   assert facts['train/capability_best_value'] == max(values)
   assert values[[2, 4].index(best)] == max(values)
   assert np.isfinite(facts['train/capability_final_loss'])
+  # The reloaded run is the model the stage ended with (the restored best), not its last step.
+  run = workdir_lib.load_run(str(tmp_path))
+  assert (run.stage, run.step) == ('capability', facts['train/capability_model_step'])
+  assert run.step == (best if facts['train/capability_restored_best'] else 4)
+  tokens = jnp.asarray([[art.tokenizer.bos_id, 5, 6, 7]], jnp.int32)
+  np.testing.assert_array_equal(np.asarray(run.artifacts.model(tokens)),
+                                np.asarray(model(tokens)))

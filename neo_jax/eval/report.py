@@ -32,7 +32,7 @@ Every read of evaluation data went through a guard that logs which stage read wh
 (`split_access.json`) and refuses test reads before the final evaluation. NEO models are
 trained on training examples only (checkpoint: the training loop's choice, on training or
 validation data only). Baselines are fitted on the split with its test targets removed and
-their hyperparameters chosen by NDCG@10 on validation requests. The test split is read once,
+{tuning}. The test split is read once,
 in the final evaluation: full ranking over the whole catalog (no sampled negatives), each
 request restricted to its target's entity type for every system alike.
 """
@@ -245,7 +245,10 @@ def write_report(workdir: str, result: dict[str, Any]) -> str:
   os.makedirs(workdir, exist_ok=True)
   lines = [f'# NEO experiment: {result.get("dataset", "?")}', '']
   lines += [results_markdown(result), '## Targets', '', targets_markdown(result), '',
-            '## Protocol', '', PROTOCOL]
+            '## Protocol', '', PROTOCOL.format(tuning=(
+                'their hyperparameters chosen by NDCG@10 on validation requests'
+                if result.get('baselines_tuned', True) else
+                'keep their default hyperparameters (experiment.tune_baselines=False)'))]
   timings = [k for k in sorted(result) if k.startswith('seconds/')]
   if timings:
     lines += ['## Time', '', '| part | wall seconds | CPU seconds (all threads) |',

@@ -375,6 +375,7 @@ def run_experiment(cfg: ml_collections.ConfigDict, workdir: str, log: Log = prin
     return rundir.json_safe(result), []
   fitted, facts = fit_baselines(cfg, art, guard, workdir, log)
   result.update(facts)
+  result['baselines_tuned'] = bool(cfg.experiment.tune_baselines)
   beams = max(int(cfg.eval.num_beams), max(cfg.eval.ks))
   rankers = Rankers(cfg)
   result.update(neo_validation(cfg, rankers(models[MAIN_RUN], art), art, guard, beams))

@@ -67,24 +67,36 @@ def stage_plan(cfg: ml_collections.ConfigDict, examples: dict[str, list[Example]
   if cfg.train.merge_stages:
     seen = set(capability)
     capability += [e for e in grounding if e not in seen]
+    plan = [('capability', mixture_lib.apply_mixture(capability, mixture, cfg.seed))]
+  else:
+    plan = [('grounding', grounding),
+            ('capability', mixture_lib.apply_mixture(capability, mixture, cfg.seed))]
+  names = stage_names(cfg)
+  return [(name, exs, stage_config(cfg, name)) for name, exs in plan if name in names]
+
+
+def stage_names(cfg: ml_collections.ConfigDict) -> list[str]:
+  """The stages that train, in order (a stage of 0 steps is left out)."""
+  names = ('capability',) if cfg.train.merge_stages else STAGES
+  return [n for n in names if int(stage_config(cfg, n).steps) > 0]
+
+
+def stage_config(cfg: ml_collections.ConfigDict, stage: str) -> ml_collections.ConfigDict:
+  """The config section a stage trains with: `cfg.<stage>`, or with merged stages the
+  capability section for the steps of both."""
+  if cfg.train.merge_stages and stage == 'capability':
     scfg = ml_collections.ConfigDict(cfg.capability.to_dict())
     scfg.steps = int(cfg.grounding.steps) + int(cfg.capability.steps)
-    plan = [('capability', mixture_lib.apply_mixture(capability, mixture, cfg.seed), scfg)]
-  else:
-    plan = [('grounding', grounding, cfg.grounding),
-            ('capability', mixture_lib.apply_mixture(capability, mixture, cfg.seed),
-             cfg.capability)]
-  return [(name, exs, scfg) for name, exs, scfg in plan if int(scfg.steps) > 0]
+    return scfg
+  return cfg[stage]
 
 
 def last_stage(cfg: ml_collections.ConfigDict) -> tuple[str, int]:
   """(name, steps) of the stage whose final checkpoint is the trained model."""
-  if cfg.train.merge_stages:
-    return 'capability', int(cfg.grounding.steps) + int(cfg.capability.steps)
-  stages = [s for s in STAGES if int(cfg[s].steps) > 0]
+  stages = stage_names(cfg)
   if not stages:
     raise ValueError('no training stage: grounding.steps and capability.steps are both 0')
-  return stages[-1], int(cfg[stages[-1]].steps)
+  return stages[-1], int(stage_config(cfg, stages[-1]).steps)
 
 
 def validation_examples(examples: dict[str, list[Example]],
@@ -146,16 +158,32 @@ def _validation(cfg, examples, plan, tok, log, out):
   return valid_data, requests
 
 
+def lora_settings(stage: str, scfg: ml_collections.ConfigDict) -> tuple[int, float]:
+  """(rank, alpha) of a stage's LoRA adapters; rank 0: full fine-tuning (the grounding stage
+  never has adapters; lora_alpha 0 means 2 x rank)."""
+  rank = int(scfg.lora_rank) if stage == 'capability' and 'lora_rank' in scfg else 0
+  return rank, float(scfg.lora_alpha or 2 * rank) if rank > 0 else 0.0
+
+
+def apply_stage_lora(model: Decoder, stage: str, scfg: ml_collections.ConfigDict, seed: int
+                     ) -> int:
+  """Adds the stage's LoRA adapters to `model` (what its checkpoints hold); returns the rank
+  (0: none added)."""
+  rank, alpha = lora_settings(stage, scfg)
+  if rank > 0:
+    lora.apply_lora(model, rank, alpha, seed=seed + 2)
+  return rank
+
+
 def _trainable(stage, scfg, model, tok, seed, log):
   """(update mask, trainable filter, LoRA rank) of a stage: grounding trains the SID rows only;
   capability everything, or with lora_rank > 0 LoRA adapters on every attention and MLP
   projection plus the SID rows (merged into the weights after the stage)."""
   mask = vocab_lib.sid_row_mask(model, tok.text_vocab_size) if stage == 'grounding' else None
-  rank = int(scfg.lora_rank) if stage == 'capability' and 'lora_rank' in scfg else 0
+  rank = apply_stage_lora(model, stage, scfg, seed)
   if rank <= 0:
     return mask, nnx.Param, 0
-  alpha = float(scfg.lora_alpha or 2 * rank)  # 0: 2 x rank
-  lora.apply_lora(model, rank, alpha, seed=seed + 2)
+  alpha = lora_settings(stage, scfg)[1]
   adapters = nnx.to_flat_state(nnx.state(model, lora.LoRAParam))
   log(f'[{stage}] LoRA rank {rank}, alpha {alpha}: '
       f'{sum(v.get_value().size for _, v in adapters):,} adapter parameters')

@@ -37,6 +37,7 @@ from flax import nnx
 
 from neo_jax.catalog.splits import make_split
 from neo_jax.decode.trie import SIDTrie
+from neo_jax.model import lora
 from neo_jax.run import config as config_lib
 from neo_jax.run import rundir
 from neo_jax.run import stages
@@ -153,8 +154,8 @@ def _checkpoint_steps(ckpt_dir: str) -> list[int]:
 
 
 def final_checkpoint(run_dir: str, cfg: ml_collections.ConfigDict) -> tuple[str, int]:
-  """(stage, step) of the trained model: the last stage's final step (or, when the stage
-  validated and `train.restore_best` is set, the step of its summary's best checkpoint).
+  """(stage, step) of the trained model: the last stage's final step, or the best checkpoint
+  when the stage restored it (`train.restore_best`).
 
   Raises:
     WorkdirError: that stage has no checkpoint, or training stopped before its last step.
@@ -172,17 +173,22 @@ def final_checkpoint(run_dir: str, cfg: ml_collections.ConfigDict) -> tuple[str,
     raise WorkdirError(f'{ckpt_dir}: training of stage {stage!r} stopped at step {have[-1]} of '
                        f'{steps} (rerun the command that trained it with the same --workdir '
                        'to resume and finish it)')
-  best = _best_step(ckpt_dir) if cfg.train.restore_best else None
-  return stage, best if best is not None else steps
+  return stage, _model_step(ckpt_dir, steps)
 
 
-def _best_step(ckpt_dir: str) -> int | None:
+def _model_step(ckpt_dir: str, steps: int) -> int:
+  """The checkpoint the trained model ended its stage with: the last step, or the best one
+  when the stage restored it (`model_step` of the stage's summary.json)."""
   path = os.path.join(ckpt_dir, 'summary.json')
   if not os.path.exists(path):
-    return None
+    raise WorkdirError(f'{path}: missing; the stage did not finish writing its summary (rerun '
+                       'the command that trained it with the same --workdir)')
   with open(path) as f:
-    step = json.load(f).get('best_step', -1)
-  return int(step) if step is not None and int(step) >= 0 else None
+    step = int(json.load(f).get('model_step', steps))
+  if not os.path.exists(os.path.join(ckpt_dir, str(step), 'default')):
+    raise WorkdirError(f'{ckpt_dir}/{step}: the checkpoint the model ended its stage with is '
+                       'missing')
+  return step
 
 
 def _path_name(path) -> str:
@@ -197,11 +203,13 @@ def _path_name(path) -> str:
   return '/'.join(parts)
 
 
-def restore_params(model: nnx.Module, ckpt_dir: str, step: int) -> None:
-  """Loads the parameters saved at `ckpt_dir/<step>` (as `train.loop` saves them) into `model`
-  in place. The checkpoint's parameter tree must be exactly the model's (names and shapes):
-  a parameter the checkpoint has and the model lacks would otherwise be dropped unseen."""
-  _, params, _ = nnx.split(model, nnx.Param, ...)
+def restore_params(model: nnx.Module, ckpt_dir: str, step: int, trained: Any = nnx.Param
+                   ) -> None:
+  """Loads the parameters saved at `ckpt_dir/<step>` (as `train.loop` saves them: the ones the
+  stage trained, `trained` an nnx filter) into `model` in place. The checkpoint's parameter
+  tree must be exactly the model's `trained` part (names and shapes): a parameter the
+  checkpoint has and the model lacks would otherwise be dropped unseen."""
+  _, params, _ = nnx.split(model, trained, ...)
   with _absl_errors_only():
     manager = ocp.CheckpointManager(os.path.abspath(ckpt_dir),
                                     options=ocp.CheckpointManagerOptions(read_only=True),
@@ -231,6 +239,28 @@ def restore_params(model: nnx.Module, ckpt_dir: str, step: int) -> None:
     finally:
       manager.close()
   nnx.update(model, restored['params'])
+
+
+def _restore_model(cfg: ml_collections.ConfigDict, tok: Tokenizer, run_dir: str, stage: str,
+                   step: int) -> nnx.Module:
+  """The trained model: the config's model with the parameters of `stage` at `step`. A LoRA
+  stage saved only what it trained (adapters, embedding and head): its frozen weights are the
+  previous stage's result (or the initial model), restored first; the adapters are merged
+  into the weights afterwards, as training did after the stage."""
+  model = stages.build_model(cfg, tok)
+  scfg = training.stage_config(cfg, stage)
+  if training.lora_settings(stage, scfg)[0] > 0:
+    before = [s for s in training.stage_names(cfg) if s != stage]
+    if before:
+      prev_dir = os.path.join(run_dir, 'checkpoints', before[-1])
+      restore_params(model, prev_dir, _model_step(prev_dir, int(cfg[before[-1]].steps)))
+    training.apply_stage_lora(model, stage, scfg, cfg.seed)
+    restore_params(model, os.path.join(run_dir, 'checkpoints', stage), step,
+                   lora.trainable_filter())
+    lora.merge_lora(model)
+  else:
+    restore_params(model, os.path.join(run_dir, 'checkpoints', stage), step)
+  return model
 
 
 def load_run(path: str, *, examples: bool = False, log: Log | None = None) -> TrainedRun:
@@ -272,8 +302,7 @@ def load_run(path: str, *, examples: bool = False, log: Log | None = None) -> Tr
                        f'the SID map ({dict(sid_map.level_sizes)})')
   log(f'tokenizer: {tok.text_vocab_size} text tokens + {tok.sid.size} SID tokens')
 
-  model = stages.build_model(cfg, tok)
-  restore_params(model, os.path.join(run_dir, 'checkpoints', stage), step)
+  model = _restore_model(cfg, tok, run_dir, stage, step)
   log(f'model: restored {stage} step {step} from {run_dir}/checkpoints/{stage}')
   trie = SIDTrie.build(sid_map, tok.sid)
   art = stages.Artifacts(ds, split, sid_map, tok, model, trie)

@@ -479,9 +479,11 @@ class _Run:
                   f'{self.policy.best_metric} {self.best_value(best_step):.4f}')
     return best_step, True
 
-  def summary(self, seconds: float) -> dict[str, float]:
+  def summary(self, seconds: float, model_step: int) -> dict[str, float]:
     """The stage's figures, written to <checkpoints>/summary.json; for a stage that had
-    finished before (no step run now), the ones written then."""
+    finished before (no step run now), the ones written then. `model_step`: the checkpoint
+    whose parameters the model ends the stage with (the best one when it was restored), what
+    a reload of the trained model must read."""
     summary_path = os.path.join(self.ckpt_dir, 'summary.json')
     steps, start = self.settings.steps, self.start
     if not self.history:  # the stage had finished before: report what it reported then
@@ -504,6 +506,7 @@ class _Run:
         'tail_mean_loss': float(np.mean([h['loss'] for h in tail])),
         'tokens_per_s': (steps - start) * self.tokens_per_step / max(seconds, 1e-9),
         'resumed_from_step': start,
+        'model_step': model_step,
         **{f'final_{k}': v for k, v in self.last_valid.items()},
     }
     tmp = summary_path + '.tmp'
@@ -573,7 +576,8 @@ def train_stage(model: nnx.Module, data: PackedData, settings: StageSettings, *,
   manager.close()
   run.logs.close()
   nnx.update(model, state.params)
-  summary = run.summary(time.perf_counter() - run.t0)
+  summary = run.summary(time.perf_counter() - run.t0,
+                        best_step if restored_best else settings.steps)
   best = {'best_step': best_step if best_step is not None else -1, 'best_value': best_value,
           'restored_best': restored_best}
   return {**summary, **best}
