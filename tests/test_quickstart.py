@@ -41,6 +41,9 @@ def test_quickstart_runs_end_to_end(tmp_path):
   assert saved['requests/recommend'] == 12
   assert saved['sid/unreachable_items'] == 0
   assert saved['popularity/status'] == saved['bm25/status'] == 'ok'
+  # The quickstart config skips the steerability and understanding measures (0 requests).
+  assert 'format_steerability' not in saved and 'summaries' not in saved
+  assert not saved['baselines_tuned']
   out = proc.stdout
   assert '| neo_multi |' in out and '| bm25 |' in out and '| popularity |' in out
   for fmt in ('ids', 'text', 'mixed'):

@@ -74,11 +74,13 @@ def _task_table(result, task: str, neo, base) -> list[str]:
   rows = [s for s in neo + base if any(f'{s}/{pre}{m}' in result for m in TABLE_METRICS)]
   if not rows:
     return []
+  # The cutoffs the run measured (eval.ks): a column no system has is left out.
+  columns = [m for m in TABLE_METRICS if any(f'{s}/{pre}{m}' in result for s in rows)]
   bests = {m: best_baseline(result, base, pre + m) for m in TABLE_METRICS}
-  head = '| system | ' + ' | '.join(TABLE_METRICS) + ' | vs best baseline (HR@10 / NDCG@10) |'
-  lines = [head, '|' + '---|' * (len(TABLE_METRICS) + 2)]
+  head = '| system | ' + ' | '.join(columns) + ' | vs best baseline (HR@10 / NDCG@10) |'
+  lines = [head, '|' + '---|' * (len(columns) + 2)]
   for s in rows:
-    cells = [_fmt(result.get(f'{s}/{pre}{m}')) for m in TABLE_METRICS]
+    cells = [_fmt(result.get(f'{s}/{pre}{m}')) for m in columns]
     if s in neo:
       vs = ' / '.join(
           rel(result.get(f'{s}/{pre}{m}'), result.get(f'{bests[m]}/{pre}{m}')) +

@@ -34,8 +34,9 @@ from neo_jax.tokenizer.sid_vocab import SIDVocab
 
 @dataclasses.dataclass(frozen=True)
 class SteerSettings:
-  """requests: recommendations re-typed / re-formatted; beams: of the type measure;
-  understanding_requests: user summaries and explanations; max_new_tokens: per generation;
+  """requests: recommendations re-typed / re-formatted (0: no steerability measure); beams:
+  of the type measure; understanding_requests: user summaries and explanations (0: none);
+  max_new_tokens: per generation;
   history_len: items a prompt shows; seed: of the request subsets."""
   requests: int
   beams: int
@@ -106,13 +107,15 @@ def steer_and_understand(ranker: NEORanker, guard: SplitGuard, catalog: Catalog,
                    for p, t in list(zip(prompts_, texts))[:n])
 
   stage = 'final/steer'
-  rec = subsample(guard.examples('rec_test', stage), s.requests, s.seed)
+  # 0 requests: the measure is skipped (subsample's 0 would mean every request).
+  rec = subsample(guard.examples('rec_test', stage), s.requests, s.seed) if s.requests else []
   by_user = {t.user_id: t.history for t in guard.targets('test', stage)}
   out = _type_steering(ranker, rec, catalog, s.beams)
   out.update(_format_steering(ranker, rec, s.max_new_tokens, keep))
   # User understanding (decoding admits every format, like every generation here: one
   # compiled program; the summary's SID spans, if any, name no attribute).
-  summ = subsample(guard.examples('summary_test', stage), s.understanding_requests, s.seed)
+  n = s.understanding_requests
+  summ = subsample(guard.examples('summary_test', stage), n, s.seed) if n else []
   if summ:
     gens = ranker.generate([x.prompt for x in summ], 'mixed', max_new_tokens=s.max_new_tokens,
                            max_items=3)
@@ -122,7 +125,7 @@ def steer_and_understand(ranker: NEORanker, guard: SplitGuard, catalog: Catalog,
     out.update(understanding.summary_understanding([g[0] for g in gens], profiles, vocab))
     keep('user_summary', [x.prompt for x in summ], [g[0] for g in gens])
   # Recsplanation faithfulness: the rationale must be true of the first item the answer names.
-  expl = subsample(guard.examples('explain_test', stage), s.understanding_requests, s.seed)
+  expl = subsample(guard.examples('explain_test', stage), n, s.seed) if n else []
   if expl:
     gens = ranker.generate([x.prompt for x in expl], 'mixed',
                            target_types=[x.target_type for x in expl],

@@ -336,11 +336,13 @@ SCHEMA = Section('a NEO run', {
                            check=_names_of(ABLATIONS), state=False),
         'neo_valid_requests': Field(0, 'validation requests NEO-multi is scored on (reported)',
                                     check=_at_least(0), state=False),
-        'steer_requests': Field(20, 'requests of the type/format steerability measures',
+        'steer_requests': Field(20, 'requests of the type/format steerability measures (0: '
+                                'not measured)',
                                 check=_at_least(0), state=False),
         'steer_beams': Field(10, 'beams of the type steerability measure', check=_at_least(1),
                              state=False),
-        'understanding_requests': Field(40, 'user-summary and explanation requests',
+        'understanding_requests': Field(40, 'user-summary and explanation requests (0: not '
+                                        'measured)',
                                         check=_at_least(0), state=False),
         'max_new_tokens': Field(48, 'generated tokens per answer at most', check=_at_least(1),
                                 state=False),
