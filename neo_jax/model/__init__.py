@@ -1,0 +1,2 @@
+"""The NNX decoder (Llama family), presets, sharding rules, checkpoint import, vocabulary
+extension and LoRA."""
