@@ -49,7 +49,9 @@ class SteerSettings:
 def _type_steering(ranker: NEORanker, rec: list[Example], catalog: Catalog, beams: int
                    ) -> dict[str, Any]:
   out: dict[str, Any] = {}
-  if len(catalog.type_names) <= 1 or not rec:
+  if not rec:  # not asked for (experiment.steer_requests=0)
+    return out
+  if len(catalog.type_names) <= 1:
     out['type_steerability'] = None
     out['type_steerability/status'] = (f'not measurable: the catalog has one entity type '
                                        f'({", ".join(catalog.type_names)})')
