@@ -86,6 +86,7 @@ def test_bad_data_is_one_line_naming_file_and_line(tmp_path):
   (d / 'interactions.csv').write_text('user_id,item_id,timestamp\nu,a,1\n')
   line = _one_line_error(_run('quickstart', f'--workdir={tmp_path / "w"}', f'--data_dir={d}'))
   assert 'items.jsonl' in line and '2' in line and 'title' in line
+  assert not (tmp_path / 'w').exists()  # bad data claims no workdir
   proc = _run('quickstart', f'--workdir={tmp_path / "w2"}', f'--data_dir={d}', '--traceback')
   assert proc.returncode == 1 and 'Traceback' in proc.stderr
   assert _one_line_error(_run('quickstart', f'--workdir={tmp_path / "w3"}',

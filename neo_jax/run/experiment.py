@@ -346,9 +346,12 @@ def prepare(cfg, workdir, log, overwrite=False):
   """Validates `cfg`, claims `workdir` for it (`rundir.claim`) and prepares the artifacts:
   (cfg, artifacts with the trie, guard, facts)."""
   cfg = config_lib.validate(cfg)
-  rundir.claim(workdir, cfg, overwrite=overwrite)
   t0 = _now()
-  art, examples, facts = stages.prepare(cfg, workdir, log, with_model=False)
+  # The user's own data is read (and every line validated) before the workdir is claimed, so
+  # that bad data leaves no recorded config behind; the built-in datasets cannot be bad.
+  ds = stages.load_data(cfg, workdir, log) if cfg.data.dataset == 'generic' else None
+  rundir.claim(workdir, cfg, overwrite=overwrite)
+  art, examples, facts = stages.prepare(cfg, workdir, log, with_model=False, dataset=ds)
   art.trie = SIDTrie.build(art.sid_map, art.tokenizer.sid)
   _record(facts, 'prepare', t0)
   guard = SplitGuard(examples, art.split, os.path.join(workdir, 'split_access.json'))

@@ -215,13 +215,14 @@ def build_model(cfg: ml_collections.ConfigDict, tok: Tokenizer) -> Decoder:
 # -- all of it ---------------------------------------------------------------------------------
 
 def prepare(cfg: ml_collections.ConfigDict, workdir: str, log: Log = print, *,
-            with_model: bool = True
+            with_model: bool = True, dataset: Dataset | None = None
             ) -> tuple[Artifacts, dict[str, list[Example]], dict[str, Any]]:
-  """Data, split, SIDs, tokenizer, examples (and the untrained model) under `workdir`.
-  Returns the artifacts, the examples and the flat facts of the build (sizes, timings)."""
+  """Data (`dataset` when the caller loaded it already), split, SIDs, tokenizer, examples (and
+  the untrained model) under `workdir`. Returns the artifacts, the examples and the flat facts
+  of the build (sizes, timings)."""
   facts: dict[str, Any] = {}
   t0 = time.perf_counter()
-  ds = load_data(cfg, workdir, log)
+  ds = dataset if dataset is not None else load_data(cfg, workdir, log)
   split, split_facts = make_split(ds.interactions, cfg.data.split)
   facts.update({f'split/{k}': v for k, v in split_facts.items()})
   facts.update({f'split/skipped/{k}': v for k, v in split.skipped.items()})
