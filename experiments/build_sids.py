@@ -22,6 +22,7 @@ import numpy as np
 
 from experiments import common
 from neo_jax.catalog.splits import make_split
+from neo_jax.run import experiment
 from neo_jax.run import rundir
 from neo_jax.run import stages
 
@@ -37,9 +38,10 @@ def main(argv):
   RUN.start(argv)
   cfg = RUN.resolved_config()
   workdir = RUN.workdir_value()
-  rundir.claim(workdir, cfg, overwrite=RUN.overwrite.value)
   t_start = time.perf_counter()
-  ds = stages.load_data(cfg, workdir, print)
+  ds = experiment.claim_workdir(cfg, workdir, print, RUN.overwrite.value)
+  if ds is None:  # a built-in dataset: built into the workdir now that it is claimed
+    ds = stages.load_data(cfg, workdir, print)
   # What 'cf' and train popularity see: the training split only.
   split, _ = make_split(ds.interactions, cfg.data.split)
   t0 = time.perf_counter()

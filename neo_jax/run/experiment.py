@@ -342,15 +342,22 @@ def final_evaluation(cfg, models, ablations, fitted, rankers, art, guard, workdi
 
 # -- the experiment ----------------------------------------------------------------------------
 
+def claim_workdir(cfg, workdir: str, log: Log, overwrite: bool = False):
+  """Claims `workdir` for `cfg` (`rundir.claim`). The user's own data (data.dataset 'generic')
+  is read, every line validated, before the workdir is claimed, so that bad data leaves no
+  recorded config behind that a corrected --data_dir would then conflict with; it is returned
+  (None for the built-in datasets, which are built into the workdir)."""
+  ds = stages.load_data(cfg, workdir, log) if cfg.data.dataset == 'generic' else None
+  rundir.claim(workdir, cfg, overwrite=overwrite)
+  return ds
+
+
 def prepare(cfg, workdir, log, overwrite=False):
   """Validates `cfg`, claims `workdir` for it (`rundir.claim`) and prepares the artifacts:
   (cfg, artifacts with the trie, guard, facts)."""
   cfg = config_lib.validate(cfg)
   t0 = _now()
-  # The user's own data is read (and every line validated) before the workdir is claimed, so
-  # that bad data leaves no recorded config behind; the built-in datasets cannot be bad.
-  ds = stages.load_data(cfg, workdir, log) if cfg.data.dataset == 'generic' else None
-  rundir.claim(workdir, cfg, overwrite=overwrite)
+  ds = claim_workdir(cfg, workdir, log, overwrite)
   art, examples, facts = stages.prepare(cfg, workdir, log, with_model=False, dataset=ds)
   art.trie = SIDTrie.build(art.sid_map, art.tokenizer.sid)
   _record(facts, 'prepare', t0)
