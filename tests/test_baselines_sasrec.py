@@ -15,12 +15,13 @@ from neo_jax.eval.validation import Validator
 N_ITEMS = 24
 
 
-def _cycle_dataset(n_users=60, length=14, seed=0):
-  """Users walk item i -> i+1 mod N from a random start (two entity types, alternating)."""
+def cycle_dataset(n_users=60, length=14, seed=0, title=lambda n: f'item {n}'):
+  """Users walk item i -> i+1 mod N from a random start (two entity types, alternating);
+  item n is titled `title(n)`. Shared with tests/test_baselines_tiger.py."""
   rng = np.random.default_rng(seed)
   cat = Catalog(ids=[f'i{n}' for n in range(N_ITEMS)], type_names=('a', 'b'),
                 type_index=(np.arange(N_ITEMS) % 2).astype(np.int32),
-                titles=[f'item {n}' for n in range(N_ITEMS)], descriptions=[''] * N_ITEMS,
+                titles=[title(n) for n in range(N_ITEMS)], descriptions=[''] * N_ITEMS,
                 tags=[()] * N_ITEMS, attributes=[{}] * N_ITEMS,
                 popularity=np.full(N_ITEMS, np.nan, np.float32))
   users, items, ts = [], [], []
@@ -86,7 +87,7 @@ def test_sasrec_is_causal():
 
 @pytest.mark.parametrize('loss', ['ce', 'bce'])
 def test_sasrec_learns_next_item_cycle(loss):
-  ds = _cycle_dataset()
+  ds = cycle_dataset()
   split = leave_one_out(ds.interactions)
   cfg = sasrec.SASRecConfig(max_len=8, stride=8, hidden=32, num_heads=2, inner=64,
                             num_blocks=2, loss=loss, batch_size=32, max_epochs=30, patience=3,
@@ -110,11 +111,11 @@ def test_sasrec_config_rejects_bad_values():
     sasrec.SASRecConfig(hidden=10, num_heads=3)
   with pytest.raises(ValueError, match='stride'):
     dataclasses.replace(sasrec.SASRecConfig(), stride=0)
-  ds = _cycle_dataset(n_users=4)
+  ds = cycle_dataset(n_users=4)
   with pytest.raises(ValueError, match='needs validation targets'):
     sasrec.SASRec().fit(ds, leave_one_out(ds.interactions),
                         validator=Validator(ds.catalog, []))
   with pytest.raises(NotImplementedError, match='does not search'):
     m = sasrec.SASRec()
-    m.catalog = _cycle_dataset().catalog
+    m.catalog = cycle_dataset().catalog
     m.rank_search(['x'], [None], 1)

@@ -4,31 +4,17 @@ import numpy as np
 import pytest
 
 from neo_jax.catalog.splits import leave_one_out
-from neo_jax.catalog.types import Catalog, Dataset, Interactions
+from neo_jax.catalog.types import Catalog
 from neo_jax.baselines import tiger
 from neo_jax.eval.validation import Validator
 from neo_jax.sid.types import SIDMap
-
-N_ITEMS = 24
+from test_baselines_sasrec import N_ITEMS, cycle_dataset
 
 
 def _cycle_dataset(n_users=60, length=12, seed=0):
   """Users walk item i -> i+1 mod N from a random start; types alternate a, b."""
-  rng = np.random.default_rng(seed)
-  cat = Catalog(ids=[f'i{n}' for n in range(N_ITEMS)], type_names=('a', 'b'),
-                type_index=(np.arange(N_ITEMS) % 2).astype(np.int32),
-                titles=[f'item number {n} {"odd" if n % 2 else "even"}' for n in range(N_ITEMS)],
-                descriptions=[''] * N_ITEMS, tags=[()] * N_ITEMS, attributes=[{}] * N_ITEMS,
-                popularity=np.full(N_ITEMS, np.nan, np.float32))
-  users, items, ts = [], [], []
-  for u in range(n_users):
-    start = rng.integers(N_ITEMS)
-    users += [u] * length
-    items += [(start + t) % N_ITEMS for t in range(length)]
-    ts += list(range(length))
-  inter = Interactions([f'u{u}' for u in range(n_users)], np.array(users, np.int32),
-                       np.array(items, np.int32), np.array(ts, np.int64))
-  return Dataset('cycle', cat, inter)
+  return cycle_dataset(n_users, length, seed,
+                       title=lambda n: f'item number {n} {"odd" if n % 2 else "even"}')
 
 
 def _sid_map():

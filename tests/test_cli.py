@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from experiments.configs import tiny
 from neo_jax.run import config as config_lib
 from neo_jax.run import rundir
 
@@ -96,8 +97,7 @@ def test_bad_data_is_one_line_naming_file_and_line(tmp_path):
 
 def test_changed_config_is_refused_with_the_difference(tmp_path):
   w = tmp_path / 'w'
-  cfg = config_lib.validate(
-      __import__('experiments.configs.tiny', fromlist=['x']).get_config())
+  cfg = config_lib.validate(tiny.get_config())
   rundir.claim(str(w), cfg)
   before = (w / 'config.json').read_text()
   line = _one_line_error(_run('quickstart', '--config=experiments/configs/tiny.py',

@@ -243,20 +243,16 @@ class SASRec(base.Baseline):
                  ) -> tuple[Any, training.TrainResult]:
     """Trains one configuration: (graphdef, the result with the kept state)."""
     graphdef, state = nnx.split(SASRecNet(num_items, cfg, nnx.Rngs(params=cfg.seed)))
-    evaluate = None
-    if validator is not None:
-      validator = validator.with_subsample(cfg.valid_max_requests, cfg.seed)
+    def install(state):
+      self.net = nnx.merge(graphdef, state)
 
-      def evaluate(state):
-        self.net = nnx.merge(graphdef, state)
-        return validator.recommend(self.rank_recommend)
-
+    evaluate, metric = training.recommend_validation(validator, cfg.valid_max_requests,
+                                                     cfg.seed, install, self.rank_recommend)
     result = training.train_early_stopping(
         self._loss_fn(cfg, graphdef, num_items), state, windows, lr=cfg.lr,
         batch_size=cfg.batch_size, seed=cfg.seed,
-        epochs=cfg.max_epochs if validator is not None else cfg.epochs_without_valid,
-        patience=cfg.patience, evaluate=evaluate,
-        metric=validator.metric if validator is not None else 'ndcg@10', deadline=deadline,
+        epochs=cfg.max_epochs if evaluate is not None else cfg.epochs_without_valid,
+        patience=cfg.patience, evaluate=evaluate, metric=metric, deadline=deadline,
         dropout_keys=True, label=f'sasrec dropout={cfg.dropout} lr={cfg.lr}', log=self.log)
     return graphdef, result
 

@@ -198,19 +198,15 @@ class TIGER(base.Baseline):
       m = msk[:, 1:]
       return jnp.sum(per * m) / jnp.maximum(jnp.sum(m), 1)
 
-    evaluate = None
-    if validator is not None:
-      validator = validator.with_subsample(cfg.valid_max_requests, cfg.seed)
+    def install(state):
+      self.model = nnx.merge(graphdef, state)
 
-      def evaluate(state):
-        self.model = nnx.merge(graphdef, state)
-        return validator.recommend(self.rank_recommend)
-
+    evaluate, metric = training.recommend_validation(validator, cfg.valid_max_requests,
+                                                     cfg.seed, install, self.rank_recommend)
     result = training.train_early_stopping(
         loss_fn, state, windows, lr=lr, batch_size=cfg.batch_size, seed=cfg.seed,
-        epochs=cfg.max_epochs if validator is not None else cfg.epochs_without_valid,
-        patience=cfg.patience, evaluate=evaluate,
-        metric=validator.metric if validator is not None else 'ndcg@10', deadline=deadline,
+        epochs=cfg.max_epochs if evaluate is not None else cfg.epochs_without_valid,
+        patience=cfg.patience, evaluate=evaluate, metric=metric, deadline=deadline,
         label=f'tiger lr={lr}', log=self.log)
     return graphdef, result
 

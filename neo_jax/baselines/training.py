@@ -56,6 +56,24 @@ def _format(record: dict[str, Any]) -> str:
                   for k, v in record.items())
 
 
+def recommend_validation(validator: Any, max_requests: int | None, seed: int,
+                         install: Callable[[Any], None], rank_fn: Callable[..., np.ndarray]
+                         ) -> tuple[Callable[[Any], dict[str, float]] | None, str]:
+  """(evaluate, metric) for `train_early_stopping` from a validator (`base.Validation`): its
+  recommendation figures over a fixed subset of `max_requests` targets drawn with `seed`,
+  after `install(state)` makes `state` the model that `rank_fn` ranks with. Without a
+  validator: (None, 'ndcg@10'), no validation."""
+  if validator is None:
+    return None, 'ndcg@10'
+  validator = validator.with_subsample(max_requests, seed)
+
+  def evaluate(state):
+    install(state)
+    return validator.recommend(rank_fn)
+
+  return evaluate, validator.metric
+
+
 def train_early_stopping(loss_fn: Callable[..., jax.Array], state: Any,
                          arrays: Sequence[np.ndarray], *, lr: float, batch_size: int, seed: int,
                          epochs: int, patience: int,

@@ -529,7 +529,3 @@ def trained_state_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[s
     if _is_state(path) and a.get(path) != b.get(path):
       out.append(f'{path}: {json.dumps(a.get(path))} -> {json.dumps(b.get(path))}')
   return out
-
-
-def to_json(cfg: ml_collections.ConfigDict) -> str:
-  return json.dumps(cfg.to_dict(), indent=1, sort_keys=True)

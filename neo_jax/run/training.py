@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import jax
 import ml_collections
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
-
-import jax
 
 from neo_jax.decode.ranker import NEORanker
 from neo_jax.decode.trie import SIDTrie

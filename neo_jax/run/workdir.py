@@ -116,13 +116,12 @@ def find_run_dir(path: str) -> tuple[str, str]:
 def load_config(directory: str) -> ml_collections.ConfigDict:
   """The validated config recorded in `directory/config.json`."""
   path = os.path.join(directory, rundir.CONFIG_FILE)
-  if not os.path.exists(path):
-    raise WorkdirError(f'{path}: missing; {directory} is not a run directory of neo_jax')
   try:
-    with open(path) as f:
-      raw = json.load(f)
-  except json.JSONDecodeError as e:
-    raise WorkdirError(f'{path}: not valid JSON ({e})') from e
+    raw = rundir.read_config(directory)
+  except rundir.RunDirError as e:
+    raise WorkdirError(str(e)) from None
+  if raw is None:
+    raise WorkdirError(f'{path}: missing; {directory} is not a run directory of neo_jax')
   try:
     return config_lib.validate(ml_collections.ConfigDict(raw))
   except config_lib.ConfigError as e:
