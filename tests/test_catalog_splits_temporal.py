@@ -29,7 +29,7 @@ def _reference(inter: Interactions, t_valid: int, t_test: int, horizon):
   events = {}
   for e in range(len(inter)):
     user = inter.user_names[int(inter.user_index[e])]
-    events.setdefault(user, []).append((int(inter.timestamp[e]), e, int(inter.item_index[e])))
+    events.setdefault(user, []).append((int(inter.timestamp[e]), int(inter.item_index[e]), e))
   train, valid, test = {}, [], []
   skipped = {'valid_targets_without_history': 0, 'test_targets_without_history': 0,
              'users_with_fewer_than_2_interactions': 0}
@@ -39,18 +39,18 @@ def _reference(inter: Interactions, t_valid: int, t_test: int, horizon):
     evs.sort()
     if len(evs) < 2:
       skipped['users_with_fewer_than_2_interactions'] += 1
-    before = [item for t, _, item in evs if t < t_valid]
+    before = [item for t, item, _ in evs if t < t_valid]
     if before:
       train[user] = before
     for out, lo, hi, key in ((valid, t_valid, valid_end, 'valid_targets_without_history'),
                              (test, t_test, test_end, 'test_targets_without_history')):
-      for k, (t, _, item) in enumerate(evs):
+      for k, (t, item, _) in enumerate(evs):
         if t >= lo:
           if t < hi:
             if k == 0:
               skipped[key] += 1
             else:
-              out.append((user, [i for _, _, i in evs[:k]], item))
+              out.append((user, [i for _, i, _ in evs[:k]], item))
           break
   return train, valid, test, {k: v for k, v in skipped.items() if v}
 
@@ -109,16 +109,116 @@ def test_temporal_cutoffs_reference(n):
 def test_make_split_specs():
   inter = _random_interactions(0)
   loo, params = make_split(inter, 'leave_one_out')
-  assert params == {} and len(loo.test) == len(leave_one_out(inter).test)
+  assert params == {'test_target_ties': loo.test_target_ties}
+  assert len(loo.test) == len(leave_one_out(inter).test)
   split, params = make_split(inter, 'temporal:0.25,0.25,3')
   t_valid, t_test = temporal_cutoffs(inter.timestamp, 0.25, 0.25)
-  assert params == {'t_valid': t_valid, 't_test': t_test, 'horizon': 3}
+  assert params == {'t_valid': t_valid, 't_test': t_test, 'horizon': 3,
+                    'test_target_ties': split.test_target_ties}
   ref = temporal_split(inter, t_valid, t_test, 3)
   assert [t.target for t in split.test] == [t.target for t in ref.test]
   assert make_split(inter, 'temporal')[1] == dict(
-      zip(('t_valid', 't_test'), temporal_cutoffs(inter.timestamp, 0.1, 0.1)))
+      zip(('t_valid', 't_test'), temporal_cutoffs(inter.timestamp, 0.1, 0.1)),
+      test_target_ties=make_split(inter, 'temporal')[0].test_target_ties)
   for bad in ('lou', 'temporal:0.5', 'temporal:a,b', 'leave_one_out:3', 'temporal:0.6,0.6'):
     with pytest.raises(ValueError):
       make_split(inter, bad)
   with pytest.raises(ValueError, match='t_valid <= t_test'):
     temporal_split(inter, 5, 4)
+
+
+def _shuffled(inter: Interactions, seed: int) -> Interactions:
+  perm = np.random.default_rng(seed).permutation(len(inter))
+  return Interactions(list(inter.user_names), inter.user_index[perm], inter.item_index[perm],
+                      inter.timestamp[perm], {k: [v[p] for p in perm] for k, v in
+                                              inter.extra.items()})
+
+
+def _as_tuples(split):
+  return ({u: s.tolist() for u, s in split.train.items()},
+          sorted((t.user_id, t.history.tolist(), t.target) for t in split.valid),
+          sorted((t.user_id, t.history.tolist(), t.target) for t in split.test),
+          split.skipped, split.test_target_ties)
+
+
+@pytest.mark.parametrize('spec', ['leave_one_out', 'temporal:0.3,0.3', 'temporal:0.2,0.2,4'])
+def test_split_does_not_depend_on_file_order(spec):
+  # Every event of a user at one time: only the tie-break orders them.
+  inter = _random_interactions(7)
+  inter.timestamp = (inter.timestamp // 4).astype(np.int64)
+  want = _as_tuples(make_split(inter, spec)[0])
+  for seed in range(4):
+    assert _as_tuples(make_split(_shuffled(inter, seed), spec)[0]) == want
+
+
+def test_test_target_ties_counted():
+  # a: last two events tie (t=5); b: no tie; c: the last event ties with the one after the
+  # validation target only (not counted); d: too short to evaluate.
+  inter = Interactions(
+      user_names=['a', 'b', 'c', 'd'],
+      user_index=np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 3], np.int32),
+      item_index=np.array([9, 3, 1, 4, 5, 6, 1, 2, 3, 4, 7], np.int32),
+      timestamp=np.array([1, 5, 5, 1, 2, 3, 1, 2, 2, 3, 0], np.int64))
+  split, params = make_split(inter, 'leave_one_out')
+  assert params['test_target_ties'] == split.test_target_ties == 1
+  # a's tied events are ordered by catalog row: 1 (validation) before 3 (test).
+  assert [(t.user_id, t.target) for t in split.test] == [('a', 3), ('b', 6), ('c', 4)]
+  assert [(t.user_id, t.target) for t in split.valid] == [('a', 1), ('b', 5), ('c', 3)]
+  # Temporal: a tie at the test cutoff decides the target when two events share its time.
+  inter = Interactions(
+      user_names=['a', 'b'], user_index=np.array([0, 0, 0, 1, 1, 1], np.int32),
+      item_index=np.array([5, 8, 2, 1, 2, 3], np.int32),
+      timestamp=np.array([1, 10, 10, 1, 10, 11], np.int64))
+  split = temporal_split(inter, 5, 10)
+  assert split.test_target_ties == 1
+  assert [(t.user_id, t.target) for t in split.test] == [('a', 2), ('b', 2)]
+
+
+@pytest.mark.parametrize('spec', ['leave_one_out', 'temporal:0.3,0.2'])
+def test_train_interactions_hold_exactly_the_training_events(spec):
+  from neo_jax.catalog.splits import train_interactions, user_sequences
+  inter = _random_interactions(3)
+  inter.extra = {'rating': [str(e) for e in range(len(inter))]}
+  split, _ = make_split(inter, spec)
+  sub = train_interactions(inter, split)
+  assert sub.user_names == inter.user_names
+  got = user_sequences(sub)
+  assert {u: s.tolist() for u, s in got.items()} == {
+      u: s.tolist() for u, s in split.train.items() if len(s)}
+  # The columns stay aligned: each kept event is one of the input's, with its own extra.
+  events = {(inter.user_index[e], inter.item_index[e], inter.timestamp[e], inter.extra[
+      'rating'][e]) for e in range(len(inter))}
+  kept = [(sub.user_index[e], sub.item_index[e], sub.timestamp[e], sub.extra['rating'][e])
+          for e in range(len(sub))]
+  assert len(set(kept)) == len(kept) and set(kept) <= events
+  # No validation or test event: a user's kept events all come before its first target.
+  times = {}
+  for u, _, t, _ in kept:
+    times.setdefault(inter.user_names[u], []).append(t)
+  for tg in split.valid + split.test:
+    n = len(split.train.get(tg.user_id, ()))
+    assert len(times.get(tg.user_id, [])) == n <= len(tg.history)
+  with pytest.raises(ValueError, match='not made from'):
+    train_interactions(_random_interactions(4), split)
+
+
+def test_fit_view_hides_summaries_and_evaluation_material():
+  from neo_jax.catalog.splits import fit_view, without_test
+  from neo_jax.catalog.types import Catalog, Dataset, Query, User
+  inter = _random_interactions(5)
+  n = 40
+  cat = Catalog([f'i{i}' for i in range(n)], ('movie',), np.zeros(n, np.int32),
+                [f't{i}' for i in range(n)], [''] * n, [()] * n, [{}] * n,
+                np.zeros(n, np.float32))
+  users = {u: User(u, {'age': 3}, summary=f'summary of {u}') for u in inter.user_names}
+  queries = [Query('q1', (1,)), Query('q2', (2,)), Query('q3', (3,))]
+  ds = Dataset('d', cat, inter, queries, users, {'x': 1})
+  split = leave_one_out(inter)
+  view = fit_view(ds, split, queries=queries[:1], hide_summaries={'u1', 'u2'})
+  assert view.catalog is cat and view.queries == queries[:1] and view.skipped == {'x': 1}
+  assert {u for u, r in view.users.items() if r.summary is None} == {'u1', 'u2'}
+  assert view.users['u1'].attributes == {'age': 3}
+  assert view.users['u3'].summary == 'summary of u3' and ds.users['u1'].summary
+  assert len(view.interactions) == sum(len(s) for s in split.train.values()) < len(inter)
+  bare = without_test(split)
+  assert bare.test == [] and split.test and bare.valid == split.valid

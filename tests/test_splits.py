@@ -15,7 +15,7 @@ def _random_interactions(seed: int, num_users: int, num_events: int) -> Interact
       user_names=[f'user{u}' for u in range(num_users)],
       user_index=rng.integers(0, num_users, num_events).astype(np.int32),
       item_index=rng.integers(0, 50, num_events).astype(np.int32),
-      # Few distinct times, so ties (which must keep file order) are common.
+      # Few distinct times, so ties (broken by catalog row) are common.
       timestamp=rng.integers(0, 6, num_events).astype(np.int64),
   )
 
@@ -25,8 +25,8 @@ def _brute_force_sequences(inter: Interactions) -> dict[str, list[int]]:
   for e in range(len(inter)):
     user = inter.user_names[int(inter.user_index[e])]
     events.setdefault(user, []).append(
-        (int(inter.timestamp[e]), e, int(inter.item_index[e])))
-  return {u: [item for _, _, item in sorted(evs)] for u, evs in events.items()}
+        (int(inter.timestamp[e]), int(inter.item_index[e]), e))
+  return {u: [item for _, item, _ in sorted(evs)] for u, evs in events.items()}
 
 
 @pytest.mark.parametrize('seed', range(5))
@@ -49,8 +49,13 @@ def test_user_sequences_known_answer():
       timestamp=np.array([5, 3, 1, 5, 3, 9], np.int64),
   )
   got = user_sequences(inter)
-  assert got['a'].tolist() == [12, 11, 14, 15]  # 11 and 14 tie at t=3: file order
+  assert got['a'].tolist() == [12, 11, 14, 15]  # 11 and 14 tie at t=3: catalog row order
   assert got['b'].tolist() == [10, 13]
+  # Ties are broken by catalog row, not by file order.
+  swapped = Interactions(inter.user_names, inter.user_index,
+                         np.array([13, 14, 12, 10, 11, 15], np.int32), inter.timestamp)
+  got = user_sequences(swapped)
+  assert got['a'].tolist() == [12, 11, 14, 15] and got['b'].tolist() == [10, 13]
 
 
 @pytest.mark.parametrize('seed,min_events', [(0, 3), (1, 3), (2, 5), (3, 4)])

@@ -8,15 +8,24 @@ are kept for training only and counted in `Split.skipped`.
 Global temporal split (`temporal_split`, the paper's protocol): global cutoffs t_valid <=
 t_test; training is everything before t_valid; each user's first event after a cutoff is
 that user's target, predicted from all of the user's earlier events.
+
+Every split orders a user's events by (timestamp, catalog row `item_index`): ties in timestamp
+are broken by catalog row, so the split does not depend on file order. `Split.test_target_ties`
+counts the users whose test target the tie-break decided (reported by `make_split` as
+`test_target_ties`).
+
+What a fitted component may see: `train_interactions` (the events of `Split.train` only) and
+`fit_view` (those events, the training queries, the users with held-out summaries emptied).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Collection, Sequence
 
 import numpy as np
 
-from neo_jax.catalog.types import Interactions
+from neo_jax.catalog.types import Dataset, Interactions, Query
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,12 +41,24 @@ class Split:
   valid: list[Target]
   test: list[Target]
   skipped: dict[str, int] = dataclasses.field(default_factory=dict)
+  # Users whose test target shares its timestamp with a neighbouring event of theirs, so that
+  # the tie-break (catalog row) decided which event is the target: in leave-one-out the event
+  # before it (the validation target), in the temporal split the event after it (the event
+  # before it lies before the cutoff).
+  test_target_ties: int = 0
+
+
+def event_order(interactions: Interactions) -> np.ndarray:
+  """(E,) event indices sorted by (user, timestamp, catalog row), then file order (which only
+  orders events equal in all three, i.e. the same item at the same time)."""
+  return np.lexsort((np.arange(len(interactions)), interactions.item_index,
+                     interactions.timestamp, interactions.user_index))
 
 
 def user_sequences(interactions: Interactions) -> dict[str, np.ndarray]:
-  """user id -> (T,) int32 catalog rows sorted by time; ties keep file order."""
-  order = np.lexsort((np.arange(len(interactions)), interactions.timestamp,
-                      interactions.user_index))
+  """user id -> (T,) int32 catalog rows sorted by time; ties in timestamp are broken by
+  catalog row (never by file order)."""
+  order = event_order(interactions)
   users = interactions.user_index[order]
   items = interactions.item_index[order].astype(np.int32)
   bounds = np.flatnonzero(np.diff(users)) + 1
@@ -48,11 +69,22 @@ def user_sequences(interactions: Interactions) -> dict[str, np.ndarray]:
   return out
 
 
+def _user_times(interactions: Interactions) -> dict[str, np.ndarray]:
+  """user id -> (T,) int64 timestamps, in `user_sequences`' order."""
+  order = event_order(interactions)
+  users = interactions.user_index[order]
+  times = interactions.timestamp[order].astype(np.int64)
+  bounds = np.flatnonzero(np.diff(users)) + 1
+  return {interactions.user_names[int(u[0])]: t
+          for u, t in zip(np.split(users, bounds), np.split(times, bounds)) if u.size}
+
+
 def leave_one_out(interactions: Interactions, min_events: int = 3) -> Split:
   if min_events < 3:
     raise ValueError(f'leave-one-out needs min_events >= 3, got {min_events}')
   split = Split(train={}, valid=[], test=[])
   short = 0
+  times = _user_times(interactions)
   for user, seq in user_sequences(interactions).items():
     if seq.size < min_events:
       split.train[user] = seq
@@ -61,6 +93,8 @@ def leave_one_out(interactions: Interactions, min_events: int = 3) -> Split:
     split.train[user] = seq[:-2]
     split.valid.append(Target(user, seq[:-2], int(seq[-2])))
     split.test.append(Target(user, seq[:-1], int(seq[-1])))
+    ts = times[user]
+    split.test_target_ties += int(ts[-1] == ts[-2])
   if short:
     split.skipped['users_with_too_few_events_for_eval'] = short
   return split
@@ -89,7 +123,7 @@ def temporal_split(interactions: Interactions, t_valid: int, t_test: int,
                    horizon: int | None = None) -> Split:
   """Global temporal split (the paper's protocol): the past is context, the future is target.
 
-  Each user's events sorted by time (ties in file order):
+  Each user's events sorted by time (ties in timestamp broken by catalog row):
     train[user]  = the events before t_valid (users with none are absent);
     valid target = the user's first event in [t_valid, t_test) (and, with `horizon`, before
                    t_valid + horizon), history = all the user's events before it;
@@ -107,8 +141,7 @@ def temporal_split(interactions: Interactions, t_valid: int, t_test: int,
     raise ValueError(f'horizon must be positive seconds, got {horizon}')
   valid_end = t_test if horizon is None else min(t_test, t_valid + horizon)
   test_end = None if horizon is None else t_test + horizon
-  order = np.lexsort((np.arange(len(interactions)), interactions.timestamp,
-                      interactions.user_index))
+  order = event_order(interactions)
   split = Split(train={}, valid=[], test=[])
   counts = {'valid_targets_without_history': 0, 'test_targets_without_history': 0,
             'users_with_fewer_than_2_interactions': 0}
@@ -136,6 +169,8 @@ def temporal_split(interactions: Interactions, t_valid: int, t_test: int,
         counts[key] += 1
         continue
       targets.append(Target(user, seq[:k], int(seq[k])))
+      if targets is split.test and k + 1 < ts.size and ts[k + 1] == ts[k]:
+        split.test_target_ties += 1
   split.skipped.update({k: v for k, v in counts.items() if v})
   return split
 
@@ -151,10 +186,12 @@ def make_split(interactions: Interactions, spec: str) -> tuple[Split, dict[str, 
     'temporal' or 'temporal:V,T[,H]'    temporal_split with cutoffs from
                                         temporal_cutoffs(valid_fraction=V, test_fraction=T)
                                         (default 0.1,0.1) and optional horizon H seconds.
+  The parameters always hold `test_target_ties` (`Split.test_target_ties`).
   """
   method, _, args = spec.partition(':')
   if method == 'leave_one_out' and not args:
-    return leave_one_out(interactions), {}
+    split = leave_one_out(interactions)
+    return split, {'test_target_ties': split.test_target_ties}
   if method == 'temporal':
     try:
       values = [float(a) for a in args.split(',')] if args else [0.1, 0.1]
@@ -168,6 +205,68 @@ def make_split(interactions: Interactions, spec: str) -> tuple[Split, dict[str, 
     params = {'t_valid': t_valid, 't_test': t_test}
     if horizon is not None:
       params['horizon'] = horizon
-    return temporal_split(interactions, t_valid, t_test, horizon), params
+    split = temporal_split(interactions, t_valid, t_test, horizon)
+    params['test_target_ties'] = split.test_target_ties
+    return split, params
   raise ValueError(f'unknown split {spec!r}; use one of {SPLIT_METHODS} '
                    "('temporal:V,T[,H]' sets its fractions and horizon)")
+
+
+def without_test(split: Split) -> Split:
+  """A copy of `split` without its test targets (what may reach anything fitted)."""
+  return dataclasses.replace(split, train=dict(split.train), valid=list(split.valid), test=[],
+                             skipped=dict(split.skipped))
+
+
+def train_interactions(interactions: Interactions, split: Split) -> Interactions:
+  """The events that make up `split.train`: per user, the first len(split.train[user]) events
+  in the split's order (`event_order`); none of a user absent from it. Every column (and
+  `extra`) is subset alike, in file order; `user_names` is unchanged.
+
+  Raises:
+    ValueError: `split` was not made from `interactions` (the kept events' sequences differ
+      from `split.train`).
+  """
+  order = event_order(interactions)
+  users = interactions.user_index[order]
+  n_train = np.zeros(len(interactions.user_names), np.int64)
+  index = {name: n for n, name in enumerate(interactions.user_names)}
+  for user, seq in split.train.items():
+    if user not in index:
+      raise ValueError(f'split user {user!r} has no interactions')
+    n_train[index[user]] = len(seq)
+  starts = np.zeros(users.size, np.int64)
+  if users.size:
+    new = np.concatenate([[True], users[1:] != users[:-1]])
+    first = np.flatnonzero(new)
+    starts = first[np.cumsum(new) - 1]
+  rank = np.arange(users.size) - starts
+  keep = np.zeros(len(interactions), bool)
+  keep[order[rank < n_train[users]]] = True
+  rows = np.flatnonzero(keep)
+  out = Interactions(user_names=list(interactions.user_names),
+                     user_index=interactions.user_index[rows],
+                     item_index=interactions.item_index[rows],
+                     timestamp=interactions.timestamp[rows],
+                     extra={k: [v[r] for r in rows.tolist()]
+                            for k, v in interactions.extra.items()})
+  got = user_sequences(out)
+  if set(got) != {u for u, s in split.train.items() if len(s)} or any(
+      not np.array_equal(got[u], split.train[u]) for u in got):
+    raise ValueError('the split was not made from these interactions: its training '
+                     'sequences differ from the events they select')
+  return out
+
+
+def fit_view(dataset: Dataset, split: Split, *, queries: Sequence[Query],
+             hide_summaries: Collection[str]) -> Dataset:
+  """The dataset a fitted component (SIDs, tokenizer, NEO, baselines) may see: the events of
+  `split.train` (`train_interactions`), the given (training) `queries`, and the user records
+  with `summary` emptied (None) for the ids in `hide_summaries`. Catalog and `skipped` are the
+  same objects' contents; no validation or test event is in it."""
+  hide = frozenset(hide_summaries)
+  users = {uid: (dataclasses.replace(u, summary=None) if uid in hide else u)
+           for uid, u in dataset.users.items()}
+  return Dataset(name=dataset.name, catalog=dataset.catalog,
+                 interactions=train_interactions(dataset.interactions, split),
+                 queries=list(queries), users=users, skipped=dict(dataset.skipped))
