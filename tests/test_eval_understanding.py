@@ -55,8 +55,73 @@ def test_format_steerability():
   assert out['format_steerability'] == pytest.approx(3 / 4)
   assert out['format_steerability/ids'] == pytest.approx(1 / 2)
   assert out['format_steerability/text'] == 1.0 and out['format_steerability/mixed'] == 1.0
+  assert out['format_steerability/text_check'] == 'form only (no catalog titles given)'
   with pytest.raises(ValueError, match="unknown output format 'xml'"):
     u.format_steerability(['xml'], ['x'])
+
+
+TITLES = ['Toy Story (1995)', 'Usual Suspects, The (1995)', 'War, The (1994)',
+          'City of Lost Children, The (Cité des enfants perdus, La) (1995)',
+          'Dr. Strangelove or: How I Learned to Stop Worrying and Love the Bomb (1963)']
+
+
+def test_title_matcher():
+  m = u.TitleMatcher(TITLES)
+  assert m.find('Toy Story (1995)') == [0]
+  # Case, punctuation, spacing and the year do not matter; the article may lead or trail.
+  assert m.find('you may like   toy-story, and THE USUAL SUSPECTS!') == [0, 1]
+  assert m.find('Usual Suspects, The (1995)') == [1]
+  assert m.find('the city of lost children') == [3]
+  assert m.find('Cite des enfants perdus, La') == [3]
+  assert m.find('Dr Strangelove or How I Learned to Stop Worrying and Love the Bomb') == [4]
+  # Whole words only; no sentence break where the title has none; the bare article-less
+  # 'War' (a genre) is not the title 'War, The'.
+  assert m.find('toy storyteller') == [] and m.find('story toy') == []
+  assert m.find('Mostly into Drama and War. The rest is comedy.') == []
+  assert m.find('Mostly into Drama and War.') == []
+  assert m.find('The War') == [2]
+  assert u.title_variants('Usual Suspects, The (1995)') == {('usual', 'suspects', 'the'),
+                                                           ('the', 'usual', 'suspects')}
+
+
+def test_format_steerability_checks_the_answer():
+  m = u.TitleMatcher(TITLES)
+  summary = 'Favourite genres: Drama and War. Mostly movies from the 1990s. Profile: male.'
+  cases = [
+      ('text', summary, False),                       # a user summary names no item
+      ('text', 'Toy Story (1995)', True),             # a title
+      ('text', 'I recommend the usual suspects.', True),
+      ('text', f'Toy Story (1995) {S1}', False),      # a title, but a span too
+      ('text', 'Toy Story [SID]<movie:0:1>', False),  # unterminated span
+      ('ids', S1, True),
+      ('ids', f'{S1}, {S2}.', True),                  # punctuation between spans
+      ('ids', f'{S1} Toy Story', False),              # extra prose
+      ('ids', '[SID]<movie:1:2><movie:0:1>[/SID]', False),  # levels out of order
+      ('ids', '[SID]<movie:0:1><book:1:2>[/SID]', False),   # two types in one span
+      ('ids', '[SID][/SID]', False),                  # empty span
+      ('ids', f'{S1} <movie:0:3>', False),            # a code outside a span
+      ('ids', f'{S1} [SID]<movie:0:1>', False),       # well-formed then unterminated
+      ('mixed', f'{S1} Toy Story, a movie.', True),
+      ('mixed', S1, False),                           # no words
+      ('mixed', 'Toy Story, a movie.', False),        # no span
+      ('mixed', f'[SID]<movie:1:2>[/SID] Toy Story', False),  # no well-formed span
+  ]
+  for fmt, text, want in cases:
+    assert u.answers_format(fmt, text, m) is want, (fmt, text)
+  out = u.format_steerability([c[0] for c in cases], [c[1] for c in cases], TITLES)
+  assert out['format_steerability'] == pytest.approx(5 / len(cases))
+  assert out['format_steerability/text'] == pytest.approx(2 / 5)
+  assert out['format_steerability/ids'] == pytest.approx(2 / 8)
+  assert out['format_steerability/mixed'] == pytest.approx(1 / 4)
+  # Text requests naming an item (markup or not): the title, the usual suspects, the title
+  # beside a span, the unterminated one.
+  assert out['format_steerability/text_names_item'] == pytest.approx(4 / 5)
+  assert out['format_steerability/text_check'] == 'names a catalog title'
+  assert out['answers'] == len(cases)
+  # The form alone would pass the summary (text) and more.
+  assert out['format_steerability/form_only'] > out['format_steerability']
+  # A prebuilt matcher gives the same figures as the titles.
+  assert u.format_steerability([c[0] for c in cases], [c[1] for c in cases], m) == out
 
 
 def test_retype_prompt_changes_only_the_type():
