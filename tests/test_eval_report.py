@@ -69,13 +69,17 @@ def test_write_report(tmp_path):
   # 0.06 vs 0.12 and 0.025 vs 0.05: both -50.0%.
   assert abl_row.count('-50.0%') == 2
   assert 'not measurable: the catalog has one entity type' in text
-  # Targets: NDCG@10 0.05 < SASRec 0.055 (-9.1%, not met); HR@10 0.12 >= 0.10 (met); dense
-  # missing: not measured; valid SIDs 1.0: met.
-  assert '| neo_multi/ndcg@10 >= sasrec/ndcg@10 | 0.0500 | 0.0550 | -9.1% | no |' in text
-  assert '| neo_multi/hr@10 >= sasrec/hr@10 | 0.1200 | 0.1000 | +20.0% | yes |' in text
-  assert '| neo_multi/search_hr@10 >= dense/search_hr@10 | 0.3000 | missing |  | not measured |' in text
-  assert '| valid_sid_fraction = 1 | 1.0000 | 1.0000 | | yes |' in text
-  assert 'Validation protocol' in text and 'test split is read once' in text
+  # Targets: no comparison recorded, so no target is met on its point figures alone
+  # (HR@10 0.12 >= 0.10 says nothing without an interval); dense missing: not measured; valid
+  # SIDs 1.0: met.
+  assert '| neo_multi/ndcg@10 >= sasrec/ndcg@10 | 0.0500 | 0.0550 | -9.1% |  | no interval |' in text
+  assert '| neo_multi/hr@10 >= sasrec/hr@10 | 0.1200 | 0.1000 | +20.0% |  | no interval |' in text
+  assert ('| neo_multi/search_hr@10 >= dense/search_hr@10 | 0.3000 | missing |  |  '
+          '| not measured |') in text
+  assert '| valid_sid_fraction = 1 | 1.0000 | 1.0000 | | | yes |' in text
+  assert 'Met (interval above zero): 0 of 0 targets with an interval' in text
+  assert lines[2] == '## Protocol' and 'test split is read once' in text
+  assert 'Paired comparisons: not recorded.' in text
   for png in ('training_curves.png', 'metrics.png'):
     with open(os.path.join(workdir, png), 'rb') as f:
       assert f.read(8) == b'\x89PNG\r\n\x1a\n'
@@ -86,3 +90,100 @@ def test_report_without_logs(tmp_path):
   text = open(report.write_report(str(tmp_path), RESULT)).read()
   assert 'No training logs found' in text
   assert not (tmp_path / 'training_curves.png').exists()
+
+
+FULL = dict(RESULT, **{
+    'num_users': 943, 'num_items': 1682, 'baselines_tuned': True, 'experiment/seeds': 3,
+    'view/train_events': 98114, 'view/train_queries': 1200, 'view/summary_users_heldout': 94,
+    'split/test_target_ties': 37, 'split/skipped/short_users': 0,
+    'bootstrap/resamples': 1000, 'bootstrap/seed': 0,
+    'neo_multi/nothing_excluded/hr@10': 0.10, 'neo_multi/nothing_excluded/ndcg@10': 0.045,
+    'sasrec/nothing_excluded/hr@10': 0.09, 'sasrec/nothing_excluded/ndcg@10': 0.05,
+    'neo_multi/seeds/hr@10/mean': 0.115, 'neo_multi/seeds/hr@10/std': 0.005,
+    'seconds/train_neo_multi': 600.0, 'seconds/train_neo_mono_recommend': 300.0,
+    'seconds/train_neo_multi_seed1': 590.0,
+    'valid/neo_multi/ndcg@10': 0.06, 'valid/neo_multi/search_ndcg@10': 0.21,
+    'valid/neo_mono/ndcg@10': 0.05,
+    'neo_multi/train/capability_steps': 2000,
+    'sasrec/fit_seconds': 42.0, 'sasrec/valid_ndcg@10': 0.058, 'sasrec/stopped': 'patience 5',
+    'bm25/fit/fit_seconds': 1.5, 'bm25/fit/valid_search_ndcg@10': 0.27,
+    # HR@10: NEO-multi above SASRec, interval above zero -> met.
+    'compare/neo_multi_vs_sasrec/hr@10/diff': 0.02,
+    'compare/neo_multi_vs_sasrec/hr@10/ci_low': 0.004,
+    'compare/neo_multi_vs_sasrec/hr@10/ci_high': 0.037,
+    'compare/neo_multi_vs_sasrec/hr@10/verdict': 'better',
+    # NDCG@10: below, interval crossing zero -> within noise, not met.
+    'compare/neo_multi_vs_sasrec/ndcg@10/diff': -0.005,
+    'compare/neo_multi_vs_sasrec/ndcg@10/ci_low': -0.012,
+    'compare/neo_multi_vs_sasrec/ndcg@10/ci_high': 0.003,
+    # Point figure above the reference but the interval crosses zero -> not met.
+    'compare/neo_multi_vs_neo_mono/hr@10/diff': 0.03,
+    'compare/neo_multi_vs_neo_mono/hr@10/ci_low': -0.001,
+    'compare/neo_multi_vs_neo_mono/hr@10/ci_high': 0.06,
+    # Recorded the other way round: bm25 - neo_multi, interval above zero -> NEO worse.
+    'compare/bm25_vs_neo_multi/search_hr@10/diff': 0.1,
+    'compare/bm25_vs_neo_multi/search_hr@10/ci_low': 0.05,
+    'compare/bm25_vs_neo_multi/search_hr@10/ci_high': 0.15,
+})
+
+
+def test_report_protocol_comparisons_and_targets(tmp_path):
+  text = open(report.write_report(str(tmp_path), FULL)).read()
+  lines = text.splitlines()
+  assert lines[0] == '# NEO experiment: movielens100k' and lines[2] == '## Protocol'
+  protocol = text[:text.index('## Results')]
+  for fact in ('98114 events', '1200 queries', 'held out: 94', '943 users, 1682 items',
+               'nothing_excluded', "RecBole's sequential models", 'type of the last item',
+               'never the target', 'validation split only', 'split_access.json',
+               'trained with 3 seeds', '1000 resamples (seed 0)', 'over users (recommendation) '
+               'and queries (search)', "37 users' test target shares its timestamp",
+               'broken by catalog row', '`skipped/short_users` = 0'):
+    assert fact in protocol, fact
+  assert '| neo_multi | 600.0 | 0.0600 / 0.2100 | fixed steps: capability 2000 |' in protocol
+  assert '| neo_mono_recommend | 300.0 | 0.0500 | not recorded |' in protocol
+  # Validation figures are of the first seed only: not the second seed's.
+  assert '| neo_multi_seed1 | 590.0 | not recorded / not recorded | not recorded |' in protocol
+  assert '| sasrec | 42.0 | 0.0580 | patience 5 |' in protocol
+  assert '| bm25 | 1.5 | 0.2700 | not recorded |' in protocol
+  # The nothing-excluded table beside the primary one, and the seeds.
+  assert '### Next-item recommendation: nothing excluded' in text
+  ne_row = next(l for l in lines if l.startswith('| neo_multi | 0.1000'))
+  assert '+11.1% (sasrec)' in ne_row and '-10.0% (sasrec)' in ne_row
+  assert '| neo_multi | hr@10 | 0.1150 | 0.0050 |' in text
+  # Comparisons: every pair with its interval and verdict (a reversed key read as recorded).
+  comp = text[text.index('## Comparisons'):text.index('## Targets')]
+  assert '| neo_multi | sasrec | hr@10 | +0.0200 | [+0.0040, +0.0370] | better |' in comp
+  assert '| neo_multi | sasrec | ndcg@10 | -0.0050 | [-0.0120, +0.0030] | within noise |' in comp
+  assert '| neo_multi | neo_mono | hr@10 | +0.0300 | [-0.0010, +0.0600] | within noise |' in comp
+  assert '| bm25 | neo_multi | search_hr@10 | +0.1000 | [+0.0500, +0.1500] | better |' in comp
+  # Targets: met only with an interval above zero.
+  tgt = text[text.index('## Targets'):]
+  assert ('| neo_multi/hr@10 >= sasrec/hr@10 | 0.1200 | 0.1000 | +20.0% | '
+          '+0.0200 [+0.0040, +0.0370] | yes |') in tgt
+  assert '| neo_multi/ndcg@10 >= sasrec/ndcg@10 |' in tgt
+  assert '[-0.0120, +0.0030] | no (within noise) |' in tgt
+  # +33.3% on the point figures, but the interval crosses zero: not met.
+  assert ('| neo_multi/hr@10 >= neo_mono/hr@10 | 0.1200 | 0.0900 | +33.3% | '
+          '+0.0300 [-0.0010, +0.0600] | no (within noise) |') in tgt
+  # bm25 - neo_multi = +0.1 [0.05, 0.15] read as neo_multi - bm25 = -0.1 [-0.15, -0.05].
+  assert '-0.1000 [-0.1500, -0.0500] | no (worse) |' in tgt
+  assert '| neo_multi/ndcg@10 >= neo_mono/ndcg@10 | 0.0500 | 0.0400 | +25.0% |  | no interval |' in tgt
+  assert 'Met (interval above zero): 1 of 4 targets with an interval; 3 without one' in tgt
+  assert report.target_met(FULL, 'neo_multi/hr@10', 'sasrec/hr@10') == 'yes'
+  assert report.target_met(FULL, 'neo_multi/hr@10', 'neo_mono/hr@10') == 'no (within noise)'
+
+
+def test_report_of_an_empty_result(tmp_path):
+  # Nothing recorded: every protocol line says so, nothing crashes.
+  text = open(report.write_report(str(tmp_path), {})).read()
+  assert text.splitlines()[2] == '## Protocol'
+  assert text.lower().count('not recorded') >= 8
+  assert 'Paired comparisons: not recorded.' in text
+  # Odd values (strings, None, NaN) where numbers are expected do not crash either.
+  odd = {'view/train_events': None, 'experiment/seeds': 'x', 'bootstrap/resamples': float('nan'),
+         'split/test_target_ties': None, 'seconds/train_neo_multi': None,
+         'compare/a_vs_b/hr@10/diff': None, 'compare/a_vs_b/m/diff': 0.1,
+         'compare/a_vs_b/m/ci_low': None, 'sasrec/status': 'ok', 'sasrec/stopped': None}
+  text = open(report.write_report(str(tmp_path), odd)).read()
+  assert '| a | b | m | 0.1000 | not recorded | no interval |' in text
+  assert '| neo_multi | not recorded | not recorded / not recorded | not recorded |' in text

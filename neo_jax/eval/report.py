@@ -1,11 +1,16 @@
-"""The report of an experiment (`neo_jax.run.experiment.run_experiment`): `report.md` with the
-results table as the paper presents it (NEO rows, baseline rows, relative differences to the
-best baseline), the ablation rows relative to NEO-multi, the steerability / understanding
-figures, the validation protocol, and PNG plots (training curves from the runs'
-logs/*.jsonl, metric bars) drawn with matplotlib's Agg backend.
+"""The report of an experiment (`neo_jax.run.experiment.run_experiment`): `report.md`, opening
+with the protocol as the result records it (what each system was fitted on, what a ranking
+excludes, the entity type asked, tuning, seeds, intervals, ties, training budgets), then the
+results tables as the paper presents them (NEO rows, baseline rows, relative differences to the
+best baseline; the history excluded, and beside it nothing excluded), the ablation rows
+relative to NEO-multi, the steerability / understanding figures, the paired comparisons with
+their bootstrap intervals, the acceptance targets (met only when the interval says so), and
+PNG plots (training curves from the runs' logs/*.jsonl, metric bars) drawn with matplotlib's
+Agg backend.
 
 Reads only the flat result dict and the workdir's logs, so it can be (re)built from a saved
-`result.json`: `write_report(workdir, json.load(open(workdir + '/result.json')))`.
+`result.json`: `write_report(workdir, json.load(open(workdir + '/result.json')))`. A key the
+result lacks is rendered as 'not recorded', never an error.
 """
 
 from __future__ import annotations
@@ -14,29 +19,18 @@ import glob
 import json
 import math
 import os
+import re
 from typing import Any
 
 NEO_SYSTEMS = ('neo_multi', 'neo_mono')
 # Result prefixes that are figures, not systems (some carry a '/status' too).
 NOT_SYSTEMS = frozenset({'type_steerability', 'format_steerability', 'explain', 'valid',
-                         'seconds', 'requests', 'split', 'sid'})
+                         'seconds', 'cpu_seconds', 'requests', 'split', 'sid', 'view',
+                         'compare', 'bootstrap', 'experiment'})
 BASELINE_ORDER = ('popularity', 'bm25', 'bm25s', 'dense', 'sasrec', 'tiger')
 REC_METRICS = ('hr@1', 'hr@5', 'hr@10', 'hr@30', 'ndcg@1', 'ndcg@5', 'ndcg@10', 'ndcg@30',
                'mrr')
 TABLE_METRICS = ('hr@10', 'hr@30', 'ndcg@10', 'ndcg@30', 'mrr')
-
-PROTOCOL = """\
-Validation protocol. Users are split leave-one-out by time (or by the configured global
-temporal split): training sees each user's sequence without the validation and test targets.
-Every read of evaluation data went through a guard that logs which stage read which split
-(`split_access.json`) and refuses test reads before the final evaluation. NEO models are
-trained on training examples only (checkpoint: the training loop's choice, on training or
-validation data only). Baselines are fitted on the split with its test targets removed and
-{tuning}. The test split is read once,
-in the final evaluation: full ranking over the whole catalog (no sampled negatives), each
-request restricted to its target's entity type for every system alike.
-"""
-
 
 def _is_num(v: Any) -> bool:
   return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -69,8 +63,168 @@ def rel(a: Any, b: Any) -> str:
   return f'{100.0 * (a - b) / b:+.1f}%'
 
 
-def _task_table(result, task: str, neo, base) -> list[str]:
-  pre = '' if task == 'recommend' else 'search_'
+NOT_RECORDED = 'not recorded'
+
+
+def _count(result: dict[str, Any], key: str) -> str:
+  """An integer figure of the result, or 'not recorded'."""
+  v = result.get(key)
+  if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+    return NOT_RECORDED
+  return str(int(v)) if float(v).is_integer() else f'{v:g}'
+
+
+def _seen_lines(result: dict[str, Any]) -> list[str]:
+  splits = [f'`{k[len("split/"):]}` = {result[k]}' for k in sorted(result)
+            if k.startswith('split/') and k != 'split/test_target_ties'
+            and isinstance(result[k], (int, float, str)) and not isinstance(result[k], bool)]
+  return [
+      '- **What each system saw.** NEO and every baseline are fitted on the training view '
+      f'only: training events only ({_count(result, "view/train_events")} events), training '
+      f'search queries only ({_count(result, "view/train_queries")} queries), and only the '
+      'user summaries of users not held out (users whose summaries are held out: '
+      f'{_count(result, "view/summary_users_heldout")}). No validation or test target, '
+      f'held-out query or held-out summary is fitted on. Dataset: '
+      f'{_count(result, "num_users")} users, {_count(result, "num_items")} items. Split: '
+      + (', '.join(splits) if splits else NOT_RECORDED) + '.']
+
+
+def _exclusion_lines(result: dict[str, Any]) -> list[str]:
+  beside = any('/nothing_excluded/' in k for k in result)
+  return [
+      '- **What a ranking excludes.** Recommendation: the primary figures (`<system>/<metric>`)'
+      ' exclude the items of the user\'s own history from the ranking, for every system alike; '
+      + ('beside them, the figures with nothing excluded (`<system>/nothing_excluded/<metric>`)'
+         ', comparable with RecBole\'s sequential models, which do not exclude the history. '
+         if beside else 'the figures with nothing excluded: not recorded. ')
+      + 'Search: nothing is excluded. Every system ranks the whole catalog (no sampled '
+      'negatives).',
+      '- **The entity type asked.** A recommendation asks for the type of the last item of '
+      'the history; a search for the type its query names (any type when it names none); '
+      'never the target\'s type, for every system alike.']
+
+
+def _tuning_lines(result: dict[str, Any]) -> list[str]:
+  tuned = result.get('baselines_tuned')
+  if tuned is True:
+    how = ('Baselines\' hyperparameters (and early stopping) are chosen by NDCG@10 on the '
+           'validation split only.')
+  elif tuned is False:
+    how = ('Baselines keep their default hyperparameters (experiment.tune_baselines=False): '
+           'nothing is tuned.')
+  else:
+    how = f'Baseline tuning: {NOT_RECORDED}.'
+  return [
+      f'- **Tuning.** {how} NEO is trained on training examples; the checkpoint it keeps is '
+      'chosen on training or validation data only; its validation figures (budgets below) are '
+      'reported, not used to choose. The test split is read once, in the final evaluation: '
+      'every read of evaluation data is logged by stage and split in `split_access.json`, and '
+      'a test read before the final evaluation is refused.']
+
+
+def _seed_interval_tie_lines(result: dict[str, Any]) -> list[str]:
+  seeds = result.get('experiment/seeds')
+  if _is_num(seeds) and seeds > 1:
+    seed = (f'NEO systems are trained with {int(seeds)} seeds (initialisation and data '
+            f'order); the tables give the first seed, "Across seeds" the mean and standard '
+            f'deviation over all of them. Baselines are fitted once.')
+  elif _is_num(seeds):
+    seed = 'One seed per system: the spread over seeds is not measured.'
+  else:
+    seed = 'Not recorded.'
+  resamples = result.get('bootstrap/resamples')
+  if _is_num(resamples):
+    level = result.get('bootstrap/level')
+    level = f'{100 * level:g}%' if _is_num(level) else '95%'
+    interval = (f'Paired bootstrap {level} percentile intervals of the difference between '
+                f'two systems, {int(resamples)} resamples (seed {_count(result, "bootstrap/seed")})'
+                f', over users (recommendation) and queries (search): both systems are '
+                f'resampled with the same requests (see Comparisons).')
+  else:
+    interval = 'Not recorded.'
+  ties = result.get('split/test_target_ties')
+  tie = (f'{int(ties)} users\' test target shares its timestamp with the event before it; '
+         'ties are broken by catalog row.' if _is_num(ties) else 'Not recorded.')
+  return [f'- **Seeds.** {seed}', f'- **Intervals.** {interval}', f'- **Ties.** {tie}']
+
+
+def _neo_budget_row(result: dict[str, Any], run: str) -> str:
+  system = run.split('_seed')[0]
+  tasks = ('recommend', 'search')
+  if system.startswith('neo_mono_'):
+    tasks = (system[len('neo_mono_'):],)
+    system = 'neo_mono'
+  # Validation figures are of the first seed's model only (`valid/<system>/...`).
+  valid = [_recorded(None if '_seed' in run else result.get(
+      f'valid/{system}/{"" if t == "recommend" else "search_"}ndcg@10'))
+           for t in tasks if t in ('recommend', 'search')]
+  valid = ' / '.join(valid) or NOT_RECORDED
+  steps = [f'{stage} {_count(result, f"{run}/train/{stage}_steps")}'
+           for stage in ('grounding', 'capability') if f'{run}/train/{stage}_steps' in result]
+  stopped = result.get(f'{run}/stopped')
+  if stopped is None:
+    stopped = ('fixed steps: ' + ', '.join(steps)) if steps else NOT_RECORDED
+    best = result.get(f'{run}/train/capability_best_step')
+    if _is_num(best) and best >= 0 and result.get(f'{run}/train/capability_restored_best'):
+      stopped += f'; kept best step {int(best)}'
+  secs = result.get(f'seconds/train_{run}')
+  secs = f'{secs:.1f}' if _is_num(secs) else NOT_RECORDED
+  return f'| {run} | {secs} | {valid} | {stopped} |'
+
+
+def _recorded(v: Any) -> str:
+  return f'{v:.4f}' if _is_num(v) else NOT_RECORDED
+
+
+def _first(result: dict[str, Any], keys) -> Any:
+  return next((result[k] for k in keys if result.get(k) is not None), None)
+
+
+def _baseline_budget_row(result: dict[str, Any], b: str) -> str:
+  secs = _first(result, (f'{b}/fit_seconds', f'{b}/fit/fit_seconds', f'seconds/baseline_{b}'))
+  secs = f'{secs:.1f}' if _is_num(secs) else NOT_RECORDED
+  valid = [_first(result, (f'{b}/{pre}ndcg@10', f'{b}/fit/{pre}ndcg@10'))
+           for pre in ('valid_', 'valid_search_')]
+  valid = ' / '.join(_recorded(v) for v in valid if v is not None) or NOT_RECORDED
+  stopped = _first(result, (f'{b}/stopped', f'{b}/fit/stopped'))
+  if stopped is None:
+    epoch = _first(result, (f'{b}/best_epoch', f'{b}/fit/best_epoch'))
+    stopped = NOT_RECORDED if epoch is None else (
+        f'best epoch {int(epoch) if _is_num(epoch) else epoch}'
+        + (' (early stopping on validation)' if result.get('baselines_tuned') is True else ''))
+  return f'| {b} | {secs} | {valid} | {stopped} |'
+
+
+def budget_markdown(result: dict[str, Any]) -> list[str]:
+  """Each system's training seconds, validation NDCG@10 and how its training stopped."""
+  runs = [k[len('seconds/train_'):] for k in result if k.startswith('seconds/train_')]
+  _, base, _ = systems(result)
+  base = [b for b in base if str(result.get(f'{b}/status', 'ok')) == 'ok']
+  if not runs and not base:
+    return ['- **Budgets.** Not recorded.']
+  lines = ['- **Budgets.** Training seconds (wall), the validation figure and how training '
+           'stopped, per system:', '',
+           '| system | training seconds | validation NDCG@10 (recommend / search) '
+           '| how training stopped |', '|---|---|---|---|']
+  lines += [_neo_budget_row(result, r) for r in runs]
+  lines += [_baseline_budget_row(result, b) for b in base]
+  return lines
+
+
+def protocol_markdown(result: dict[str, Any]) -> str:
+  """The '## Protocol' section: what the result records of how every figure was obtained;
+  'not recorded' for what it lacks."""
+  lines = ['## Protocol', '']
+  lines += _seen_lines(result) + _exclusion_lines(result) + _tuning_lines(result)
+  lines += _seed_interval_tie_lines(result) + budget_markdown(result)
+  return '\n'.join(lines) + '\n'
+
+
+def _task_table(result, task: str, neo, base, pre: str | None = None) -> list[str]:
+  """The table of one task; `pre` (default: '' for recommendation, 'search_' for search)
+  prefixes the metric names (e.g. 'nothing_excluded/')."""
+  if pre is None:
+    pre = '' if task == 'recommend' else 'search_'
   rows = [s for s in neo + base if any(f'{s}/{pre}{m}' in result for m in TABLE_METRICS)]
   if not rows:
     return []
@@ -91,15 +245,36 @@ def _task_table(result, task: str, neo, base) -> list[str]:
   return lines
 
 
+def _seeds_table(result: dict[str, Any]) -> list[str]:
+  """'Across seeds': mean and standard deviation of every `<system>/seeds/<metric>/mean`."""
+  rows = []
+  for k in sorted(result):
+    m = re.fullmatch(r'(.+?)/seeds/(.+)/mean', k)
+    if m:
+      std = result.get(f'{m.group(1)}/seeds/{m.group(2)}/std')
+      rows.append(f'| {m.group(1)} | {m.group(2)} | {_fmt(result[k])} | '
+                  f'{_fmt(std) if std is not None else "undefined (one seed)"} |')
+  if not rows:
+    return []
+  return [f'### Across seeds ({_count(result, "experiment/seeds")} seeds, test)', '',
+          '| system | metric | mean | std (ddof=1) |', '|---|---|---|---|'] + rows + ['']
+
+
 def results_markdown(result: dict[str, Any]) -> str:
   """The results tables (recommendation, search, ablations, other figures) as Markdown."""
   neo, base, abl = systems(result)
   out = []
-  for task, title in (('recommend', 'Next-item recommendation'), ('search', 'Search')):
-    table = _task_table(result, task, neo, base)
+  for task, pre, title in (
+      ('recommend', '', 'Next-item recommendation: history excluded (primary)'),
+      ('recommend', 'nothing_excluded/', 'Next-item recommendation: nothing excluded '
+       "(comparable with RecBole's sequential models)"),
+      ('search', 'search_', 'Search')):
+    table = _task_table(result, task, neo, base, pre)
     if table:
       n = result.get(f'requests/{task}')
+      n = NOT_RECORDED if n is None else n
       out += [f'### {title} (test, {n} requests, full ranking)', ''] + table + ['']
+  out += _seeds_table(result)
   missing = [f'- {s}: {result[f"{s}/status"]}' for s in base + abl
              if str(result.get(f'{s}/status', 'ok')) != 'ok']
   if missing:
@@ -137,19 +312,96 @@ TARGETS = (('neo_multi/ndcg@10', 'sasrec/ndcg@10'), ('neo_multi/hr@10', 'sasrec/
            ('neo_multi/search_hr@10', 'neo_mono/search_hr@10'))
 
 
+def _interval(result: dict[str, Any], a: str, b: str, metric: str
+              ) -> tuple[float, float, float] | None:
+  """(diff, ci_low, ci_high) of a - b on `metric` from `compare/...` keys (either order),
+  None when the result holds no interval for the pair."""
+  for x, y, sign in ((a, b, 1.0), (b, a, -1.0)):
+    p = f'compare/{x}_vs_{y}/{metric}'
+    d, lo, hi = (result.get(f'{p}/{k}') for k in ('diff', 'ci_low', 'ci_high'))
+    if _is_num(d) and _is_num(lo) and _is_num(hi):
+      return (d, lo, hi) if sign > 0 else (-d, -hi, -lo)
+  return None
+
+
+def verdict_of(lo: float, hi: float) -> str:
+  """'better' (interval above zero), 'worse' (below zero) or 'within noise'."""
+  return 'better' if lo > 0 else 'worse' if hi < 0 else 'within noise'
+
+
+def comparisons_markdown(result: dict[str, Any]) -> str:
+  """Every `compare/<a>_vs_<b>/<metric>` of the result: the difference a - b, its paired
+  bootstrap interval and the verdict; '' when there is none."""
+  lines = []
+  for k in sorted(result):
+    m = re.fullmatch(r'compare/(.+?)_vs_(.+?)/(.+)/diff', k)
+    if not m:
+      continue
+    a, b, metric = m.groups()
+    iv = _interval(result, a, b, metric)
+    if iv is None:
+      lines.append(f'| {a} | {b} | {metric} | {_fmt(result[k])} | {NOT_RECORDED} | '
+                   'no interval |')
+      continue
+    d, lo, hi = iv
+    lines.append(f'| {a} | {b} | {metric} | {d:+.4f} | [{lo:+.4f}, {hi:+.4f}] | '
+                 f'{verdict_of(lo, hi)} |')
+  if not lines:
+    return ''
+  level = result.get('bootstrap/level')
+  level = f'{100 * level:g}%' if _is_num(level) else '95%'
+  return '\n'.join(
+      [f'Difference a - b on the same test requests, with its paired bootstrap {level} '
+       f'interval ({_count(result, "bootstrap/resamples")} resamples): "better" / "worse" '
+       'when the interval excludes zero, else "within noise".', '',
+       f'| a | b | metric | a - b | {level} interval | verdict |', '|---|---|---|---|---|---|']
+      + lines)
+
+
+# The issue's acceptance targets: (figure, reference) -- NEO-multi at least the reference.
+TARGETS = (('neo_multi/ndcg@10', 'sasrec/ndcg@10'), ('neo_multi/hr@10', 'sasrec/hr@10'),
+           ('neo_multi/search_hr@10', 'bm25/search_hr@10'),
+           ('neo_multi/search_hr@10', 'dense/search_hr@10'),
+           ('neo_multi/ndcg@10', 'neo_mono/ndcg@10'), ('neo_multi/hr@10', 'neo_mono/hr@10'),
+           ('neo_multi/search_hr@10', 'neo_mono/search_hr@10'))
+
+
+def target_met(result: dict[str, Any], a: str, b: str) -> str:
+  """Whether figure `a` beats figure `b` (both `<system>/<metric>`): 'yes' only when the
+  paired interval of a - b lies above zero; 'no (within noise)', 'no (worse)', 'no interval'
+  (both measured, no comparison recorded: not counted as met) or 'not measured'."""
+  if not (_is_num(result.get(a)) and _is_num(result.get(b))):
+    return 'not measured'
+  (sa, metric), (sb, metric_b) = a.split('/', 1), b.split('/', 1)
+  iv = _interval(result, sa, sb, metric) if metric == metric_b else None
+  if iv is None:
+    return 'no interval'
+  v = verdict_of(iv[1], iv[2])
+  return 'yes' if v == 'better' else f'no ({v})'
+
+
 def targets_markdown(result: dict[str, Any]) -> str:
-  """The acceptance targets: met or not, and by how much (relative difference)."""
-  lines = ['| target | value | reference | relative | met |', '|---|---|---|---|---|']
+  """The acceptance targets: met only when the paired interval of the difference excludes
+  zero in the claimed direction; the point figures and relative difference beside it."""
+  lines = ['| target | value | reference | relative | a - b [interval] | met |',
+           '|---|---|---|---|---|---|']
+  met = with_interval = 0
   for a, b in TARGETS:
     va, vb = result.get(a), result.get(b)
-    if not (_is_num(va) and _is_num(vb)):
-      met = 'not measured'
-    else:
-      met = 'yes' if va >= vb else 'no'
-    lines.append(f'| {a} >= {b} | {_fmt(va)} | {_fmt(vb)} | {rel(va, vb)} | {met} |')
+    verdict = target_met(result, a, b)
+    iv = _interval(result, a.split('/', 1)[0], b.split('/', 1)[0], a.split('/', 1)[1])
+    cell = f'{iv[0]:+.4f} [{iv[1]:+.4f}, {iv[2]:+.4f}]' if iv and verdict != 'not measured' \
+        else ''
+    met += verdict == 'yes'
+    with_interval += verdict not in ('no interval', 'not measured')
+    lines.append(f'| {a} >= {b} | {_fmt(va)} | {_fmt(vb)} | {rel(va, vb)} | {cell} | '
+                 f'{verdict} |')
   v = result.get('valid_sid_fraction')
-  lines.append(f'| valid_sid_fraction = 1 | {_fmt(v)} | 1.0000 | | '
+  lines.append(f'| valid_sid_fraction = 1 | {_fmt(v)} | 1.0000 | | | '
                f'{"not measured" if not _is_num(v) else "yes" if v == 1.0 else "no"} |')
+  lines += ['', f'Met (interval above zero): {met} of {with_interval} targets with an '
+            f'interval; {len(TARGETS) - with_interval} without one (not measured, or no '
+            'interval recorded) are not counted as met.']
   return '\n'.join(lines)
 
 
@@ -246,11 +498,10 @@ def write_report(workdir: str, result: dict[str, Any]) -> str:
   """Writes <workdir>/report.md (+ training_curves.png, metrics.png); returns its path."""
   os.makedirs(workdir, exist_ok=True)
   lines = [f'# NEO experiment: {result.get("dataset", "?")}', '']
-  lines += [results_markdown(result), '## Targets', '', targets_markdown(result), '',
-            '## Protocol', '', PROTOCOL.format(tuning=(
-                'their hyperparameters chosen by NDCG@10 on validation requests'
-                if result.get('baselines_tuned', True) else
-                'keep their default hyperparameters (experiment.tune_baselines=False)'))]
+  lines += [protocol_markdown(result), '## Results', '', results_markdown(result)]
+  comparisons = comparisons_markdown(result)
+  lines += ['## Comparisons', '', comparisons or f'Paired comparisons: {NOT_RECORDED}.', '']
+  lines += ['## Targets', '', targets_markdown(result), '']
   timings = [k for k in sorted(result) if k.startswith('seconds/')]
   if timings:
     lines += ['## Time', '', '| part | wall seconds | CPU seconds (all threads) |',
