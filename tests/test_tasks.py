@@ -194,9 +194,10 @@ def test_recommend_eval_follows_split(which):
   assert len(exs) == len(targets)
   for ex, tg in zip(exs, targets):
     assert ex.user_id == tg.user_id and ex.target_items == (tg.target,)
-    assert ex.target_type == TYPES[CATALOG.type_index[tg.target]]
-    _check_header(ex, ex.target_type)
     history = _reachable(tg.history)[-4:]
+    # A request knows the history, not the target: the type is the last shown item's.
+    assert ex.target_type == TYPES[CATALOG.type_index[history[-1]]]
+    _check_header(ex, ex.target_type)
     assert _spans(ex.prompt) == [_span(r) for r in history]
     if tg.target == UNREACHABLE:
       assert ex.completion == ''
@@ -242,21 +243,41 @@ def test_search_examples():
       Query('only unreachable', (UNREACHABLE,)),
       Query('songs', (2, 8)),
   ]
+  queries += [Query('anything at night', (1, 0, 2, UNREACHABLE)),  # names no type: any
+               Query('books and songs', (0, 2)),  # names two types: any
+               Query('a movie', (0, 2)),  # names a type none of its items has: left out
+               Query('jazz movies', (1, 4, 0, 7))]  # names one type: its items only
   skipped = {}
   exs = search_examples(queries, CATALOG, SID_MAP, VOCAB, seed=0, skipped=skipped)
-  assert skipped == {'unreachable_relevant_items': 1, 'queries_without_reachable_items': 1}
+  assert skipped == {'unreachable_relevant_items': 2, 'queries_without_reachable_items': 2,
+                     'relevant_items_of_other_types': 2 + 1}
+  # One example per query; the type is the one the query text names, else any (the first
+  # query names both movies and 'book').
   assert [(ex.target_type, ex.target_items) for ex in exs] == [
-      ('movie', (1, 4, 7)), ('book', (0,)), ('song', (2, 8))]
-  assert exs[0].user_id == 'u1' and exs[0].target_type == TYPES[CATALOG.type_index[1]]
+      (None, (1, 4, 0, 7)), ('song', (2, 8)), (None, (1, 0, 2)), (None, (0, 2)),
+      ('movie', (1, 4, 7))]
+  assert exs[0].user_id == 'u1'
   for ex in exs:
     assert ex.task == 'search' and ex.output_format == 'ids'
-    _check_header(ex, ex.target_type)
+    _check_header(ex, ex.target_type or 'any')
     _check_ids_completion(ex)
   assert 'jazz movies (SID) (book:0:1)' in exs[0].prompt
-  assert [query_of(ex) for ex in exs] == ['jazz movies (SID) (book:0:1)'] * 2 + ['songs']
+  assert [query_of(ex) for ex in exs] == ['jazz movies (SID) (book:0:1)', 'songs',
+                                          'anything at night', 'books and songs',
+                                          'jazz movies']
   capped = search_examples(queries[:1], CATALOG, SID_MAP, VOCAB, max_items=2)
   assert capped[0].target_items == (1, 4)
   _check_ids_completion(capped[0])
+
+
+def test_named_type():
+  from neo_jax.tasks.prompts import named_type
+  types = ('book', 'movie', 'tv-show')
+  for text, want in (('jazz movies', 'movie'), ('The MOVIE', 'movie'), ('a book', 'book'),
+                     ('tv-shows about space', 'tv-show'), ('bookshelf stories', None),
+                     ('books and movies', None), ('moviegoers', None), ('songs', None),
+                     ('movie of the movies', 'movie'), ('', None)):
+    assert named_type(text, types) == want, text
 
 
 def test_user_summary_examples():

@@ -130,8 +130,9 @@ def _brute_relevant(template, text):
 
 
 def test_generated_queries_relevance_and_heldout_templates():
-  g = generate_queries(CAT, queries_per_item=2, heldout_per_item=1, max_relevant=6,
-                       valid_fraction=0.2, test_fraction=0.2, seed=3)
+  kw = dict(queries_per_item=2, heldout_per_item=1, max_relevant=6, valid_fraction=0.05,
+            test_fraction=0.05)
+  g = generate_queries(CAT, seed=3, **kw)
   heldout = {'called', 'tag_era', 'tags_year'}
   assert set(g.heldout_templates) == heldout
   everything = g.train + g.valid + g.test
@@ -139,9 +140,17 @@ def test_generated_queries_relevance_and_heldout_templates():
   assert len(texts) == len(set(texts))  # one query per text, in one part only
   assert not {g.template_of[q.text] for q in g.train} & heldout
   assert 'title' not in {g.template_of[q.text] for q in g.valid + g.test}  # grounding trains them
-  assert {g.template_of[q.text] for q in g.valid + g.test} & heldout
-  assert {g.template_of[q.text] for q in g.train} >= {'title', 'title_words', 'tag_year',
-                                                      'two_tags', 'attribute'}
+  # Held-out templates are offered to evaluation first: here they fill it.
+  assert {g.template_of[q.text] for q in g.valid + g.test} <= heldout
+  assert {g.template_of[q.text] for q in g.train} >= {'title', 'title_words', 'tag_year'}
+  # Split by item: no evaluated item is relevant to a training query; valid and test apart.
+  items = [{r for q in part for r in q.item_index} for part in (g.train, g.valid, g.test)]
+  assert not items[0] & (items[1] | items[2]) and not items[1] & items[2]
+  assert len(g.valid) == len(g.test) == 5
+  generated = len(g.template_of)
+  assert g.skipped['never_train_not_evaluated'] > 0 and g.skipped['relevant_items_held_out'] > 0
+  assert generated == len(everything) + g.skipped['never_train_not_evaluated'] + g.skipped[
+      'relevant_items_held_out']
   for q in everything:
     template = g.template_of[q.text]
     assert g.is_heldout(q) == (template in heldout)
@@ -151,29 +160,28 @@ def test_generated_queries_relevance_and_heldout_templates():
     assert list(q.item_index[1:]) == sorted(q.item_index[1:])
     assert 'm.' not in q.text  # knowledge-graph ids never appear in query text
   assert g.skipped.get('generated_queries_too_broad', 0) > 0
-  again = generate_queries(CAT, queries_per_item=2, heldout_per_item=1, max_relevant=6,
-                           valid_fraction=0.2, test_fraction=0.2, seed=3)
+  again = generate_queries(CAT, seed=3, **kw)
   assert (again.train, again.valid, again.test) == (g.train, g.valid, g.test)
-  other = generate_queries(CAT, queries_per_item=2, heldout_per_item=1, max_relevant=6,
-                           valid_fraction=0.2, test_fraction=0.2, seed=4)
+  other = generate_queries(CAT, seed=4, **kw)
   assert other.train != g.train
 
 
 def test_query_examples_from_generated_queries():
   g = generate_queries(CAT, seed=0)
   for build, task in ((search_examples, 'search'), (query_grounding_examples, 'text_to_sid')):
-    exs = build(g.train, CAT, SID_MAP, VOCAB, max_items=2, seed=0)
-    # One example per (query, type of its relevant items), in order of first appearance.
+    exs = build(g.train + g.valid + g.test, CAT, SID_MAP, VOCAB, max_items=2, seed=0)
+    # One example per query; its type is the one its text names (titles name none: any).
     want = []
-    for q in g.train:
-      by_type = {}
-      for r in q.item_index:
-        by_type.setdefault(TYPES[CAT.type_index[r]], []).append(r)
-      want += [(q.text, t, tuple(rows[:2])) for t, rows in by_type.items()]
+    for q in g.train + g.valid + g.test:
+      named = [t for t in TYPES if re.search(rf'\b{t}s?\b', q.text, re.I)]
+      type_name = named[0] if len(named) == 1 else None
+      assert (type_name is None) == (g.template_of[q.text] == 'title')
+      rows = [r for r in q.item_index if type_name in (None, TYPES[CAT.type_index[r]])]
+      want.append((q.text, type_name, tuple(rows[:2])))
     assert len(exs) == len(want)
     for ex, (text, type_name, rows) in zip(exs, want):
       assert ex.task == task and ex.output_format == 'ids'
-      _check_header(ex, type_name)
+      _check_header(ex, type_name or 'any')
       assert ex.target_items == rows and ex.target_type == type_name
       assert ex.completion == ' '.join(_span(r) for r in rows)
       assert text in ex.prompt
@@ -368,12 +376,21 @@ def _dataset(queries=()):
 
 
 def test_build_task_examples_every_task_and_no_eval_query_in_training():
+  from neo_jax.catalog.splits import fit_view, without_test
+  from neo_jax.tasks.suite import build_test_examples, split_search_queries
   ds = _dataset()
   split = leave_one_out(ds.interactions)
-  suite = build_task_examples(ds, split, SID_MAP, VOCAB, history_len=3,
-                              query_valid_fraction=0.2, query_test_fraction=0.2, seed=1)
+  qs = split_search_queries(ds, valid_fraction=0.1, test_fraction=0.1, seed=1)
+  held = frozenset({'u3', 'u4'})
+  view = fit_view(ds, split, queries=qs.train, hide_summaries=held)
+  suite = build_task_examples(view, without_test(split), SID_MAP, VOCAB, queries=qs,
+                              summary_heldout=held, history_len=3, seed=1)
   assert suite.query_source == 'generated' and suite.generated is not None
-  everything = suite.capability + [e for v in suite.eval.values() for e in v]
+  assert set(suite.eval) == {'rec_valid', 'search_valid'}
+  tests = build_test_examples(suite.heldout, split.test, CAT, ds.users, SID_MAP, VOCAB,
+                              history_len=3, seed=1)
+  assert set(tests) == {'rec_test', 'explain_test', 'search_test', 'summary_test'}
+  everything = suite.capability + [e for v in {**suite.eval, **tests}.values() for e in v]
   assert {e.task for e in everything} == {'recommend', 'search', 'user_summary', 'sid_to_text',
                                           'text_to_sid', 'sid_to_type'}
   for ex in everything:
@@ -383,24 +400,38 @@ def test_build_task_examples_every_task_and_no_eval_query_in_training():
   def body(ex):
     return prompt_body(ex.prompt, ex.task, ex.target_type, ex.output_format)
   trained = {body(e) for e in suite.capability if e.task in ('search', 'text_to_sid')}
-  evaluated = {body(e) for k in ('search_valid', 'search_test') for e in suite.eval[k]}
+  evaluated = {body(e) for e in suite.eval['search_valid'] + tests['search_test']}
   assert evaluated and not trained & evaluated
-  heldout = {q.text for q in suite.queries['valid'] + suite.queries['test']
+  # No item an evaluated query asks for is the answer of a trained query.
+  trained_items = {r for e in suite.capability if e.task == 'search' for r in e.target_items}
+  assert not trained_items & {r for e in suite.eval['search_valid'] + tests['search_test']
+                              for r in e.target_items}
+  heldout = {q.text for q in suite.queries['valid'] + suite.heldout.test_queries
              if suite.generated.is_heldout(q)}
   assert heldout and heldout <= evaluated
   # Query grounding uses the generated training phrasings, not only titles.
   q_ground = {body(e) for e in suite.grounding if e.task == 'text_to_sid'}
   assert {q.text for q in suite.queries['train']} <= q_ground
-  # User summaries: the given one where there is one, else the profile's.
+  # User summaries: the given one where there is one, else the profile's; none of a held-out
+  # user, whose summary only the test asks for.
   summaries = {e.user_id: e.completion for e in suite.capability if e.task == 'user_summary'}
   assert summaries['u1'] == 'Reads a lot.'
-  assert 'occupation writer' in summaries['u0'] and 'Profile:' not in summaries['u3']
-  assert [e.user_id for e in suite.eval['summary_test']] == sorted(t.user_id for t in split.test)
-  mixed = suite.eval['explain_test']
-  assert mixed and all(e.output_format == 'mixed' for e in mixed)
+  assert 'occupation writer' in summaries['u0'] and 'Profile:' not in summaries['u5']
+  assert not held & set(summaries)
+  assert suite.skipped['user_summary_train/summary_heldout_users'] == 2
+  assert [e.user_id for e in tests['summary_test']] == ['u3', 'u4']
+  assert 'occupation writer' in tests['summary_test'][1].completion  # u4's profile
+  mixed = tests['explain_test']
+  assert len(mixed) == len(split.test) and all(e.output_format == 'mixed' for e in mixed)
   for ex, tg in zip(mixed, split.test):
     assert check_rationale(ex.completion, CAT, tg.target, list(tg.history[-3:])).faithful
+  # Test material never reaches example building.
+  with pytest.raises(ValueError, match='test targets'):
+    build_task_examples(view, split, SID_MAP, VOCAB, queries=qs)
   # A dataset with its own queries uses them.
-  own = build_task_examples(_dataset([Query('night stars', (0, 1))] * 3), split, SID_MAP,
-                            VOCAB, seed=1)
+  own_ds = _dataset([Query('night stars', (0, 1))] * 3 + [Query('stars', (2,))])
+  own_qs = split_search_queries(own_ds, valid_fraction=0.25, test_fraction=0.25, seed=1)
+  assert own_qs.source == 'data' and own_qs.generated is None
+  own = build_task_examples(fit_view(own_ds, split, queries=own_qs.train, hide_summaries=()),
+                            without_test(split), SID_MAP, VOCAB, queries=own_qs, seed=1)
   assert own.query_source == 'data' and own.generated is None

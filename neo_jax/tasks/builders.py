@@ -11,7 +11,7 @@ silently). Free text from the data (titles, queries, summaries) goes through
 from __future__ import annotations
 
 import re
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Collection, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -141,9 +141,12 @@ def recommend_examples(data: Split | Mapping[str, np.ndarray] | Sequence[Target]
     skipped: if given, counts of what was left out are added to it.
 
   Returns:
-    Examples with task 'recommend', target_type = the target's type, target_items =
-    (target,). In evaluation a target without an SID still gets its example (it counts as a
-    miss), with an empty completion.
+    Examples with task 'recommend' and target_items = (target,). The prompt's `Type:` and
+    `Example.target_type`: in training, the target's type (that is how type steering is
+    learned); in evaluation, the type of the last item of the shown history (`ANY_TYPE` in the
+    prompt and None when nothing is shown), never the target's type, which a request does not
+    know (no oracle input). In evaluation a target without an SID still gets its example (it
+    counts as a miss), with an empty completion.
   """
   _check_inputs(catalog, sid_map, vocab)
   formats, probs = _format_sampler(output_format, mixed_fraction)
@@ -159,9 +162,13 @@ def recommend_examples(data: Split | Mapping[str, np.ndarray] | Sequence[Target]
 
   def make(history_rows, target, user_id, can_write):
     fmt = _pick(rng, formats, probs)
-    type_name = catalog.type_of(target)
-    prompt = prompts.render_prompt('recommend', type_name, fmt, rng,
-                                   prompts.render_history(sid_map, vocab, history_rows))
+    if mode == 'train':
+      type_name = catalog.type_of(target)
+    else:  # what a request knows: the type of the last item shown, never the target's
+      type_name = catalog.type_of(int(history_rows[-1])) if len(history_rows) else None
+    prompt = prompts.render_prompt('recommend', prompts.type_field('recommend', type_name),
+                                   fmt, rng, prompts.render_history(sid_map, vocab,
+                                                                    history_rows))
     completion = (_item_completion(catalog, sid_map, vocab, target, history_rows, fmt, rng)
                   if can_write else '')
     return Example('recommend', prompt, completion, fmt, type_name, (int(target),), user_id)
@@ -261,18 +268,21 @@ def search_examples(queries: Iterable[Query], catalog: Catalog, sid_map: SIDMap,
                     skipped: dict[str, int] | None = None) -> list[Example]:
   """Text search: query -> the SID spans of its relevant items, format 'ids'.
 
-  A query whose relevant items span several types yields one example per type (in order of
-  first appearance), so a prompt's `Type:` always matches every item of its completion; the
-  first example's type is the type of the query's first relevant item.
+  One example per query. Its `Type:` is what the request itself says: the one catalog type
+  the query text names (`prompts.named_type`), else `prompts.ANY_TYPE`; never read from the
+  relevant items. The completion lists the query's relevant items of the named type (every
+  relevant item for 'any'); a query naming a type none of its relevant items has is left out
+  (counted). The same rule holds for training, query grounding and evaluation.
 
   Args:
     queries: the queries; `Query.item_index` are catalog rows.
-    max_items: at most this many items per completion (None: all relevant of the type).
+    max_items: at most this many items per completion (None: all of them).
     seed: seeds template choices.
     skipped: counts of left-out items and queries are added to it.
 
   Returns:
-    Examples with target_items = the rows named in the completion, in order.
+    Examples with target_type = the named type or None, target_items = the rows named in the
+    completion, in order.
   """
   return _query_examples('search', queries, catalog, sid_map, vocab, max_items, seed, skipped)
 
@@ -282,7 +292,7 @@ def query_grounding_examples(queries: Iterable[Query], catalog: Catalog, sid_map
                              skipped: dict[str, int] | None = None) -> list[Example]:
   """Grounding "text query -> SID": task 'text_to_sid', format ids, the query text (e.g. the
   training part of `queries.generate_queries`, never its evaluation parts) -> the SID spans of
-  its relevant items of one type, as `search_examples` builds them. Complements
+  its relevant items, with the type rule of `search_examples`. Complements
   `text_to_sid_examples` (title + description) with the phrasings of the query templates."""
   return _query_examples('text_to_sid', queries, catalog, sid_map, vocab, max_items, seed,
                          skipped)
@@ -296,29 +306,31 @@ def _query_examples(task, queries, catalog, sid_map, vocab, max_items, seed, ski
   reachable = sid_map.reachable()
   out = []
   for n, q in enumerate(queries):
-    by_type: dict[str, list[int]] = {}
+    type_name = prompts.named_type(q.text, catalog.type_names)
+    rows: list[int] = []
     for r in q.item_index:
       r = int(r)
       if not 0 <= r < len(catalog):
         raise ValueError(f'query {n} ({q.text!r}) names item row {r}, out of range '
                          f'[0, {len(catalog)})')
+      if type_name is not None and catalog.type_of(r) != type_name:
+        _count(skipped, 'relevant_items_of_other_types')
+        continue
       if not reachable[r]:
         _count(skipped, 'unreachable_relevant_items')
         continue
-      rows = by_type.setdefault(catalog.type_of(r), [])
       if r not in rows:
         rows.append(r)
-    if not by_type:
+    if not rows:
       _count(skipped, 'queries_without_reachable_items')
       continue
-    query = prompts.plain_text(q.text)
-    for type_name, rows in by_type.items():
-      if max_items is not None and len(rows) > max_items:
-        _count(skipped, 'relevant_items_over_max_items', len(rows) - max_items)
-        rows = rows[:max_items]
-      prompt = prompts.render_prompt(task, type_name, 'ids', rng, query)
-      completion = ' '.join(prompts.render_sid(sid_map, vocab, r) for r in rows)
-      out.append(Example(task, prompt, completion, 'ids', type_name, tuple(rows), q.user_id))
+    if max_items is not None and len(rows) > max_items:
+      _count(skipped, 'relevant_items_over_max_items', len(rows) - max_items)
+      rows = rows[:max_items]
+    prompt = prompts.render_prompt(task, prompts.type_field(task, type_name), 'ids', rng,
+                                   prompts.plain_text(q.text))
+    completion = ' '.join(prompts.render_sid(sid_map, vocab, r) for r in rows)
+    out.append(Example(task, prompt, completion, 'ids', type_name, tuple(rows), q.user_id))
   return out
 
 
@@ -521,21 +533,27 @@ def sid_to_type_examples(catalog: Catalog, sid_map: SIDMap, vocab: SIDVocab, *,
 
 
 def tokenizer_corpus(catalog: Catalog, queries: Iterable[Query] = (),
-                     users: Iterable[User] = ()) -> Iterator[str]:
+                     users: Mapping[str, User] | Iterable[User] = ()) -> Iterator[str]:
   """Sentences to train a text vocabulary on: item texts, queries, user summaries and every
-  prompt header and template, so that the words prompts are made of get their own pieces."""
+  prompt header and template (every type, `user` and `any`), so that the words prompts are
+  made of get their own pieces.
+
+  Pass what a fitted component may see (`catalog.splits.fit_view`): the training queries
+  only and the users with held-out summaries emptied, so that no evaluation text shapes the
+  vocabulary. Item texts are catalog metadata, known for every item."""
   for i in range(len(catalog)):
     yield catalog.text(i)
   for q in queries:
     yield q.text
-  for u in users:
+  for u in (users.values() if isinstance(users, Mapping) else users):
     if u.summary:
       yield u.summary
   yield from prompts.template_texts(catalog.type_names)
 
 
 def query_of(example: Example) -> str:
-  """The query text of a search example (as written in its prompt)."""
+  """The query text of a search example (as written in its prompt; its `Type:` is the named
+  type or `any`)."""
   if example.task != 'search':
     raise ValueError(f'query_of needs a search example, got task {example.task!r}')
   return prompts.prompt_body(example.prompt, 'search', example.target_type,
@@ -544,18 +562,15 @@ def query_of(example: Example) -> str:
 
 def split_queries(queries: Sequence[Query], valid_fraction: float, test_fraction: float,
                   seed: int = 0) -> tuple[list[Query], list[Query], list[Query]]:
-  """Deterministic (train, valid, test) split of search queries.
+  """Deterministic (train, valid, test) split of search queries by text only.
 
   Queries with identical text always land in the same part, so evaluation never sees a query
   that was trained on; parts therefore match the fractions up to one group of duplicates.
-  Each part keeps the input order.
+  Each part keeps the input order. The task suite splits by relevant item instead
+  (`split_queries_by_item`), which also keeps other phrasings of an evaluated item out of
+  training.
   """
-  for name, f in (('valid_fraction', valid_fraction), ('test_fraction', test_fraction)):
-    if not 0.0 <= f < 1.0:
-      raise ValueError(f'{name} must be in [0, 1), got {f}')
-  if valid_fraction + test_fraction >= 1.0:
-    raise ValueError(f'valid_fraction + test_fraction must be < 1, got '
-                     f'{valid_fraction + test_fraction}')
+  _check_fractions(valid_fraction, test_fraction)
   queries = list(queries)
   groups: dict[str, list[int]] = {}
   for n, q in enumerate(queries):
@@ -575,6 +590,81 @@ def split_queries(queries: Sequence[Query], valid_fraction: float, test_fraction
       parts[0].extend(members)
   train, valid, test = ([queries[n] for n in sorted(p)] for p in parts)
   return train, valid, test
+
+
+def _check_fractions(valid_fraction: float, test_fraction: float) -> None:
+  for name, f in (('valid_fraction', valid_fraction), ('test_fraction', test_fraction)):
+    if not 0.0 <= f < 1.0:
+      raise ValueError(f'{name} must be in [0, 1), got {f}')
+  if valid_fraction + test_fraction >= 1.0:
+    raise ValueError(f'valid_fraction + test_fraction must be < 1, got '
+                     f'{valid_fraction + test_fraction}')
+
+
+def split_queries_by_item(queries: Sequence[Query], valid_fraction: float,
+                          test_fraction: float, seed: int = 0, *,
+                          never_train: Collection[str] | None = None,
+                          never_heldout: Collection[str] | None = None
+                          ) -> tuple[list[Query], list[Query], list[Query], dict[str, int]]:
+  """Deterministic (train, valid, test, skipped) split of search queries by relevant item.
+
+  Guarantees: no item relevant to a valid or test query is relevant to a training query, and
+  valid and test queries share no relevant item, so evaluation never asks for an item some
+  trained query already led to (with other words for the same title, say).
+
+  Queries are grouped by text (case and surrounding space ignored; a group moves as one, its
+  relevant items the union of its members'). Groups are visited in a seeded random order, the
+  groups of `never_train` texts (e.g. held-out-template queries, so that evaluation keeps its
+  unseen phrasings) first. A group joins test while test holds fewer than
+  round(test_fraction * len(queries)) queries, else valid while it holds fewer than
+  round(valid_fraction * len(queries)), in either case only if its items touch none of the
+  other held-out part's items. Training is then every remaining query whose items touch no
+  held-out item and whose text is not in `never_train`. Texts in `never_heldout` (e.g. bare
+  titles, which title grounding trains on anyway) only ever train.
+
+  Returns:
+    train, valid, test, each in input order, and the queries left out by reason:
+    'relevant_items_held_out' (a remaining query touching a valid or test item),
+    'never_train_not_evaluated' (a `never_train` query that no held-out part took).
+  """
+  _check_fractions(valid_fraction, test_fraction)
+  queries = list(queries)
+  never_train = {t.strip().lower() for t in (never_train or ())}
+  never_heldout = {t.strip().lower() for t in (never_heldout or ())}
+  groups: dict[str, list[int]] = {}
+  for n, q in enumerate(queries):
+    groups.setdefault(q.text.strip().lower(), []).append(n)
+  keys = list(groups)
+  items = {k: {int(r) for n in groups[k] for r in queries[n].item_index} for k in keys}
+  order = np.random.default_rng(seed).permutation(len(keys))
+  order = ([g for g in order if keys[g] in never_train] +
+           [g for g in order if keys[g] not in never_train])
+  want = (round(len(queries) * test_fraction), round(len(queries) * valid_fraction))
+  held: tuple[list[int], list[int]] = ([], [])  # test, valid query indices
+  held_items: tuple[set[int], set[int]] = (set(), set())
+  rest = []
+  for g in order:
+    key = keys[g]
+    for part in (0, 1):
+      if (key not in never_heldout and len(held[part]) < want[part]
+          and not items[key] & held_items[1 - part]):
+        held[part].extend(groups[key])
+        held_items[part].update(items[key])
+        break
+    else:
+      rest.append(key)
+  touched = held_items[0] | held_items[1]
+  skipped: dict[str, int] = {}
+  train = []
+  for key in rest:
+    if key in never_train:
+      _count(skipped, 'never_train_not_evaluated', len(groups[key]))
+    elif items[key] & touched:
+      _count(skipped, 'relevant_items_held_out', len(groups[key]))
+    else:
+      train.extend(groups[key])
+  test, valid = ([queries[n] for n in sorted(p)] for p in held)
+  return [queries[n] for n in sorted(train)], valid, test, skipped
 
 
 def describe_items(text: str, sid_map: SIDMap, vocab: SIDVocab,

@@ -30,7 +30,9 @@ TASK_NAMES = {
 }
 # The `Type:` field where the output is not an item of one entity type.
 USER_TYPE = 'user'  # user_summary: the output describes the user
-ANY_TYPE = 'any'  # sid_to_type: naming the type would give the answer away
+# sid_to_type (naming the type would give the answer away), a search query that names no
+# type, a recommendation request with no history, a mixed-type history window.
+ANY_TYPE = 'any'
 NO_HISTORY = 'none'
 
 # Fields: {header} always; {history}, {query}, {item}, {text} per task.
@@ -136,14 +138,28 @@ def render_prompt(task: str, type_name: str, output_format: str,
 
 
 def type_field(task: str, target_type: str | None) -> str:
-  """What the `Type:` field of a `task` prompt says for an example with `target_type`."""
+  """What the `Type:` field of a `task` prompt says for an example with `target_type`:
+  `USER_TYPE` for user summaries, `ANY_TYPE` for sid_to_type and wherever `target_type` is
+  None (a query naming no type, an empty history, a mixed-type history window)."""
   if task == 'user_summary':
     return USER_TYPE
-  if task == 'sid_to_type' or (task == 'history' and target_type is None):
+  if task == 'sid_to_type' or target_type is None:
     return ANY_TYPE
-  if target_type is None:
-    raise ValueError(f'a {task} prompt needs a target type')
   return target_type
+
+
+def named_type(text: str, type_names) -> str | None:
+  """The one entity type of `type_names` that `text` (a search query) names as a whole word,
+  singular or with a plural 's', case-insensitively; None when it names none or several.
+
+  This is what a request carries: the `Type:` of a search prompt is read from the query
+  itself, never from the relevant items (which a request does not know)."""
+  found = set()
+  for name in type_names:
+    pattern = r'(?<!\w)' + re.escape(name) + r's?(?!\w)'
+    if re.search(pattern, text, re.IGNORECASE):
+      found.add(name)
+  return found.pop() if len(found) == 1 else None
 
 
 def reformat_prompt(prompt: str, task: str, target_type: str | None,

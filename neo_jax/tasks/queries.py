@@ -6,14 +6,14 @@ relevance is exact. The templates (`QUERY_TEMPLATES`):
 
 | name | phrasing | facts (relevant items have all of them) | split |
 |---|---|---|---|
-| title | `{title}` | same title (case-insensitive), any type | train |
-| title_words | `{words} {type}` | the 1-2 title words | train |
-| tag_year | `{tag} {type}s from {year}` | the tag, the year | train |
-| two_tags | `{tag} and {tag2} {type}s` | both tags | train |
-| attribute | `{type}s with {relation} {value}` | the attribute value | train |
-| called | `the {type} called {words}` | the 1-2 title words | held out |
-| tag_era | `a {tag} {type} from the {era}` | the tag, the decade | held out |
-| tags_year | `{type} from {year} about {tag} and {tag2}` | both tags, the year | held out |
+| title | `{title}` | same title (case-insensitive), any type | train only |
+| title_words | `{words} {type}` | the 1-2 title words | train, valid, test |
+| tag_year | `{tag} {type}s from {year}` | the tag, the year | train, valid, test |
+| two_tags | `{tag} and {tag2} {type}s` | both tags | train, valid, test |
+| attribute | `{type}s with {relation} {value}` | the attribute value | train, valid, test |
+| called | `the {type} called {words}` | the 1-2 title words | valid, test |
+| tag_era | `a {tag} {type} from the {era}` | the tag, the decade | valid, test |
+| tags_year | `{type} from {year} about {tag} and {tag2}` | both tags, the year | valid, test |
 
 Title words are the title's words of 3+ letters that are not stop words, in title order
 (two drawn at random when there are more). Tags, years and decades are `facts`' readings of
@@ -21,6 +21,13 @@ the item; `attribute` uses plain string attributes only (a user's `director`, `a
 never knowledge-graph attributes (`kg:`), whose values are opaque ids. Held-out templates
 state the same kinds of facts in other words and are used only in evaluation, so evaluation
 also measures phrasings never trained on.
+
+The split is by relevant item (`builders.split_queries_by_item`): no item relevant to a valid
+or test query is relevant to any training query, so a training query can never hand over an
+evaluated item in other words (`{words} {type}` trained, `the {type} called {words}` tested,
+with the same title words). Held-out-template queries are offered to test and valid first;
+bare titles only ever train, and drop out of training when their item is held out (title ->
+SID grounding from catalog metadata covers every item anyway).
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import numpy as np
 
 from neo_jax.catalog.types import Catalog, Query
 from neo_jax.tasks import facts
-from neo_jax.tasks.builders import split_queries
+from neo_jax.tasks.builders import split_queries_by_item
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,14 +77,16 @@ def title_words(title: str) -> list[str]:
 
 @dataclasses.dataclass
 class GeneratedQueries:
-  """Queries by part; `template_of[text]` names the template a query came from."""
+  """Queries by part; `template_of[text]` names the template a query came from (every
+  generated query, also those the split left out)."""
 
   train: list[Query]
   valid: list[Query]
   test: list[Query]
   template_of: dict[str, str]
   heldout_templates: tuple[str, ...]
-  # Generated queries left out, by reason (too broad, duplicate text): counted, not silent.
+  # Generated queries left out, by reason (too broad, duplicate text, and the split's
+  # reasons of `builders.split_queries_by_item`): counted, not silent.
   skipped: dict[str, int]
 
   def is_heldout(self, query: Query) -> bool:
@@ -168,16 +177,17 @@ def generate_queries(catalog: Catalog, *, queries_per_item: int = 1,
                      valid_fraction: float = 0.05, test_fraction: float = 0.05,
                      templates: Sequence[QueryTemplate] = QUERY_TEMPLATES,
                      seed: int = 0) -> GeneratedQueries:
-  """Generated search queries, split so that held-out templates are never trained on.
+  """Generated search queries, split by item so that evaluation asks only for items no
+  training query is relevant to, and held-out templates are never trained on.
 
   Per item (in row order), up to `queries_per_item` of the applicable training templates and
   up to `heldout_per_item` of the held-out ones are drawn at random. A query whose text was
   already generated is skipped (its relevant set is the same), one with more than
   `max_relevant` relevant items is skipped as too broad to evaluate; both are counted.
-  Training-template queries are split train / valid / test by `valid_fraction` /
-  `test_fraction` (by text: `builders.split_queries`' rule), except bare titles, which always
-  train (title grounding trains on them anyway); held-out-template queries go half to valid
-  and half to test.
+  All of them are then split by `builders.split_queries_by_item(valid_fraction,
+  test_fraction)` (fractions of all generated queries), held-out-template queries offered to
+  test and valid first and never trained on, bare titles never evaluated (title grounding
+  trains on them anyway); what the split leaves out is counted in `skipped` too.
 
   Returns:
     `GeneratedQueries`; each `Query.item_index` lists the item the query came from first, then
@@ -218,17 +228,14 @@ def generate_queries(catalog: Catalog, *, queries_per_item: int = 1,
         seen[text.lower()] = template.name
         rows = (r,) + tuple(sorted(relevant - {r}))
         generated[heldout].append(Query(text, rows))
+  queries = [q for q in generated[False] + generated[True]]
+  template_of = {q.text: seen[q.text.lower()] for q in queries}
+  heldout_names = tuple(t.name for t in templates if t.heldout)
   # A bare title is what title grounding (`text_to_sid_examples`) trains on: evaluating it
-  # would measure memorised pairs, so title queries always stay in training.
-  titles = [q for q in generated[False] if seen[q.text.lower()] == 'title']
-  others = [q for q in generated[False] if seen[q.text.lower()] != 'title']
-  train, valid, test = split_queries(others, valid_fraction, test_fraction, seed)
-  train = titles + train
-  held = generated[True]
-  order = np.random.default_rng([seed, 1]).permutation(len(held))
-  half = set(order[:len(held) // 2].tolist())
-  valid += [q for n, q in enumerate(held) if n in half]
-  test += [q for n, q in enumerate(held) if n not in half]
-  template_of = {q.text: seen[q.text.lower()] for q in generated[False] + held}
-  return GeneratedQueries(train, valid, test, template_of,
-                          tuple(t.name for t in templates if t.heldout), dict(skipped))
+  # would measure memorised pairs, so title queries never go to valid or test.
+  train, valid, test, split_skipped = split_queries_by_item(
+      queries, valid_fraction, test_fraction, seed,
+      never_train=[q.text for q in generated[True]],
+      never_heldout=[q.text for q in generated[False] if template_of[q.text] == 'title'])
+  skipped.update(split_skipped)
+  return GeneratedQueries(train, valid, test, template_of, heldout_names, dict(skipped))
