@@ -20,13 +20,21 @@ from neo_jax.tasks.types import Example
 def _guard(tmp_path):
   ex = lambda task, split_name: Example(task, f'{split_name} prompt', 'x', 'ids', 'movie', (1,))
   examples = {'grounding': [ex('sid_to_text', 'g')], 'capability': [ex('recommend', 'c')],
-              'rec_valid': [ex('recommend', 'v')], 'search_valid': [ex('search', 'v')],
-              'rec_test': [ex('recommend', 't')], 'search_test': [ex('search', 't')],
-              'explain_test': [], 'summary_test': []}
+              'rec_valid': [ex('recommend', 'v')], 'search_valid': [ex('search', 'v')]}
+  built = []
+
+  def test_examples():
+    built.append(1)
+    return {'rec_test': [ex('recommend', 't')], 'search_test': [ex('search', 't')],
+            'explain_test': [], 'summary_test': []}
+
   split = Split(train={'u': np.array([0, 1], np.int32)},
                 valid=[Target('u', np.array([0, 1]), 2)],
                 test=[Target('u', np.array([0, 1, 2]), 3)])
-  return protocol.SplitGuard(examples, split, str(tmp_path / 'access.json'))
+  guard = protocol.SplitGuard(examples, split, str(tmp_path / 'access.json'),
+                              test_examples=test_examples)
+  guard.built = built
+  return guard
 
 
 def test_guard_refuses_test_before_final(tmp_path):
@@ -40,8 +48,12 @@ def test_guard_refuses_test_before_final(tmp_path):
                lambda: guard.targets('test', 'tune')):
     with pytest.raises(protocol.TestSplitAccessError, match='before the final evaluation'):
       read()
+  assert not guard.built  # the test examples do not exist yet
   guard.open_test()
+  assert guard.built == [1]
   assert guard.examples('rec_test', 'final/requests')[0].prompt == 't prompt'
+  with pytest.raises(RuntimeError, match='opened once'):
+    guard.open_test()
   log = json.load(open(tmp_path / 'access.json'))
   splits = [(r['stage'], r['split']) for r in log['reads']]
   assert ('train/x', 'train') in splits and ('tune', 'valid') in splits
@@ -50,6 +62,23 @@ def test_guard_refuses_test_before_final(tmp_path):
   assert min(test_orders) == log['test_opened_at']
   with pytest.raises(ValueError, match='unknown split'):
     protocol.SplitGuard({'rec_other': []}, Split({}, [], []), None)
+  with pytest.raises(ValueError, match='before the test split is opened'):
+    protocol.SplitGuard({'rec_test': []}, Split({}, [], []), None)
+
+
+def test_requests_exclude_the_history_for_every_system():
+  ex = Example('recommend', 'p', 'x', 'ids', 'movie', (3,), 'u')
+  req = protocol.Requests('recommend', [ex], [[3]], ['movie'], histories=[np.array([0, 1, 2])])
+  assert req.excluded(True)[0].tolist() == [0, 1, 2]
+  assert req.excluded(False) is None
+  search = protocol.Requests('search', [ex], [[3]], [None], queries=['q'])
+  assert search.excluded(True) is None
+  assert protocol.metric_prefix('sasrec', 'recommend') == 'sasrec/'
+  assert protocol.metric_prefix('sasrec', 'recommend', False) == 'sasrec/nothing_excluded/'
+  assert protocol.metric_prefix('bm25', 'search', False) == 'bm25/search_'
+  # An unconstrained decoder's history items are dropped from its ranking, closed up.
+  got = protocol._drop(np.array([[5, 1, -1, 7, 2]]), [np.array([1, 2])])
+  assert got.tolist() == [[5, 7, -1, -1, -1]]
 
 
 def test_bad_experiment_config_is_refused_before_anything_is_written(tmp_path):

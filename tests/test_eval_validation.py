@@ -35,26 +35,33 @@ def _targets():
 
 def test_recommend_hands_histories_types_and_exclusions():
   cat = _catalog()
-  targets = _targets()
+  # Each target's type (its parity) differs from its last history item's.
+  targets = [Target(f'u{i}', np.array([i % 8, (i + 1) % 8], np.int32), (i + 4) % 8)
+             for i in range(20)]
   rank = Recorder([3, 5, 7, 1, 0, 2, 4, 6])
   v = Validator(cat, targets, exclude_history=True, ks=(1, 10))
   got = v.recommend(rank)
   (requests, types, k, exclude), = rank.calls
-  assert k == 10 and types == [cat.type_of(t.target) for t in targets]
+  # The type asked is the last history item's (request-time knowledge), never the target's:
+  # here they differ for every request.
+  assert k == 10 and types == [cat.type_of(int(t.history[-1])) for t in targets]
+  assert all(cat.type_of(t.target) != ty for t, ty in zip(targets, types))
   assert all(np.array_equal(r, t.history) for r, t in zip(requests, targets))
   assert all(np.array_equal(e, t.history) for e, t in zip(exclude, targets))
   ranked = rank(requests, types, 10)
   assert got == metrics.ranking_metrics(ranked, [[t.target] for t in targets], (1, 10),
                                         exclude=exclude)
+  Validator(cat, targets, exclude_history=False).recommend(rank)
+  assert rank.calls[-1][3] is None
   Validator(cat, targets).recommend(rank)
-  assert rank.calls[-1][3] is None  # nothing excluded by default
+  assert rank.calls[-1][3] is not None  # the history is excluded by default
 
 
 def test_subsets_are_fixed_and_replaced_by_with_subsample():
   cat = _catalog()
   targets = _targets()
   rank = Recorder(list(range(8)))
-  v = Validator(cat, targets, max_requests=5, seed=3)
+  v = Validator(cat, targets, max_requests=5, seed=3, exclude_history=False)
   v.recommend(rank)
   v.recommend(rank)
   first, second = rank.calls[-2][0], rank.calls[-1][0]
@@ -71,9 +78,9 @@ def test_subsets_are_fixed_and_replaced_by_with_subsample():
     Validator(cat, []).recommend(rank)
 
 
-def test_search_types_from_first_relevant_item():
+def test_search_types_from_the_query_text_never_the_relevant_items():
   cat = _catalog()
-  queries = [Query('x', (1, 2)), Query('y', (4,))]
+  queries = [Query('x', (1, 2)), Query('y b', (4,))]
   seen = []
 
   def rank(texts, types, k):
@@ -81,7 +88,8 @@ def test_search_types_from_first_relevant_item():
     return np.array([[1, 3, 5], [4, 2, 0]])[:, :k]
 
   got = Validator(cat, [], queries, ks=(1, 3), metric='hr@1').search(rank)
-  assert seen == [(['x', 'y'], ['b', 'a'], 3)]
+  # 'x' names no type (any); 'y b' names type 'b' although its relevant item is of type 'a'.
+  assert seen == [(['x', 'y b'], [None, 'b'], 3)]
   assert got['hr@1'] == 1.0 and got['recall@3'] == pytest.approx((0.5 + 1) / 2)
   assert search_metrics(cat, queries, rank, ks=(3,), target_types=[None, None])['hr@3'] == 1.0
   assert seen[-1][1] == [None, None]

@@ -12,7 +12,7 @@ from experiments.configs import quickstart
 from neo_jax.run import training
 from neo_jax.catalog.splits import leave_one_out
 from neo_jax.catalog.types import Dataset, Interactions
-from neo_jax.tasks.suite import build_task_examples
+from neo_jax.tasks.suite import build_task_examples, split_search_queries
 from neo_jax.train import loop
 from test_tasks import CATALOG, SID_MAP, VOCAB
 from test_train_loop import _cfg, _data, _model
@@ -94,8 +94,10 @@ def test_validation_examples_are_disjoint_from_training():
                        item_index=rng.integers(0, len(CATALOG), users.size).astype(np.int32),
                        timestamp=np.arange(users.size))
   ds = Dataset('world', CATALOG, inter)
-  te = build_task_examples(ds, leave_one_out(inter), SID_MAP, VOCAB, history_len=4,
-                           query_valid_fraction=0.2, seed=0)
+  split = leave_one_out(inter)
+  split.test = []  # example building never sees test targets
+  queries = split_search_queries(ds, valid_fraction=0.2, test_fraction=0.0, seed=0)
+  te = build_task_examples(ds, split, SID_MAP, VOCAB, queries=queries, history_len=4, seed=0)
   examples = {'grounding': te.grounding, 'capability': te.capability, **te.eval}
   cfg = quickstart.get_config()
   plan = training.stage_plan(cfg, examples)

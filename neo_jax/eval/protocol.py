@@ -3,11 +3,21 @@ every system answers, and the figures computed from their rankings.
 
 Every read of evaluation data goes through a `SplitGuard` that logs which stage read which
 split (written to `split_access.json`) and refuses any test read before `open_test()`, which
-the experiment calls once, after every model is trained and every baseline tuned.
+the experiment calls once, after every model is trained and every baseline tuned. The guard
+does not hold test examples before that: it holds a function that builds them, called by
+`open_test()`.
 
-One task's requests (`Requests`) are shared by every system: NEO ranks their prompts, the
-baselines their histories (recommendation) or query texts (search); `task_figures` turns a
-ranking into the figures of the report (full ranking over the catalog, nothing excluded).
+One task's requests (`Requests`) are shared by every system, under one protocol:
+  * every system ranks the whole catalog;
+  * the entity type a request asks for is what a system may know at request time: the type
+    of the last item of the user's history (recommendation), the type the query names, else
+    any type (search) -- never the target's type;
+  * the primary figures exclude the user's whole history from every system's ranking (the
+    data has no repeated interactions); `exclude=False` gives the figures with nothing
+    excluded (comparable with RecBole's sequential models). Search excludes nothing.
+NEO ranks the requests' prompts, the baselines their histories (recommendation) or query texts
+(search); `task_figures` turns a ranking into the report's figures and `per_request` into the
+per-request values that the paired bootstrap (`eval.stats`) resamples.
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -28,8 +38,8 @@ from neo_jax.tasks.types import Example
 
 # Which split each examples key belongs to.
 SPLIT_OF = {'grounding': 'train', 'capability': 'train', 'rec_valid': 'valid',
-            'search_valid': 'valid', 'rec_test': 'test', 'explain_test': 'test',
-            'search_test': 'test', 'summary_test': 'test'}
+            'search_valid': 'valid', 'summary_valid': 'valid', 'rec_test': 'test',
+            'explain_test': 'test', 'search_test': 'test', 'summary_test': 'test'}
 TASKS = ('recommend', 'search')
 
 
@@ -53,11 +63,19 @@ class SplitGuard:
   before `open_test()`.
   """
 
-  def __init__(self, examples: dict[str, list[Example]], split: Split, path: str | None):
+  def __init__(self, examples: dict[str, list[Example]], split: Split, path: str | None,
+               test_examples: Callable[[], dict[str, list[Example]]] | None = None):
+    """examples: the training and validation examples (test keys are refused: they are built
+    by `test_examples()` when `open_test()` is called); split: the whole split."""
     unknown = sorted(set(examples) - set(SPLIT_OF))
     if unknown:
       raise ValueError(f'examples keys of unknown split: {unknown}; known: {sorted(SPLIT_OF)}')
-    self._examples = examples
+    early = sorted(k for k in examples if SPLIT_OF[k] == 'test')
+    if early:
+      raise ValueError(f'test examples {early} given before the test split is opened; pass '
+                       'a function that builds them (test_examples=)')
+    self._examples = dict(examples)
+    self._build_test = test_examples
     self._split = split
     self.path = path
     self.reads: list[dict[str, Any]] = []
@@ -81,9 +99,11 @@ class SplitGuard:
     return None
 
   def examples(self, key: str, stage: str) -> list[Example]:
+    if key not in SPLIT_OF:
+      raise KeyError(f'no examples {key!r}; known: {sorted(SPLIT_OF)}')
+    self._read(SPLIT_OF[key], key, stage)  # raises for test data before open_test()
     if key not in self._examples:
       raise KeyError(f'no examples {key!r}; have {sorted(self._examples)}')
-    self._read(SPLIT_OF[key], key, stage)
     return self._examples[key]
 
   def targets(self, part: str, stage: str) -> list[Target]:
@@ -99,13 +119,23 @@ class SplitGuard:
     return dataclasses.replace(self._split, test=[])
 
   def open_test(self) -> None:
+    """Opens the test split (once) and builds its examples."""
+    if self.test_open:
+      raise RuntimeError('the test split is opened once')
     self.test_open = True
     self._read('test', 'open_test', 'final')
+    if self._build_test is not None:
+      built = self._build_test()
+      bad = sorted(k for k in built if SPLIT_OF.get(k) != 'test')
+      if bad:
+        raise ValueError(f'the test example builder returned non-test keys {bad}')
+      self._examples.update(built)
 
 
 @dataclasses.dataclass
 class Requests:
-  """One task's evaluation requests, shared by every system."""
+  """One task's evaluation requests, shared by every system. `types` are the entity types the
+  requests ask for (request-time knowledge, see the module docstring; None: any type)."""
 
   task: str  # 'recommend' or 'search'
   examples: list[Example]
@@ -117,6 +147,11 @@ class Requests:
   @property
   def prompts(self) -> list[str]:
     return [e.prompt for e in self.examples]
+
+  def excluded(self, exclude: bool) -> list[np.ndarray] | None:
+    """What each request's ranking must leave out: the user's whole history for
+    recommendation when `exclude`, else nothing."""
+    return self.histories if exclude and self.task == 'recommend' else None
 
 
 def make_requests(guard: SplitGuard, part: str, task: str, n: int, seed: int, stage: str
@@ -134,39 +169,72 @@ def make_requests(guard: SplitGuard, part: str, task: str, n: int, seed: int, st
 
 
 def rank_neo(ranker: NEORanker, req: Requests, num_beams: int, catalog: Catalog,
-             reachable: np.ndarray, constrained: bool = True) -> tuple[np.ndarray, int, int]:
+             reachable: np.ndarray, constrained: bool = True, exclude: bool = True
+             ) -> tuple[np.ndarray, int, int]:
   """(items (B, num_beams), SIDs checked, valid): every returned item must be a reachable
-  catalog item of the requested type, counted, never assumed. Constrained, -1 means fewer
-  admissible items than beams (not counted); unconstrained, -1 is a beam whose tokens name no
-  live item: counted, as invalid."""
+  catalog item of the requested type (and, with `exclude`, not in the user's history),
+  counted, never assumed. Constrained, -1 means fewer admissible items than beams (not
+  counted) and the history is excluded inside the search (`NEORanker.rank(excluded=)`);
+  unconstrained, -1 is a beam whose tokens name no live item: counted, as invalid, and the
+  history items it names are dropped from its ranking afterwards (counted as valid: the model
+  may name them, the protocol leaves them out)."""
+  excluded = req.excluded(exclude)
   if constrained:
-    items, _ = ranker.rank(req.prompts, req.types, num_beams=num_beams)
+    items, _ = ranker.rank(req.prompts, req.types, num_beams=num_beams, excluded=excluded)
   else:
     items, _, _ = ranker.rank(req.prompts, req.types, num_beams=num_beams, constrained=False)
   checked = valid = 0
-  for row, t in zip(items, req.types):
+  for b, (row, t) in enumerate(zip(items, req.types)):
+    banned = set() if excluded is None or not constrained else set(excluded[b].tolist())
     for item in (row[row >= 0] if constrained else row):
       checked += 1
-      valid += bool(item >= 0 and reachable[item] and
+      valid += bool(item >= 0 and reachable[item] and int(item) not in banned and
                     (t is None or catalog.type_of(int(item)) == t))
+  if not constrained and excluded is not None:
+    items = _drop(items, excluded)
   return items, checked, valid
 
 
-def metric_prefix(system: str, task: str) -> str:
-  """Result keys: `<system>/<metric>` for recommendation, `<system>/search_<metric>`."""
-  return f'{system}/' if task == 'recommend' else f'{system}/search_'
+def _drop(items_BxK: np.ndarray, excluded: Sequence[np.ndarray]) -> np.ndarray:
+  """Each row without the items of its exclusion list (and without invalid -1 beams), closed
+  up to the left, -1 padded."""
+  out = np.full(items_BxK.shape, -1, np.int64)
+  for b, (row, ex) in enumerate(zip(np.asarray(items_BxK), excluded)):
+    keep = row[(row >= 0) & ~np.isin(row, np.asarray(ex))]
+    _, first = np.unique(keep, return_index=True)
+    keep = keep[np.sort(first)]
+    out[b, :keep.size] = keep
+  return out
+
+
+def metric_prefix(system: str, task: str, exclude: bool = True, primary: bool = True) -> str:
+  """Result keys: `<system>/<metric>` for recommendation under the primary protocol (`exclude`
+  == `primary`: the history excluded, unless the data repeats items), beside it
+  `<system>/nothing_excluded/<metric>` or `<system>/history_excluded/<metric>`;
+  `<system>/search_<metric>` for search."""
+  if task != 'recommend':
+    return f'{system}/search_'
+  if exclude == primary:
+    return f'{system}/'
+  return f'{system}/nothing_excluded/' if not exclude else f'{system}/history_excluded/'
+
+
+def per_request(ranked_BxK: np.ndarray, req: Requests, ks: Sequence[int]
+                ) -> dict[str, np.ndarray]:
+  """(B,) values of every metric for each request (what the paired bootstrap resamples)."""
+  return metrics.per_request_metrics(np.asarray(ranked_BxK), req.relevant, tuple(ks))
 
 
 def task_figures(prefix: str, ranked_BxK: np.ndarray, req: Requests, catalog: Catalog,
                  ks: Sequence[int]) -> dict[str, float]:
   """`<prefix><metric>` (hr@k, recall@k, ndcg@k, mrr over full rankings) over all requests,
-  and per target type / cross-type subsets for recommendation when the catalog has several
-  types."""
+  and per target type / cross-type subsets (target's type != last history item's type) for
+  recommendation when the catalog has several types."""
   ranked = np.asarray(ranked_BxK)
   out = {f'{prefix}{m}': v for m, v in
          metrics.ranking_metrics(ranked, req.relevant, tuple(ks)).items()}
   if req.task == 'recommend' and len(catalog.type_names) > 1:
-    types = np.array([str(t) for t in req.types])
+    types = np.array([catalog.type_of(int(r[0])) for r in req.relevant])
     last = np.array([catalog.type_of(int(h[-1])) if len(h) else '' for h in req.histories])
     subsets = {f'type_{t}': types == t for t in catalog.type_names}
     subsets['cross_type'] = types != last
@@ -180,11 +248,13 @@ def task_figures(prefix: str, ranked_BxK: np.ndarray, req: Requests, catalog: Ca
   return out
 
 
-def rank_baseline(baseline: Any, req: Requests, k: int) -> np.ndarray:
+def rank_baseline(baseline: Any, req: Requests, k: int, exclude: bool = True) -> np.ndarray:
   """(B, k) rows of a fitted baseline (`neo_jax.baselines`) for the requests: its history
-  ranking for recommendation, its query ranking for search."""
+  ranking for recommendation (the history excluded with `exclude`), its query ranking for
+  search."""
   if req.task == 'recommend':
-    ranked = baseline.rank_recommend(req.histories, req.types, k)
+    ranked = baseline.rank_recommend(req.histories, req.types, k,
+                                     exclude=req.excluded(exclude))
   else:
     ranked = baseline.rank_search(req.queries, req.types, k)
   ranked = np.asarray(ranked)

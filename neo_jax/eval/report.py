@@ -90,13 +90,28 @@ def _seen_lines(result: dict[str, Any]) -> list[str]:
 
 
 def _exclusion_lines(result: dict[str, Any]) -> list[str]:
-  beside = any('/nothing_excluded/' in k for k in result)
+  excluded = result.get('protocol/exclude_history')
+  repeats = _count(result, 'view/repeated_events')
+  in_history = _count(result, 'requests/recommend_target_in_history')
+  if excluded is False:
+    primary = ('the primary figures (`<system>/<metric>`) exclude nothing: the training events '
+               f'repeat items ({repeats} repeated events), so excluding a user\'s history '
+               'could hide the target; beside them, the figures with the history excluded '
+               '(`<system>/history_excluded/<metric>`). ')
+  else:
+    beside = any('/nothing_excluded/' in k for k in result)
+    primary = ('the primary figures (`<system>/<metric>`) exclude the items of the user\'s own '
+               'history from the ranking, for every system alike'
+               + (f' (the training events repeat no item: {repeats} repeated events)'
+                  if repeats != NOT_RECORDED else '') + '; '
+               + ('beside them, the figures with nothing excluded '
+                  '(`<system>/nothing_excluded/<metric>`), comparable with RecBole\'s '
+                  'sequential models, which do not exclude the history. '
+                  if beside else 'the figures with nothing excluded: not recorded. '))
+  if in_history != NOT_RECORDED:
+    primary += f'Test targets that are in their own history: {in_history}. '
   return [
-      '- **What a ranking excludes.** Recommendation: the primary figures (`<system>/<metric>`)'
-      ' exclude the items of the user\'s own history from the ranking, for every system alike; '
-      + ('beside them, the figures with nothing excluded (`<system>/nothing_excluded/<metric>`)'
-         ', comparable with RecBole\'s sequential models, which do not exclude the history. '
-         if beside else 'the figures with nothing excluded: not recorded. ')
+      '- **What a ranking excludes.** Recommendation: ' + primary
       + 'Search: nothing is excluded. Every system ranks the whole catalog (no sampled '
       'negatives).',
       '- **The entity type asked.** A recommendation asks for the type of the last item of '
@@ -265,9 +280,11 @@ def results_markdown(result: dict[str, Any]) -> str:
   neo, base, abl = systems(result)
   out = []
   for task, pre, title in (
-      ('recommend', '', 'Next-item recommendation: history excluded (primary)'),
+      ('recommend', '', 'Next-item recommendation: primary protocol (history excluded'
+       + ('' if result.get('protocol/exclude_history', True) else ': no, see Protocol') + ')'),
       ('recommend', 'nothing_excluded/', 'Next-item recommendation: nothing excluded '
        "(comparable with RecBole's sequential models)"),
+      ('recommend', 'history_excluded/', 'Next-item recommendation: history excluded'),
       ('search', 'search_', 'Search')):
     table = _task_table(result, task, neo, base, pre)
     if table:

@@ -5,8 +5,11 @@ What is measured (the scorers are in `neo_jax.eval.understanding`):
   type steerability    only the prompt's `Type:` changes; decoded with constraints off (an
                        invalid SID counts as off-type), and with the trie on but every type
                        allowed (`type_steerability/trie_any_type`);
-  format steerability  only the prompt's `Format:` changes; constraints off;
-  user understanding   generated user summaries against each user's profile;
+  format steerability  only the prompt's `Format:` changes; constraints off; the answer is
+                       checked, not only its form (`ids`: SID spans only; `text`: names a
+                       catalog item by its title, no span; `mixed`: both);
+  user understanding   generated user summaries against each user's profile, on users whose
+                       summary was never a training target (`summary_test` holds only them);
   faithfulness         the rationale of a 'mixed' recommendation must be true of the item it
                        names first.
 """
@@ -76,8 +79,8 @@ def _type_steering(ranker: NEORanker, rec: list[Example], catalog: Catalog, beam
   return out
 
 
-def _format_steering(ranker: NEORanker, rec: list[Example], max_new_tokens: int, keep
-                     ) -> dict[str, Any]:
+def _format_steering(ranker: NEORanker, rec: list[Example], catalog: Catalog,
+                     max_new_tokens: int, keep) -> dict[str, Any]:
   fmt_prompts, fmt_wanted, fmt_types = [], [], []
   for ex in rec:
     for fmt in prompts.OUTPUT_FORMATS:
@@ -88,7 +91,8 @@ def _format_steering(ranker: NEORanker, rec: list[Example], max_new_tokens: int,
     return {}
   gens, _ = ranker.generate(fmt_prompts, 'mixed', target_types=fmt_types,
                             max_new_tokens=max_new_tokens, constrained=False)
-  fs = understanding.format_steerability(fmt_wanted, [g[0] for g in gens])
+  fs = understanding.format_steerability(fmt_wanted, [g[0] for g in gens],
+                                         titles=catalog.titles)
   keep('format', fmt_prompts, [g[0] for g in gens], 6)
   out = {k: v for k, v in fs.items() if k.startswith('format_steerability')}
   out['format_steerability/answers'] = fs['answers']
@@ -113,7 +117,7 @@ def steer_and_understand(ranker: NEORanker, guard: SplitGuard, catalog: Catalog,
   rec = subsample(guard.examples('rec_test', stage), s.requests, s.seed) if s.requests else []
   by_user = {t.user_id: t.history for t in guard.targets('test', stage)}
   out = _type_steering(ranker, rec, catalog, s.beams)
-  out.update(_format_steering(ranker, rec, s.max_new_tokens, keep))
+  out.update(_format_steering(ranker, rec, catalog, s.max_new_tokens, keep))
   # User understanding (decoding admits every format, like every generation here: one
   # compiled program; the summary's SID spans, if any, name no attribute).
   n = s.understanding_requests

@@ -2,7 +2,8 @@
 protocol switches, which figure.
 
 A `Validator` holds the validation requests (`split.valid` targets for recommendation, queries
-for search) and the protocol (nothing excluded unless `exclude_history`; full-ranking figures
+for search) and the protocol (each history excluded from its ranking unless `exclude_history`
+is False, as in the evaluation's primary figures; full-ranking figures
 at `ks`; `metric` the one figure to maximise). A baseline gets it in `fit(..., validator=...)`
 and hands it a ranking function; it never reads the requests itself, so the protocol stays
 the evaluation's and the baselines do not depend on this package (`neo_jax.baselines.base.
@@ -12,7 +13,8 @@ Validation` is the part of this class they use). A ranking function is a baselin
   search:    rank_fn(query_texts, target_types, k)               -> (N, k) int catalog rows
 
 best first, -1 padded, where a history is (H,) int catalog rows, oldest first. Each request
-asks for its target's type (search: the type of its first relevant item).
+asks for what is known at request time (`request_types`): the type of the last history item
+(recommendation), the type the query names, else any (search) -- never the target's type.
 
 `recommend_metrics` / `search_metrics` compute the same figures for any requests (e.g. a
 benchmark's test split).
@@ -27,6 +29,7 @@ import numpy as np
 from neo_jax.catalog.splits import Target
 from neo_jax.catalog.types import Catalog, Query
 from neo_jax.eval import metrics
+from neo_jax.tasks import prompts
 
 RankRecommend = Callable[..., np.ndarray]
 RankSearch = Callable[[Sequence[str], Sequence[str | None], int], np.ndarray]
@@ -43,17 +46,27 @@ def subsample_targets(targets: Sequence[Target], max_requests: int | None, seed:
   return targets
 
 
+def history_types(catalog: Catalog, histories: Sequence[Sequence[int]]) -> list[str | None]:
+  """The type each recommendation request asks for: its last history item's (None: empty)."""
+  return [catalog.type_of(int(h[-1])) if len(h) else None for h in histories]
+
+
+def query_types(catalog: Catalog, texts: Sequence[str]) -> list[str | None]:
+  """The type each search request asks for: the one the query names, else None (any)."""
+  return [prompts.named_type(t, catalog.type_names) for t in texts]
+
+
 def recommend_metrics(catalog: Catalog, targets: Sequence[Target], rank_fn: RankRecommend, *,
                       ks: Sequence[int] = metrics.DEFAULT_KS, exclude_history: bool = False,
                       max_requests: int | None = None, seed: int = 0) -> dict[str, float]:
   """Full-ranking figures (`metrics.ranking_metrics`) of next-item recommendation over
-  `targets`, each request being its target's history and asking for its target's type; at
+  `targets`, each request being its target's history and asking for its last item's type; at
   most `max_requests` of them (`subsample_targets`). With `exclude_history` each request's
   history is excluded from its ranking."""
   if not targets:
     raise ValueError('no targets to evaluate')
   targets = subsample_targets(targets, max_requests, seed)
-  types = [catalog.type_of(t.target) for t in targets]
+  types = history_types(catalog, [t.history for t in targets])
   exclude = [t.history for t in targets] if exclude_history else None
   ranked = rank_fn([t.history for t in targets], types, max(ks), exclude=exclude)
   return metrics.ranking_metrics(ranked, [[t.target] for t in targets], ks, exclude=exclude)
@@ -62,13 +75,13 @@ def recommend_metrics(catalog: Catalog, targets: Sequence[Target], rank_fn: Rank
 def search_metrics(catalog: Catalog, queries: Sequence[Query], rank_fn: RankSearch, *,
                    ks: Sequence[int] = metrics.DEFAULT_KS,
                    target_types: Sequence[str | None] | None = None) -> dict[str, float]:
-  """Full-ranking figures of search over `queries`; a query's target type is that of its
-  first relevant item unless `target_types` is given."""
+  """Full-ranking figures of search over `queries`; a query asks for the type it names (else
+  any type) unless `target_types` is given."""
   queries = list(queries)
   if not queries:
     raise ValueError('no queries to evaluate')
   if target_types is None:
-    target_types = [catalog.type_of(q.item_index[0]) for q in queries]
+    target_types = query_types(catalog, [q.text for q in queries])
   ranked = rank_fn([q.text for q in queries], target_types, max(ks))
   return metrics.ranking_metrics(ranked, [list(q.item_index) for q in queries], ks)
 
@@ -80,7 +93,8 @@ class Validator:
     catalog: the items (for each request's target type).
     targets: the recommendation requests, `split.valid` (may be empty: nothing to tune on).
     queries: the search requests (may be empty).
-    exclude_history: exclude each history from its ranking (the evaluation's protocol).
+    exclude_history: exclude each history from its ranking (the evaluation's primary
+      protocol; default).
     ks: the cutoffs of the figures.
     metric: the figure to maximise, a key of `metrics.ranking_metrics` at one of `ks`.
     max_requests, seed: at most this many recommendation requests (None: all), a fixed
@@ -89,7 +103,7 @@ class Validator:
   """
 
   def __init__(self, catalog: Catalog, targets: Sequence[Target],
-               queries: Sequence[Query] = (), *, exclude_history: bool = False,
+               queries: Sequence[Query] = (), *, exclude_history: bool = True,
                ks: Sequence[int] = (10,), metric: str = 'ndcg@10',
                max_requests: int | None = None, seed: int = 0):
     ks = tuple(int(k) for k in ks)

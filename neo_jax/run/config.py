@@ -286,6 +286,9 @@ SCHEMA = Section('a NEO run', {
                                       check=_fraction),
         'query_test_fraction': Field(0.2, 'generated queries held out for test',
                                      check=_fraction),
+        'summary_heldout_fraction': Field(0.2, 'users whose summary is never a training '
+                                          'target; user understanding is scored on them',
+                                          check=_fraction),
         'max_relevant': Field(8, 'generated queries relevant to more items are dropped '
                               '(counted)', check=_at_least(1)),
         'history_window': Field(12, 'history-continuation windows of this many items (0: off)',
@@ -309,6 +312,8 @@ SCHEMA = Section('a NEO run', {
         'restore_best': Field(False, 'end each validated stage with its best checkpoint'),
         'keep_checkpoints': Field(2, 'last checkpoints kept besides the best',
                                   check=_at_least(1), state=False),
+        'seed_offset': Field(0, 'added to the seed of model initialisation and data order '
+                             '(experiment.seeds trains offsets 0..N-1)', check=_at_least(0)),
         'valid_requests': Field(0, 'validation recommendations scored by beam search during '
                                 'validation (0: loss only)', check=_at_least(0)),
     }),
@@ -322,10 +327,18 @@ SCHEMA = Section('a NEO run', {
                               state=False),
         'batch_size': Field(50, 'requests per compiled decoding batch', check=_at_least(1),
                             state=False),
+        'exclude_history': Field('auto', "primary protocol: exclude the user's history from "
+                                 "every ranking ('auto': when no user repeats an item in the "
+                                 'training events); the other protocol is reported beside it',
+                                 choices=('auto', 'true', 'false'), state=False),
+        'bootstrap_resamples': Field(1000, 'paired bootstrap resamples of every comparison',
+                                     check=_at_least(1000), state=False),
     }, state=False),
     'experiment': Section('the comparison (which systems, how many requests)', {
         'mono_tasks': Field((), 'NEO-mono: one model per task (recommend, search)',
                             check=_names_of(MONO_TASKS), state=False),
+        'seeds': Field(1, 'NEO systems trained with this many seeds (mean and std reported; '
+                       'comparisons use the first)', check=_at_least(1), state=False),
         'share_grounding': Field(True, "NEO-mono copies NEO-multi's grounding stage"),
         'baselines': Field(('popularity', 'bm25'), 'baselines to compare ('
                            + ', '.join(BASELINE_NAMES) + ')',

@@ -4,17 +4,23 @@ untouched until the final evaluation. The quickstart, `train` and `evaluate` com
 this with different configs.
 
 `run_experiment(cfg, workdir)`:
-  1. prepare (`stages.prepare`): data, split, SIDs, tokenizer, every task's examples;
+  1. prepare (`stages.prepare`): data, split, the view of the data everything fitted sees
+     (training events, training queries split by item, the summaries of users not held out),
+     SIDs, tokenizer, training and validation examples;
   2. NEO-multi: both training stages on every task, in the run directory <workdir>/neo_multi;
   3. NEO-mono: one model per task of `experiment.mono_tasks` (capability stage on that task's
      examples + the grounding examples, the grounding stage shared with NEO-multi), in
-     <workdir>/neo_mono_<task>;
+     <workdir>/neo_mono_<task>; with `experiment.seeds` = N both are trained N times
+     (<run>_seed<i>, another initialisation and data order on the same data);
   4. ablations (`experiment.ablations`), each a NEO run in <workdir>/ablation_<name>;
-  5. baselines (`experiment.baselines`), fitted on the training split and, with
+  5. baselines (`experiment.baselines`), fitted on the view and, with
      `experiment.tune_baselines`, tuned on the validation split;
-  6. the final evaluation on the test split only: full ranking over the catalog for
-     recommendation (the target's type) and search, SID validity, steerability, user
-     understanding and recsplanation faithfulness, and the sample generations.
+  6. the final evaluation on the test split only (its examples are built when it opens):
+     every system ranks the whole catalog for the same requests, asking for the entity type
+     known at request time (the last history item's; the query's); primary figures with the
+     user's history excluded, beside them nothing excluded; paired bootstrap intervals of
+     NEO-multi against every other system (`compare/...`); SID validity, steerability, user
+     understanding on held-out users and recsplanation faithfulness; the sample generations.
 
 Every read of evaluation data goes through the `SplitGuard` of `neo_jax.eval.protocol`
 (<workdir>/split_access.json); the test split is opened once, after every model is trained and
@@ -23,6 +29,7 @@ every baseline tuned. Reruns resume: each run directory's stages resume from its
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import time
@@ -36,8 +43,9 @@ from neo_jax.catalog.types import Query
 from neo_jax.decode.ranker import NEORanker
 from neo_jax.decode.trie import SIDTrie
 from neo_jax.eval import metrics
+from neo_jax.eval import stats
 from neo_jax.eval.protocol import (TASKS, Requests, SplitGuard, make_requests, metric_prefix,
-                                   rank_baseline, rank_neo, task_figures)
+                                   per_request, rank_baseline, rank_neo, task_figures)
 from neo_jax.eval.steering import SteerSettings, sample_generations, steer_and_understand
 from neo_jax.eval.validation import Validator
 from neo_jax.model import vocab as vocab_lib
@@ -164,9 +172,9 @@ def _train_ablation(name: str, cfg, art, guard, workdir, log):
   t0 = _now()
   a_dir = os.path.join(workdir, sub)
   rundir.claim(a_dir, acfg)
-  a_art, a_ex, _ = stages.prepare(acfg, a_dir, log, with_model=False)
+  a_art, a_data, a_ex, _ = stages.prepare(acfg, a_dir, log, with_model=False)
   a_art.trie = SIDTrie.build(a_art.sid_map, a_art.tokenizer.sid)
-  a_guard = SplitGuard(a_ex, a_art.split, os.path.join(a_dir, 'split_access.json'))
+  a_guard = make_guard(acfg, a_art, a_data, a_ex, a_dir)
   model, f = train_neo('neo', acfg, a_art, a_guard, a_dir, log)
   f = {(f'{sub}/' + k[len('neo/'):] if k.startswith('neo/') else k): v
        for k, v in f.items() if k not in ('seconds/train_neo', 'cpu_seconds/train_neo')}
@@ -174,20 +182,42 @@ def _train_ablation(name: str, cfg, art, guard, workdir, log):
   return model, a_art, a_guard, f
 
 
+def seed_config(cfg: ml_collections.ConfigDict, offset: int) -> ml_collections.ConfigDict:
+  """`cfg` with train.seed_offset = `offset`: another initialisation and data order on the
+  same prepared data (`experiment.seeds`)."""
+  c = ml_collections.ConfigDict(cfg.to_dict())
+  c.train.seed_offset = int(offset)
+  return c
+
+
+def seed_run(name: str, offset: int) -> str:
+  """The run directory name of `name` trained with seed offset `offset` (0: `name`)."""
+  return name if offset == 0 else f'{name}_seed{offset}'
+
+
+def system_of(run: str) -> str:
+  """The system a NEO run directory belongs to (neo_multi, neo_mono, ablation_<name>)."""
+  base = run.split('_seed')[0]
+  return 'neo_mono' if base.startswith('neo_mono_') else base
+
+
 def train_systems(cfg, art, guard, workdir, log):
-  """NEO-multi, NEO-mono and the trained ablations: (models by name, ablation runs by name
-  (model, artifacts, guard), facts)."""
+  """NEO-multi, NEO-mono (each with `experiment.seeds` seeds) and the trained ablations:
+  (models by run name, ablation runs by name (model, artifacts, guard), facts)."""
   e = cfg.experiment
-  facts: dict[str, Any] = {}
+  facts: dict[str, Any] = {'experiment/seeds': int(e.seeds)}
   models: dict[str, Any] = {}
-  models[MAIN_RUN], f = train_neo(MAIN_RUN, cfg, art, guard, workdir, log)
-  facts.update(f)
-  for task in e.mono_tasks:
-    name = f'neo_mono_{task}'
-    models[name], f = train_neo(
-        name, cfg, art, guard, workdir, log, task=task,
-        grounding_from=os.path.join(workdir, MAIN_RUN) if e.share_grounding else None)
+  for offset in range(int(e.seeds)):
+    scfg = seed_config(cfg, offset) if offset else cfg
+    multi = seed_run(MAIN_RUN, offset)
+    models[multi], f = train_neo(multi, scfg, art, guard, workdir, log)
     facts.update(f)
+    for task in e.mono_tasks:
+      name = seed_run(f'neo_mono_{task}', offset)
+      models[name], f = train_neo(
+          name, scfg, art, guard, workdir, log, task=task,
+          grounding_from=os.path.join(workdir, multi) if e.share_grounding else None)
+      facts.update(f)
   ablations: dict[str, tuple[Any, stages.Artifacts, SplitGuard]] = {}
   for name in e.ablations:
     if name != 'unconstrained':
@@ -197,74 +227,161 @@ def train_systems(cfg, art, guard, workdir, log):
   return models, ablations, facts
 
 
+def excludes_history(cfg, art: stages.Artifacts) -> bool:
+  """The primary protocol: exclude each user's history from every ranking
+  (`eval.exclude_history`; 'auto': when no user repeats an item in the training events, so
+  that the exclusion can hide no target). Decided on the view, never on test data."""
+  how = cfg.eval.exclude_history
+  if how == 'auto':
+    return stages.repeated_events(art.dataset) == 0
+  return how == 'true'
+
+
 # -- baselines and validation ------------------------------------------------------------------
 
 def fit_baselines(cfg, art, guard, workdir, log):
-  """The baselines of the config, fitted on the training split and (with
-  experiment.tune_baselines) tuned on validation requests: (fitted by name, facts)."""
+  """The baselines of the config, fitted on the view (`art.dataset`: training events,
+  training queries) and the split without its test targets, and (with
+  experiment.tune_baselines) tuned on validation requests under the primary protocol (the
+  history excluded unless the data repeats items): (fitted by name, facts)."""
   e = cfg.experiment
   view = guard.fit_view('baselines/fit')
   validator = None
   if e.tune_baselines:
     valid_queries = [Query(builders.query_of(x), tuple(x.target_items))
                      for x in guard.examples('search_valid', 'baselines/tune')]
-    validator = Validator(art.dataset.catalog, view.valid, valid_queries)
+    validator = Validator(art.dataset.catalog, view.valid, valid_queries,
+                          exclude_history=excludes_history(cfg, art))
   args = {name: dict(a) for name, a in cfg.baseline_args.to_dict().items()}
   return baselines_lib.fit_baselines(e.baselines, args, art.dataset, view, validator, log,
                                      cache_root=os.path.join(workdir, 'baselines'),
                                      sid_map=art.sid_map)
 
 
-def neo_validation(cfg, ranker: NEORanker, art, guard, beams: int) -> dict[str, Any]:
-  """NEO-multi on validation requests (reported beside the test figures, never used to
-  choose anything)."""
+def neo_validation(cfg, models, rankers, art, guard, beams: int) -> dict[str, Any]:
+  """Every first-seed NEO model on validation requests (primary protocol), as
+  `valid/<system>/<metric>`: reported beside the test figures and the training times, never
+  used to choose anything."""
   out: dict[str, Any] = {}
   n = int(cfg.experiment.neo_valid_requests)
   if n <= 0:
     return out
-  for task in TASKS:
-    req = make_requests(guard, 'valid', task, n, cfg.seed, f'{MAIN_RUN}/valid')
-    if req.examples:
-      items, _, _ = rank_neo(ranker, req, beams, art.dataset.catalog, art.sid_map.reachable())
-      out[f'valid/{metric_prefix(MAIN_RUN, task)}ndcg@10'] = metrics.ranking_metrics(
-          items, req.relevant, (10,))['ndcg@10']
+  reqs = {task: make_requests(guard, 'valid', task, n, cfg.seed, 'neo/valid') for task in TASKS}
+  for name, model in models.items():
+    if '_seed' in name:
+      continue
+    ranker = rankers(model, art)
+    for task, req in reqs.items():
+      if not req.examples or (name.startswith('neo_mono_') and name != f'neo_mono_{task}'):
+        continue
+      items, _, _ = rank_neo(ranker, req, beams, art.dataset.catalog, art.sid_map.reachable(),
+                             exclude=excludes_history(cfg, art))
+      figures = metrics.ranking_metrics(items, req.relevant, (10,))
+      for m in ('hr@10', 'ndcg@10'):
+        out[f'valid/{metric_prefix(system_of(name), task)}{m}'] = figures[m]
   return out
 
 
 # -- the final evaluation ----------------------------------------------------------------------
 
-def evaluate_systems(cfg, models, fitted, rankers, art, test_reqs: dict[str, Requests]
-                     ) -> tuple[dict[str, Any], int, int]:
-  """Test figures of every NEO model and baseline on the shared requests: (figures, SIDs
-  checked, valid)."""
+def _per_request(task: str, ranked, req: Requests, ks) -> dict[str, np.ndarray]:
+  """Per-request values under the result's metric names (search: `search_<metric>`)."""
+  pre = '' if task == 'recommend' else 'search_'
+  return {pre + m: v for m, v in per_request(ranked, req, ks).items()}
+
+
+def _protocols(task: str, primary: bool) -> tuple[bool, ...]:
+  """The history exclusion of the primary protocol and, for recommendation, the other one
+  beside it (search excludes nothing: its flag only names the primary figures)."""
+  return (primary, not primary) if task == 'recommend' else (primary,)
+
+
+def evaluate_systems(cfg, models, fitted, rankers, art, test_reqs: dict[str, Requests],
+                     primary: bool
+                     ) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]], int, int]:
+  """Test figures of every NEO model and baseline on the shared requests, under both
+  protocols for recommendation: (figures, per-request values of the primary protocol by
+  system (first seed), SIDs checked, valid). Runs of further seeds report their primary
+  figures as `<system>/seeds/<metric>/seed<i>`."""
   ks = tuple(cfg.eval.ks)
   beams = max(int(cfg.eval.num_beams), max(ks))
   cat, reachable = art.dataset.catalog, art.sid_map.reachable()
   out: dict[str, Any] = {}
+  per: dict[str, dict[str, np.ndarray]] = {}
   checked = valid = 0
   for name, model in models.items():
     ranker = rankers(model, art)
-    system = 'neo_mono' if name.startswith('neo_mono_') else name
+    system, _, seed = name.partition('_seed')
+    system = system_of(name)
     for task, req in test_reqs.items():
-      if not req.examples or (name.startswith('neo_mono_') and name != f'neo_mono_{task}'):
+      if not req.examples or (name.startswith('neo_mono_') and
+                              not name.startswith(f'neo_mono_{task}')):
         continue
       t1 = _now()
-      items, c, v = rank_neo(ranker, req, beams, cat, reachable)
-      checked, valid = checked + c, valid + v
-      out.update(task_figures(metric_prefix(system, task), items, req, cat, ks))
+      for exclude in _protocols(task, primary)[:1 if seed else 2]:
+        items, c, v = rank_neo(ranker, req, beams, cat, reachable, exclude=exclude)
+        checked, valid = checked + c, valid + v
+        figures = task_figures(metric_prefix(system, task, exclude, primary), items, req, cat,
+                               ks)
+        if seed:
+          n = len(f'{system}/')
+          figures = {f'{system}/seeds/{k[n:]}/seed{seed}': v for k, v in figures.items()}
+        out.update(figures)
+        if exclude == primary and not seed:
+          per.setdefault(system, {}).update(_per_request(task, items, req, ks))
       _record(out, f'eval_{name}_{task}', t1)
   for name, b in fitted.items():
     for task in b.tasks:
       req = test_reqs[task]
-      if req.examples:
-        out.update(task_figures(metric_prefix(name, task), rank_baseline(b, req, max(ks)),
-                                req, cat, ks))
-  return out, checked, valid
+      if not req.examples:
+        continue
+      for exclude in _protocols(task, primary):
+        ranked = rank_baseline(b, req, max(ks), exclude)
+        out.update(task_figures(metric_prefix(name, task, exclude, primary), ranked, req, cat,
+                                ks))
+        if exclude == primary:
+          per.setdefault(name, {}).update(_per_request(task, ranked, req, ks))
+  return out, per, checked, valid
 
 
-def evaluate_ablations(cfg, models, ablations, rankers, art, guard, test_reqs, result
-                       ) -> dict[str, Any]:
-  """The ablations on the same test requests, reported relative to NEO-multi."""
+def seed_figures(result: dict[str, Any], seeds: int) -> dict[str, Any]:
+  """`<system>/seeds/<metric>/mean` and `/std` over the seeds (the first seed's figure is
+  `<system>/<metric>`), for every NEO system and headline metric."""
+  out: dict[str, Any] = {}
+  if seeds <= 1:
+    return out
+  for system in ('neo_multi', 'neo_mono'):
+    for m in ('hr@10', 'ndcg@10', 'search_hr@10', 'search_ndcg@10'):
+      first = result.get(f'{system}/{m}')
+      rest = [result.get(f'{system}/seeds/{m}/seed{i}') for i in range(1, seeds)]
+      if first is None or any(v is None for v in rest):
+        continue
+      mean, std = stats.mean_std([first] + rest)
+      out[f'{system}/seeds/{m}/seed0'] = first
+      out[f'{system}/seeds/{m}/mean'] = mean
+      out[f'{system}/seeds/{m}/std'] = std
+  return out
+
+
+def comparisons(cfg, per: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+  """Paired bootstrap intervals of NEO-multi against every other system, on the headline
+  metrics of each task (`eval.stats.compare`: `compare/neo_multi_vs_<b>/<metric>/...`)."""
+  if MAIN_RUN not in per:
+    return {}
+  pairs = [(MAIN_RUN, other) for other in per if other != MAIN_RUN]
+  names = ('hr@10', 'ndcg@10', 'search_hr@10', 'search_ndcg@10')
+  out = stats.compare(per, pairs, names, resamples=int(cfg.eval.bootstrap_resamples),
+                      seed=int(cfg.seed))
+  out['bootstrap/resamples'] = int(cfg.eval.bootstrap_resamples)
+  out['bootstrap/seed'] = int(cfg.seed)
+  return out
+
+
+def evaluate_ablations(cfg, models, ablations, rankers, art, guard, test_reqs, result, per,
+                       primary: bool) -> dict[str, Any]:
+  """The ablations on the same test requests (primary protocol), reported relative to
+  NEO-multi; the per-request values of those that share NEO-multi's requests go into `per`
+  (for the paired intervals)."""
   ks = tuple(cfg.eval.ks)
   beams = max(int(cfg.eval.num_beams), max(ks))
   out: dict[str, Any] = {}
@@ -284,9 +401,12 @@ def evaluate_ablations(cfg, models, ablations, rankers, art, guard, test_reqs, r
       if not req.examples:
         continue
       items, c, v = rank_neo(a_ranker, req, beams, a_art.dataset.catalog,
-                             a_art.sid_map.reachable(), constrained=name != 'unconstrained')
+                             a_art.sid_map.reachable(), constrained=name != 'unconstrained',
+                             exclude=primary)
       out.update(task_figures(metric_prefix(sys_name, task), items, req,
                               a_art.dataset.catalog, ks))
+      if a_guard is guard:
+        per.setdefault(sys_name, {}).update(_per_request(task, items, req, ks))
       if name == 'unconstrained':
         out[f'{sys_name}/valid_sid_fraction'] = v / c if c else None
     out[f'{sys_name}/status'] = 'ok'
@@ -297,17 +417,47 @@ def evaluate_ablations(cfg, models, ablations, rankers, art, guard, test_reqs, r
   return out
 
 
+def _request_facts(test_reqs: dict[str, Requests]) -> dict[str, Any]:
+  """How many requests of each task, and how many recommendation targets are in their own
+  history (excluding the history makes those unreachable; 0 on data without repeats)."""
+  out: dict[str, Any] = {f'requests/{t}': len(r.examples) for t, r in test_reqs.items()}
+  rec = test_reqs.get('recommend')
+  if rec is not None and rec.histories is not None:
+    out['requests/recommend_target_in_history'] = sum(
+        bool(np.isin(r, h).any()) for r, h in zip(rec.relevant, rec.histories))
+  return out
+
+
+def _steer(cfg, models, rankers, art, guard, workdir):
+  """Steerability, understanding and the sample generations of NEO-multi: (figures,
+  samples, SIDs checked, valid)."""
+  e = cfg.experiment
+  ranker = rankers(models[MAIN_RUN], art)
+  settings = SteerSettings(requests=e.steer_requests, beams=e.steer_beams,
+                           understanding_requests=e.understanding_requests,
+                           max_new_tokens=e.max_new_tokens,
+                           history_len=cfg.tasks.history_len, seed=cfg.seed)
+  out = steer_and_understand(ranker, guard, art.dataset.catalog, art.dataset.users,
+                             art.sid_map, settings, os.path.join(workdir, 'samples.json'))
+  samples = sample_generations(ranker, guard, art.sid_map, art.tokenizer.sid,
+                               art.dataset.catalog, e.max_new_tokens)
+  checked = sum(len(g['items']) for g in samples)
+  valid = sum(row is not None for g in samples for row, _, _ in g['items'])
+  return out, samples, checked, valid
+
+
 def final_evaluation(cfg, models, ablations, fitted, rankers, art, guard, workdir, log
                      ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
   """Opens the test split and measures everything on it: (figures, sample generations)."""
   guard.open_test()
   t0 = _now()
-  result: dict[str, Any] = {}
   test_reqs = {task: make_requests(guard, 'test', task, int(cfg.eval.max_requests), cfg.seed,
                                    'final/requests') for task in TASKS}
-  for task, req in test_reqs.items():
-    result[f'requests/{task}'] = len(req.examples)
-  figures, checked, valid = evaluate_systems(cfg, models, fitted, rankers, art, test_reqs)
+  result: dict[str, Any] = _request_facts(test_reqs)
+  primary = excludes_history(cfg, art)
+  result['protocol/exclude_history'] = primary
+  figures, per, checked, valid = evaluate_systems(cfg, models, fitted, rankers, art, test_reqs,
+                                                  primary)
   result.update(figures)
   log('eval: ' + ', '.join(models) + (', ' + ', '.join(fitted) if fitted else '') + ' done')
   for name in cfg.experiment.baselines:
@@ -316,23 +466,13 @@ def final_evaluation(cfg, models, ablations, fitted, rankers, art, guard, workdi
         result[f'{metric_prefix(name, task)}ndcg@10'] = None
         result[f'{metric_prefix(name, task)}hr@10'] = None
   result.update(evaluate_ablations(cfg, models, ablations, rankers, art, guard, test_reqs,
-                                   result))
+                                   result, per, primary))
+  result.update(seed_figures(result, int(cfg.experiment.seeds)))
+  result.update(comparisons(cfg, per))
   t1 = _now()
-  e = cfg.experiment
-  ranker = rankers(models[MAIN_RUN], art)
-  settings = SteerSettings(requests=e.steer_requests, beams=e.steer_beams,
-                           understanding_requests=e.understanding_requests,
-                           max_new_tokens=e.max_new_tokens,
-                           history_len=cfg.tasks.history_len, seed=cfg.seed)
-  result.update(steer_and_understand(ranker, guard, art.dataset.catalog, art.dataset.users,
-                                     art.sid_map, settings,
-                                     os.path.join(workdir, 'samples.json')))
-  samples = sample_generations(ranker, guard, art.sid_map, art.tokenizer.sid,
-                               art.dataset.catalog, e.max_new_tokens)
-  for g in samples:
-    for row, _, _ in g['items']:
-      checked += 1
-      valid += row is not None
+  figures, samples, c, v = _steer(cfg, models, rankers, art, guard, workdir)
+  result.update(figures)
+  checked, valid = checked + c, valid + v
   _record(result, 'steer_understand', t1)
   result['sid_checked'] = checked
   result['valid_sid_fraction'] = valid / checked if checked else None
@@ -358,11 +498,19 @@ def prepare(cfg, workdir, log, overwrite=False):
   cfg = config_lib.validate(cfg)
   t0 = _now()
   ds = claim_workdir(cfg, workdir, log, overwrite)
-  art, examples, facts = stages.prepare(cfg, workdir, log, with_model=False, dataset=ds)
+  art, data, examples, facts = stages.prepare(cfg, workdir, log, with_model=False, dataset=ds)
   art.trie = SIDTrie.build(art.sid_map, art.tokenizer.sid)
   _record(facts, 'prepare', t0)
-  guard = SplitGuard(examples, art.split, os.path.join(workdir, 'split_access.json'))
-  return cfg, art, guard, facts
+  return cfg, art, make_guard(cfg, art, data, examples, workdir), facts
+
+
+def make_guard(cfg, art: stages.Artifacts, data: stages.DataSplit, examples, workdir: str
+               ) -> SplitGuard:
+  """The SplitGuard of a prepared run: the training and validation examples, the whole
+  split, and the builder of the test examples that only `open_test()` calls."""
+  return SplitGuard(examples, data.split, os.path.join(workdir, 'split_access.json'),
+                    test_examples=functools.partial(stages.build_test_examples, cfg, data,
+                                                    art.sid_map, art.tokenizer))
 
 
 def run_experiment(cfg: ml_collections.ConfigDict, workdir: str, log: Log = print, *,
@@ -388,7 +536,7 @@ def run_experiment(cfg: ml_collections.ConfigDict, workdir: str, log: Log = prin
   result['baselines_tuned'] = bool(cfg.experiment.tune_baselines)
   beams = max(int(cfg.eval.num_beams), max(cfg.eval.ks))
   rankers = Rankers(cfg)
-  result.update(neo_validation(cfg, rankers(models[MAIN_RUN], art), art, guard, beams))
+  result.update(neo_validation(cfg, models, rankers, art, guard, beams))
   figures, samples = final_evaluation(cfg, models, ablations, fitted, rankers, art, guard,
                                       workdir, log)
   result.update(figures)

@@ -5,13 +5,17 @@ with explicit arguments and writes its artifact under the workdir (see WORKSPACE
 
   load_data        <workdir>/data (synthetic) or <workdir>/tfds (movielens100k); generic
                    data is read where it is
-  build_sids       <workdir>/sids/ (the SID map, its manifest, the quality report and plot)
-  build_tokenizer  <workdir>/tokenizer/
-  build_examples   every task's examples (in memory)
+  split_data       the split, the search queries split by item, the held-out summary users,
+                   and the view of the data that everything fitted sees (`DataSplit`)
+  build_sids       <workdir>/sids/ (the SID map, its manifest, the quality report and plot),
+                   from the view
+  build_tokenizer  <workdir>/tokenizer/, from the view
+  build_examples   training and validation examples (in memory), from the view
   build_model      the decoder over the text vocabulary, extended with the SID rows
 
-`prepare` runs them in order and returns the `Artifacts` with the examples and the facts of the
-build (sizes, timings).
+`build_test_examples` is for the SplitGuard alone (the final evaluation). `prepare` runs the
+stages in order and returns the `Artifacts` with the examples and the facts of the build
+(sizes, timings).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from flax import nnx
 from neo_jax.catalog import io as catalog_io
 from neo_jax.catalog import synthetic
 from neo_jax.catalog import tfds_builders
+from neo_jax.catalog import splits as splits_lib
 from neo_jax.catalog.splits import Split, make_split
 from neo_jax.catalog.types import Dataset
 from neo_jax.decode.trie import SIDTrie
@@ -38,8 +43,8 @@ from neo_jax.model.config import get_config
 from neo_jax.model.decoder import Decoder
 from neo_jax.sid import job as sid_job
 from neo_jax.sid.types import SIDMap
-from neo_jax.tasks import prompts
-from neo_jax.tasks.suite import build_task_examples
+from neo_jax.tasks import builders
+from neo_jax.tasks import suite
 from neo_jax.tasks.types import Example
 from neo_jax.tokenizer.base import Tokenizer
 from neo_jax.tokenizer.spm import SentencePieceTokenizer, train_sentencepiece
@@ -103,6 +108,64 @@ def load_data(cfg: ml_collections.ConfigDict, workdir: str, log: Log, *, build: 
   return ds
 
 
+# -- the split: what fitting may see -----------------------------------------------------------
+
+@dataclasses.dataclass
+class DataSplit:
+  """The data of one experiment, cut once. `view` and `fit_split` are all that anything fitted
+  (SIDs and their collaborative encoder, the tokenizer, NEO's examples, the baselines) is
+  given: the training events only, the training search queries only, the summaries of the
+  users not held out, and the split without its test targets. The full dataset and split,
+  the held-out queries and users are for `eval.protocol.SplitGuard` alone, which builds the
+  test examples (`build_test_examples`) only when the final evaluation opens the test split.
+  """
+  dataset: Dataset
+  split: Split
+  queries: suite.QuerySplit
+  summary_heldout: frozenset[str]
+  view: Dataset
+  fit_split: Split
+  facts: dict[str, Any]
+
+
+def repeated_events(ds: Dataset) -> int:
+  """Events whose (user, item) pair occurred before in the data (0: no repeats, so that
+  excluding a user's history from a ranking cannot hide a target)."""
+  inter = ds.interactions
+  pairs = inter.user_index.astype(np.int64) * max(len(ds.catalog), 1) + inter.item_index
+  return int(pairs.size - np.unique(pairs).size)
+
+
+def split_data(cfg: ml_collections.ConfigDict, ds: Dataset, log: Log) -> DataSplit:
+  """The split of `cfg.data.split` (ties broken by catalog row), the search queries split by
+  item (`tasks.suite.split_search_queries`: no item relevant to a held-out query is relevant
+  to a training query), the users whose summaries are held out (a `tasks.summary_heldout_
+  fraction` of the users with a test target), and the view fitting sees."""
+  t = cfg.tasks
+  split, params = make_split(ds.interactions, cfg.data.split)
+  queries = suite.split_search_queries(
+      ds, valid_fraction=t.query_valid_fraction, test_fraction=t.query_test_fraction,
+      max_relevant=t.max_relevant, seed=cfg.seed)
+  held = suite.heldout_summary_users([tg.user_id for tg in split.test],
+                                     t.summary_heldout_fraction, cfg.seed)
+  view = splits_lib.fit_view(ds, split, queries=queries.train, hide_summaries=held)
+  facts: dict[str, Any] = {'split/method': cfg.data.split}
+  facts.update({f'split/{k}': v for k, v in params.items()})
+  facts.update({f'split/skipped/{k}': v for k, v in split.skipped.items()})
+  facts.update({'view/train_events': len(view.interactions),
+                'view/repeated_events': repeated_events(view),
+                'view/heldout_events': len(ds.interactions) - len(view.interactions),
+                'view/train_queries': len(queries.train),
+                'view/valid_queries': len(queries.valid), 'view/test_queries': len(queries.test),
+                'view/summary_users_heldout': len(held), 'view/query_source': queries.source})
+  facts.update({f'view/queries_skipped/{k}': v for k, v in queries.skipped.items()})
+  log(f'split: {len(split.valid)} valid / {len(split.test)} test targets, '
+      f'{facts["view/train_events"]} training events of {len(ds.interactions)}; queries '
+      f'{len(queries.train)} train / {len(queries.valid)} valid / {len(queries.test)} test '
+      f'(split by item); {len(held)} users\' summaries held out')
+  return DataSplit(ds, split, queries, held, view, dataclasses.replace(split, test=[]), facts)
+
+
 # -- SIDs --------------------------------------------------------------------------------------
 
 def _popularity(ds: Dataset, how: str, train_seqs: list[np.ndarray]) -> np.ndarray | None:
@@ -157,10 +220,8 @@ def build_tokenizer(cfg: ml_collections.ConfigDict, ds: Dataset, sid_map: SIDMap
     tok = backbones.backbone_tokenizer(backbone).with_sids(sid_map.type_names,
                                                            sid_map.level_sizes)
   else:
-    texts = [ds.catalog.text(i) for i in range(len(ds.catalog))]
-    texts += [q.text for q in ds.queries]
-    texts += [u.summary for u in ds.users.values() if u.summary]
-    texts += prompts.template_texts(ds.catalog.type_names)  # the prompts' fixed words
+    # `ds` is the view (DataSplit.view): training queries and summaries only.
+    texts = list(builders.tokenizer_corpus(ds.catalog, ds.queries, ds.users.values()))
     proto = train_sentencepiece(texts, vocab_size=cfg.tokenizer.vocab_size,
                                 model_type=cfg.tokenizer.model_type, seed=cfg.seed)
     tok = SentencePieceTokenizer.from_sid_map(proto, sid_map)
@@ -172,19 +233,31 @@ def build_tokenizer(cfg: ml_collections.ConfigDict, ds: Dataset, sid_map: SIDMap
 
 # -- examples ----------------------------------------------------------------------------------
 
-def build_examples(cfg: ml_collections.ConfigDict, ds: Dataset, split: Split, sid_map: SIDMap,
+def build_examples(cfg: ml_collections.ConfigDict, data: DataSplit, sid_map: SIDMap,
                    tok: Tokenizer) -> dict[str, list[Example]]:
-  """Grounding examples, capability (training) examples and evaluation examples of every task
-  (`neo_jax.tasks.build_task_examples`: the dataset's own search queries, or queries generated
-  from item text with held-out templates when it has none)."""
+  """Grounding examples (catalog metadata, every item), capability (training) examples and
+  the validation examples of every task, from the view alone (`tasks.suite.
+  build_task_examples`; it refuses a split with test targets)."""
   t = cfg.tasks
-  te = build_task_examples(
-      ds, split, sid_map, tok.sid, history_len=t.history_len,
+  te = suite.build_task_examples(
+      data.view, data.fit_split, sid_map, tok.sid, queries=data.queries,
+      summary_heldout=data.summary_heldout, history_len=t.history_len,
       train_targets_per_user=t.train_targets_per_user, mixed_fraction=t.mixed_fraction,
-      query_valid_fraction=t.query_valid_fraction, query_test_fraction=t.query_test_fraction,
       max_relevant=t.max_relevant, history_window=t.history_window,
       history_context=t.history_context, seed=cfg.seed)
   return {'grounding': te.grounding, 'capability': te.capability, **te.eval}
+
+
+def build_test_examples(cfg: ml_collections.ConfigDict, data: DataSplit, sid_map: SIDMap,
+                        tok: Tokenizer) -> dict[str, list[Example]]:
+  """The test examples (rec_test, explain_test, search_test, summary_test on the held-out
+  users): called by the SplitGuard when the final evaluation opens the test split, and by
+  `workdir.load_run(examples=True)`."""
+  heldout = suite.HeldOut(test_queries=list(data.queries.test),
+                          summary_users=data.summary_heldout)
+  return suite.build_test_examples(heldout, data.split.test, data.dataset.catalog,
+                                   data.dataset.users, sid_map, tok.sid,
+                                   history_len=cfg.tasks.history_len, seed=cfg.seed)
 
 
 # -- model -------------------------------------------------------------------------------------
@@ -196,6 +269,7 @@ def build_model(cfg: ml_collections.ConfigDict, tok: Tokenizer) -> Decoder:
   random weights) a randomly initialised decoder of cfg.model.preset with the shape keys that
   are not 0."""
   m = cfg.model
+  seed = int(cfg.seed) + int(cfg.train.seed_offset)  # run.training.train_seed
   backbone = '' if m.random_init else m.backbone
   if backbone:
     model, _ = backbones.load_backbone(backbone, dtype=m.dtype, param_dtype=m.param_dtype,
@@ -207,8 +281,8 @@ def build_model(cfg: ml_collections.ConfigDict, tok: Tokenizer) -> Decoder:
     shape = {k: m[k] for k in _SHAPE_KEYS if m[k]}
     mcfg = get_config(m.preset, **shape, dtype=m.dtype, param_dtype=m.param_dtype,
                       remat=m.remat, vocab_size=tok.text_vocab_size)
-    model = Decoder(mcfg, rngs=nnx.Rngs(cfg.seed))
-  vocab_lib.extend_vocab(model, tok.vocab_size, init='mean', rng=jax.random.key(cfg.seed + 1))
+    model = Decoder(mcfg, rngs=nnx.Rngs(seed))
+  vocab_lib.extend_vocab(model, tok.vocab_size, init='mean', rng=jax.random.key(seed + 1))
   return model
 
 
@@ -216,25 +290,24 @@ def build_model(cfg: ml_collections.ConfigDict, tok: Tokenizer) -> Decoder:
 
 def prepare(cfg: ml_collections.ConfigDict, workdir: str, log: Log = print, *,
             with_model: bool = True, dataset: Dataset | None = None
-            ) -> tuple[Artifacts, dict[str, list[Example]], dict[str, Any]]:
-  """Data (`dataset` when the caller loaded it already), split, SIDs, tokenizer, examples (and
-  the untrained model) under `workdir`. Returns the artifacts, the examples and the flat facts
-  of the build (sizes, timings)."""
-  facts: dict[str, Any] = {}
+            ) -> tuple[Artifacts, DataSplit, dict[str, list[Example]], dict[str, Any]]:
+  """Data (`dataset` when the caller loaded it already), split, SIDs, tokenizer, training and
+  validation examples (and the untrained model) under `workdir`. Returns the artifacts (their
+  dataset and split are the view: `DataSplit`), the data split (for the SplitGuard, which
+  alone builds the test examples), the examples and the flat facts of the build."""
   t0 = time.perf_counter()
   ds = dataset if dataset is not None else load_data(cfg, workdir, log)
-  split, split_facts = make_split(ds.interactions, cfg.data.split)
-  facts.update({f'split/{k}': v for k, v in split_facts.items()})
-  facts.update({f'split/skipped/{k}': v for k, v in split.skipped.items()})
+  data = split_data(cfg, ds, log)
+  facts: dict[str, Any] = dict(data.facts)
   facts['seconds_data'] = time.perf_counter() - t0
 
   t0 = time.perf_counter()
-  sid_map, sid_report = build_sids(cfg, ds, split, workdir, log)
+  sid_map, sid_report = build_sids(cfg, data.view, data.fit_split, workdir, log)
   facts['seconds_sids'] = time.perf_counter() - t0
 
   t0 = time.perf_counter()
-  tok = build_tokenizer(cfg, ds, sid_map, workdir, log)
-  examples = build_examples(cfg, ds, split, sid_map, tok)
+  tok = build_tokenizer(cfg, data.view, sid_map, workdir, log)
+  examples = build_examples(cfg, data, sid_map, tok)
   facts['seconds_tokenizer_examples'] = time.perf_counter() - t0
   log('examples: ' + ', '.join(f'{k} {len(v)}' for k, v in examples.items()))
   facts.update({
@@ -246,4 +319,4 @@ def prepare(cfg: ml_collections.ConfigDict, workdir: str, log: Log = print, *,
     model = build_model(cfg, tok)
     facts['num_params'] = vocab_lib.count_params(model)
     log(f'model: {facts["num_params"]:,} parameters, vocab {model.cfg.vocab_size}')
-  return Artifacts(ds, split, sid_map, tok, model), examples, facts
+  return Artifacts(data.view, data.fit_split, sid_map, tok, model), data, examples, facts

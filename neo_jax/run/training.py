@@ -36,6 +36,12 @@ Log = Callable[[str], None]
 STAGES = ('grounding', 'capability')
 
 
+def train_seed(cfg: ml_collections.ConfigDict) -> int:
+  """The seed of model initialisation, LoRA and data order: cfg.seed + cfg.train.seed_offset
+  (`experiment.seeds` retrains with offsets 0..N-1 on the same prepared data)."""
+  return int(cfg.seed) + int(cfg.train.seed_offset)
+
+
 def train_mesh(cfg: ml_collections.ConfigDict) -> Mesh | None:
   """The (data, fsdp, tensor) mesh of `cfg.train.mesh` ('' = no mesh: one device); the
   product must equal the number of devices."""
@@ -66,10 +72,10 @@ def stage_plan(cfg: ml_collections.ConfigDict, examples: dict[str, list[Example]
   if cfg.train.merge_stages:
     seen = set(capability)
     capability += [e for e in grounding if e not in seen]
-    plan = [('capability', mixture_lib.apply_mixture(capability, mixture, cfg.seed))]
+    plan = [('capability', mixture_lib.apply_mixture(capability, mixture, train_seed(cfg)))]
   else:
     plan = [('grounding', grounding),
-            ('capability', mixture_lib.apply_mixture(capability, mixture, cfg.seed))]
+            ('capability', mixture_lib.apply_mixture(capability, mixture, train_seed(cfg)))]
   names = stage_names(cfg)
   return [(name, exs, stage_config(cfg, name)) for name, exs in plan if name in names]
 
@@ -147,7 +153,7 @@ def _validation(cfg, examples, plan, tok, log, out):
   if not valid:
     raise ValueError('eval_every > 0 but there are no validation examples (rec_valid, '
                      'search_valid)')
-  valid_data = pack_examples(valid, tok, tcfg.seq_len, tcfg.batch_size, seed=cfg.seed)
+  valid_data = pack_examples(valid, tok, tcfg.seq_len, tcfg.batch_size, seed=train_seed(cfg))
   log(f'validation: {len(valid)} examples in {valid_data.num_rows} rows'
       + (f' ({dropped} dropped: equal to a training example)' if dropped else ''))
   requests = []
@@ -218,12 +224,13 @@ def train(cfg: ml_collections.ConfigDict, model: Decoder, tok: Tokenizer,
     counts = mixture_lib.task_counts(stage_examples)
     log(f'[{stage}] examples by task: ' + ', '.join(f'{t} {n}' for t, n in counts.items()))
     out.update({f'{stage}_examples/{t}': n for t, n in counts.items()})
-    data = pack_examples(stage_examples, tok, tcfg.seq_len, tcfg.batch_size, seed=cfg.seed)
+    data = pack_examples(stage_examples, tok, tcfg.seq_len, tcfg.batch_size,
+                         seed=train_seed(cfg))
     log(f'[{stage}] {data.stats["examples"]} examples packed into {data.stats["rows"]} rows '
         f'of {tcfg.seq_len} (fill {data.stats["fill"]:.2f}, '
         f'{data.stats["truncated_prompts"]} prompts cut, '
         f'{data.stats["skipped_completion_too_long"]} examples skipped: answer longer than a row)')
-    mask, trainable, rank = _trainable(stage, scfg, model, tok, cfg.seed, log)
+    mask, trainable, rank = _trainable(stage, scfg, model, tok, train_seed(cfg), log)
     evaluated = int(scfg.eval_every) > 0
     eval_fn = (make_recall_eval_fn(cfg, tok, sid_map, eval_requests)
                if evaluated and eval_requests else None)

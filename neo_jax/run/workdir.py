@@ -253,7 +253,7 @@ def _restore_model(cfg: ml_collections.ConfigDict, tok: Tokenizer, run_dir: str,
     if before:
       prev_dir = os.path.join(run_dir, 'checkpoints', before[-1])
       restore_params(model, prev_dir, _model_step(prev_dir, int(cfg[before[-1]].steps)))
-    training.apply_stage_lora(model, stage, scfg, cfg.seed)
+    training.apply_stage_lora(model, stage, scfg, training.train_seed(cfg))
     restore_params(model, os.path.join(run_dir, 'checkpoints', stage), step,
                    lora.trainable_filter())
     lora.merge_lora(model)
@@ -305,7 +305,11 @@ def load_run(path: str, *, examples: bool = False, log: Log | None = None) -> Tr
   log(f'model: restored {stage} step {step} from {run_dir}/checkpoints/{stage}')
   trie = SIDTrie.build(sid_map, tok.sid)
   art = stages.Artifacts(ds, split, sid_map, tok, model, trie)
-  exs = stages.build_examples(cfg, ds, split, sid_map, tok) if examples else None
+  exs = None
+  if examples:  # a trained run's own examples, test included (no experiment is running)
+    data = stages.split_data(cfg, ds, log)
+    exs = {**stages.build_examples(cfg, data, sid_map, tok),
+           **stages.build_test_examples(cfg, data, sid_map, tok)}
   return TrainedRun(workdir, run_dir, cfg, art, stage, step, exs)
 
 
