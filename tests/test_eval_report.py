@@ -187,3 +187,16 @@ def test_report_of_an_empty_result(tmp_path):
   text = open(report.write_report(str(tmp_path), odd)).read()
   assert '| a | b | m | 0.1000 | not recorded | no interval |' in text
   assert '| neo_multi | not recorded | not recorded / not recorded | not recorded |' in text
+
+
+def test_budget_plot_places_every_system_with_time_and_validation_figure(tmp_path):
+  result = {'seconds/train_neo_multi': 600.0, 'valid/neo_multi/ndcg@10': 0.06,
+            'seconds/train_neo_multi_seed1': 590.0,
+            'sasrec/status': 'ok', 'sasrec/fit/fit_seconds': 240.0,
+            'sasrec/fit/valid_ndcg@10': 0.07, 'sasrec/hr@10': 0.1,
+            'tiger/status': 'ok', 'tiger/fit/fit_seconds': 120.0, 'tiger/hr@10': 0.09}
+  points = report.budget_points(result)
+  assert points == [('neo_multi', 600.0, 0.06), ('sasrec', 240.0, 0.07)]  # tiger: no figure
+  assert report.plot_budgets(result, str(tmp_path / 'b.png'))
+  assert (tmp_path / 'b.png').stat().st_size > 0
+  assert not report.plot_budgets({}, str(tmp_path / 'none.png'))

@@ -20,7 +20,7 @@ TINY = {
     'experiment.baselines': 'popularity,bm25', 'experiment.mono_tasks': 'recommend',
 'experiment.steer_requests': 2,
     'experiment.understanding_requests': 2, 'experiment.max_new_tokens': 8,
-    'experiment.steer_beams': 4,
+    'experiment.steer_beams': 4, 'experiment.seeds': 2,
 }
 SYSTEMS = ('neo_multi', 'neo_mono', 'popularity', 'bm25')
 SEARCH_SYSTEMS = ('neo_multi', 'popularity', 'bm25')
@@ -79,7 +79,27 @@ def test_evaluate_end_to_end(tmp_path):
   stages = {r['stage'] for r in access['reads']}
   assert {'train/neo_multi', 'train/neo_mono_recommend', 'baselines/fit'} <= stages
 
+  # Two seeds: the second seed's runs exist and mean / std are reported.
+  for name in ('neo_multi_seed1', 'neo_mono_recommend_seed1'):
+    assert (workdir / name / 'checkpoints' / 'capability').exists()
+  for s in ('neo_multi', 'neo_mono'):
+    values = [result[f'{s}/seeds/hr@10/seed{i}'] for i in (0, 1)]
+    assert result[f'{s}/seeds/hr@10/mean'] == sum(values) / 2
+    assert result[f'{s}/seeds/hr@10/std'] >= 0
+  # The synthetic catalog repeats items: the primary protocol excludes nothing and the
+  # history-excluded figures stand beside it, for every system.
+  assert result['protocol/exclude_history'] is False and result['view/repeated_events'] > 0
+  for s in SYSTEMS:
+    unit(f'{s}/history_excluded/hr@10')
+  # Paired intervals of NEO-multi against every other system.
+  for b in ('neo_mono', 'popularity', 'bm25'):
+    for m in ('hr@10', 'ndcg@10'):
+      lo, hi = (result[f'compare/neo_multi_vs_{b}/{m}/{x}'] for x in ('ci_low', 'ci_high'))
+      assert lo <= result[f'compare/neo_multi_vs_{b}/{m}/diff'] <= hi
+  assert 'compare/neo_multi_vs_bm25/search_hr@10/ci_low' in result
+
   report = (workdir / 'report.md').read_text()
+  assert report.splitlines()[2] == '## Protocol' and '## Comparisons' in report
   assert '| neo_multi |' in report and '| bm25 |' in report
   assert (workdir / 'training_curves.png').exists() and (workdir / 'metrics.png').exists()
   assert not math.isnan(result['seconds/total'])

@@ -44,6 +44,9 @@ def add_experiment(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   e.baselines = ('popularity', 'bm25', 'bm25s', 'dense', 'sasrec', 'tiger')
   e.tune_baselines = True
   e.steer_requests, e.understanding_requests = 20, 40
+  # NEO-multi and NEO-mono on 300 validation users (and the validation queries): the report's
+  # budget table and plot put them beside the baselines' tuning figures.
+  e.neo_valid_requests = 300
   # Constructor arguments per baseline; each tunes itself on the validation split. SASRec: its
   # dropout x lr grid, each point to early stopping on validation NDCG@10 or max_epochs, grid
   # points started only while time_budget_s (seconds, whole grid) is left: sized for the

@@ -88,7 +88,7 @@ def fit_baselines(names: Sequence[str], args: Mapping[str, Mapping[str, Any]],
       comparison isolates the language model).
 
   Facts: a baseline whose module or class is not in this checkout gets `<name>/status`
-  'missing: ...' and nothing else; every other gets its numeric fit facts as
+  'missing: ...' and nothing else; every other gets its numeric and string fit facts as
   `<name>/fit/<key>`, `seconds/baseline_<name>` (wall) and `cpu_seconds/baseline_<name>`
   (this process's CPU seconds: on a shared machine the figure to size a run by), and
   `<name>/status` 'ok'.
@@ -113,7 +113,7 @@ def fit_baselines(names: Sequence[str], args: Mapping[str, Mapping[str, Any]],
     fit_facts = b.fit(dataset, split, validator=validator)
     fitted[name] = b
     for k, v in fit_facts.items():
-      if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool):
+      if isinstance(v, (int, float, np.floating, np.integer, str)) and not isinstance(v, bool):
         out[f'{name}/fit/{k}'] = v
     wall, cpu = _now()
     out[f'seconds/baseline_{name}'] = wall - t0[0]

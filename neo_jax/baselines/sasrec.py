@@ -282,6 +282,7 @@ class SASRec(base.Baseline):
     self.curves = r.history
     facts.update({key: r.score, 'dropout': point.dropout, 'lr': point.lr,
                   'best_epoch': r.best_epoch, 'grid_points_tried': len(tried)})
+    facts.update(training.stop_facts(r, len(tried), len(points)))
     return facts
 
   # -- inference -------------------------------------------------------------------------------

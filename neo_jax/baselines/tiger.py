@@ -234,6 +234,7 @@ class TIGER(base.Baseline):
     self.curves = r.history
     facts.update({key: r.score, 'lr': lr, 'best_epoch': r.best_epoch,
                   'grid_points_tried': len(tried)})
+    facts.update(training.stop_facts(r, len(tried), len(self.cfg.lr_grid)))
     return facts
 
   # -- ranking ---------------------------------------------------------------------------------

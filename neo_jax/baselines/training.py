@@ -41,7 +41,8 @@ class TrainResult:
   -1 if no epoch gave a figure above it); `best_epoch` (1-based; 0 if none); `epochs`: epochs
   trained; `seconds`: training wall time, validation included; `history`: one record per
   epoch ('epoch', 'loss' (mean over batches), 'seconds' since the start, and `valid_<name>`
-  for every validation figure)."""
+  for every validation figure); `stopped`: why training ended ('patience', 'time budget' or
+  'max_epochs')."""
 
   state: Any
   score: float
@@ -49,6 +50,7 @@ class TrainResult:
   epochs: int
   seconds: float
   history: list[dict[str, Any]]
+  stopped: str = 'max_epochs'
 
 
 def _format(record: dict[str, Any]) -> str:
@@ -114,6 +116,7 @@ def train_early_stopping(loss_fn: Callable[..., jax.Array], state: Any,
   *inputs, mask = arrays
   best, bad, history = (-1.0, state, 0), 0, []
   t0 = time.perf_counter()
+  stopped = 'max_epochs'
   for epoch in range(1, epochs + 1):
     losses = []
     for idx, real in epoch_batches(rng, mask.shape[0], batch_size):
@@ -140,11 +143,21 @@ def train_early_stopping(loss_fn: Callable[..., jax.Array], state: Any,
     history.append(record)
     log(f'{label} {_format(record)}')
     if evaluate is not None and bad >= patience:
+      stopped = 'patience'
       break
-    if deadline is not None and time.perf_counter() > deadline:
+    if deadline is not None and time.perf_counter() > deadline and epoch < epochs:
+      stopped = 'time budget'
       break
   return TrainResult(state=best[1], score=best[0], best_epoch=best[2], epochs=len(history),
-                     seconds=time.perf_counter() - t0, history=history)
+                     seconds=time.perf_counter() - t0, history=history, stopped=stopped)
+
+
+def stop_facts(result: TrainResult, tried: int, points: int) -> dict[str, Any]:
+  """How a grid search ended, for the report's budget table: `stopped` (why the kept point's
+  training ended, and how many grid points the time budget let run)."""
+  return {'stopped': f'{result.stopped} at epoch {result.epochs} (best {result.best_epoch}); '
+                     f'{tried} of {points} grid points run',
+          'train_seconds': result.seconds}
 
 
 def grid_search(points: Sequence[Point],

@@ -511,8 +511,53 @@ def plot_metric_bars(result: dict[str, Any], path: str) -> bool:
   return True
 
 
+def budget_points(result: dict[str, Any]) -> list[tuple[str, float, float]]:
+  """(system, training seconds, validation NDCG@10 of recommendation) of every system that
+  records both (NEO: first seed; baselines: their tuning figure)."""
+  out = []
+  for k in sorted(result):
+    if not k.startswith('seconds/train_') or '_seed' in k:
+      continue
+    run = k[len('seconds/train_'):]
+    system = 'neo_mono' if run == 'neo_mono_recommend' else run
+    v = result.get(f'valid/{system}/ndcg@10')
+    if _is_num(v) and _is_num(result[k]):
+      out.append((run, float(result[k]), float(v)))
+  for b in systems(result)[1]:
+    secs = _first(result, (f'{b}/fit_seconds', f'{b}/fit/fit_seconds', f'seconds/baseline_{b}'))
+    v = _first(result, (f'{b}/valid_ndcg@10', f'{b}/fit/valid_ndcg@10'))
+    if _is_num(secs) and _is_num(v):
+      out.append((b, float(secs), float(v)))
+  return out
+
+
+def plot_budgets(result: dict[str, Any], path: str) -> bool:
+  """Each system's validation NDCG@10 against its training seconds (log scale): what each
+  system's budget bought, on the split every one of them was tuned or checked on."""
+  points = budget_points(result)
+  if not points:
+    return False
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for name, secs, v in points:
+    ax.scatter([max(secs, 1e-2)], [v], color='tab:blue' if name.startswith('neo') else 'tab:gray')
+    ax.annotate(name, (max(secs, 1e-2), v), fontsize=8, xytext=(3, 3),
+                textcoords='offset points')
+  ax.set_xscale('log')
+  ax.set_xlabel('training seconds (wall, log scale)')
+  ax.set_ylabel('validation NDCG@10 (recommend)')
+  ax.set_title('Budget and validation figure per system')
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return True
+
+
 def write_report(workdir: str, result: dict[str, Any]) -> str:
-  """Writes <workdir>/report.md (+ training_curves.png, metrics.png); returns its path."""
+  """Writes <workdir>/report.md (+ training_curves.png, metrics.png, budgets.png); returns
+  its path."""
   os.makedirs(workdir, exist_ok=True)
   lines = [f'# NEO experiment: {result.get("dataset", "?")}', '']
   lines += [protocol_markdown(result), '## Results', '', results_markdown(result)]
@@ -536,6 +581,8 @@ def write_report(workdir: str, result: dict[str, Any]) -> str:
     lines.append('No training logs found under the workdir.')
   if plot_metric_bars(result, os.path.join(workdir, 'metrics.png')):
     lines.append('![metrics](metrics.png)')
+  if plot_budgets(result, os.path.join(workdir, 'budgets.png')):
+    lines.append('![validation figure against training time](budgets.png)')
   path = os.path.join(workdir, 'report.md')
   with open(path, 'w') as f:
     f.write('\n'.join(lines) + '\n')

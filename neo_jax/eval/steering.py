@@ -153,19 +153,20 @@ def steer_and_understand(ranker: NEORanker, guard: SplitGuard, catalog: Catalog,
 
 def sample_generations(ranker: NEORanker, guard: SplitGuard, sid_map: SIDMap, vocab: SIDVocab,
                        catalog: Catalog, max_new_tokens: int = 48) -> list[dict[str, Any]]:
-  """Steering by prompt alone, for the first test user: a recommendation in each output
-  format (`ids`, `text`, `mixed`) and a summary of the user, with every item named decoded
-  back to its title and type ((row, title, type), row None for an SID of no catalog item)."""
+  """Steering by prompt alone, for the first test user with a held-out summary: a
+  recommendation in each output format (`ids`, `text`, `mixed`) and a summary of the user,
+  with every item named decoded back to its title and type ((row, title, type), row None for an SID of no catalog item)."""
   rec = guard.examples('rec_test', 'final/samples')
   if not rec:
     return []
-  ex = rec[0]
+  # The first test user whose summary was held out from training (summary_test holds only
+  # those), so that the summary shown is of a user the model never learned a summary for.
+  summaries = {e.user_id: e for e in guard.examples('summary_test', 'final/samples')}
+  ex = next((e for e in rec if e.user_id in summaries), rec[0])
   requests = [(ex.task, fmt, prompts.reformat_prompt(ex.prompt, ex.task, ex.target_type, fmt),
                ex.target_type) for fmt in prompts.OUTPUT_FORMATS]
-  summary = [e for e in guard.examples('summary_test', 'final/samples')
-             if e.user_id == ex.user_id]
-  if summary:
-    requests.append(('user_summary', 'text', summary[0].prompt, None))
+  if ex.user_id in summaries:
+    requests.append(('user_summary', 'text', summaries[ex.user_id].prompt, None))
   out = []
   for task, fmt, prompt, target_type in requests:
     text, _ = ranker.generate([prompt], fmt, target_types=[target_type],

@@ -58,15 +58,17 @@ def query_types(catalog: Catalog, texts: Sequence[str]) -> list[str | None]:
 
 def recommend_metrics(catalog: Catalog, targets: Sequence[Target], rank_fn: RankRecommend, *,
                       ks: Sequence[int] = metrics.DEFAULT_KS, exclude_history: bool = False,
-                      max_requests: int | None = None, seed: int = 0) -> dict[str, float]:
+                      max_requests: int | None = None, seed: int = 0,
+                      any_type: bool = False) -> dict[str, float]:
   """Full-ranking figures (`metrics.ranking_metrics`) of next-item recommendation over
   `targets`, each request being its target's history and asking for its last item's type; at
   most `max_requests` of them (`subsample_targets`). With `exclude_history` each request's
-  history is excluded from its ranking."""
+  history is excluded from its ranking; with `any_type` every request asks for any type."""
   if not targets:
     raise ValueError('no targets to evaluate')
   targets = subsample_targets(targets, max_requests, seed)
-  types = history_types(catalog, [t.history for t in targets])
+  types = ([None] * len(targets) if any_type else
+           history_types(catalog, [t.history for t in targets]))
   exclude = [t.history for t in targets] if exclude_history else None
   ranked = rank_fn([t.history for t in targets], types, max(ks), exclude=exclude)
   return metrics.ranking_metrics(ranked, [[t.target] for t in targets], ks, exclude=exclude)
@@ -97,6 +99,8 @@ class Validator:
       protocol; default).
     ks: the cutoffs of the figures.
     metric: the figure to maximise, a key of `metrics.ranking_metrics` at one of `ks`.
+    any_type: recommendation requests ask for any type instead of the last history item's
+      (for data whose next item is often of another type than the last one).
     max_requests, seed: at most this many recommendation requests (None: all), a fixed
       random subset drawn with `seed`; `with_subsample` gives the same protocol over another
       subset. Search requests are never subsampled.
@@ -105,7 +109,7 @@ class Validator:
   def __init__(self, catalog: Catalog, targets: Sequence[Target],
                queries: Sequence[Query] = (), *, exclude_history: bool = True,
                ks: Sequence[int] = (10,), metric: str = 'ndcg@10',
-               max_requests: int | None = None, seed: int = 0):
+               max_requests: int | None = None, seed: int = 0, any_type: bool = False):
     ks = tuple(int(k) for k in ks)
     name, _, k = metric.partition('@')
     if name not in ('hr', 'recall', 'ndcg', 'mrr') or (k and int(k) not in ks) or (
@@ -119,19 +123,21 @@ class Validator:
     self.metric = metric
     self.max_requests = max_requests
     self.seed = int(seed)
+    self.any_type = bool(any_type)
 
   def with_subsample(self, max_requests: int | None, seed: int) -> Validator:
     """The same protocol over at most `max_requests` of all the targets (None: all), drawn
     with `seed` (replacing this validator's subsample)."""
     return Validator(self.catalog, self.targets, self.queries,
                      exclude_history=self.exclude_history, ks=self.ks, metric=self.metric,
-                     max_requests=max_requests, seed=seed)
+                     max_requests=max_requests, seed=seed, any_type=self.any_type)
 
   def recommend(self, rank_fn: RankRecommend) -> dict[str, float]:
     """The figures of `rank_fn` on the recommendation requests (raises when there are none)."""
     return recommend_metrics(self.catalog, self.targets, rank_fn, ks=self.ks,
                              exclude_history=self.exclude_history,
-                             max_requests=self.max_requests, seed=self.seed)
+                             max_requests=self.max_requests, seed=self.seed,
+                             any_type=self.any_type)
 
   def search(self, rank_fn: RankSearch) -> dict[str, float]:
     """The figures of `rank_fn` on the search requests (raises when there are none)."""
