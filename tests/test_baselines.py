@@ -208,7 +208,10 @@ def test_registry_fits_tunes_and_reports(monkeypatch, tmp_path):
     assert out[f'{name}/fit/fit_seconds'] == fitted[name].fit_facts['fit_seconds']
   assert out['popularity/fit/train_interactions'] == 9
   assert out['bm25/fit/valid_search_ndcg@10'] == 1.0 and 'bm25/fit/valid_ndcg@10' in out
-  assert 'dense/fit/encoder' not in out  # only numbers
+  # Numbers and strings (e.g. the encoder's name, how training stopped) are reported; other
+  # values (arrays, objects) are not.
+  assert out['dense/fit/encoder'] == fitted['dense'].fit_facts['encoder']
+  assert all(isinstance(v, (int, float, str)) for v in out.values())
   assert fitted['dense'].cache_dir == str(tmp_path / 'dense')
   assert (tmp_path / 'dense' / 'dense_items.npy').exists()
   assert fitted['tiger'].sid_map == 'neo sids'

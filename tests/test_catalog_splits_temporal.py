@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from neo_jax.catalog.splits import (leave_one_out, make_split, temporal_cutoffs,
+from neo_jax.catalog.splits import (leave_one_out, make_split, temporal_cutoffs, tie_key,
                                     temporal_split)
 from neo_jax.catalog.types import Interactions
 
@@ -27,9 +27,11 @@ def _random_interactions(seed: int, num_users: int = 15, num_events: int = 120) 
 def _reference(inter: Interactions, t_valid: int, t_test: int, horizon):
   """Straight from the definition, one event at a time."""
   events = {}
+  key = tie_key(inter)
   for e in range(len(inter)):
     user = inter.user_names[int(inter.user_index[e])]
-    events.setdefault(user, []).append((int(inter.timestamp[e]), int(inter.item_index[e]), e))
+    events.setdefault(user, []).append((int(inter.timestamp[e]), int(key[e]),
+                                        int(inter.item_index[e]), e))
   train, valid, test = {}, [], []
   skipped = {'valid_targets_without_history': 0, 'test_targets_without_history': 0,
              'users_with_fewer_than_2_interactions': 0}
@@ -39,6 +41,7 @@ def _reference(inter: Interactions, t_valid: int, t_test: int, horizon):
     evs.sort()
     if len(evs) < 2:
       skipped['users_with_fewer_than_2_interactions'] += 1
+    evs = [(t, item, e) for t, _, item, e in evs]
     before = [item for t, item, _ in evs if t < t_valid]
     if before:
       train[user] = before
@@ -161,9 +164,11 @@ def test_test_target_ties_counted():
       timestamp=np.array([1, 5, 5, 1, 2, 3, 1, 2, 2, 3, 0], np.int64))
   split, params = make_split(inter, 'leave_one_out')
   assert params['test_target_ties'] == split.test_target_ties == 1
-  # a's tied events are ordered by catalog row: 1 (validation) before 3 (test).
-  assert [(t.user_id, t.target) for t in split.test] == [('a', 3), ('b', 6), ('c', 4)]
-  assert [(t.user_id, t.target) for t in split.valid] == [('a', 1), ('b', 5), ('c', 3)]
+  # a's tied events (items 3 and 1 at t=5) are ordered by `tie_key`.
+  key = dict(zip(inter.item_index[:3].tolist(), tie_key(inter)[:3].tolist()))
+  first, last = sorted([3, 1], key=key.get)
+  assert [(t.user_id, t.target) for t in split.test] == [('a', last), ('b', 6), ('c', 4)]
+  assert [(t.user_id, t.target) for t in split.valid] == [('a', first), ('b', 5), ('c', 3)]
   # Temporal: a tie at the test cutoff decides the target when two events share its time.
   inter = Interactions(
       user_names=['a', 'b'], user_index=np.array([0, 0, 0, 1, 1, 1], np.int32),
@@ -171,7 +176,9 @@ def test_test_target_ties_counted():
       timestamp=np.array([1, 10, 10, 1, 10, 11], np.int64))
   split = temporal_split(inter, 5, 10)
   assert split.test_target_ties == 1
-  assert [(t.user_id, t.target) for t in split.test] == [('a', 2), ('b', 2)]
+  key = dict(zip(inter.item_index[1:3].tolist(), tie_key(inter)[1:3].tolist()))
+  first = min([8, 2], key=key.get)  # a's events 8 and 2 tie at the cutoff t=10
+  assert [(t.user_id, t.target) for t in split.test] == [('a', first), ('b', 2)]
 
 
 @pytest.mark.parametrize('spec', ['leave_one_out', 'temporal:0.3,0.2'])

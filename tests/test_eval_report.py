@@ -137,7 +137,7 @@ def test_report_protocol_comparisons_and_targets(tmp_path):
                'never the target', 'validation split only', 'split_access.json',
                'trained with 3 seeds', '1000 resamples (seed 0)', 'over users (recommendation) '
                'and queries (search)', "37 users' test target shares its timestamp",
-               'broken by catalog row', '`skipped/short_users` = 0'):
+               'neither file nor catalog order', '`skipped/short_users` = 0'):
     assert fact in protocol, fact
   assert '| neo_multi | 600.0 | 0.0600 / 0.2100 | fixed steps: capability 2000 |' in protocol
   assert '| neo_mono_recommend | 300.0 | 0.0500 | not recorded |' in protocol

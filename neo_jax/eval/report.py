@@ -159,7 +159,9 @@ def _seed_interval_tie_lines(result: dict[str, Any]) -> list[str]:
     interval = 'Not recorded.'
   ties = result.get('split/test_target_ties')
   tie = (f'{int(ties)} users\' test target shares its timestamp with the event before it; '
-         'ties are broken by catalog row.' if _is_num(ties) else 'Not recorded.')
+         'ties are broken by a fixed pseudo-random key of (user, item) '
+         '(`catalog.splits.tie_key`), neither file nor catalog order.'
+         if _is_num(ties) else 'Not recorded.')
   return [f'- **Seeds.** {seed}', f'- **Intervals.** {interval}', f'- **Ties.** {tie}']
 
 
