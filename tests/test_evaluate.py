@@ -58,6 +58,8 @@ def test_evaluate_end_to_end(tmp_path):
   assert result['type_steerability/items'] > 0
   for k in ('summary_precision', 'summary_recall', 'explain/faithful', 'explain/no_item'):
     assert result[k] is None or 0.0 <= result[k] <= 1.0, k
+  assert result['neo_multi/summary_precision'] == result['summary_precision']
+  assert result['neo_multi/summary_recall'] == result['summary_recall']
   assert result['requests/recommend'] == 8 and result['requests/search'] == 8
   assert result['popularity/status'] == 'ok' and result['bm25/status'] == 'ok'
   assert result['neo_multi/cross_type/requests'] >= 0

@@ -439,6 +439,10 @@ def _steer(cfg, models, rankers, art, guard, workdir):
                            history_len=cfg.tasks.history_len, seed=cfg.seed)
   out = steer_and_understand(ranker, guard, art.dataset.catalog, art.dataset.users,
                              art.sid_map, settings, os.path.join(workdir, 'samples.json'))
+  # User understanding is NEO-multi's, on the held-out users: also under the system's name.
+  for k in ('summary_precision', 'summary_recall', 'summary_f1', 'summaries'):
+    if k in out:
+      out[f'{MAIN_RUN}/{k}'] = out[k]
   samples = sample_generations(ranker, guard, art.sid_map, art.tokenizer.sid,
                                art.dataset.catalog, e.max_new_tokens)
   checked = sum(len(g['items']) for g in samples)
