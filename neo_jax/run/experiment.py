@@ -311,7 +311,7 @@ def evaluate_systems(cfg, models, fitted, rankers, art, test_reqs: dict[str, Req
   checked = valid = 0
   for name, model in models.items():
     ranker = rankers(model, art)
-    system, _, seed = name.partition('_seed')
+    seed = name.partition('_seed')[2]
     system = system_of(name)
     for task, req in test_reqs.items():
       if not req.examples or (name.startswith('neo_mono_') and
@@ -370,11 +370,8 @@ def comparisons(cfg, per: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
     return {}
   pairs = [(MAIN_RUN, other) for other in per if other != MAIN_RUN]
   names = ('hr@10', 'ndcg@10', 'search_hr@10', 'search_ndcg@10')
-  out = stats.compare(per, pairs, names, resamples=int(cfg.eval.bootstrap_resamples),
-                      seed=int(cfg.seed))
-  out['bootstrap/resamples'] = int(cfg.eval.bootstrap_resamples)
-  out['bootstrap/seed'] = int(cfg.seed)
-  return out
+  return stats.compare(per, pairs, names, resamples=int(cfg.eval.bootstrap_resamples),
+                       seed=int(cfg.seed))  # + bootstrap/{resamples,seed,level}
 
 
 def evaluate_ablations(cfg, models, ablations, rankers, art, guard, test_reqs, result, per,
