@@ -15,7 +15,7 @@ from neo_jax.sid.types import SIDMap
 from neo_jax.tasks import (TASK_NAMES, header, history_examples, prompt_body, query_of, reformat_prompt,
                            tokenizer_corpus, describe_items, grounded_rationale, plain_text,
                            recommend_examples, render_sid, search_examples,
-                           sid_to_text_examples, sid_to_type_examples, split_queries,
+                           sid_to_text_examples, sid_to_type_examples,
                            text_to_sid_examples, user_summary_examples)
 from neo_jax.tokenizer.markup import SIDSpan, split_markup
 from neo_jax.tokenizer.sid_vocab import SIDVocab
@@ -348,22 +348,6 @@ def test_describe_items_round_trip():
   assert describe_items(text, SID_MAP, VOCAB, CATALOG) == [
       (0, CATALOG.titles[0], 'book'), (None, None, 'movie'), (None, None, None),
       (None, None, None)]
-
-
-def test_split_queries():
-  texts = [f'q{i % 40}' for i in range(50)]  # ten texts appear twice
-  queries = [Query(t, (i % len(CATALOG),)) for i, t in enumerate(texts)]
-  train, valid, test = split_queries(queries, 0.2, 0.1, seed=7)
-  assert (train, valid, test) == split_queries(queries, 0.2, 0.1, seed=7)
-  assert (train, valid, test) != split_queries(queries, 0.2, 0.1, seed=8)
-  ids = [[queries.index(q) for q in part] for part in (train, valid, test)]
-  assert sorted(sum(ids, [])) == list(range(50))  # disjoint and complete
-  assert all(p == sorted(p) for p in ids)  # input order kept
-  assert 5 <= len(test) <= 6 and 10 <= len(valid) <= 11
-  for a, b in itertools.combinations((train, valid, test), 2):
-    assert not {q.text for q in a} & {q.text for q in b}
-  with pytest.raises(ValueError, match='must be < 1'):
-    split_queries(queries, 0.6, 0.5)
 
 
 def test_mismatched_inputs_raise():

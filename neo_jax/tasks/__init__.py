@@ -4,7 +4,7 @@ from neo_jax.tasks.builders import (describe_items, grounded_rationale, history_
                                     profile_summary,
                                     query_grounding_examples, query_of, recommend_examples,
                                     search_examples, sid_to_text_examples, sid_to_type_examples,
-                                    split_queries, text_to_sid_examples, tokenizer_corpus,
+                                    text_to_sid_examples, tokenizer_corpus,
                                     user_profile_examples, user_summary_examples)
 from neo_jax.tasks.facts import (SummaryVocabulary, UserProfile, item_era, item_relations,
                                  item_year, named_attributes, relation_name, score_summary,

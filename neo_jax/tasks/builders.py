@@ -560,38 +560,6 @@ def query_of(example: Example) -> str:
                              example.output_format)
 
 
-def split_queries(queries: Sequence[Query], valid_fraction: float, test_fraction: float,
-                  seed: int = 0) -> tuple[list[Query], list[Query], list[Query]]:
-  """Deterministic (train, valid, test) split of search queries by text only.
-
-  Queries with identical text always land in the same part, so evaluation never sees a query
-  that was trained on; parts therefore match the fractions up to one group of duplicates.
-  Each part keeps the input order. The task suite splits by relevant item instead
-  (`split_queries_by_item`), which also keeps other phrasings of an evaluated item out of
-  training.
-  """
-  _check_fractions(valid_fraction, test_fraction)
-  queries = list(queries)
-  groups: dict[str, list[int]] = {}
-  for n, q in enumerate(queries):
-    groups.setdefault(q.text, []).append(n)
-  keys = list(groups)
-  order = np.random.default_rng(seed).permutation(len(keys))
-  want_test = round(len(queries) * test_fraction)
-  want_valid = round(len(queries) * valid_fraction)
-  parts: tuple[list[int], list[int], list[int]] = ([], [], [])
-  for g in order:
-    members = groups[keys[g]]
-    if len(parts[2]) < want_test:
-      parts[2].extend(members)
-    elif len(parts[1]) < want_valid:
-      parts[1].extend(members)
-    else:
-      parts[0].extend(members)
-  train, valid, test = ([queries[n] for n in sorted(p)] for p in parts)
-  return train, valid, test
-
-
 def _check_fractions(valid_fraction: float, test_fraction: float) -> None:
   for name, f in (('valid_fraction', valid_fraction), ('test_fraction', test_fraction)):
     if not 0.0 <= f < 1.0:
