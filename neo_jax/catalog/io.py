@@ -25,13 +25,12 @@ import json
 import math
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
+from neo_jax.catalog import atomic
 from neo_jax.catalog.types import Catalog, Dataset, DatasetError, Interactions, Query, User
 
 ITEMS_FILE = 'items.jsonl'
@@ -517,41 +516,8 @@ def interaction_report(dataset: Dataset) -> dict[str, int]:
 # Writers.
 
 
-@contextlib.contextmanager
-def atomic_directory(directory: str | os.PathLike, overwrite: bool = False) -> Iterator[str]:
-  """Yields a fresh temporary directory that replaces `directory` when the block succeeds.
-
-  The temporary directory is a sibling of `directory` (same file system, so the final rename
-  is atomic). On an exception it is removed and `directory` is left untouched.
-
-  Raises:
-    FileExistsError: `directory` exists, is not empty and `overwrite` is False.
-  """
-  directory = os.path.abspath(os.fspath(directory))
-  parent, base = os.path.split(directory)
-
-  def occupied():
-    return os.path.exists(directory) and (not os.path.isdir(directory) or
-                                          bool(os.listdir(directory)))
-
-  if occupied() and not overwrite:
-    raise FileExistsError(f'{directory} exists and is not empty; pass overwrite=True')
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f'.{base}.tmp-', dir=parent)
-  try:
-    yield tmp
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  old = None
-  if occupied():
-    old = tempfile.mkdtemp(prefix=f'.{base}.old-', dir=parent)
-    os.rename(directory, os.path.join(old, base))
-  elif os.path.isdir(directory):
-    os.rmdir(directory)
-  os.rename(tmp, directory)
-  if old is not None:
-    shutil.rmtree(old)
+# Re-exported: where the catalog layer (and every layer above) gets its atomic directory.
+atomic_directory = atomic.atomic_directory
 
 
 def _float32_json(x) -> float:

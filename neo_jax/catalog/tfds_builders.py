@@ -36,7 +36,6 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import shutil
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -44,6 +43,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from neo_jax.catalog import atomic
 from neo_jax.catalog import io as catalog_io
 from neo_jax.catalog import movielens
 from neo_jax.catalog.types import Catalog, Dataset, DatasetError, Interactions, Query, User
@@ -219,6 +219,9 @@ def build(name: str, data_dir: str, overwrite: bool = False,
     data_dir: the TFDS data directory; tables go to `<data_dir>/<name>/<table>/<version>`.
     overwrite: replace an existing `<data_dir>/<name>`; without it an existing build is an
       error (TFDS would otherwise keep old tables beside new ones from another source).
+      The build is atomic: every table is written into a staging folder beside the target,
+      which is renamed into place at the end, so `<data_dir>/<name>` is either absent, the
+      previous build or the complete new one, whatever stops the build.
     **kwargs: passed to the builder (`source=`, and for 'generic' the load policies).
 
   Returns:
@@ -232,20 +235,23 @@ def build(name: str, data_dir: str, overwrite: bool = False,
   if name not in BUILDERS:
     raise ValueError(f'unknown dataset {name!r}; known: {sorted(BUILDERS)}')
   cls = BUILDERS[name]
-  target = os.path.join(os.fspath(data_dir), cls.name)
+  data_dir = os.path.abspath(os.fspath(data_dir))
+  target = os.path.join(data_dir, cls.name)
   if os.path.exists(target) and not overwrite:
     raise FileExistsError(f'{target} exists; pass overwrite=True to rebuild it')
   first = cls(data_dir=data_dir, config='meta', **kwargs)
   loaded = first.loaded()  # Reads and validates the source before anything is written.
-  if os.path.exists(target):
-    shutil.rmtree(target)
-  for table in TABLES:
-    if _table_size(loaded[0], table) == 0:
-      continue
-    builder = first if table == 'meta' else cls(data_dir=data_dir, config=table,
-                                                 loaded=loaded, **kwargs)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
+  # Built in a staging data_dir beside the target and renamed into place when every table is
+  # written: a build killed half-way leaves no `target` (the next build starts over and
+  # removes the staging folder), never one that a reader would take for a build.
+  with atomic.staging_directory(target) as staging:
+    for table in TABLES:
+      if _table_size(loaded[0], table) == 0:
+        continue
+      builder = cls(data_dir=staging, config=table, loaded=loaded, **kwargs)
+      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+          download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
+    atomic.replace_directory(os.path.join(staging, cls.name), target)
   return loaded[0], loaded[1], target
 
 

@@ -1,0 +1,302 @@
+"""Writing artifacts so that a reader never sees half of one, whatever stops the writer.
+
+Every artifact is written under a temporary name beside its final one (same directory, so
+the same file system) and renamed into place when complete: a file with `write_bytes` /
+`write_text` / `write_json`, a directory with `atomic_directory` (built in a temporary
+directory, then renamed). A kill, a full disk or an exception leaves either the old artifact
+or the new one, never a mix; the temporary is removed on an exception, and one left by a
+killed process (its name carries the writer's process id) is removed by the next writer of
+the same artifact (`sweep_stale`). A full disk (ENOSPC) is re-raised naming the artifact.
+
+Append-only logs (JSON lines) cannot be renamed into place on every line: `JsonlAppender`
+appends whole lines, flushed and synced per call, and on opening drops a last line that a
+killed writer left unfinished, so that the file always reads as complete JSON lines.
+
+Strict JSON has neither NaN nor infinities: `json_safe` turns them (and numpy scalars) into
+what strict readers accept, and every writer here refuses to write them otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+# Temporary names: `.<final name>.tmp-<pid>-<random>` (files and directories alike).
+_TMP = '.{base}.tmp-{pid}-'
+_OLD = '.{base}.old-{pid}-'
+
+
+def json_safe(value: Any) -> Any:
+  """`value` with NaN and infinities as None (strict JSON has neither), numpy scalars and
+  arrays as Python numbers and lists, tuples as lists."""
+  if isinstance(value, Mapping):
+    return {k: json_safe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [json_safe(v) for v in value]
+  if hasattr(value, 'tolist') and not isinstance(value, (str, bytes)):
+    value = value.tolist()
+    if isinstance(value, list):
+      return json_safe(value)
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
+
+
+def dumps(obj: Any, **kwargs) -> str:
+  """Strict JSON text of `json_safe(obj)` (never NaN or Infinity)."""
+  return json.dumps(json_safe(obj), allow_nan=False, **kwargs)
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def sweep_stale(path: str | os.PathLike) -> list[str]:
+  """Removes the temporaries of `path` (files or directories) that a process no longer
+  alive left behind; returns what it removed. Those of live processes (a concurrent writer)
+  are kept."""
+  path = os.path.abspath(os.fspath(path))
+  parent, base = os.path.split(path)
+  if not os.path.isdir(parent):
+    return []
+  removed = []
+  for name in os.listdir(parent):
+    for pattern in (_TMP, _OLD):
+      prefix = pattern.format(base=base, pid='')
+      if not name.startswith(prefix):
+        continue
+      pid = name[len(prefix):].split('-', 1)[0]
+      if pid.isdigit() and not _pid_alive(int(pid)):
+        full = os.path.join(parent, name)
+        if os.path.isdir(full) and not os.path.islink(full):
+          shutil.rmtree(full, ignore_errors=True)
+        else:
+          with contextlib.suppress(FileNotFoundError):
+            os.remove(full)
+        removed.append(full)
+  return removed
+
+
+def _fsync_dir(directory: str) -> None:
+  with contextlib.suppress(OSError):  # some file systems cannot sync a directory
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+      os.fsync(fd)
+    finally:
+      os.close(fd)
+
+
+def _full_disk(e: OSError, path: str, what: str) -> OSError:
+  """The error to raise for `e` while writing `path`: ENOSPC and EDQUOT name the artifact and
+  say that the old one is unchanged."""
+  if e.errno in (errno.ENOSPC, errno.EDQUOT):
+    return OSError(e.errno, f'no space left on the device while writing {path}; {what}', path)
+  return e
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> str:
+  """Writes `data` to `path` atomically (a synced temporary file renamed over `path`)."""
+  path = os.path.abspath(os.fspath(path))
+  parent, base = os.path.split(path)
+  os.makedirs(parent, exist_ok=True)
+  sweep_stale(path)
+  fd, tmp = tempfile.mkstemp(prefix=_TMP.format(base=base, pid=os.getpid()), dir=parent)
+  try:
+    try:
+      view = memoryview(data)
+      while view:
+        n = os.write(fd, view)
+        view = view[n:]
+      os.fsync(fd)
+    finally:
+      os.close(fd)
+    os.replace(tmp, path)
+  except OSError as e:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(tmp)
+    raise _full_disk(e, path, 'the previous file (if any) is unchanged') from e
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(tmp)
+    raise
+  _fsync_dir(parent)
+  return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> str:
+  """Writes `text` (UTF-8) to `path` atomically."""
+  return write_bytes(path, text.encode('utf-8'))
+
+
+def write_json(path: str | os.PathLike, obj: Any, **kwargs) -> str:
+  """Writes `obj` as strict JSON (`json_safe`: NaN and infinities become null) to `path`
+  atomically; `kwargs` go to `json.dumps` (indent, sort_keys, ...)."""
+  return write_text(path, dumps(obj, **kwargs) + '\n')
+
+
+def replace_directory(src: str, dst: str) -> None:
+  """Moves directory `src` to `dst` (same file system), replacing what `dst` held: the old
+  `dst` is first renamed aside, then removed, so `dst` is at every moment the old directory,
+  absent for the instant between two renames, or the new one."""
+  parent, base = os.path.split(os.path.abspath(dst))
+  old = None
+  if os.path.lexists(dst):
+    old = tempfile.mkdtemp(prefix=_OLD.format(base=base, pid=os.getpid()), dir=parent)
+    os.rename(dst, os.path.join(old, base))
+  os.rename(src, dst)
+  _fsync_dir(parent)
+  if old is not None:
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staging_directory(path: str | os.PathLike) -> Iterator[str]:
+  """Yields an empty temporary directory beside `path` (named for it, so that `sweep_stale`
+  finds it after a kill) and removes it when the block ends, whichever way. For builders that
+  write a tree of their own layout into a folder, to be moved to `path` with
+  `replace_directory` once complete."""
+  path = os.path.abspath(os.fspath(path))
+  parent, base = os.path.split(path)
+  os.makedirs(parent, exist_ok=True)
+  sweep_stale(path)
+  tmp = tempfile.mkdtemp(prefix=_TMP.format(base=base, pid=os.getpid()), dir=parent)
+  try:
+    yield tmp
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_directory(directory: str | os.PathLike, overwrite: bool = False) -> Iterator[str]:
+  """Yields a fresh temporary directory that replaces `directory` when the block succeeds.
+
+  The temporary directory is a sibling of `directory` (same file system, so the final rename
+  is atomic). On an exception it is removed and `directory` is left untouched; after a kill it
+  is left behind and removed by the next `atomic_directory` (or `sweep_stale`) of the same
+  `directory`.
+
+  Raises:
+    FileExistsError: `directory` exists, is not empty and `overwrite` is False.
+  """
+  directory = os.path.abspath(os.fspath(directory))
+  parent, base = os.path.split(directory)
+
+  def occupied():
+    return os.path.exists(directory) and (not os.path.isdir(directory) or
+                                          bool(os.listdir(directory)))
+
+  if occupied() and not overwrite:
+    raise FileExistsError(f'{directory} exists and is not empty; pass overwrite=True')
+  os.makedirs(parent, exist_ok=True)
+  sweep_stale(directory)
+  tmp = tempfile.mkdtemp(prefix=_TMP.format(base=base, pid=os.getpid()), dir=parent)
+  try:
+    yield tmp
+  except OSError as e:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise _full_disk(e, directory, 'the previous directory (if any) is unchanged') from e
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  if os.path.isdir(directory) and not occupied():
+    os.rmdir(directory)
+  replace_directory(tmp, directory)
+
+
+def repair_jsonl(path: str | os.PathLike) -> int:
+  """Cuts `path` back to its last complete line when a killed writer left the last line
+  unfinished (no newline, or not valid JSON); returns the bytes removed (0: nothing)."""
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    return 0
+  with open(path, 'rb') as f:
+    data = f.read()
+  keep = len(data)
+  if data and not data.endswith(b'\n'):
+    keep = data.rfind(b'\n') + 1
+  else:  # a complete-looking last line that is not JSON (a torn write) goes too
+    start = data.rfind(b'\n', 0, max(len(data) - 1, 0)) + 1
+    last = data[start:].strip()
+    if last:
+      try:
+        json.loads(last)
+      except ValueError:
+        keep = start
+  if keep == len(data):
+    return 0
+  with open(path, 'r+b') as f:
+    f.truncate(keep)
+    f.flush()
+    os.fsync(f.fileno())
+  return len(data) - keep
+
+
+class JsonlAppender:
+  """Appends strict JSON objects to a JSON-lines file, whole lines at a time.
+
+  On opening, an unfinished last line (a writer killed mid-line) is cut off (`repair_jsonl`,
+  the bytes removed in `repaired`). `append` writes its objects as one `write`, then flushes
+  and syncs, so that what it returned for is on disk. A full disk raises an OSError naming the
+  file; the lines already appended stay.
+  """
+
+  def __init__(self, path: str | os.PathLike, *, truncate: bool = False):
+    self.path = os.path.abspath(os.fspath(path))
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    self.repaired = 0 if truncate else repair_jsonl(self.path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (os.O_TRUNC if truncate else 0)
+    self._fd = os.open(self.path, flags, 0o644)
+
+  def append(self, objs: Iterable[Any]) -> None:
+    data = ''.join(dumps(o, ensure_ascii=False) + '\n' for o in objs).encode('utf-8')
+    if not data:
+      return
+    at = os.lseek(self._fd, 0, os.SEEK_END)
+    try:
+      view = memoryview(data)
+      while view:
+        view = view[os.write(self._fd, view):]
+      os.fsync(self._fd)
+    except OSError as e:
+      # Cut a partly written chunk off again, so that the file stays whole lines.
+      with contextlib.suppress(OSError):
+        os.ftruncate(self._fd, at)
+      raise _full_disk(e, self.path, 'the lines written before are kept') from e
+
+  def close(self) -> None:
+    if self._fd is not None:
+      os.close(self._fd)
+      self._fd = None
+
+  def __enter__(self) -> JsonlAppender:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def read_jsonl(path: str | os.PathLike) -> list[Any]:
+  """The objects of a JSON-lines file (blank lines skipped); a bad line is a ValueError
+  naming the file and line."""
+  out = []
+  with open(path, encoding='utf-8') as f:
+    for n, line in enumerate(f, start=1):
+      if line.strip():
+        try:
+          out.append(json.loads(line))
+        except ValueError as e:
+          raise ValueError(f'{path}:{n}: not valid JSON ({e})') from None
+  return out
