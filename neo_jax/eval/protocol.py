@@ -23,12 +23,11 @@ per-request values that the paired bootstrap (`eval.stats`) resamples.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from neo_jax.catalog import atomic
 from neo_jax.catalog.splits import Split, Target
 from neo_jax.catalog.types import Catalog
 from neo_jax.decode.ranker import NEORanker
@@ -86,11 +85,9 @@ class SplitGuard:
       raise TestSplitAccessError(f'stage {stage!r} read test data ({what}) before the final '
                                  'evaluation')
     self.reads.append({'stage': stage, 'split': part, 'what': what, 'order': len(self.reads)})
-    if self.path:
-      tmp = self.path + '.tmp'
-      with open(tmp, 'w') as f:
-        json.dump({'test_opened_at': self._opened_at(), 'reads': self.reads}, f, indent=1)
-      os.replace(tmp, self.path)
+    if self.path:  # a reader sees the previous log or this one, never half of one
+      atomic.write_json(self.path, {'test_opened_at': self._opened_at(), 'reads': self.reads},
+                        indent=1)
 
   def _opened_at(self) -> int | None:
     for r in self.reads:

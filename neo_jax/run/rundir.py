@@ -12,13 +12,13 @@ its own `config.json` (an ablation's differs from the experiment's), checked the
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from typing import Any, Mapping
 
 import ml_collections
 
+from neo_jax.catalog import atomic
 from neo_jax.run import config as config_lib
 
 CONFIG_FILE = 'config.json'
@@ -83,27 +83,14 @@ def claim(directory: str, cfg: ml_collections.ConfigDict, *, overwrite: bool = F
 
 
 
-def json_safe(value: Any) -> Any:
-  """`value` with NaN and infinities as None (strict JSON has neither) and numpy scalars as
-  Python numbers."""
-  if isinstance(value, Mapping):
-    return {k: json_safe(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [json_safe(v) for v in value]
-  if hasattr(value, 'item') and not isinstance(value, (str, bytes)):
-    value = value.item()
-  if isinstance(value, float) and not math.isfinite(value):
-    return None
-  return value
+# Strict JSON (NaN and infinities as null), written atomically: catalog/atomic.py.
+json_safe = atomic.json_safe
 
 
 def write_json(path: str, obj: Any) -> str:
-  """Writes `obj` as strict JSON to `path` atomically (a temporary file, then a rename)."""
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(json_safe(obj), f, indent=1, sort_keys=True, allow_nan=False)
-  os.replace(tmp, path)
-  return path
+  """Writes `obj` as strict JSON to `path` atomically (a synced temporary file, then a
+  rename; a full disk names the file and leaves the old one)."""
+  return atomic.write_json(path, obj, indent=1, sort_keys=True)
 
 
 def write_result(workdir: str, result: Mapping[str, Any]) -> str:

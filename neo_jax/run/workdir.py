@@ -46,6 +46,7 @@ from neo_jax.sid.builder import load_sid_map
 from neo_jax.tasks.types import Example
 from neo_jax.tokenizer.base import Tokenizer
 from neo_jax.tokenizer.bpe import BPETokenizer
+from neo_jax.tokenizer.files import TokenizerFileError
 from neo_jax.tokenizer.spm import SentencePieceTokenizer
 
 # Run directories tried, in order, when a workdir (not a run directory) is given: the
@@ -131,10 +132,14 @@ def load_config(directory: str) -> ml_collections.ConfigDict:
 def load_tokenizer(directory: str) -> Tokenizer:
   """The tokenizer saved in `directory`: sentencepiece (`spm.model`) or byte-level BPE
   (`tokenizer.json`), each with its `sid_vocab.json`."""
-  if os.path.exists(os.path.join(directory, 'spm.model')):
-    return SentencePieceTokenizer.load(directory)
-  if os.path.exists(os.path.join(directory, 'tokenizer.json')):
-    return BPETokenizer.load(directory)
+  try:
+    if os.path.exists(os.path.join(directory, 'spm.model')):
+      return SentencePieceTokenizer.load(directory)
+    if os.path.exists(os.path.join(directory, 'tokenizer.json')):
+      return BPETokenizer.load(directory)
+  except TokenizerFileError as e:
+    raise WorkdirError(f'{e} (rerun the command that trained this run with the same --workdir: '
+                       'its preparation writes the tokenizer again)') from None
   raise WorkdirError(f'{directory}: holds neither spm.model nor tokenizer.json (a run writes '
                      'one of them after the SID map)')
 
@@ -287,7 +292,11 @@ def load_run(path: str, *, examples: bool = False, log: Log | None = None) -> Tr
 
   ds = stages.load_data(cfg, workdir, log, build=False)
   split, _ = make_split(ds.interactions, cfg.data.split)
-  sid_map = load_sid_map(sid_dir)
+  try:
+    sid_map = load_sid_map(sid_dir)
+  except (ValueError, OSError) as e:  # a damaged map: named by load_sid_map
+    raise WorkdirError(f'{e} (rerun the command that trained this run with the same --workdir: '
+                       'its preparation writes the SID map again)') from None
   if (len(sid_map) != len(ds.catalog) or tuple(sid_map.type_names) != ds.catalog.type_names
       or not np.array_equal(sid_map.type_index, ds.catalog.type_index)):
     raise WorkdirError(f'{sid_dir}: the SID map ({len(sid_map)} items of types '

@@ -24,6 +24,7 @@ from typing import Sequence
 import tokenizers
 from tokenizers import models, pre_tokenizers
 
+from neo_jax.tokenizer import files
 from neo_jax.tokenizer.base import SIDTextTokenizer
 from neo_jax.tokenizer.sid_vocab import SID_CLOSE, SID_OPEN, SIDVocab
 
@@ -292,13 +293,10 @@ class BPETokenizer(SIDTextTokenizer):
     for i in range(self.sid.base, self.sid.end):
       if tk.token_to_id(self.id_to_piece(i)) != i:
         raise AssertionError(f'SID token {self.id_to_piece(i)!r} did not get id {i}')
-    tk.save(os.path.join(directory, TOKENIZER_FILE))
     config = {'tokenizer_class': 'PreTrainedTokenizerFast',
               'bos_token': self._tokens[self.bos_id], 'eos_token': self._tokens[self.eos_id],
               'pad_token': self._tokens[self.pad_id], 'model_max_length': 1 << 30,
               'clean_up_tokenization_spaces': False}
-    with open(os.path.join(directory, 'tokenizer_config.json'), 'w') as f:
-      json.dump(config, f, indent=1)
     layout = {
         'format': _LAYOUT_FORMAT, 'base': self.sid.base,
         'type_names': list(self.sid.type_names),
@@ -306,19 +304,30 @@ class BPETokenizer(SIDTextTokenizer):
         'bos_id': self.bos_id, 'eos_id': self.eos_id, 'pad_id': self.pad_id,
         'pre_tokenizer': self.pre_tokenizer, 'token_types': self._types,
     }
-    with open(os.path.join(directory, LAYOUT_FILE), 'w') as f:
-      json.dump(layout, f)
+    # Each file atomically, the layout (with the others' SHA-256) last: tokenizer.files.
+    files.save(directory, {
+        TOKENIZER_FILE: tk.to_str(pretty=True).encode('utf-8'),
+        'tokenizer_config.json': (json.dumps(config, indent=1) + '\n').encode('utf-8'),
+    }, LAYOUT_FILE, layout)
 
   @classmethod
   def load(cls, directory: str) -> BPETokenizer:
+    """The tokenizer `save` wrote into `directory`.
+
+    Raises:
+      TokenizerFileError: a file is missing or damaged (named).
+    """
     layout_path = os.path.join(directory, LAYOUT_FILE)
-    with open(layout_path) as f:
-      layout = json.load(f)
+    layout = files.read_layout(directory, LAYOUT_FILE)
     if layout.get('format') != _LAYOUT_FORMAT:
       raise ValueError(f'{layout_path}: format {layout.get("format")!r}, expected '
                        f'{_LAYOUT_FORMAT!r}')
-    with open(os.path.join(directory, TOKENIZER_FILE)) as f:
-      spec = json.load(f)['model']
+    raw = files.read(directory, TOKENIZER_FILE, layout)
+    try:
+      spec = json.loads(raw)['model']
+    except (ValueError, KeyError) as e:
+      raise files.TokenizerFileError(f'{directory}/{TOKENIZER_FILE}: not a tokenizers JSON '
+                                     f'file ({e!r}); the file is damaged') from None
     base = int(layout['base'])
     vocab = spec['vocab']
     tokens = [None] * base

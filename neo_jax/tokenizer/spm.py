@@ -20,6 +20,7 @@ from typing import Iterable, Sequence
 import sentencepiece as spm
 
 from neo_jax.sid.types import SIDMap
+from neo_jax.tokenizer import files
 from neo_jax.tokenizer.base import SIDTextTokenizer
 from neo_jax.tokenizer.sid_vocab import SID_CLOSE, SID_OPEN, SIDVocab
 
@@ -175,26 +176,26 @@ class SentencePieceTokenizer(SIDTextTokenizer):
     return self.sid.token_str(*self.sid.describe(token_id))
 
   def save(self, directory: str) -> None:
-    """Writes `spm.model` and `sid_vocab.json` (the SID block layout) into `directory`."""
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, MODEL_FILE), 'wb') as f:
-      f.write(self._proto)
+    """Writes `spm.model` and `sid_vocab.json` (the SID block layout and the model's SHA-256)
+    into `directory`, each atomically, the layout last (`tokenizer.files`)."""
     layout = {
         'format': _LAYOUT_FORMAT,
         'base': self.sid.base,
         'type_names': list(self.sid.type_names),
         'level_sizes': {t: list(k) for t, k in self.sid.level_sizes.items()},
     }
-    with open(os.path.join(directory, LAYOUT_FILE), 'w') as f:
-      json.dump(layout, f, indent=1)
+    files.save(directory, {MODEL_FILE: self._proto}, LAYOUT_FILE, layout, indent=1)
 
   @classmethod
   def load(cls, directory: str) -> SentencePieceTokenizer:
+    """The tokenizer `save` wrote into `directory`.
+
+    Raises:
+      TokenizerFileError: a file is missing or damaged (named).
+    """
     layout_path = os.path.join(directory, LAYOUT_FILE)
-    with open(os.path.join(directory, MODEL_FILE), 'rb') as f:
-      proto = f.read()
-    with open(layout_path) as f:
-      layout = json.load(f)
+    layout = files.read_layout(directory, LAYOUT_FILE)
+    proto = files.read(directory, MODEL_FILE, layout)
     if layout.get('format') != _LAYOUT_FORMAT:
       raise ValueError(f'{layout_path}: format {layout.get("format")!r}, expected '
                        f'{_LAYOUT_FORMAT!r}')
