@@ -166,18 +166,16 @@ class _KMeans:
     return self.batch_size is not None or self.minibatch or self.mesh is not None
 
   def fit(self, emb_NxD: np.ndarray, rows: np.ndarray, ks: tuple[int, ...], key: jax.Array
-          ) -> tuple[np.ndarray, dict]:
-    """(len(rows), len(ks)) int32 codes of the rows `rows` of `emb_NxD`, and the k-means
-    report (k_l{l}, mse_input, mse_l{l}, iterations_l{l}, k_clamped)."""
+          ) -> tuple[np.ndarray, list[np.ndarray], dict]:
+    """(len(rows), len(ks)) int32 codes of the rows `rows` of `emb_NxD`, the codebooks
+    (one (K_l, D) array per level) and the k-means report (k_l{l}, mse_input, mse_l{l},
+    iterations_l{l}, k_clamped)."""
     if self.streaming:
       x_t = emb_NxD[rows] if rows.size < emb_NxD.shape[0] else emb_NxD  # one type: no copy
-      kcodes, _, info = residual_kmeans_streaming(
+      return residual_kmeans_streaming(
           x_t, ks, key=key, iters=self.iters, tol=self.tol,
           batch_size=self.batch_size or 65536, minibatch=self.minibatch, mesh=self.mesh)
-    else:
-      kcodes, _, info = residual_kmeans(emb_NxD[rows], ks, iters=self.iters, key=key,
-                                        tol=self.tol)
-    return kcodes, info
+    return residual_kmeans(emb_NxD[rows], ks, iters=self.iters, key=key, tol=self.tol)
 
 
 def _checked_embeddings(emb_NxD, n: int, streaming: bool) -> np.ndarray:
@@ -198,26 +196,30 @@ def _checked_embeddings(emb_NxD, n: int, streaming: bool) -> np.ndarray:
 
 def _type_codes(method: str, kmeans: _KMeans, emb_NxD: np.ndarray, rows: np.ndarray,
                 ks: tuple[int, ...], m_t: int, kmeans_levels: int, key: jax.Array,
-                rng_seed: list[int]) -> tuple[np.ndarray, tuple[int, ...], dict]:
-  """(kcodes, sizes, info) of one type's items `rows`: (R, kmeans_levels) int32 codes (one
-  column for 'atomic'), the size of each of those levels, and the quantiser's report. A type
-  with m_t < kmeans_levels levels gets size-1 filler levels (code 0) after its own."""
+                rng_seed: list[int]
+                ) -> tuple[np.ndarray, tuple[int, ...], dict, tuple[np.ndarray, ...] | None]:
+  """(kcodes, sizes, info, codebooks) of one type's items `rows`: (R, kmeans_levels) int32
+  codes (one column for 'atomic'), the size of each of those levels, the quantiser's report
+  and the type's m_t codebooks ('rkmeans'; None for the ablations). A type with m_t <
+  kmeans_levels levels gets size-1 filler levels (code 0) after its own."""
   info: dict = {}
+  codebooks = None
   if method == 'atomic':
-    return np.arange(rows.size, dtype=np.int32)[:, None], (int(rows.size),), info
+    return np.arange(rows.size, dtype=np.int32)[:, None], (int(rows.size),), info, None
   if method == 'random':
     sizes = tuple(min(kk, rows.size) for kk in ks)
     info['k_clamped'] = sum(kk > rows.size for kk in ks)
     kcodes = _random_codes(rows.size, sizes, np.random.default_rng(rng_seed))
   else:
-    kcodes, info = kmeans.fit(emb_NxD, rows, ks, key)
+    kcodes, cbs, info = kmeans.fit(emb_NxD, rows, ks, key)
+    codebooks = tuple(np.asarray(cb, np.float32) for cb in cbs)
     sizes = tuple(info[f'k_l{l}'] for l in range(m_t))
   if m_t < kmeans_levels:
     # Shallower type: size-1 filler levels keep every type at the same depth.
     kcodes = np.concatenate([kcodes, np.zeros((rows.size, kmeans_levels - m_t), np.int32)],
                             axis=1)
     sizes = sizes + (1,) * (kmeans_levels - m_t)
-  return kcodes, sizes, info
+  return kcodes, sizes, info, codebooks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -332,7 +334,9 @@ def build_sid_map(catalog: Catalog, embeddings_NxD, *, levels=3, k: KSpec = 256,
       'data' axis of `mesh` if given (`stream_kmeans`); else one in-memory Lloyd per level.
 
   Returns:
-    (sid_map, report): the report is a flat dict of numbers, overall and per type
+    (sid_map, report): the map carries its codebooks ('rkmeans': `SIDMap.codebooks`, what
+    `sid.quantiser.freeze` keeps to place new items); the report is a flat dict of numbers,
+    overall and per type
     ('{type}/...'): num_items, collision_rate (share of items whose k-means codes equal
     another item's), colliding_groups, max_group, unreachable_items, k_l{l} (effective K),
     k_clamped, utilisation_l{l} (perplexity of code usage / K), mse_input and mse_l{l}
@@ -362,14 +366,16 @@ def build_sid_map(catalog: Catalog, embeddings_NxD, *, levels=3, k: KSpec = 256,
   report: dict[str, float] = {}
   colliding = unreachable = 0
   means = _Means()
+  codebooks: dict[str, tuple[np.ndarray, ...] | None] = {}
   base_key = jax.random.PRNGKey(seed)
   for ti, t in enumerate(type_names):
     t0 = time.perf_counter()
     rows = np.flatnonzero(type_index == ti)
     if rows.size == 0:
       raise ValueError(f'entity type {t!r} has no items; the catalog is inconsistent')
-    kcodes, sizes, info = _type_codes(method, kmeans, emb, rows, ks[t], lv[t], kmeans_levels,
-                                      jax.random.fold_in(base_key, ti), [int(seed), ti, 0x5EED])
+    kcodes, sizes, info, codebooks[t] = _type_codes(
+        method, kmeans, emb, rows, ks[t], lv[t], kmeans_levels,
+        jax.random.fold_in(base_key, ti), [int(seed), ti, 0x5EED])
     groups = _collision_groups(kcodes, rows, pop)
     level_sizes[t], unreachable_t = _assign_codes(codes_NxL, rows, kcodes, sizes, groups,
                                                   method, collision)
@@ -406,7 +412,8 @@ def build_sid_map(catalog: Catalog, embeddings_NxD, *, levels=3, k: KSpec = 256,
       'embedding_dim': int(emb.shape[1]),
   }
   sid_map = SIDMap(type_names=type_names, level_sizes=level_sizes, codes=codes_NxL,
-                   type_index=type_index.copy(), meta=meta)
+                   type_index=type_index.copy(), meta=meta,
+                   codebooks=codebooks if method == 'rkmeans' else None)
   validate_sid_map(sid_map)
   return sid_map, report
 
@@ -450,11 +457,22 @@ def validate_sid_map(sid_map: SIDMap) -> None:
       raise ValueError(f'{t!r}: two reachable items share an SID')
 
 
+def array_sha256(arr: np.ndarray) -> str:
+  """Checksum of an array's dtype, shape and bytes (what manifests record)."""
+  return _sha256(arr)
+
+
 def _sha256(arr: np.ndarray) -> str:
   h = hashlib.sha256()
   h.update(f'{arr.dtype.str}{arr.shape}'.encode())
   h.update(np.ascontiguousarray(arr).tobytes())
   return h.hexdigest()
+
+
+def atomic_write(path: str, write_fn, mode: str) -> None:
+  """Writes `path` through `write_fn(file)` into a temporary sibling, fsynced, then renamed
+  over `path`: a reader sees the old file or the whole new one, never a part."""
+  _atomic_write(path, write_fn, mode)
 
 
 def _atomic_write(path: str, write_fn, mode: str) -> None:

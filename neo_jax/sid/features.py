@@ -69,6 +69,7 @@ class HashedTfidfEncoder:
     if idf_B.ndim != 1 or idf_B.size < 1 or not np.all(np.isfinite(idf_B)):
       raise ValueError(f'idf_B must be a non-empty finite vector, got shape {idf_B.shape}')
     self.idf_B = idf_B
+    self.df_B: np.ndarray | None = None  # set by fit / from_df (an IDF given directly has none)
     self.num_buckets = int(idf_B.size)
     self.num_docs, self._dim, self.nnz, self.seed = int(num_docs), int(dim), int(nnz), int(seed)
     rng = np.random.default_rng(self.seed)
@@ -87,8 +88,25 @@ class HashedTfidfEncoder:
     df_B = np.zeros(num_buckets, np.int64)
     for text in texts:
       df_B[np.unique(_buckets(text, num_buckets))] += 1
-    idf_B = np.log((1.0 + len(texts)) / (1.0 + df_B)) + 1.0
-    return cls(idf_B, len(texts), dim, nnz, seed)
+    return cls.from_df(df_B, len(texts), dim, nnz, seed)
+
+  @classmethod
+  def from_df(cls, df_B: np.ndarray, num_docs: int, dim: int, nnz: int, seed: int
+              ) -> HashedTfidfEncoder:
+    """The encoder whose IDF comes from `df_B` (texts per bucket) over `num_docs` texts: the
+    same encoder `fit` made, bit for bit, from the document frequencies it counted (what a
+    frozen quantiser saves, `sid.quantiser`)."""
+    df_B = np.asarray(df_B)
+    if df_B.ndim != 1 or not np.issubdtype(df_B.dtype, np.integer) or np.any(df_B < 0):
+      raise ValueError(f'df_B must be a 1-D array of counts >= 0, got {df_B.dtype} '
+                       f'{df_B.shape}')
+    if np.any(df_B > num_docs):
+      raise ValueError(f'a bucket occurs in more than the {num_docs} texts')
+    df_B = df_B.astype(np.int64)
+    idf_B = np.log((1.0 + num_docs) / (1.0 + df_B)) + 1.0
+    enc = cls(idf_B, num_docs, dim, nnz, seed)
+    enc.df_B = df_B
+    return enc
 
   @property
   def name(self) -> str:

@@ -20,6 +20,7 @@ from neo_jax.sid import builder
 from neo_jax.sid import collaborative
 from neo_jax.sid import features
 from neo_jax.sid import quality
+from neo_jax.sid import quantiser
 from neo_jax.sid.types import SIDMap
 
 ENCODERS = ('minilm', 'tfidf', 'cf', 'npy:<path>')
@@ -101,8 +102,9 @@ def build_and_save(catalog: Catalog, emb_NxD: np.ndarray, out_dir: str, *,
                    method: str = 'rkmeans', tol: float = 0.0, batch_size: int = 0,
                    minibatch: bool = False, shard: bool = True, seed: int = 0,
                    plot: bool = True) -> tuple[SIDMap, dict[str, Any]]:
-  """Builds the SID map and writes under `out_dir`: `sid_map/` (map + manifest),
-  `report.json` (build + quality figures), `quality.png` (if `plot`).
+  """Builds the SID map and writes under `out_dir`: `sid_map/` (map + manifest, and for
+  'rkmeans' the frozen quantiser that places new items, `sid.quantiser`), `report.json`
+  (build + quality figures), `quality.png` (if `plot`).
 
   Args:
     levels, k, collision, iters, method, tol, minibatch, popularity, encoder_name, seed: as in
@@ -131,6 +133,10 @@ def build_and_save(catalog: Catalog, emb_NxD: np.ndarray, out_dir: str, *,
     report.setdefault(key, value)
   os.makedirs(out_dir, exist_ok=True)
   builder.save_sid_map(sid_map, os.path.join(out_dir, 'sid_map'))
+  if sid_map.codebooks is not None:
+    frozen = quantiser.freeze(catalog, emb_NxD, encoder_name, sid_map)
+    quantiser.save_quantiser(frozen, os.path.join(out_dir, 'sid_map'))
+    report['quantiser/reproduced_items'] = frozen.reproduced_items
   if plot:
     title = (f'{sid_map.meta.get("method")} SIDs, {encoder_name}, collision rate '
              f'{report["collision_rate"]:.4f}')

@@ -391,7 +391,46 @@ def residual_kmeans(x_NxD, level_ks: tuple[int, ...], seed: int = 0, iters: int 
   return codes, codebooks, info
 
 
+@functools.partial(jax.jit, static_argnames=('chunk',))
+def _assign_core(x_NxD, valid_N, centroids_KxD, chunk):
+  x_sq_N = jnp.sum(x_NxD * x_NxD, axis=-1)
+  return lloyd_stats(x_NxD, valid_N, centroids_KxD, x_sq_N, chunk).assign_B
+
+
+def assign_residual(x_NxD, codebooks: list[np.ndarray]) -> np.ndarray:
+  """Codes of points under fixed residual codebooks: level l assigns what levels < l left
+  to its nearest centroid.
+
+  The arithmetic is `residual_kmeans`'s final assignment (points padded the same way, the
+  same `lloyd_stats`, residuals subtracted in float32 numpy), so the points the codebooks were
+  fitted on in memory get their own codes back.
+
+  Args:
+    x_NxD: (N, D) points.
+    codebooks: M arrays (K_l, D), as `residual_kmeans` returns them.
+
+  Returns:
+    (N, M) int32 codes.
+  """
+  x = _as_points(x_NxD)
+  if not codebooks:
+    raise ValueError('assign_residual needs at least one codebook')
+  n = x.shape[0]
+  codes = np.zeros((n, len(codebooks)), np.int32)
+  residual = x.copy()
+  for level, cb in enumerate(codebooks):
+    cb = _as_points(cb, f'codebooks[{level}]')
+    if cb.shape[1] != x.shape[1]:
+      raise ValueError(f'codebook {level} has D={cb.shape[1]}, points have D={x.shape[1]}')
+    xp, valid = _padded(residual)
+    assign = _assign_core(xp, valid, jnp.asarray(cb), chunk=_chunk_for(xp.shape[0], cb.shape[0]))
+    codes[:, level] = np.asarray(assign)[:n]
+    residual = residual - cb[codes[:, level]]
+  return codes
+
+
 __all__ = [
-    'KMeansResult', 'LloydStats', 'init_uniforms', 'kmeans', 'kmeans_plusplus', 'lloyd',
-    'lloyd_stats', 'merge_stats', 'residual_kmeans', 'update_centroids',
+    'KMeansResult', 'LloydStats', 'assign_residual', 'init_uniforms', 'kmeans',
+    'kmeans_plusplus', 'lloyd', 'lloyd_stats', 'merge_stats', 'residual_kmeans',
+    'update_centroids',
 ]

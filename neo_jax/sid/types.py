@@ -22,6 +22,10 @@ class SIDMap:
       policy made unreachable have all codes -1.
     type_index: (N,) int32, the same as `Catalog.type_index`.
     meta: free-form build facts (levels, K, seed, encoder, collision policy, ...).
+    codebooks: per type the residual k-means codebooks that made its codes, one (K_l, D)
+      float32 array per k-means level of the type, when the map was just built by
+      'rkmeans' (None otherwise: `save_sid_map` does not store them; the frozen quantiser,
+      `sid.quantiser`, does).
   """
 
   type_names: tuple[str, ...]
@@ -29,6 +33,8 @@ class SIDMap:
   codes: np.ndarray
   type_index: np.ndarray
   meta: dict = dataclasses.field(default_factory=dict)
+  codebooks: dict[str, tuple[np.ndarray, ...]] | None = dataclasses.field(default=None,
+                                                                          repr=False)
   _lookup: dict | None = dataclasses.field(default=None, repr=False)
 
   @property
