@@ -8,7 +8,9 @@ the test split untouched until the final evaluation (neo_jax/run/experiment.py).
 
 Every model it trains is a run directory (W/neo_multi, W/neo_mono_<task>, W/ablation_<name>)
 that `experiments.generate --workdir=` loads. Writes W/report.md (+ PNGs), W/result.json, and
-prints the result object as the last line.
+prints the result object as the last line. `--config.experiment.open_test=false` stops before
+the test split (what choosing a setting on validation runs): it prints the validation figures
+and writes W/result.json only.
 """
 
 import json
@@ -29,9 +31,14 @@ def main(argv):
   cfg = RUN.resolved_config()
   workdir = RUN.workdir_value()
   result, _ = experiment.run_experiment(cfg, workdir, overwrite=RUN.overwrite.value)
-  md = report.write_report(workdir, result)
-  print(report.results_markdown(result))
-  print(f'report: {md}')
+  if cfg.experiment.open_test:
+    md = report.write_report(workdir, result)
+    print(report.results_markdown(result))
+    print(f'report: {md}')
+  else:  # Choosing a setting: validation figures only, the test split never opened.
+    for k in sorted(result):
+      if k.startswith(('valid/', 'budget/')) or k.endswith('/fit/valid_ndcg@10'):
+        print(f'{k} {result[k]}')
   rundir.write_result(workdir, result)
   print(json.dumps(result, sort_keys=True))
 

@@ -3,6 +3,7 @@ eval examples follow the split, determinism, and describe_items resolves rendere
 
 from __future__ import annotations
 
+import collections
 import itertools
 import re
 
@@ -370,3 +371,38 @@ def test_examples_fit_the_token_budget():
   exs += recommend_examples(SPLIT, CATALOG, SID_MAP, tok.sid, mode='eval', history_len=10)
   lengths = [len(tok.encode(ex.prompt + ex.completion)) for ex in exs]
   assert max(lengths) <= 128, max(lengths)
+
+
+def test_full_grounding_text_adds_the_tags_and_a_bare_title_example():
+  reachable = [r for r in range(len(CATALOG)) if r != UNREACHABLE]
+  assert any(CATALOG.tags[r] for r in reachable) and any(CATALOG.descriptions[r]
+                                                         for r in reachable)
+  to_text = sid_to_text_examples(CATALOG, SID_MAP, VOCAB, description_words=3, text='full')
+  to_sid = text_to_sid_examples(CATALOG, SID_MAP, VOCAB, text='full')
+  for ex in to_text:
+    (r,) = ex.target_items
+    desc = ' '.join(CATALOG.descriptions[r].split()[:3])
+    want = CATALOG.titles[r] + ('. ' + desc if desc else '')
+    if CATALOG.tags[r]:
+      want += '. ' + ', '.join(CATALOG.tags[r])
+    assert ex.completion == plain_text(want)
+  by_item = collections.defaultdict(list)
+  for ex in to_sid:
+    _check_ids_completion(ex)
+    by_item[ex.target_items[0]].append(ex.prompt)
+  assert sorted(by_item) == reachable
+  for r, found in by_item.items():
+    full = CATALOG.titles[r]
+    desc = ' '.join(CATALOG.descriptions[r].split()[:8]).rstrip('.')
+    if desc:
+      full += ' - ' + desc
+    if CATALOG.tags[r]:
+      full += '. ' + ', '.join(CATALOG.tags[r])
+    texts = [CATALOG.titles[r]] + ([full] if full != CATALOG.titles[r] else [])
+    assert len(found) == len(texts)
+    for prompt, text in zip(found, texts):
+      assert plain_text(text) in prompt
+    if len(texts) == 2:  # the first is the bare title, not the full text
+      assert plain_text(full) not in found[0]
+  with pytest.raises(ValueError, match='grounding text'):
+    text_to_sid_examples(CATALOG, SID_MAP, VOCAB, text='titles')

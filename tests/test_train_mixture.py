@@ -95,3 +95,57 @@ def test_merge_stages_puts_both_stages_examples_in_one_stage():
   no_grounding = _cfg()
   no_grounding.grounding.steps = 0
   assert [p[0] for p in training.stage_plan(no_grounding, exs)] == ['capability']
+
+
+class _CharTokenizer:
+  """One id per character; 0 pad, 1 bos, 2 eos."""
+  pad_id, bos_id, eos_id = 0, 1, 2
+
+  def encode(self, text):
+    return [ord(c) + 3 for c in text]
+
+
+def test_budgets_in_passes_become_steps_from_the_packed_rows():
+  from neo_jax.train.data import pack_examples
+  exs = _stage_examples()
+  tok = _CharTokenizer()
+  c = _cfg(seq_len=32, batch_size=2)
+  c.grounding.passes, c.capability.passes, c.capability.max_steps = 3.0, 2.5, 0
+  resolved, facts = training.resolve_budgets(c, exs, tok)
+  rows = {s: pack_examples(exs[s], tok, 32, 2, seed=training.train_seed(c)).num_rows
+          for s in ('grounding', 'capability')}
+  assert rows['capability'] > rows['grounding'] > 1  # the examples fill several rows
+  assert resolved.grounding.steps == -(-3 * rows['grounding'] // 2)
+  assert resolved.capability.steps == int(-(-2.5 * rows['capability'] // 2))
+  assert resolved.grounding.passes == resolved.capability.passes == 0.0
+  assert facts['budget/capability/rows'] == rows['capability']
+  assert c.grounding.steps == 5  # the input config is left as it was
+  # max_steps caps; a stage without passes keeps its steps; no passes at all: no change.
+  c.capability.max_steps = 3
+  c.grounding.passes = 0.0
+  capped, facts = training.resolve_budgets(c, exs, tok)
+  assert capped.capability.steps == 3 and capped.grounding.steps == 5
+  assert 'budget/grounding/steps' not in facts
+  c.capability.passes = 0.0
+  assert training.resolve_budgets(c, exs, tok) == (c, {})
+
+
+def test_a_stage_budgeted_in_passes_trains_even_with_zero_steps():
+  c = _cfg()
+  c.grounding.steps, c.grounding.passes = 0, 1.0
+  assert training.stage_names(c) == ['grounding', 'capability']
+  c.grounding.passes = 0.0
+  assert training.stage_names(c) == ['capability']
+
+
+@pytest.mark.parametrize('how, backbone, random_init, rows_only', [
+    ('auto', '', False, False),  # a random decoder: every parameter
+    ('auto', 'smollm2-135m', False, True),  # a pretrained backbone: the paper's SID rows
+    ('auto', 'smollm2-135m', True, False),
+    ('sid_rows', '', False, True),
+    ('all', 'smollm2-135m', False, False),
+])
+def test_what_grounding_trains(how, backbone, random_init, rows_only):
+  c = quickstart.get_config()
+  c.grounding.trainable, c.model.backbone, c.model.random_init = how, backbone, random_init
+  assert training.grounding_trains_rows(c) is rows_only

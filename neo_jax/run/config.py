@@ -174,8 +174,14 @@ def parse_mixture(value: str) -> dict[str, float] | None:
 
 def _stage(steps: int, lr: float, warmup: int, *, lora: bool) -> Section:
   fields: dict[str, Field] = {
-      'steps': Field(steps, 'optimizer steps of the stage (0 leaves the stage out)',
-                     check=_at_least(0)),
+      'steps': Field(steps, 'optimizer steps of the stage (0 leaves the stage out; unused '
+                     'when passes > 0)', check=_at_least(0)),
+      'passes': Field(0.0, 'budget in passes over the stage\'s packed examples: > 0 sets the '
+                      'steps from the data (ceil(passes x rows / batch_size), capped by '
+                      'max_steps), so the budget follows the catalog and the users',
+                      check=_at_least(0.0)),
+      'max_steps': Field(0, 'with passes > 0: at most this many steps (0: no cap)',
+                         check=_at_least(0)),
       'learning_rate': Field(lr, 'peak learning rate (linear warmup, then cosine decay)',
                              check=_at_least(0.0)),
       'warmup_steps': Field(warmup, 'linear warmup steps', check=_at_least(0)),
@@ -195,6 +201,13 @@ def _stage(steps: int, lr: float, warmup: int, *, lora: bool) -> Section:
                           check=_at_least(0)),
       'eval_batches': Field(0, 'validation batches per validation (0: all)', check=_at_least(0)),
   }
+  if not lora:
+    fields['trainable'] = Field(
+        'auto', "what the stage trains: sid_rows (the SID token rows of the embedding and "
+        "head, the paper's grounding of a pretrained backbone), all (every parameter), auto "
+        '(sid_rows with a pretrained backbone, all when the decoder starts from random '
+        'weights: rows trained against random features learn little)',
+        choices=('auto', 'sid_rows', 'all'))
   if lora:
     fields['lora_rank'] = Field(0, 'LoRA rank of the stage (0: full fine-tuning)',
                                 check=_at_least(0))
@@ -295,6 +308,11 @@ SCHEMA = Section('a NEO run', {
                                 check=_at_least(0)),
         'history_context': Field(3, 'prompt items before each history-continuation window',
                                  check=_at_least(0)),
+        'grounding_text': Field('title', "catalog grounding text: title (SID <-> title, with "
+                                "the description's first words when there is one) or full "
+                                '(also the tags, and a title-only text -> SID example beside '
+                                'the full one: what search queries name)',
+                                choices=('title', 'full')),
         'mixture': Field('', "capability-stage task proportions, 'task:weight,...' ('': every "
                          'example once)', check=_mixture),
     }),
@@ -347,6 +365,9 @@ SCHEMA = Section('a NEO run', {
                                 state=False),
         'ablations': Field((), 'NEO ablations (' + ', '.join(ABLATIONS) + ')',
                            check=_names_of(ABLATIONS), state=False),
+        'open_test': Field(True, 'open the test split at the end and measure every system on '
+                           'it; false: stop after training, tuning and validation (what '
+                           'choosing a setting runs), the test split never read'),
         'neo_valid_requests': Field(0, 'validation requests NEO-multi is scored on (reported)',
                                     check=_at_least(0), state=False),
         'steer_requests': Field(20, 'requests of the type/format steerability measures (0: '

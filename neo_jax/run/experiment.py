@@ -94,7 +94,7 @@ def ablation_config(cfg: ml_collections.ConfigDict, name: str) -> ml_collections
   """The NEO config of an ablation ('unconstrained' changes decoding only)."""
   c = ml_collections.ConfigDict(cfg.to_dict())
   if name == 'no_grounding':
-    c.grounding.steps = 0
+    c.grounding.steps, c.grounding.passes = 0, 0.0
   elif name == 'stages_merged':
     c.train.merge_stages = True  # training.stage_plan: one stage on both stages' examples
   elif name == 'random_init':
@@ -501,6 +501,12 @@ def prepare(cfg, workdir, log, overwrite=False):
   ds = claim_workdir(cfg, workdir, log, overwrite)
   art, data, examples, facts = stages.prepare(cfg, workdir, log, with_model=False, dataset=ds)
   art.trie = SIDTrie.build(art.sid_map, art.tokenizer.sid)
+  cfg, budgets = training.resolve_budgets(cfg, examples, art.tokenizer)
+  if budgets:
+    log('budgets: ' + ', '.join(f'{s} {budgets[f"budget/{s}/passes"]:g} passes = '
+                                f'{budgets[f"budget/{s}/steps"]} steps'
+                                for s in training.STAGES if f'budget/{s}/steps' in budgets))
+  facts.update(budgets)
   _record(facts, 'prepare', t0)
   return cfg, art, make_guard(cfg, art, data, examples, workdir), facts
 
@@ -538,6 +544,10 @@ def run_experiment(cfg: ml_collections.ConfigDict, workdir: str, log: Log = prin
   beams = max(int(cfg.eval.num_beams), max(cfg.eval.ks))
   rankers = Rankers(cfg)
   result.update(neo_validation(cfg, models, rankers, art, guard, beams))
+  if not cfg.experiment.open_test:
+    log('experiment.open_test=false: validation only, the test split left unread')
+    _record(result, 'total', t_all)
+    return rundir.json_safe(result), []
   figures, samples = final_evaluation(cfg, models, ablations, fitted, rankers, art, guard,
                                       workdir, log)
   result.update(figures)

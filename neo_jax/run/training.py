@@ -81,9 +81,44 @@ def stage_plan(cfg: ml_collections.ConfigDict, examples: dict[str, list[Example]
 
 
 def stage_names(cfg: ml_collections.ConfigDict) -> list[str]:
-  """The stages that train, in order (a stage of 0 steps is left out)."""
+  """The stages that train, in order (a stage of 0 steps, and no passes, is left out)."""
   names = ('capability',) if cfg.train.merge_stages else STAGES
-  return [n for n in names if int(stage_config(cfg, n).steps) > 0]
+  return [n for n in names if int(stage_config(cfg, n).steps) > 0
+          or float(stage_config(cfg, n).get('passes', 0.0)) > 0]
+
+
+def resolve_budgets(cfg: ml_collections.ConfigDict, examples: dict[str, list[Example]],
+                    tok: Tokenizer) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
+  """`cfg` with every stage budgeted in passes (`<stage>.passes` > 0) turned into steps:
+  ceil(passes x packed rows / batch_size) over the stage's examples (the capability stage's
+  after the mixture; `max_steps` caps it), and passes set to 0, so that every later reader
+  (run directories, reloading, the ablations) sees plain steps. Resolved once, from the
+  examples of the whole suite: NEO-mono, trained on a subset, gets the same number of updates
+  as NEO-multi (the same compute). Returns (config, facts `budget/<stage>/{passes,rows,steps}`).
+  """
+  if not any(float(cfg[s].passes) > 0 for s in STAGES):
+    return cfg, {}
+  c = ml_collections.ConfigDict(cfg.to_dict())
+  plan = {'grounding': list(examples['grounding']),
+          'capability': mixture_lib.apply_mixture(list(examples['capability']),
+                                                  parse_mixture(cfg.tasks.mixture),
+                                                  train_seed(cfg))}
+  facts: dict[str, Any] = {}
+  for stage in STAGES:
+    passes = float(cfg[stage].passes)
+    if passes <= 0:
+      continue
+    if not plan[stage]:
+      raise ValueError(f'{stage}.passes={passes} but the stage has no examples')
+    rows = pack_examples(plan[stage], tok, cfg.train.seq_len, cfg.train.batch_size,
+                         seed=train_seed(cfg)).num_rows
+    steps = max(1, int(np.ceil(passes * rows / int(cfg.train.batch_size))))
+    if int(cfg[stage].max_steps) > 0:
+      steps = min(steps, int(cfg[stage].max_steps))
+    c[stage].steps, c[stage].passes = steps, 0.0
+    facts.update({f'budget/{stage}/passes': passes, f'budget/{stage}/rows': rows,
+                  f'budget/{stage}/steps': steps})
+  return c, facts
 
 
 def stage_config(cfg: ml_collections.ConfigDict, stage: str) -> ml_collections.ConfigDict:
@@ -180,11 +215,23 @@ def apply_stage_lora(model: Decoder, stage: str, scfg: ml_collections.ConfigDict
   return rank
 
 
-def _trainable(stage, scfg, model, tok, seed, log):
-  """(update mask, trainable filter, LoRA rank) of a stage: grounding trains the SID rows only;
-  capability everything, or with lora_rank > 0 LoRA adapters on every attention and MLP
-  projection plus the SID rows (merged into the weights after the stage)."""
-  mask = vocab_lib.sid_row_mask(model, tok.text_vocab_size) if stage == 'grounding' else None
+def grounding_trains_rows(cfg: ml_collections.ConfigDict) -> bool:
+  """Whether the grounding stage trains the SID rows only (`grounding.trainable`; 'auto':
+  only with a pretrained backbone, whose features the new rows are fitted to)."""
+  how = cfg.grounding.get('trainable', 'sid_rows')
+  if how == 'auto':
+    return bool(cfg.model.backbone) and not bool(cfg.model.random_init)
+  return how == 'sid_rows'
+
+
+def _trainable(cfg, stage, scfg, model, tok, seed, log):
+  """(update mask, trainable filter, LoRA rank) of a stage: grounding trains the SID rows only
+  (`grounding_trains_rows`) or everything; capability everything, or with lora_rank > 0 LoRA
+  adapters on every attention and MLP projection plus the SID rows (merged into the weights
+  after the stage)."""
+  mask = None
+  if stage == 'grounding' and grounding_trains_rows(cfg):
+    mask = vocab_lib.sid_row_mask(model, tok.text_vocab_size)
   rank = apply_stage_lora(model, stage, scfg, seed)
   if rank <= 0:
     return mask, nnx.Param, 0
@@ -222,6 +269,9 @@ def train(cfg: ml_collections.ConfigDict, model: Decoder, tok: Tokenizer,
                                  keep_last=tcfg.keep_checkpoints)
   for stage, stage_examples, scfg in plan:
     counts = mixture_lib.task_counts(stage_examples)
+    log(f'[{stage}] trains ' + ('the SID rows only' if stage == 'grounding' and
+                                grounding_trains_rows(cfg) else 'every parameter')
+        + f', {int(scfg.steps)} steps')
     log(f'[{stage}] examples by task: ' + ', '.join(f'{t} {n}' for t, n in counts.items()))
     out.update({f'{stage}_examples/{t}': n for t, n in counts.items()})
     data = pack_examples(stage_examples, tok, tcfg.seq_len, tcfg.batch_size,
@@ -230,7 +280,8 @@ def train(cfg: ml_collections.ConfigDict, model: Decoder, tok: Tokenizer,
         f'of {tcfg.seq_len} (fill {data.stats["fill"]:.2f}, '
         f'{data.stats["truncated_prompts"]} prompts cut, '
         f'{data.stats["skipped_completion_too_long"]} examples skipped: answer longer than a row)')
-    mask, trainable, rank = _trainable(stage, scfg, model, tok, train_seed(cfg), log)
+    mask, trainable, rank = _trainable(cfg, stage, scfg, model, tok, train_seed(cfg),
+                                       log)
     evaluated = int(scfg.eval_every) > 0
     eval_fn = (make_recall_eval_fn(cfg, tok, sid_map, eval_requests)
                if evaluated and eval_requests else None)

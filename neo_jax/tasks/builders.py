@@ -467,15 +467,30 @@ def _first_words(text: str, n: int) -> str:
   return ' '.join(words[:n])
 
 
+GROUNDING_TEXTS = ('title', 'full')
+
+
+def _check_text(text: str) -> None:
+  if text not in GROUNDING_TEXTS:
+    raise ValueError(f'grounding text {text!r}; known: {", ".join(GROUNDING_TEXTS)}')
+
+
+def _with_tags(catalog: Catalog, r: int, text: str) -> str:
+  """`text` followed by the item's tags (`text. tag, tag`), or `text` when it has none."""
+  return f'{text}. {", ".join(catalog.tags[r])}' if catalog.tags[r] else text
+
+
 def sid_to_text_examples(catalog: Catalog, sid_map: SIDMap, vocab: SIDVocab, *,
                          items: Sequence[int] | None = None, description_words: int = 24,
-                         seed: int = 0) -> list[Example]:
-  """Grounding: SID -> `title. description` (first `description_words` words), format text.
+                         text: str = 'title', seed: int = 0) -> list[Example]:
+  """Grounding: SID -> `title. description` (first `description_words` words), format text;
+  with text='full' followed by the item's tags (`. tag, tag`).
 
   Args:
     items: catalog rows to describe (default: every item with an SID).
   """
   _check_inputs(catalog, sid_map, vocab)
+  _check_text(text)
   rng = np.random.default_rng(seed)
   out = []
   for r in _grounding_rows(sid_map, items):
@@ -487,6 +502,8 @@ def sid_to_text_examples(catalog: Catalog, sid_map: SIDMap, vocab: SIDVocab, *,
     desc = _first_words(catalog.descriptions[r], description_words)
     if desc:
       completion += '. ' + desc
+    if text == 'full':
+      completion = _with_tags(catalog, r, completion)
     out.append(Example('sid_to_text', prompt, prompts.plain_text(completion), 'text', type_name,
                        (r,)))
   return out
@@ -494,10 +511,14 @@ def sid_to_text_examples(catalog: Catalog, sid_map: SIDMap, vocab: SIDVocab, *,
 
 def text_to_sid_examples(catalog: Catalog, sid_map: SIDMap, vocab: SIDVocab, *,
                          items: Sequence[int] | None = None, description_words: int = 8,
-                         description_prob: float = 0.5, seed: int = 0) -> list[Example]:
+                         description_prob: float = 0.5, text: str = 'title', seed: int = 0
+                         ) -> list[Example]:
   """Grounding: title (+ the first `description_words` words of the description, with
-  probability `description_prob`) -> SID span, format ids."""
+  probability `description_prob`) -> SID span, format ids. text='full': two examples per
+  item, the bare title and `title - description words. tags` (the facts search queries
+  name), the second left out when it equals the first."""
   _check_inputs(catalog, sid_map, vocab)
+  _check_text(text)
   if not 0.0 <= description_prob <= 1.0:
     raise ValueError(f'description_prob must be in [0, 1], got {description_prob}')
   rng = np.random.default_rng(seed)
@@ -505,14 +526,17 @@ def text_to_sid_examples(catalog: Catalog, sid_map: SIDMap, vocab: SIDVocab, *,
   for r in _grounding_rows(sid_map, items):
     r = int(r)
     type_name = catalog.type_of(r)
-    text = catalog.titles[r]
+    title = catalog.titles[r]
     desc = _first_words(catalog.descriptions[r], description_words).rstrip('.')
-    if desc and rng.random() < description_prob:
-      text += ' - ' + desc
-    prompt = prompts.render_prompt('text_to_sid', type_name, 'ids', rng,
-                                   prompts.plain_text(text))
-    out.append(Example('text_to_sid', prompt, prompts.render_sid(sid_map, vocab, r), 'ids',
-                       type_name, (r,)))
+    if text == 'full':
+      full = _with_tags(catalog, r, f'{title} - {desc}' if desc else title)
+      texts = [title] + ([full] if full != title else [])
+    else:
+      texts = [f'{title} - {desc}' if desc and rng.random() < description_prob else title]
+    for t in texts:
+      prompt = prompts.render_prompt('text_to_sid', type_name, 'ids', rng, prompts.plain_text(t))
+      out.append(Example('text_to_sid', prompt, prompts.render_sid(sid_map, vocab, r), 'ids',
+                         type_name, (r,)))
   return out
 
 

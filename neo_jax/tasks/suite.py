@@ -115,7 +115,8 @@ def build_task_examples(ds: Dataset, split: Split, sid_map: SIDMap, vocab: SIDVo
                         history_len: int = 10, train_targets_per_user: int | None = 10,
                         mixed_fraction: float = 0.3, max_relevant: int = 20,
                         query_grounding: bool = True, history_window: int = 0,
-                        history_context: int = 3, seed: int = 0) -> TaskExamples:
+                        history_context: int = 3, grounding_text: str = 'title',
+                        seed: int = 0) -> TaskExamples:
   """All training and validation examples (see the module docstring).
 
   Args:
@@ -128,6 +129,7 @@ def build_task_examples(ds: Dataset, split: Split, sid_map: SIDMap, vocab: SIDVo
       (`heldout_summary_users`).
     max_relevant: at most this many relevant items per training search completion
       (evaluation examples keep every relevant item).
+    grounding_text: 'title' or 'full' (`builders.text_to_sid_examples`).
 
   Grounding = catalog metadata of every item (SID -> text, text -> SID, SID -> type) and,
   with `query_grounding`, training query -> SID. Capability = recommendation (ids, and mixed
@@ -150,8 +152,10 @@ def build_task_examples(ds: Dataset, split: Split, sid_map: SIDMap, vocab: SIDVo
     skipped['generate_queries'] = dict(queries.generated.skipped)
   else:
     skipped['split_queries'] = dict(queries.skipped)
-  grounding = (builders.sid_to_text_examples(cat, sid_map, vocab, seed=seed)
-               + builders.text_to_sid_examples(cat, sid_map, vocab, seed=seed)
+  grounding = (builders.sid_to_text_examples(cat, sid_map, vocab, text=grounding_text,
+                                             seed=seed)
+               + builders.text_to_sid_examples(cat, sid_map, vocab, text=grounding_text,
+                                               seed=seed)
                + builders.sid_to_type_examples(cat, sid_map, vocab, seed=seed))
   if query_grounding:
     grounding += builders.query_grounding_examples(queries.train, cat, sid_map, vocab,
