@@ -32,6 +32,9 @@ an admissible item, so decoding never reaches a dead end. Removing items (`set_l
 `live_prefix` (one cumsum) with the same shapes, so compiled searches keep working and a
 removed item is never generated after the update.
 
+Allow-sets. A request's own allow-list is part of its `RequestFilter`; an allow-set shared
+by a batch (the new releases) is `SIDTrie.only(rows)`, a liveness update like a removal.
+
 Capacity and catalog growth. Every array may be longer than what it holds
 (`SIDTrie.build(..., capacity=C)`): level l >= 1 has room for more nodes, the leaves for C
 items, `item_leaf` for more catalog rows. Unused node rows sit after the used ones with empty
@@ -41,7 +44,9 @@ nodes at the end of the level (their leaf range is empty), and unused leaves are
 shifts the indices after them, and every level's arrays are rewritten by vectorised numpy
 (inserts, a bit OR per new edge, one cumsum for the rank directory) in O(size of the trie),
 without sorting the catalog again, with unchanged shapes, so compiled searches serve the grown
-catalog without recompiling. Shapes depend only on the capacity, never on the content.
+catalog without recompiling. Shapes depend only on the capacity, never on the content. When
+the slack is spent, `grow(capacity)` copies the trie into larger arrays (new shapes: one more
+compilation).
 """
 
 from __future__ import annotations
@@ -213,6 +218,63 @@ class SIDTrie:
     padded[:leaves.size] = leaves
     return self.replace(live_prefix=_set_live(self.live_prefix, jnp.asarray(padded),
                                               jnp.asarray(bool(live))))
+
+  def grow(self, capacity: int, row_capacity: int | None = None) -> SIDTrie:
+    """The same items (live or not) in arrays with room for `capacity` items: what
+    `add_items` needs once the slack is spent. New shapes, so compiled searches compile once
+    more for the grown trie (grow by a factor, e.g. doubling, to make that rare).
+
+    Args:
+      capacity: leaf slots, at least the current `num_items`; the slack over the held items
+        is also the room for new node rows per level, as in `build`.
+      row_capacity: catalog rows `item_leaf` covers, at least the current `num_rows`
+        (default: the current rows plus the added capacity).
+    """
+    capacity = int(capacity)
+    if capacity < self.num_items:
+      raise ValueError(f'grow: capacity {capacity} is below the current {self.num_items}')
+    row_capacity = (self.num_rows + capacity - self.num_items if row_capacity is None
+                    else int(row_capacity))
+    if row_capacity < self.num_rows:
+      raise ValueError(f'grow: row_capacity {row_capacity} is below the current '
+                       f'{self.num_rows}')
+    counts = self.used_counts()
+    n_leaves = counts[-1]
+    slack = capacity - n_leaves
+    sizes_TxL = np.array(self.level_sizes or [self.kmax] * self.num_types, np.int64)
+    bitmaps, child_base = [], []
+    for l in range(self.num_levels):
+      have = int(self.bitmaps[l].shape[0])
+      rows = have if l == 0 else max(have, min(counts[l] + slack, _max_nodes(sizes_TxL, l)))
+      bitmaps.append(_pad_rows(np.asarray(self.bitmaps[l])[:counts[l]], rows, 0))
+      child_base.append(_pad_rows(np.asarray(self.child_base[l])[:counts[l]], rows,
+                                  counts[l + 1]))
+    live_leaf = np.diff(np.asarray(self.live_prefix))[:n_leaves]
+    return SIDTrie.from_arrays(
+        bitmaps, child_base, _pad_rows(np.asarray(self.leaf_item)[:n_leaves], capacity, -1),
+        _pad_rows(live_leaf, capacity, 0), row_capacity, kmax=self.kmax,
+        num_types=self.num_types, level_sizes=self.level_sizes)
+
+  def only(self, items: Sequence[int] | np.ndarray) -> SIDTrie:
+    """The same trie where only the live rows among `items` may be generated: an allow-set
+    shared by a whole batch (e.g. the new releases), of any size, as one liveness update.
+    Shapes are unchanged, so compiled searches serve it without recompiling; per-request
+    allow-lists are `request_filter(allowed=...)`. Rows outside the catalog raise ValueError;
+    rows not in the trie (or removed) are ignored: they cannot be generated anyway."""
+    items = np.asarray(items, np.int64).reshape(-1)
+    bad = items[(items < 0) | (items >= self.num_rows)]
+    if bad.size:
+      raise ValueError(f'catalog rows {bad[:5].tolist()} are outside [0, {self.num_rows})')
+    leaves = np.asarray(self.item_leaf)[items]
+    keep = np.zeros(self.num_items, np.int32)
+    keep[leaves[leaves >= 0]] = 1
+    live = np.diff(np.asarray(self.live_prefix)) * keep
+    return self.replace(live_prefix=jnp.asarray(np.r_[0, np.cumsum(live)].astype(np.int32)))
+
+  def live_rows(self) -> np.ndarray:
+    """(n,) int64 catalog rows that may be generated now, ascending."""
+    live = np.diff(np.asarray(self.live_prefix)) > 0
+    return np.sort(np.asarray(self.leaf_item)[live].astype(np.int64))
 
   def add_items(self, items: Sequence[int] | np.ndarray, sids: Sequence[Sequence[int]] |
                 np.ndarray, types: Sequence[int] | np.ndarray | None = None,
