@@ -200,3 +200,16 @@ def test_budget_plot_places_every_system_with_time_and_validation_figure(tmp_pat
   assert report.plot_budgets(result, str(tmp_path / 'b.png'))
   assert (tmp_path / 'b.png').stat().st_size > 0
   assert not report.plot_budgets({}, str(tmp_path / 'none.png'))
+
+
+def test_report_states_the_recipe_with_resolved_budgets(tmp_path):
+  result = dict(FULL)
+  result.update({'recipe/grounding_trains': 'all', 'recipe/history_len': 20,
+                 'recipe/grounding_budget': '6 passes', 'budget/grounding/steps': 440,
+                 'recipe/capability_budget': '800 steps'})
+  text = open(report.write_report(str(tmp_path), result)).read()
+  recipe = next(l for l in text.splitlines() if l.startswith('- **Recipe.**'))
+  assert 'grounding_budget 6 passes = 440 steps' in recipe
+  assert 'capability_budget 800 steps;' in recipe and 'grounding_trains all' in recipe
+  assert 'history_len 20' in recipe
+  assert '- **Recipe.** Not recorded.' in open(report.write_report(str(tmp_path), {})).read()

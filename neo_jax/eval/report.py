@@ -228,12 +228,26 @@ def budget_markdown(result: dict[str, Any]) -> list[str]:
   return lines
 
 
+def recipe_lines(result: dict[str, Any]) -> list[str]:
+  """The NEO recipe the run trained with (`recipe/*`), stage budgets resolved to steps."""
+  got = {k[len('recipe/'):]: v for k, v in result.items() if k.startswith('recipe/')}
+  if not got:
+    return ['- **Recipe.** Not recorded.']
+  for stage in ('grounding', 'capability'):
+    steps = result.get(f'budget/{stage}/steps')
+    if _is_num(steps) and f'{stage}_budget' in got:
+      got[f'{stage}_budget'] = f'{got[f"{stage}_budget"]} = {int(steps)} steps'
+  return ['- **Recipe.** ' + '; '.join(f'{k} {v}' for k, v in sorted(got.items())) + '. '
+          'Each setting was chosen on the validation split (`experiment.open_test=false` runs; '
+          'their figures are in RESULTS.md).']
+
+
 def protocol_markdown(result: dict[str, Any]) -> str:
   """The '## Protocol' section: what the result records of how every figure was obtained;
   'not recorded' for what it lacks."""
   lines = ['## Protocol', '']
   lines += _seen_lines(result) + _exclusion_lines(result) + _tuning_lines(result)
-  lines += _seed_interval_tie_lines(result) + budget_markdown(result)
+  lines += _seed_interval_tie_lines(result) + recipe_lines(result) + budget_markdown(result)
   return '\n'.join(lines) + '\n'
 
 

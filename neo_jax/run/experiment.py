@@ -501,6 +501,7 @@ def prepare(cfg, workdir, log, overwrite=False):
   ds = claim_workdir(cfg, workdir, log, overwrite)
   art, data, examples, facts = stages.prepare(cfg, workdir, log, with_model=False, dataset=ds)
   art.trie = SIDTrie.build(art.sid_map, art.tokenizer.sid)
+  facts.update(recipe_facts(cfg))
   cfg, budgets = training.resolve_budgets(cfg, examples, art.tokenizer)
   if budgets:
     log('budgets: ' + ', '.join(f'{s} {budgets[f"budget/{s}/passes"]:g} passes = '
@@ -509,6 +510,27 @@ def prepare(cfg, workdir, log, overwrite=False):
   facts.update(budgets)
   _record(facts, 'prepare', t0)
   return cfg, art, make_guard(cfg, art, data, examples, workdir), facts
+
+
+def recipe_facts(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  """`recipe/<setting>`: the NEO recipe's settings that the report states (what each stage
+  trains, its budget, the prompt's history, the grounding text, the SIDs, the model)."""
+  m = cfg.model
+  out: dict[str, Any] = {
+      'recipe/grounding_trains': 'sid_rows' if training.grounding_trains_rows(cfg) else 'all',
+      'recipe/grounding_text': cfg.tasks.grounding_text,
+      'recipe/history_len': int(cfg.tasks.history_len),
+      'recipe/history_window': int(cfg.tasks.history_window),
+      'recipe/seq_len': int(cfg.train.seq_len),
+      'recipe/batch_size': int(cfg.train.batch_size),
+      'recipe/sid_encoder': cfg.sid.encoder,
+      'recipe/model': (m.backbone or f'{m.preset} d_model={m.d_model} layers={m.num_layers}'),
+  }
+  for stage in training.STAGES:
+    passes = float(cfg[stage].passes)
+    out[f'recipe/{stage}_budget'] = (f'{passes:g} passes' if passes > 0
+                                     else f'{int(cfg[stage].steps)} steps')
+  return out
 
 
 def make_guard(cfg, art: stages.Artifacts, data: stages.DataSplit, examples, workdir: str
