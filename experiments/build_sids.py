@@ -7,7 +7,8 @@ r"""Builds the SID map of a dataset and reports its quality.
 
 Config: experiments/configs/build_sids.py (MiniLM, 3 levels x 64 codes); every key of the run
 schema applies (`--print_config`). The dataset is built or generated into W first when it is
-not there (as every command does). Writes W/sids/sid_map/ (map + manifest), W/sids/report.json,
+not there (as every command does). Writes W/sids/sid_map/ (map + manifest, and the frozen
+quantiser that gives new items SIDs: neo_jax/sid/quantiser.py), W/sids/report.json,
 W/sids/quality.png, W/sids/embeddings.npy (unless --nosave_embeddings or the embeddings came
 from a .npy) and W/result.json (collision_rate, unreachable_items, utilisation_l{l},
 coherence_p{p}, recon_mse_p{p}, seconds), and prints the result.json object as the last line.
@@ -31,7 +32,7 @@ flags.adopt_module_key_flags(common)
 _SAVE_EMB = flags.DEFINE_bool('save_embeddings', True, 'Also write W/sids/embeddings.npy (reuse '
                               'it with --config.sid.encoder=npy:W/sids/embeddings.npy).')
 _KEEP = ('collision_rate', 'unreachable_items', 'utilisation_l', 'coherence_p', 'recon_mse_p',
-         'mse_input', 'mse_l', 'colliding_groups', 'max_group')
+         'mse_input', 'mse_l', 'colliding_groups', 'max_group', 'reproduced_items')
 
 
 def main(argv):

@@ -14,6 +14,7 @@ from neo_jax.catalog.synthetic import SyntheticConfig, generate_synthetic
 from neo_jax.sid import builder
 from neo_jax.sid import job
 from neo_jax.sid import quantiser as qlib
+from neo_jax.sid.types import SIDMap
 
 
 @pytest.fixture(scope='module')
@@ -80,7 +81,7 @@ def test_new_items_take_the_next_free_disambiguation_code(tmp_path, dataset):
   assert codes[0, kl] == _group_size(sid_map, kl, a)
   assert codes[1, kl] == _group_size(sid_map, kl, a) + 1
   assert codes[2, kl] == _group_size(sid_map, kl, b)
-  assert facts == {'items': 3, 'joined_groups': 3, 'new_groups': 0}
+  assert facts == {'items': 3, 'joined_groups': 3, 'new_groups': 0, 'neighbour_cells': 0}
   grown = qlib.extend_sid_map(sid_map, codes, types)
   assert len(grown) == len(sid_map) + 3
   qlib.check_matches(q, grown)  # the grown map keeps the frozen rows
@@ -95,27 +96,69 @@ def test_new_items_take_the_next_free_disambiguation_code(tmp_path, dataset):
       once_more()
 
 
-def test_an_exhausted_disambiguation_level_says_what_to_rebuild(tmp_path, dataset):
+def test_a_full_cell_sends_the_new_item_to_the_nearest_free_neighbour_cell(tmp_path, dataset):
   sid_map, q, _ = build(tmp_path, dataset, 'tfidf', k=3)
   kl = q.kmeans_levels
-  # The largest group fills the level (its size is the largest group's): one more copy of
-  # one of its items cannot get a code.
+  # The largest group fills its cell (the disambiguation level is as large as it): a copy
+  # of one of its items goes to another centroid of the last k-means level, same prefix.
   t = sid_map.type_names[0]
   rows = np.flatnonzero(sid_map.type_index == 0)
-  keys, inverse, counts = np.unique(sid_map.codes[rows, :kl], axis=0, return_inverse=True,
-                                    return_counts=True)
-  biggest = rows[np.flatnonzero(inverse.reshape(-1) == np.argmax(counts))[0]]
+  _, inverse, counts = np.unique(sid_map.codes[rows, :kl], axis=0, return_inverse=True,
+                                 return_counts=True)
+  biggest = int(rows[np.flatnonzero(inverse.reshape(-1) == np.argmax(counts))[0]])
   assert counts.max() == sid_map.level_sizes[t][kl]
-  with pytest.raises(qlib.SIDSpaceError, match=r'disambiguation level .*rebuild the SID map'):
-    qlib.assign_sids(sid_map, q, ids=['x'], texts=[dataset.catalog.text(int(biggest))],
-                     types=[t])
+  codes, facts = qlib.assign_sids(sid_map, q, ids=['x'],
+                                  texts=[dataset.catalog.text(biggest)], types=[t])
+  assert facts['neighbour_cells'] == 1
+  np.testing.assert_array_equal(codes[0, :kl - 1], sid_map.codes[biggest, :kl - 1])
+  assert codes[0, kl - 1] != sid_map.codes[biggest, kl - 1]
+  held = {tuple(c) for c in sid_map.codes[rows].tolist()}
+  assert tuple(codes[0].tolist()) not in held
 
 
-def test_popular_policy_refuses_a_taken_sid_and_unknown_types(tmp_path, dataset):
+def hand_made(held_cells, collision_levels=2):
+  """One type, one k-means level of 3 centroids on a line (0, 1, 3), a disambiguation level
+  of one code: the map holds one item in each cell of `held_cells`."""
+  cb = np.array([[0.0], [1.0], [3.0]], np.float32)
+  codes = np.array([[c, 0] for c in held_cells], np.int32)[:, :collision_levels]
+  sizes = (3, 1)[:collision_levels]
+  sid_map = SIDMap(('a',), {'a': sizes}, codes, np.zeros(len(held_cells), np.int32),
+                           meta={'kmeans_levels': 1})
+  q = qlib.FrozenQuantiser(
+      encoder_name='npy(x)', parts=(qlib.EncoderPart('npy', 'npy(x)', 0, 1),),
+      type_names=('a',), kmeans_levels=1, codebooks={'a': (cb,)},
+      item_emb_NxD=cb[list(held_cells)], type_index=np.zeros(len(held_cells), np.int32),
+      arrays={}, map_codes_sha256='', reproduced_items=len(held_cells))
+  return sid_map, q
+
+
+@pytest.mark.parametrize('levels', [2, 1])  # with a disambiguation level; 'popular' (none)
+def test_neighbour_cells_by_distance_then_a_clear_error(levels):
+  sid_map, q = hand_made([0], levels)
+  # 0.4 is nearest to centroid 0 (held), then 1, then 3: the first goes to cell 1, the
+  # second to cell 2; a third finds every cell full.
+  emb = np.array([[0.4], [0.4]], np.float32)
+  codes, facts = qlib.assign_sids(sid_map, q, ids=['x', 'y'], texts=['', ''],
+                                  types=['a', 'a'], embeddings=emb)
+  assert codes[:, 0].tolist() == [1, 2] and facts['neighbour_cells'] == 2
+  if levels == 2:
+    assert codes[:, 1].tolist() == [0, 0]
+  with pytest.raises(qlib.SIDSpaceError, match=r"new item 'z'.*rebuild the SID map"):
+    qlib.assign_sids(sid_map, q, ids=['x', 'y', 'z'], texts=[''] * 3, types=['a'] * 3,
+                     embeddings=np.array([[0.4]] * 3, np.float32))
+  # A new item whose own cell is free takes it.
+  codes, facts = qlib.assign_sids(sid_map, q, ids=['w'], texts=[''], types=['a'],
+                                  embeddings=np.array([[2.9]], np.float32))
+  assert codes[0, 0] == 2 and facts['neighbour_cells'] == 0
+
+
+def test_popular_policy_places_a_copy_elsewhere_and_refuses_unknown_types(tmp_path, dataset):
   sid_map, q, _ = build(tmp_path, dataset, 'tfidf', collision='popular')
-  with pytest.raises(qlib.SIDSpaceError, match="collision=disambiguate"):
-    qlib.assign_sids(sid_map, q, ids=['x'], texts=[dataset.catalog.text(3)],
-                     types=[dataset.catalog.type_of(3)])
+  codes, facts = qlib.assign_sids(sid_map, q, ids=['x'], texts=[dataset.catalog.text(3)],
+                                  types=[dataset.catalog.type_of(3)])
+  held = {tuple(c) for c, t in zip(sid_map.codes.tolist(), sid_map.type_index)
+          if t == sid_map.type_index[3]}
+  assert tuple(codes[0].tolist()) not in held and facts['neighbour_cells'] == 1
   with pytest.raises(qlib.SIDSpaceError, match='entity type .recipe. is not one'):
     qlib.assign_sids(sid_map, q, ids=['x'], texts=['a soup'], types=['recipe'])
 

@@ -24,9 +24,12 @@ and, per entity type, the residual k-means codebooks of each of its k-means leve
 back, which `freeze` checks and records as `reproduced_items`), and picks the disambiguation
 code: the smallest code of the last level that no item with the same k-means codes holds.
 Items withdrawn from a catalog keep their codes (the model learnt a code for the item that
-first held it, so it is never given to another). When every code of that level is taken, or a
-map without a disambiguation level (collision='popular') has the SID already, `SIDSpaceError`
-names the item and what to rebuild.
+first held it, so it is never given to another). The disambiguation level is as large as the
+build's largest group, so a new item can find its cell full: it then goes to the nearest
+neighbour cell (the next-nearest centroid of its type's last k-means level, same codes above)
+that has a free code, and the facts count it (`neighbour_cells`). With collision='popular'
+(no disambiguation level) a cell holds one item, and the same rule applies. Only when every
+cell under the item's prefix is full does `SIDSpaceError` name the item and what to rebuild.
 
 On disk: `quantiser.npz` and `quantiser.json` in the SID map's directory (next to
 `sid_map.npz`), each written atomically; the manifest records the checksum of the codes of
@@ -285,6 +288,26 @@ class FrozenQuantiser:
         out[rows, :len(cbs)] = kmeans.assign_residual(emb[rows], cbs)
     return out
 
+  def candidate_codes(self, emb_MxD: np.ndarray, types: np.ndarray) -> list[np.ndarray]:
+    """Per item, (C, kmeans_levels) int32 k-means codes in order of preference: its own
+    (`kmeans_codes`) first, then the same codes with the type's last k-means level set to
+    each other centroid of that level, nearest to the item's residual first (its neighbour
+    cells, where it goes when its own cell has no free SID left)."""
+    own = self.kmeans_codes(emb_MxD, types)
+    emb = np.asarray(emb_MxD, np.float32)
+    out = []
+    for i, t in enumerate(np.asarray(types, np.int64)):
+      cbs = self.codebooks[self.type_names[int(t)]]
+      last = len(cbs) - 1
+      residual = emb[i] - sum((cbs[l][own[i, l]] for l in range(last)), np.zeros_like(emb[i]))
+      d2 = np.sum(np.square(cbs[last] - residual[None, :]), axis=1)
+      order = [int(own[i, last])] + [int(c) for c in np.argsort(d2, kind='stable')
+                                     if c != own[i, last]]
+      cand = np.repeat(own[i][None, :], len(order), axis=0)
+      cand[:, last] = order
+      out.append(cand)
+    return out
+
 
 # -- freezing ----------------------------------------------------------------------------------
 
@@ -384,49 +407,57 @@ def _type_indices(sid_map: SIDMap, types: Sequence[str]) -> np.ndarray:
   return out
 
 
-def _disambiguate(sid_map: SIDMap, kcodes: np.ndarray, types: np.ndarray, ids: Sequence[str]
-                  ) -> np.ndarray:
-  """The last level of each new item: the smallest code no item of its group holds."""
-  kl = kcodes.shape[1]
+def _held_last_codes(sid_map: SIDMap, candidates: list[np.ndarray], kl: int
+                     ) -> dict[bytes, set[int]]:
+  """For every (type, k-means codes) among the candidates, the codes of level `kl` (the
+  disambiguation level; all of them with collision='popular', where it does not exist: the
+  whole SID is the key then) held by an item of the map."""
   codes = np.asarray(sid_map.codes)
   held = codes[:, 0] >= 0
-  prefix_all = np.c_[sid_map.type_index[held], codes[held, :kl]]
-  prefix_new = np.c_[types, kcodes]
-  keys_all, keys_new = _row_keys(prefix_all), _row_keys(prefix_new)
+  keys_all = _row_keys(np.c_[sid_map.type_index[held], codes[held, :kl]])
+  wanted = np.concatenate([_row_keys(np.c_[np.full(len(c), t), c])
+                           for t, c in candidates]) if candidates else keys_all[:0]
+  last = codes[held, kl] if kl < codes.shape[1] else np.zeros(int(held.sum()), np.int64)
   used: dict[bytes, set[int]] = {}
-  last_held = codes[held, kl]
-  for r in np.flatnonzero(np.isin(keys_all, keys_new)):
-    used.setdefault(keys_all[r].tobytes(), set()).add(int(last_held[r]))
-  out = np.empty(types.size, np.int32)
-  for i in range(types.size):
+  for r in np.flatnonzero(np.isin(keys_all, wanted)):
+    used.setdefault(keys_all[r].tobytes(), set()).add(int(last[r]))
+  return used
+
+
+def _place(sid_map: SIDMap, candidates: list[np.ndarray], types: np.ndarray,
+           ids: Sequence[str], kl: int) -> tuple[np.ndarray, int]:
+  """The SID of each new item: in its first candidate cell with a free code (module
+  docstring), the smallest free disambiguation code there. Returns ((M, L) codes, how many
+  items went to a neighbour cell)."""
+  used = _held_last_codes(sid_map, [(int(t), c) for t, c in zip(types, candidates)], kl)
+  disambiguate = sid_map.num_levels == kl + 1
+  out = np.empty((types.size, sid_map.num_levels), np.int32)
+  moved = 0
+  for i, cands in enumerate(candidates):
     t = sid_map.type_names[int(types[i])]
-    size = int(sid_map.level_sizes[t][kl])
-    taken = used.setdefault(keys_new[i].tobytes(), set())
-    code = next((c for c in range(size) if c not in taken), None)
-    if code is None:
+    size = int(sid_map.level_sizes[t][kl]) if disambiguate else 1
+    for j, cand in enumerate(cands):
+      key = _row_keys(np.r_[types[i], cand][None, :])[0].tobytes()
+      taken = used.setdefault(key, set())
+      code = next((c for c in range(size) if c not in taken), None)
+      if code is not None:
+        taken.add(code)
+        out[i, :kl] = cand
+        if disambiguate:
+          out[i, kl] = code
+        moved += j > 0
+        break
+    else:
       raise SIDSpaceError(
-          f'new item {ids[i]!r} ({t}): its k-means codes {kcodes[i].tolist()} are held by '
-          f'{len(taken)} items already, every code of the disambiguation level (size {size}) '
-          'is taken: rebuild the SID map with more codes or levels (sid.k, sid.levels; '
-          'experiments.build_sids) and retrain, or withdraw nothing and add fewer items there')
-    taken.add(code)
-    out[i] = code
-  return out
-
-
-def _popular_policy(sid_map: SIDMap, kcodes: np.ndarray, types: np.ndarray,
-                    ids: Sequence[str]) -> None:
-  """Without a disambiguation level a new SID must be free (else it would be unreachable)."""
-  codes = np.asarray(sid_map.codes)
-  held = codes[:, 0] >= 0
-  keys_all = set(_row_keys(np.c_[sid_map.type_index[held], codes[held]]).tolist())
-  for i, key in enumerate(_row_keys(np.c_[types, kcodes]).tolist()):
-    if key in keys_all:
-      raise SIDSpaceError(
-          f'new item {ids[i]!r}: its SID {kcodes[i].tolist()} is held by another item and the '
-          "map (collision='popular') has no disambiguation level: rebuild the SIDs with "
-          "sid.collision=disambiguate and retrain")
-    keys_all.add(key)
+          f'new item {ids[i]!r} ({t}): every SID under its k-means prefix '
+          f'{cands[0][:-1].tolist() if kl > 1 else []} is taken (its own cell '
+          f'{cands[0].tolist()} and the {len(cands) - 1} neighbour cells of its last k-means '
+          f'level' + (f', each with a disambiguation level of {size} codes' if disambiguate
+                      else ", and the map (collision='popular') has no disambiguation level")
+          + '): rebuild the SID map with more codes or levels (sid.k, sid.levels'
+          + ('' if disambiguate else ', sid.collision=disambiguate')
+          + '; experiments.build_sids) and retrain')
+  return out, moved
 
 
 def assign_sids(sid_map: SIDMap, quantiser: FrozenQuantiser, *, ids: Sequence[str],
@@ -466,16 +497,11 @@ def assign_sids(sid_map: SIDMap, quantiser: FrozenQuantiser, *, ids: Sequence[st
     if emb.shape != (m, quantiser.item_emb_NxD.shape[1]) or not np.all(np.isfinite(emb)):
       raise ValueError(f'embeddings must be finite ({m}, {quantiser.item_emb_NxD.shape[1]}), '
                        f'got {emb.shape}')
-  kcodes = quantiser.kmeans_codes(emb, t_idx)
   kl = quantiser.kmeans_levels
-  if sid_map.num_levels == kl + 1:
-    last = _disambiguate(sid_map, kcodes, t_idx, ids)
-    codes = np.c_[kcodes, last].astype(np.int32)
-    joined = int(np.sum(last > 0))
-  else:
-    _popular_policy(sid_map, kcodes, t_idx, ids)
-    codes, joined = kcodes.astype(np.int32), 0
-  return codes, {'items': m, 'joined_groups': joined, 'new_groups': m - joined}
+  codes, moved = _place(sid_map, quantiser.candidate_codes(emb, t_idx), t_idx, ids, kl)
+  own = codes[:, kl] == 0 if sid_map.num_levels == kl + 1 else np.ones(m, bool)
+  return codes, {'items': m, 'joined_groups': int(np.sum(~own)), 'new_groups': int(own.sum()),
+                 'neighbour_cells': moved}
 
 
 def extend_sid_map(sid_map: SIDMap, codes_MxL: np.ndarray, types: Sequence[str]) -> SIDMap:
