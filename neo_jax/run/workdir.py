@@ -44,6 +44,7 @@ from neo_jax.run import stages
 from neo_jax.run import training
 from neo_jax.sid.builder import load_sid_map
 from neo_jax.tasks.types import Example
+from neo_jax.train import loop
 from neo_jax.tokenizer.base import Tokenizer
 from neo_jax.tokenizer.bpe import BPETokenizer
 from neo_jax.tokenizer.files import TokenizerFileError
@@ -240,6 +241,16 @@ def restore_params(model: nnx.Module, ckpt_dir: str, step: int, trained: Any = n
           item={'params': abstract},
           restore_args={'params': ocp.checkpoint_utils.construct_restore_args(abstract)},
           partial_restore=True))
+      loop.verify_checksums(loop.saved_checksums(manager, step), restored, f'{ckpt_dir}/{step}')
+    except (WorkdirError, MemoryError):
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      # orbax and tensorstore raise many kinds of errors for damaged files.
+      reason = ' '.join(f'{type(e).__name__}: {e}'.split())[:300]
+      raise WorkdirError(
+          f'{ckpt_dir}/{step}: the checkpoint is damaged ({reason}); rerun the command that '
+          'trained it with the same --workdir: training sets a damaged checkpoint aside and '
+          'trains again from the previous one') from None
     finally:
       manager.close()
   nnx.update(model, restored['params'])

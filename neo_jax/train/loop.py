@@ -24,6 +24,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tensorboardX import SummaryWriter
 
+from neo_jax.catalog import atomic
 from neo_jax.model import sharding
 from neo_jax.train import hostdata
 from neo_jax.train import optimizer as optimizer_lib
@@ -31,7 +32,12 @@ from neo_jax.train.data import PackedData
 
 
 class NonFiniteLossError(FloatingPointError):
-  pass
+  """A step whose loss or gradient norm is NaN or infinite (its update was not applied and
+  no checkpoint holds it)."""
+
+
+class CorruptCheckpointError(RuntimeError):
+  """A checkpoint that cannot be restored, or restores to other values than were saved."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,11 +123,6 @@ def masked_lm_loss(logits_BxLxV: jax.Array, batch: dict[str, jax.Array]
                 'loss_tokens': weights.sum()}
 
 
-def _log_jsonl(path: str, record: dict[str, Any]) -> None:
-  with open(path, 'a') as f:
-    f.write(json.dumps(record) + '\n')
-
-
 def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State,
                     tx: optax.GradientTransformation, grad_accum_steps: int = 1, *,
                     with_frozen: bool = False):
@@ -167,9 +168,15 @@ def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State,
 
   def step_fn(params, opt_state, batch, frozen=None):
     grads, metrics = loss_and_grads(params, frozen, batch)
-    updates, opt_state = tx.update(grads, opt_state, params)
+    updates, new_opt_state = tx.update(grads, opt_state, params)
     metrics['grad_norm'] = optax.tree.norm(grads)
-    return optax.apply_updates(params, updates), opt_state, metrics
+    # A non-finite loss or gradient leaves the state as it was (the host stops on it, see
+    # `_Run.drain`): a bad batch can never turn the parameters into NaN, let alone a
+    # checkpoint.
+    finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['grad_norm'])
+    keep = lambda new, old: jnp.where(finite, new, old)
+    return (jax.tree.map(keep, optax.apply_updates(params, updates), params),
+            jax.tree.map(keep, new_opt_state, opt_state), metrics)
 
   return step_fn
 
@@ -224,6 +231,62 @@ def best_mode_of(metric: str, mode: str | None = None) -> str:
   return 'min' if metric.split('/')[-1].endswith('loss') else 'max'
 
 
+
+
+def _words(x: jax.Array) -> jax.Array:
+  """The bits of `x` as a flat uint32 vector (one word per element of 1, 2 or 4 bytes, two
+  per 8-byte element)."""
+  if x.dtype == jnp.bool_:
+    return x.astype(jnp.uint32).ravel()
+  unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}.get(x.dtype.itemsize, jnp.uint32)
+  return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32).ravel()
+
+
+@jax.jit
+def _leaf_sums(leaves: list[jax.Array]) -> list[jax.Array]:
+  out = []
+  for x in leaves:
+    w = _words(x)
+    # Integer sums wrap exactly, in any order: the same on every sharding of the array.
+    weight = jnp.arange(w.size, dtype=jnp.uint32) * jnp.uint32(0x9E3779B1) + jnp.uint32(1)
+    out.append(jnp.stack([jnp.sum(w, dtype=jnp.uint32), jnp.sum(w * weight, dtype=jnp.uint32)]))
+  return out
+
+
+def state_checksums(tree: Any) -> dict[str, list[int]]:
+  """{leaf path: [sum of its 32-bit words, position-weighted sum]} (both mod 2^32): what a
+  checkpoint records of its arrays, so that a restore can tell that it read back exactly what
+  was saved (orbax checks no content: a checkpoint whose bytes were overwritten restores to
+  other values without an error). Computed on the devices, sharded or not."""
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  if not flat:
+    return {}
+  sums = jax.device_get(_leaf_sums([jnp.asarray(x) for _, x in flat]))
+  return {jax.tree_util.keystr(p): [int(a), int(b)] for (p, _), (a, b) in zip(flat, sums)}
+
+
+def saved_checksums(manager: ocp.CheckpointManager, step: int) -> dict[str, Any] | None:
+  """The checksums a checkpoint recorded ({'params': ..., 'opt_state': ...}); None for a
+  checkpoint written before they were recorded."""
+  custom = getattr(manager.metadata(step), 'custom_metadata', None) or {}
+  return custom.get('checksums')
+
+
+def verify_checksums(saved: Mapping[str, Any] | None, restored: Mapping[str, Any],
+                     where: str) -> None:
+  """Raises CorruptCheckpointError when an item of `restored` (e.g. 'params') differs from
+  the checksums the checkpoint recorded for it (`saved`; None: nothing to check)."""
+  if not saved:
+    return
+  for item, tree in restored.items():
+    if item not in saved:
+      continue
+    want, got = saved[item], state_checksums(tree)
+    bad = sorted(k for k in want if got.get(k) != list(want[k]))
+    if bad:
+      raise CorruptCheckpointError(
+          f'{where}: {len(bad)} of {len(want)} arrays of {item!r} differ from what was saved '
+          f'(checksum), e.g. {bad[:3]}: the checkpoint\'s files are damaged')
 
 
 def _check(name: str, settings: StageSettings, policy: CheckpointPolicy, data: PackedData,
@@ -313,36 +376,87 @@ def _compile(graphdef: nnx.GraphDef, placed: _Placed, tx: optax.GradientTransfor
 
 class _Logs:
   """Where a stage's figures go: `log` lines, <workdir>/logs/<name>.jsonl and TensorBoard
-  (<workdir>/tensorboard/<name>, scalars '<name>/<key>')."""
+  (<workdir>/tensorboard/<name>, scalars '<name>/<key>').
 
-  def __init__(self, workdir: str, name: str, log: Callable[[str], None]):
+  The JSON-lines log holds each step once: on a resume from step `start`, the records of
+  later steps (written before the kill, about to be written again) and a line cut by the kill
+  are dropped first."""
+
+  def __init__(self, workdir: str, name: str, log: Callable[[str], None], start: int = 0):
     logs_dir = os.path.join(workdir, 'logs')
     os.makedirs(logs_dir, exist_ok=True)
     self.name, self.log = name, log
     self.jsonl = os.path.join(logs_dir, f'{name}.jsonl')
+    self._keep_until(start)
+    self.appender = atomic.JsonlAppender(self.jsonl)
     self.writer = SummaryWriter(os.path.join(workdir, 'tensorboard', name))
 
+  def _keep_until(self, start: int) -> None:
+    if not os.path.exists(self.jsonl):
+      return
+    atomic.repair_jsonl(self.jsonl)
+    records = atomic.read_jsonl(self.jsonl)
+    kept = [r for r in records if int(r.get('step', 0)) <= start]
+    if len(kept) != len(records):
+      atomic.write_text(self.jsonl, ''.join(atomic.dumps(r) + '\n' for r in kept))
+
   def record(self, step: int, record: Mapping[str, Any], scalars: Mapping[str, float]) -> None:
-    _log_jsonl(self.jsonl, record)
+    self.appender.append([record])
     for k, v in scalars.items():
       self.writer.add_scalar(f'{self.name}/{k}', v, step)
 
   def close(self) -> None:
+    self.appender.close()
     self.writer.close()
 
 
-def _resume(manager: ocp.CheckpointManager, placed: _Placed, ckpt_dir: str, name: str,
-            log: Callable[[str], None]) -> int:
-  """The step to continue after: the latest checkpoint's (its parameters and optimizer state
-  replace `placed`'s, keeping their shardings), or 0."""
-  if manager.latest_step() is None:
-    return 0
-  start = int(manager.latest_step())
-  restored = manager.restore(start, args=ocp.args.StandardRestore(
-      {'params': placed.params, 'opt_state': placed.opt_state}))
-  placed.params, placed.opt_state = restored['params'], restored['opt_state']
-  log(f'[{name}] resumed from step {start} ({ckpt_dir})')
-  return start
+def _set_aside(ckpt_dir: str, step: int) -> str:
+  """Moves checkpoint `step` out of the stage's checkpoints (orbax no longer sees it) into
+  `<ckpt_dir>.set_aside/<step>[-n]`, kept for inspection; returns where."""
+  aside = ckpt_dir + '.set_aside'
+  os.makedirs(aside, exist_ok=True)
+  dest, n = os.path.join(aside, str(step)), 1
+  while os.path.exists(dest):
+    dest, n = os.path.join(aside, f'{step}-{n}'), n + 1
+  os.rename(os.path.join(ckpt_dir, str(step)), dest)
+  return dest
+
+
+def _resume(make_manager: Callable[[], ocp.CheckpointManager], placed: _Placed, ckpt_dir: str,
+            name: str, log: Callable[[str], None]
+            ) -> tuple[ocp.CheckpointManager, int, list[int]]:
+  """(the checkpoint manager, the step to continue after, the checkpoints set aside): the
+  newest checkpoint that
+  restores and matches its checksums (its parameters and optimizer state replace `placed`'s,
+  keeping their shardings), or 0. A checkpoint that fails (truncated, overwritten, half
+  deleted) is set aside (`_set_aside`) with a warning naming the error, and the previous one
+  is tried: the steps after it are trained again, reaching the same state."""
+  set_aside: list[int] = []
+  manager = make_manager()
+  while manager.latest_step() is not None:
+    step = int(manager.latest_step())
+    try:
+      restored = manager.restore(step, args=ocp.args.StandardRestore(
+          {'params': placed.params, 'opt_state': placed.opt_state}))
+      verify_checksums(saved_checksums(manager, step), restored,
+                       os.path.join(ckpt_dir, str(step)))
+    except MemoryError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      # orbax and tensorstore raise many kinds of errors for damaged files.
+      reason = ' '.join(f'{type(e).__name__}: {e}'.split())[:300]
+      manager.close()
+      where = _set_aside(ckpt_dir, step)
+      manager = make_manager()  # a fresh view of the directory, without that step
+      set_aside.append(step)
+      log(f'[{name}] WARNING: checkpoint step {step} cannot be restored ({reason}); moved to '
+          f'{where}; falling back to the previous checkpoint '
+          f'({manager.latest_step() if manager.latest_step() is not None else "none: from the start"})')
+      continue
+    placed.params, placed.opt_state = restored['params'], restored['opt_state']
+    log(f'[{name}] resumed from step {step} ({ckpt_dir})')
+    return manager, step, set_aside
+  return manager, 0, set_aside
 
 
 @dataclasses.dataclass
@@ -364,6 +478,7 @@ class _Run:
   ckpt_dir: str
   logs: _Logs
   start: int
+  set_aside: list[int] = dataclasses.field(default_factory=list)
 
   def __post_init__(self):
     # Each process loads only its rows of every global batch (all of them in one process)
@@ -385,8 +500,10 @@ class _Run:
   def save(self, step: int, metrics: Mapping[str, float] | None = None) -> None:
     if step in self.manager.all_steps():
       return  # a resumed run re-reaching a saved step: same parameters, already on disk
-    self.manager.save(step, args=ocp.args.StandardSave(
-        {'params': self.state.params, 'opt_state': self.state.opt_state}), metrics=metrics)
+    state = {'params': self.state.params, 'opt_state': self.state.opt_state}
+    checksums = {k: state_checksums(v) for k, v in state.items()}
+    self.manager.save(step, args=ocp.args.StandardSave(state), metrics=metrics,
+                      custom_metadata={'checksums': checksums})
 
   def validate(self, step: int) -> dict[str, float]:
     """The validation metrics of the current parameters, logged: 'valid/loss' (nats per
@@ -421,11 +538,16 @@ class _Run:
     stops on a non-finite loss, keeps the history, logs every log_every steps and the last."""
     steps = self.settings.steps
     m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    if not math.isfinite(m['loss']):
+    if not (math.isfinite(m['loss']) and math.isfinite(m['grad_norm'])):
+      # The step left the state unchanged (make_train_step); nothing after it was saved.
       self.manager.wait_until_finished()
+      what = (f'loss {m["loss"]}' if not math.isfinite(m['loss'])
+              else f'gradient norm {m["grad_norm"]} (loss {m["loss"]:.4f})')
+      last = self.manager.latest_step()
       raise NonFiniteLossError(
-          f'[{self.name}] non-finite loss {m["loss"]} at step {step}; last good checkpoint: '
-          f'step {self.manager.latest_step()} in {self.ckpt_dir}')
+          f'[{self.name}] non-finite {what} at step {step}; its update was not applied; last '
+          'good checkpoint: ' + (f'step {last} in {self.ckpt_dir}' if last is not None else
+                                 'none (the stage starts over on a rerun)'))
     m['step'] = step
     m['learning_rate'] = float(self.sched(step - 1))
     self.history.append(m)
@@ -474,6 +596,8 @@ class _Run:
       return best_step, False
     restored = self.manager.restore(best_step, args=ocp.args.StandardRestore(
         {'params': self.state.params, 'opt_state': self.state.opt_state}))
+    verify_checksums(saved_checksums(self.manager, best_step), restored,
+                     os.path.join(self.ckpt_dir, str(best_step)))
     self.state.params = restored['params']
     self.logs.log(f'[{self.name}] restored the best checkpoint: step {best_step}, '
                   f'{self.policy.best_metric} {self.best_value(best_step):.4f}')
@@ -506,13 +630,11 @@ class _Run:
         'tail_mean_loss': float(np.mean([h['loss'] for h in tail])),
         'tokens_per_s': (steps - start) * self.tokens_per_step / max(seconds, 1e-9),
         'resumed_from_step': start,
+        'checkpoints_set_aside': len(self.set_aside),
         'model_step': model_step,
         **{f'final_{k}': v for k, v in self.last_valid.items()},
     }
-    tmp = summary_path + '.tmp'
-    with open(tmp, 'w') as f:
-      json.dump(summary, f)
-    os.replace(tmp, summary_path)
+    atomic.write_json(summary_path, summary)
     return summary
 
 
@@ -557,8 +679,9 @@ def train_stage(model: nnx.Module, data: PackedData, settings: StageSettings, *,
   batch_sharding = _batch_spec(mesh, rules)
   state = _place(params, frozen, rest, tx, mesh, rules)
   ckpt_dir = os.path.join(os.path.abspath(workdir), 'checkpoints', name)
-  manager = _checkpoint_manager(ckpt_dir, checkpoints, validates=bool(settings.eval_every))
-  start = _resume(manager, state, ckpt_dir, name, log)
+  manager, start, set_aside = _resume(
+      lambda: _checkpoint_manager(ckpt_dir, checkpoints, validates=bool(settings.eval_every)),
+      state, ckpt_dir, name, log)
   train_step, eval_step = _compile(graphdef, state, tx, settings.grad_accum_steps, mesh,
                                    batch_sharding)
   in_sharding = (batch_sharding if batch_sharding is not None
@@ -566,7 +689,7 @@ def train_stage(model: nnx.Module, data: PackedData, settings: StageSettings, *,
   run = _Run(name=name, settings=settings, policy=checkpoints, model=model, data=data,
              valid_data=valid_data, eval_fn=eval_fn, state=state, train_step=train_step,
              eval_step=eval_step, in_sharding=in_sharding, manager=manager, ckpt_dir=ckpt_dir,
-             logs=_Logs(workdir, name, log), start=start)
+             logs=_Logs(workdir, name, log, start), start=start, set_aside=set_aside)
   context = jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
   with context, sharding.axis_rules(rules):
     run.run_steps()
