@@ -1,5 +1,7 @@
 """Packing of prompt/completion examples into fixed-length rows."""
 
+import types
+
 import numpy as np
 import pytest
 
@@ -8,11 +10,16 @@ from neo_jax.train import data as data_lib
 
 
 class CharTokenizer:
-  """Independent stand-in: one id per character (ord + 3); 0 pad, 1 bos, 2 eos."""
+  """Independent stand-in: one id per character (ord + 3); 0 pad, 1 bos, 2 eos; no SIDs
+  (SID span cuts: tests/test_prompt_cut.py)."""
   pad_id, bos_id, eos_id = 0, 1, 2
+  sid = types.SimpleNamespace(sid_open_id=-1, sid_close_id=-2)
 
   def encode(self, text):
     return [ord(c) + 3 for c in text]
+
+  def decode(self, ids):
+    return ''.join(chr(i - 3) for i in ids)
 
 
 def _examples(n, seed=0):
@@ -47,18 +54,23 @@ def test_packing_keeps_every_example_whole_and_masks_completions():
   assert packed.stats['fill'] > 0.8
 
 
-def test_long_prompt_is_cut_from_the_left_and_long_completion_raises():
+def test_long_prompt_without_history_and_long_completion_are_skipped_and_counted():
   tok = CharTokenizer()
   ex = Example(task='search', prompt='0123456789', completion='AB', output_format='ids')
-  t, cut = data_lib.tokenize_example(ex, tok, max_len=8)
-  assert cut
-  assert ''.join(chr(x - 3) for x in t.tokens[1:-3]) == '6789'
+  # No history to shorten: cutting text would cut the instruction, so it is refused.
+  with pytest.raises(data_lib.PromptTooLongError, match='no history to shorten'):
+    data_lib.tokenize_example(ex, tok, max_len=8)
+  fits = Example(task='search', prompt='01234', completion='AB', output_format='ids')
+  t, cut = data_lib.tokenize_example(fits, tok, max_len=9)
+  assert cut == 0 and ''.join(chr(x - 3) for x in t.tokens[1:-3]) == '01234'
   bad = Example(task='search', prompt='p', completion='A' * 10, output_format='ids')
   with pytest.raises(data_lib.CompletionTooLongError, match='cannot fit'):
     data_lib.tokenize_example(bad, tok, max_len=8)
-  # Packing skips such an example and counts it.
-  packed = data_lib.pack_examples([ex, bad], tok, seq_len=8, batch_size=1)
-  assert packed.stats['examples'] == 1 and packed.stats['skipped_completion_too_long'] == 1
+  # Packing skips both kinds and counts them.
+  packed = data_lib.pack_examples([ex, bad, fits], tok, seq_len=9, batch_size=1)
+  assert packed.stats['examples'] == 1
+  assert packed.stats['skipped_completion_too_long'] == 1
+  assert packed.stats['skipped_prompt_too_long'] == 1
 
 
 def test_batches_are_a_pure_function_of_step():

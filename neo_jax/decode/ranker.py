@@ -47,6 +47,7 @@ from neo_jax.decode.interface import Constraints, prefill
 from neo_jax.decode.trie import SIDTrie, SIDVocabArrays, lookup_items, request_filter
 from neo_jax.model.decoder import Decoder
 from neo_jax.tokenizer.base import Tokenizer
+from neo_jax.tokenizer.cut import cut_prompt
 
 
 class NEORanker:
@@ -54,8 +55,8 @@ class NEORanker:
   def __init__(self, model: Decoder, tokenizer: Tokenizer, trie: SIDTrie, *,
                prompt_len: int, batch_size: int = 32, score: str = 'vocab',
                rows_head: bool = True):
-    """prompt_len: token width prompts are cut (oldest tokens first) or left-padded to,
-    including the bos and the trailing `[SID]`. score: 'vocab' or 'codes' (rows-only) for
+    """prompt_len: token width prompts are cut (oldest history items first, see
+    `prompt_tokens`) or left-padded to, including the bos and the trailing `[SID]`. score: 'vocab' or 'codes' (rows-only) for
     `rank`. rows_head: `generate` computes only code rows of the LM head inside spans."""
     if score not in SCORES:
       raise ValueError(f'unknown score {score!r}; known: {SCORES}')
@@ -66,6 +67,7 @@ class NEORanker:
     self.trie = trie
     self.vocab_arrays = SIDVocabArrays.from_vocab(tokenizer.sid)
     self.prompt_len = int(prompt_len)
+    self.cut_stats = {'prompts_cut': 0, 'history_items_cut': 0}
     self.batch_size = int(batch_size)
     self.set_model(model)
     self.type_names = tokenizer.sid.type_names
@@ -78,12 +80,27 @@ class NEORanker:
     self.cfg = model.cfg
 
   def prompt_tokens(self, prompt: str, open_sid: bool = True) -> list[int]:
-    """bos + prompt (+ `[SID]`), the prompt cut from the left to fit `prompt_len`, the way
-    training cuts over-long prompts."""
+    """bos + prompt (+ `[SID]`), fitted to `prompt_len` the way training fits over-long
+    prompts: the oldest history items go, never the instruction header
+    (`tokenizer.cut.cut_prompt`). Counts what it cut in `cut_stats` ('prompts_cut',
+    'history_items_cut', over the ranker's life; `reset_cut_stats` zeroes them).
+
+    Raises:
+      PromptTooLongError: the prompt does not fit even with only its newest history item.
+    """
     ids = self.tokenizer.encode(prompt)
     tail = [self.tokenizer.sid.sid_open_id] if open_sid else []
-    room = self.prompt_len - 1 - len(tail)
-    return [self.tokenizer.bos_id] + ids[max(0, len(ids) - room):] + tail
+    ids, cut = cut_prompt(ids, self.prompt_len - 1 - len(tail), self.tokenizer)
+    if cut:
+      self.cut_stats['prompts_cut'] += 1
+      self.cut_stats['history_items_cut'] += cut
+    return [self.tokenizer.bos_id] + ids + tail
+
+  def reset_cut_stats(self) -> dict[str, int]:
+    """The cut counts so far (see `prompt_tokens`), then zeroes them."""
+    out = dict(self.cut_stats)
+    self.cut_stats = {'prompts_cut': 0, 'history_items_cut': 0}
+    return out
 
   def _allowed(self, types: Sequence[str | None]) -> np.ndarray:
     allowed = np.zeros((len(types), len(self.type_names)), bool)

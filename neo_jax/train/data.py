@@ -18,6 +18,7 @@ import numpy as np
 
 from neo_jax.tasks.types import Example
 from neo_jax.tokenizer.base import Tokenizer
+from neo_jax.tokenizer.cut import PromptTooLongError, cut_prompt
 
 _PACK_WINDOW = 64
 
@@ -32,12 +33,14 @@ class Tokenized:
   loss_mask: np.ndarray  # (T,) bool: True on completion tokens and eos
 
 
-def tokenize_example(ex: Example, tokenizer: Tokenizer, max_len: int) -> tuple[Tokenized, bool]:
-  """Returns the tokenised example and whether its prompt had to be cut to fit `max_len`.
+def tokenize_example(ex: Example, tokenizer: Tokenizer, max_len: int) -> tuple[Tokenized, int]:
+  """Returns the tokenised example and how many history items its prompt lost to fit
+  `max_len`.
 
-  Over-long prompts lose their oldest tokens (the far end of a history), never the
-  completion: a completion that cannot fit raises, because training on a cut answer would
-  teach the model to stop mid-SID.
+  Over-long prompts lose their oldest history items (`tokenizer.cut.cut_prompt`), never the
+  instruction header nor the completion: a completion that cannot fit raises
+  CompletionTooLongError, because training on a cut answer would teach the model to stop
+  mid-SID; a prompt that cannot fit with its newest history item raises PromptTooLongError.
   """
   prompt = tokenizer.encode(ex.prompt)
   completion = tokenizer.encode(ex.completion) + [tokenizer.eos_id]
@@ -46,13 +49,11 @@ def tokenize_example(ex: Example, tokenizer: Tokenizer, max_len: int) -> tuple[T
     raise CompletionTooLongError(
         f'completion of a {ex.task!r} example has {len(completion)} tokens; it cannot fit '
         f'seq_len={max_len}: {ex.completion[:80]!r}')
-  truncated = len(prompt) > room
-  if truncated:
-    prompt = prompt[len(prompt) - room:]
+  prompt, cut_items = cut_prompt(prompt, room, tokenizer)
   tokens = np.array([tokenizer.bos_id] + prompt + completion, np.int32)
   mask = np.zeros(tokens.shape, bool)
   mask[len(tokens) - len(completion):] = True
-  return Tokenized(tokens, mask), truncated
+  return Tokenized(tokens, mask), cut_items
 
 
 @dataclasses.dataclass
@@ -107,17 +108,22 @@ def pack_examples(examples: Sequence[Example], tokenizer: Tokenizer, seq_len: in
   if not examples:
     raise ValueError('no examples to pack')
   order = np.random.default_rng(seed).permutation(len(examples))
-  items, truncated, too_long = [], 0, 0
+  items, truncated, cut_items, too_long, prompt_too_long = [], 0, 0, 0, 0
   for n in order:
     try:
       tok, cut = tokenize_example(examples[n], tokenizer, seq_len)
     except CompletionTooLongError:
       too_long += 1  # reported in stats: an answer cut short would teach wrong SIDs
       continue
+    except PromptTooLongError:
+      prompt_too_long += 1  # reported: its instruction would have to be cut
+      continue
     items.append(tok)
-    truncated += cut
+    truncated += cut > 0
+    cut_items += cut
   if not items:
-    raise ValueError(f'none of the {len(examples)} examples fits seq_len={seq_len}')
+    raise ValueError(f'none of the {len(examples)} examples fits seq_len={seq_len} '
+                     f'({too_long} answers and {prompt_too_long} prompts too long)')
   # First-fit over a window of the most recently opened rows that still have room for the
   # shortest example: bounded cost per example, and rows close once they are nearly full.
   shortest = min(len(t.tokens) for t in items)
@@ -158,7 +164,9 @@ def pack_examples(examples: Sequence[Example], tokenizer: Tokenizer, seq_len: in
       'examples': len(items),
       'rows': len(rows),
       'truncated_prompts': truncated,
+      'cut_history_items': cut_items,
       'skipped_completion_too_long': too_long,
+      'skipped_prompt_too_long': prompt_too_long,
       'fill': float((segs > 0).mean()),
       'loss_tokens': int(mask.sum()),
   }
