@@ -17,7 +17,11 @@ A trained run (the workdir of `experiments.quickstart` or `experiments.train`):
       one JSON request per line (fields: neo_jax/run/serving.py), answered in batches; a bad
       line (bad JSON, unknown user/item/type/format/task, missing or misplaced field) is
       reported on stderr and as {"line": n, "error": ...} in the output, and the batch goes
-      on. Exits with status 1 when any line was bad.
+      on. Answers are appended per chunk (--chunk requests); an unexpected error while
+      answering a chunk is reported for its lines and the batch goes on. After a kill, the
+      same command with --resume answers only the lines --batch_out lacks (an existing
+      --batch_out without --resume is refused). Exits with status 1 when any line was bad
+      or failed.
 
 A bare backbone (no NEO training):
 
@@ -31,7 +35,7 @@ object (nothing is written into the trained run's directories).
 
 from __future__ import annotations
 
-import json
+import errno
 import os
 import sys
 import time
@@ -39,6 +43,7 @@ import time
 from absl import flags
 
 from experiments import common
+from neo_jax.catalog import atomic
 from neo_jax.run.config import UserError
 
 flags.adopt_module_key_flags(common)
@@ -57,9 +62,12 @@ _MAX_NEW = flags.DEFINE_integer('max_new_tokens', None,
                                 'with --workdir)')
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'compute dtype')
 
-# Requests answered per `Service.answer` call in batch mode: bounds memory, and answers are
-# written as each chunk finishes.
-_CHUNK = 256
+_RESUME = flags.DEFINE_bool(
+    'resume', False, 'with --batch_out holding answers of an interrupted run of the same '
+    '--batch_in: answer only the lines it lacks (each line is answered exactly once)')
+_CHUNK = flags.DEFINE_integer(
+    'chunk', 256, 'requests answered per chunk in batch mode; each chunk\'s answers are '
+    'appended to --batch_out (and synced) when it is done, so a kill loses at most one chunk')
 
 
 def _run_backbone() -> dict:
@@ -157,54 +165,25 @@ def _batch() -> dict:
     raise UserError('--batch_in needs --batch_out (where the answers go)')
   if not os.path.exists(_BATCH_IN.value):
     raise UserError(f'--batch_in={_BATCH_IN.value}: no such file')
+  if (os.path.exists(_BATCH_OUT.value) and os.path.getsize(_BATCH_OUT.value) > 0
+      and not _RESUME.value):
+    raise UserError(f'--batch_out={_BATCH_OUT.value} exists; pass --resume to answer only the '
+                    'lines it lacks, or remove it')
   svc, facts = _service(batch_size=_BATCH_SIZE.value or 16)
-  results: dict[int, dict] = {}
-  pending: list[tuple[int, serving.Request]] = []
-  bad = blank = 0
-  seconds = 0.0
-
-  def flush():
-    nonlocal seconds
-    out, dt = svc.answer_timed([r for _, r in pending])
-    seconds += dt
-    for (n, _), ans in zip(pending, out):
-      results[n] = {'line': n, **ans}
-    print(f'answered {len(results) - bad} requests ({seconds:.1f}s)', file=sys.stderr,
-          flush=True)
-    pending.clear()
-
-  with open(_BATCH_IN.value, encoding='utf-8') as f:
-    for n, line in enumerate(f, start=1):
-      if not line.strip():
-        blank += 1
-        continue
-      try:
-        try:
-          obj = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise serving.RequestError(f'bad JSON: {e}') from None
-        pending.append((n, svc.parse(obj)))
-      except serving.RequestError as e:
-        bad += 1
-        results[n] = {'line': n, 'error': str(e)}
-        print(f'{_BATCH_IN.value}:{n}: {e}', file=sys.stderr, flush=True)
-      if len(pending) >= _CHUNK:
-        flush()
-  if pending:
-    flush()
-  out_dir = os.path.dirname(os.path.abspath(_BATCH_OUT.value))
-  os.makedirs(out_dir, exist_ok=True)
-  tmp = _BATCH_OUT.value + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    for n in sorted(results):
-      f.write(json.dumps(results[n], ensure_ascii=False) + '\n')
-  os.replace(tmp, _BATCH_OUT.value)
-  answered = len(results) - bad
-  print(f'{answered} answered, {bad} bad, {blank} blank lines -> {_BATCH_OUT.value}',
-        file=sys.stderr)
-  return {**facts, 'mode': 'batch', 'answered': answered, 'bad': bad, 'blank_lines': blank,
-          'seconds_answer': seconds,
-          'requests_per_second': answered / seconds if seconds > 0 else 0.0,
+  try:
+    counts = serving.answer_file(svc, _BATCH_IN.value, _BATCH_OUT.value,
+                                 resume=_RESUME.value, chunk=_CHUNK.value,
+                                 log=lambda s: print(s, file=sys.stderr, flush=True))
+  except OSError as e:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+      raise UserError(f'{e}; rerun the same command with --resume when there is space') from e
+    raise
+  print(f'{counts["answered"]} answered, {counts["bad"]} bad, {counts["failed"]} failed, '
+        f'{counts["blank_lines"]} blank lines, {counts["resumed_lines"]} already answered -> '
+        f'{_BATCH_OUT.value}', file=sys.stderr)
+  seconds = counts['seconds_answer']
+  return {**facts, 'mode': 'batch', **counts,
+          'requests_per_second': counts['answered'] / seconds if seconds > 0 else 0.0,
           'batch_size': svc.ranker.batch_size}
 
 
@@ -220,8 +199,8 @@ def main(argv):
     result = _batch()
   else:
     result = _interactive()
-  print(json.dumps(result, sort_keys=True))
-  if result.get('bad'):
+  print(atomic.dumps(result, sort_keys=True))
+  if result.get('bad') or result.get('failed'):
     sys.exit(1)
 
 

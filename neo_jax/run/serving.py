@@ -35,19 +35,23 @@ missing required fields raise `RequestError` with the reason.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 import shlex
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from neo_jax.catalog import atomic
 from neo_jax.catalog.splits import user_sequences
 from neo_jax.decode.ranker import NEORanker
 from neo_jax.run.stages import Artifacts
 from neo_jax.tasks import builders
 from neo_jax.tasks import prompts
 from neo_jax.tasks.types import OUTPUT_FORMATS
+from neo_jax.tokenizer.cut import PromptTooLongError, cut_prompt
 
 TASKS = ('recommend', 'search', 'describe', 'explain', 'prompt')
 MAX_K = 100
@@ -135,6 +139,9 @@ class Service:
     rid = given.pop('id', None)
     if rid is not None and not isinstance(rid, (str, int, float, bool)):
       raise RequestError("field 'id' must be a JSON scalar")
+    if isinstance(rid, float) and not math.isfinite(rid):
+      raise RequestError(f"field 'id' must be a finite number or a string, got {rid!r} "
+                         '(strict JSON has no NaN or Infinity)')
     extra = sorted(set(given) - set(TASK_FIELDS[task]))
     if extra:
       raise RequestError(f'field(s) {extra} do not apply to task {task!r} (its fields: '
@@ -211,7 +218,22 @@ class Service:
     req = Request(**out)
     if req.task == 'recommend' and req.type is None:
       req = dataclasses.replace(req, type=self._default_type(req.user))
+    self._check_fits(req)
     return req
+
+  def _check_fits(self, req: Request) -> None:
+    """RequestError when a prompt of `req` cannot fit the model's prompt width even with its
+    older history items cut (a long raw prompt or query: cutting would cut its
+    instruction)."""
+    room = self.ranker.prompt_len - 2  # bos and the `[SID]` a ranking appends
+    types = ([req.type] if req.type or req.task != 'search'
+             else list(self.catalog.type_names))
+    for t in types:
+      try:
+        cut_prompt(self.art.tokenizer.encode(self.prompt_of(req, t)), room,
+                   self.art.tokenizer)
+      except PromptTooLongError as e:
+        raise RequestError(f'{req.task}: {e}') from None
 
   def _default_type(self, user: str) -> str:
     if len(self.catalog.type_names) == 1:
@@ -364,6 +386,107 @@ class Service:
     t0 = time.perf_counter()
     out = self.answer(reqs)
     return out, time.perf_counter() - t0
+
+
+def _reject_constant(name: str) -> Any:
+  raise ValueError(f'{name} is not JSON (strict JSON has no NaN or Infinity)')
+
+
+def parse_line(svc: Service, line: str) -> Request:
+  """A request from one JSONL line (strict JSON: NaN and Infinity are refused)."""
+  try:
+    obj = json.loads(line, parse_constant=_reject_constant)
+  except ValueError as e:
+    raise RequestError(f'bad JSON: {e}') from None
+  return svc.parse(obj)
+
+
+def answered_lines(out_path: str) -> set[int]:
+  """The input line numbers that `out_path` (an answer file of `answer_file`) holds a record
+  of, after cutting a last line that a killed writer left unfinished."""
+  if not os.path.exists(out_path):
+    return set()
+  atomic.repair_jsonl(out_path)
+  done = set()
+  for n, rec in enumerate(atomic.read_jsonl(out_path), start=1):
+    if not isinstance(rec, dict) or not isinstance(rec.get('line'), int):
+      raise ValueError(f'{out_path}:{n}: not an answer record of this tool (no "line")')
+    done.add(rec['line'])
+  return done
+
+
+def answer_file(svc: Service, in_path: str, out_path: str, *, resume: bool = False,
+                chunk: int = 256, log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Answers the JSONL requests of `in_path` into `out_path`, one record per non-blank line.
+
+  Each record is `{"line": n, ...answer}` or `{"line": n, "error": ...}`, strict JSON. Lines
+  are read and answered `chunk` requests at a time, and each chunk's records (its answers and
+  the bad lines read with it, by line) are appended and synced when it is done, so that a
+  kill loses at most the chunk in progress. A bad line (`RequestError`) is a record with the
+  reason; an unexpected error while answering a chunk is a record for each of its lines
+  (`"error": "internal error ..."`, `"internal": true`) and the batch goes on.
+
+  resume: `out_path` may hold records of an interrupted run of the same input: those lines
+  are skipped (their records kept) and the rest answered, so every line is answered exactly
+  once. Without it an existing, non-empty `out_path` is refused (FileExistsError), so nothing
+  is overwritten by mistake.
+
+  Returns:
+    answered, bad (request errors), failed (lines of chunks that failed), blank_lines,
+    resumed_lines (skipped: already in out_path), seconds_answer, prompts_cut and
+    history_items_cut (prompts that lost history items to fit, `NEORanker.prompt_tokens`).
+  """
+  if not resume and os.path.exists(out_path) and os.path.getsize(out_path) > 0:
+    raise FileExistsError(f'{out_path} exists; pass --resume to answer only the lines it '
+                          'lacks, or remove it')
+  done = answered_lines(out_path) if resume else set()
+  counts = {'answered': 0, 'bad': 0, 'failed': 0, 'blank_lines': 0,
+            'resumed_lines': len(done), 'seconds_answer': 0.0}
+  svc.ranker.reset_cut_stats()
+  pending: list[tuple[int, Request]] = []
+  records: list[dict[str, Any]] = []
+
+  def flush():
+    if pending:
+      reqs = [r for _, r in pending]
+      try:
+        out, dt = svc.answer_timed(reqs)
+      except Exception as e:  # pylint: disable=broad-except
+        # A failure of the model or a bug, not of a request: reported for these lines.
+        reason = ' '.join(f'{type(e).__name__}: {e}'.split())[:500]
+        log(f'{in_path}: lines {pending[0][0]}..{pending[-1][0]}: internal error: {reason}')
+        counts['failed'] += len(pending)
+        records.extend({'line': n, 'error': f'internal error answering this chunk: {reason}',
+                        'internal': True} for n, _ in pending)
+      else:
+        counts['seconds_answer'] += dt
+        counts['answered'] += len(out)
+        records.extend({'line': n, **ans} for (n, _), ans in zip(pending, out))
+    writer.append(sorted(records, key=lambda r: r['line']))
+    log(f'answered {counts["answered"]} requests ({counts["seconds_answer"]:.1f}s)')
+    pending.clear()
+    records.clear()
+
+  with atomic.JsonlAppender(out_path, truncate=not resume) as writer, \
+      open(in_path, encoding='utf-8') as f:
+    for n, line in enumerate(f, start=1):
+      if not line.strip():
+        counts['blank_lines'] += 1
+        continue
+      if n in done:
+        continue
+      try:
+        pending.append((n, parse_line(svc, line)))
+      except RequestError as e:
+        counts['bad'] += 1
+        records.append({'line': n, 'error': str(e)})
+        log(f'{in_path}:{n}: {e}')
+      if len(pending) >= chunk:
+        flush()
+    if pending or records:
+      flush()
+  counts.update(svc.ranker.reset_cut_stats())
+  return counts
 
 
 def format_answer(ans: dict[str, Any]) -> str:
