@@ -75,7 +75,7 @@ def sweep_stale(path: str | os.PathLike) -> list[str]:
   removed = []
   for name in os.listdir(parent):
     for pattern in (_TMP, _OLD):
-      prefix = pattern.format(base=base, pid='')
+      prefix = pattern.split('{pid}')[0].format(base=base)
       if not name.startswith(prefix):
         continue
       pid = name[len(prefix):].split('-', 1)[0]
