@@ -8,8 +8,11 @@
 Writes
   W/tfds/<dataset>/<table>/1.0.0/   the TFDS build (items, interactions, users, queries, meta)
   W/data/                           the same dataset in the generic format (--export)
+  W/build_dataset.json              the builder and its arguments
   W/result.json                     counts, split sizes, and every policy's counts
-and prints the result.json object as the last line. Bad input stops the build with an error
+and prints the result.json object as the last line. Every artifact is written atomically;
+rerunning the same command after an interruption (even SIGKILL) reuses what was complete and
+builds the rest (an existing build from other arguments needs --overwrite). Bad input stops the build with an error
 naming the file, line and field (exit status 1). --dataset=synthetic first generates the
 synthetic catalog (the run config's data.synthetic defaults) into W/synthetic_source in the
 generic format, then builds that as generic data.
@@ -24,6 +27,7 @@ import time
 from absl import flags
 
 from experiments import common
+from neo_jax.catalog import atomic
 from neo_jax.catalog import io as catalog_io
 from neo_jax.catalog import splits
 from neo_jax.catalog import synthetic
@@ -52,6 +56,8 @@ _ON_OUT_OF_ORDER = flags.DEFINE_enum(
     'generic: events not sorted by time within a user: allow (count; splits sort) or error.')
 _EXPORT = flags.DEFINE_bool('export', True, 'Also write W/data in the generic format.')
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace an existing W/data and W/tfds.')
+# What the build was made from; a rerun with the same arguments resumes instead of refusing.
+ARGS_FILE = 'build_dataset.json'
 
 
 def _builder(workdir: str) -> tuple[str, dict]:
@@ -76,6 +82,23 @@ def _builder(workdir: str) -> tuple[str, dict]:
   return _DATASET.value, dict(source=_DATA_DIR.value)
 
 
+def _build_args(name: str, kwargs: dict) -> dict:
+  """What determines the build (recorded in W/build_dataset.json): the builder and its source
+  and policies."""
+  args = {'builder': name, **kwargs}
+  if args.get('source'):
+    args['source'] = os.path.abspath(args['source'])
+  return json.loads(atomic.dumps(args, sort_keys=True))
+
+
+def _recorded(path: str) -> dict | None:
+  try:
+    with open(path, encoding='utf-8') as f:
+      return json.load(f)
+  except (FileNotFoundError, ValueError):
+    return None
+
+
 def main(argv):
   common.start(argv)
   tfds_builders.tfds.disable_progress_bar()
@@ -83,22 +106,34 @@ def main(argv):
   tfds_dir = os.path.join(workdir, 'tfds')
   start = time.perf_counter()
   name, kwargs = _builder(workdir)
-  if not _OVERWRITE.value and os.path.exists(os.path.join(tfds_dir, name)):
-    raise FileExistsError(f'{os.path.join(tfds_dir, name)} exists; pass --overwrite or choose '
-                          'another --workdir')
-  source_ds, source_report, built = tfds_builders.build(name, tfds_dir,
-                                                        overwrite=_OVERWRITE.value, **kwargs)
+  built = os.path.join(tfds_dir, name)
+  args_path = os.path.join(workdir, ARGS_FILE)
+  args = _build_args(name, kwargs)
+  # A rerun of the same command (after a kill) reuses what the interrupted run completed: the
+  # TFDS build and the export are each written atomically, so what exists is whole.
+  resuming = not _OVERWRITE.value and _recorded(args_path) == args
+  if not _OVERWRITE.value and os.path.exists(built) and not resuming:
+    raise FileExistsError(f'{built} exists; pass --overwrite or choose another --workdir')
+  atomic.write_json(args_path, args, indent=1, sort_keys=True)
+  if resuming and os.path.exists(built):
+    source_ds, source_report = None, tfds_builders.built_report(built)
+  else:
+    source_ds, source_report, built = tfds_builders.build(name, tfds_dir,
+                                                          overwrite=_OVERWRITE.value, **kwargs)
   build_s = time.perf_counter() - start
 
   # Everything below reads the TFDS build back, so the figures describe what was written.
   start = time.perf_counter()
   ds = tfds_builders.load_built(built)
   load_s = time.perf_counter() - start
-  if len(ds.interactions) != len(source_ds.interactions) or len(ds.catalog) != len(
-      source_ds.catalog):
+  if source_ds is not None and (len(ds.interactions) != len(source_ds.interactions)
+                                or len(ds.catalog) != len(source_ds.catalog)):
     raise RuntimeError('the TFDS build does not hold what the source held')
   if _EXPORT.value:
-    catalog_io.write_dataset(ds, os.path.join(workdir, 'data'), overwrite=_OVERWRITE.value)
+    # Resuming: an export that exists was written from this build (atomically), and writing
+    # it again gives the same files.
+    catalog_io.write_dataset(ds, os.path.join(workdir, 'data'),
+                             overwrite=_OVERWRITE.value or resuming)
 
   split, split_params = splits.make_split(ds.interactions, _SPLIT.value)
   result = {
@@ -126,8 +161,9 @@ def main(argv):
   result.update({f'policy/{k}': v for k, v in catalog_io.interaction_report(ds).items()})
   for section, values in source_report.items():
     result.update({f'{section}/{k}': v for k, v in values.items()})
+  result['resumed'] = resuming
   rundir.write_result(workdir, result)
-  print(json.dumps(result, sort_keys=True))
+  print(atomic.dumps(result, sort_keys=True))
 
 
 if __name__ == '__main__':
