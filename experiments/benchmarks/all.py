@@ -90,11 +90,17 @@ KEY_FIGURES = {
 MAX_FIGURES = 6
 
 
+# Modules of experiments/benchmarks/ that are not benchmarks this suite runs: this file, the
+# shared FLOP helpers, and the accelerator run with its CPU-side preparation (a suite of its
+# own, one command on an accelerator machine: accelerator.py's docstring).
+NOT_BENCHMARKS = ('__init__', 'all', 'flops', 'accelerator', 'accelerator_prepare')
+
+
 def discover() -> list[str]:
-  """Benchmark modules in experiments/benchmarks/ (every .py but __init__ and this file)."""
+  """Benchmark modules in experiments/benchmarks/ (every .py but NOT_BENCHMARKS)."""
   names = [os.path.splitext(os.path.basename(p))[0]
            for p in glob.glob(os.path.join(BENCH_DIR, '*.py'))]
-  return sorted(n for n in names if n not in ('__init__', 'all'))
+  return sorted(n for n in names if n not in NOT_BENCHMARKS)
 
 
 def _has_workdir_flag(name: str) -> bool:

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from experiments.benchmarks import flops
 from neo_jax.run import rundir
 from neo_jax.model.config import get_config
 from neo_jax.model.decoder import Decoder
@@ -48,37 +49,6 @@ _DTYPE = flags.DEFINE_string('dtype', '', "Compute dtype; '' = float32 on CPU, b
 _REMAT = flags.DEFINE_enum('remat', 'none', ['none', 'dots', 'full'],
                            'Activation rematerialisation of the decoder blocks.')
 _WORKDIR = flags.DEFINE_string('workdir', '', 'If set, result.json is also written there.')
-
-# Published dense peaks (FLOP/s) per device kind substring and compute dtype.
-_PEAKS = {
-    ('H100', 'bfloat16'): 989e12, ('H100', 'float32'): 67e12,
-    ('H200', 'bfloat16'): 989e12, ('H200', 'float32'): 67e12,
-    ('A100', 'bfloat16'): 312e12, ('A100', 'float32'): 19.5e12,
-}
-
-
-def _flops_per_token(cfg, seq_len: int) -> float:
-  d, l = cfg.d_model, cfg.num_layers
-  per_layer = (d * cfg.num_heads * cfg.head_dim  # q
-               + 2 * d * cfg.num_kv_heads * cfg.head_dim  # k, v
-               + cfg.num_heads * cfg.head_dim * d  # o
-               + 3 * d * cfg.mlp_dim)  # gate, up, down
-  matmul_params = l * per_layer + cfg.vocab_size * d  # + LM head
-  return 6.0 * matmul_params + 12.0 * l * cfg.num_heads * cfg.head_dim * seq_len
-
-
-def _measured_cpu_peak() -> float:
-  n = 2048
-  a = jnp.ones((n, n), jnp.float32)
-  f = jax.jit(lambda x: x @ x)
-  f(a).block_until_ready()
-  best = float('inf')
-  for _ in range(5):
-    t = time.perf_counter()
-    f(a).block_until_ready()
-    best = min(best, time.perf_counter() - t)
-  return 2.0 * n ** 3 / best
-
 
 def _time_preset(name: str, seq_len: int, batch: int, dtype: str, steps: int,
                  remat: str = 'none') -> dict:
@@ -115,7 +85,7 @@ def _time_preset(name: str, seq_len: int, batch: int, dtype: str, steps: int,
       'seq_len': seq_len, 'batch_size': batch, 'dtype': dtype,
       'first_step_seconds': compile_s, 'step_seconds': step_s,
       'tokens_per_second': tokens_per_s,
-      'model_flops_per_token': _flops_per_token(cfg, seq_len),
+      'model_flops_per_token': flops.flops_per_token(cfg, seq_len),
       'loss': float(m['loss']),
   }
 
@@ -127,9 +97,9 @@ def main(argv):
   dtype = _DTYPE.value or ('float32' if on_cpu else 'bfloat16')
   kind = device.device_kind
   if on_cpu:
-    peak, peak_source = _measured_cpu_peak(), 'measured 2048^2 f32 matmul, this CPU'
+    peak, peak_source = flops.measured_matmul_peak(), 'measured 2048^2 f32 matmul, this CPU'
   else:
-    peak = next((v for (k, dt), v in _PEAKS.items() if k in kind and dt == dtype), None)
+    peak = flops.published_peak(kind, dtype)
     peak_source = f'published dense {dtype} peak of {kind}' if peak else 'unknown'
   cpu = platform.processor() or platform.machine()
   seq_len = _SEQ_LEN.value or (128 if on_cpu else 1024)
