@@ -1,0 +1,194 @@
+r"""Runs a command as several JAX processes on this machine: a real multi-process job (one
+`jax.distributed` coordinator on 127.0.0.1, every process with its own devices), the way a
+multi-host slice runs it, without the slice.
+
+  python -m experiments.multiprocess --processes=2 --devices_per_process=2 -- \
+      experiments.train --config=experiments/configs/tiny.py --workdir=W \
+      --config.train.mesh=4,1,1
+
+Everything after `--` is a module and its arguments, run in every process as
+`python -m MODULE ARGS` would run it, after `jax.distributed.initialize(127.0.0.1:PORT,
+processes, process_id)` (on the CPU with gloo collectives and `devices_per_process` CPU
+devices per process). Each process's output lines are prefixed `[pN] `.
+
+When a process ends with an error or is killed (SIGKILL included), the others are stopped
+(SIGTERM, then SIGKILL after `--grace_s`), the launcher prints one line `error: ...` naming
+the process and how it ended, and exits with status 1: rerunning the same command resumes
+from the last checkpoints (experiments.train resumes every stage). All processes ending with
+status 0 is status 0.
+
+The launcher parses its own arguments with argparse, not absl flags: the module it runs
+parses the rest with its own absl flags, and the two must not share one flag registry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+  """(launcher options, [module, its args...]) of a command line split at `--`."""
+  if '--' not in argv:
+    raise SystemExit('error: give the module to run after `--` (e.g. -- experiments.train '
+                     '--workdir=W)')
+  cut = argv.index('--')
+  p = argparse.ArgumentParser(prog='python -m experiments.multiprocess',
+                              description=__doc__.split('\n\n')[0])
+  p.add_argument('--processes', type=int, default=2, help='JAX processes to start (>= 1)')
+  p.add_argument('--devices_per_process', type=int, default=1,
+                 help='CPU devices of each process (--platform=cpu)')
+  p.add_argument('--platform', default='cpu', choices=('cpu', 'gpu'),
+                 help="'cpu': gloo collectives, fake CPU devices; 'gpu': process i sees "
+                 'GPU i (devices_per_process GPUs each)')
+  p.add_argument('--port', type=int, default=0, help='coordinator port (0: a free one)')
+  p.add_argument('--grace_s', type=float, default=10.0,
+                 help='seconds the others get to stop after one failed, before SIGKILL')
+  p.add_argument('--heartbeat_timeout_s', type=int, default=30,
+                 help='seconds without a heartbeat before the coordinator gives up on a '
+                 'process (a backstop: the launcher stops the job first)')
+  # Internal: how the launcher starts each process.
+  p.add_argument('--worker', type=int, default=-1, help=argparse.SUPPRESS)
+  p.add_argument('--coordinator', default='', help=argparse.SUPPRESS)
+  opts = p.parse_args(argv[:cut])
+  command = argv[cut + 1:]
+  if not command:
+    p.error('no module after `--`')
+  if opts.processes < 1 or opts.devices_per_process < 1:
+    p.error(f'--processes ({opts.processes}) and --devices_per_process '
+            f'({opts.devices_per_process}) must be >= 1')
+  return opts, command
+
+
+def free_port() -> int:
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def worker(opts: argparse.Namespace, command: list[str]) -> None:
+  """One process of the job: joins the coordinator, then runs the module as __main__."""
+  import jax  # pylint: disable=g-import-not-at-top  (the config must be set before any use)
+  if opts.platform == 'cpu':
+    jax.config.update('jax_platforms', 'cpu')
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.config.update('jax_num_cpu_devices', opts.devices_per_process)
+    local_ids = None
+  else:
+    first = opts.worker * opts.devices_per_process
+    local_ids = list(range(first, first + opts.devices_per_process))
+  jax.distributed.initialize(opts.coordinator, opts.processes, opts.worker,
+                             local_device_ids=local_ids,
+                             heartbeat_timeout_seconds=opts.heartbeat_timeout_s)
+  module, args = command[0], command[1:]
+  sys.argv = [module] + args
+  runpy.run_module(module, run_name='__main__', alter_sys=True)
+
+
+def _pump(stream, prefix: str, out) -> None:
+  for line in iter(stream.readline, ''):
+    out.write(prefix + line)
+    out.flush()
+  stream.close()
+
+
+def _how(rc: int) -> str:
+  if rc < 0:
+    try:
+      return f'was killed by {signal.Signals(-rc).name}'
+    except ValueError:
+      return f'was killed by signal {-rc}'
+  return f'exited with status {rc}'
+
+
+def _stop(procs: list[subprocess.Popen], grace_s: float) -> None:
+  """SIGTERM to every running process, SIGKILL to those still running after grace_s."""
+  for p in procs:
+    if p.poll() is None:
+      p.terminate()
+  deadline = time.monotonic() + grace_s
+  for p in procs:
+    try:
+      p.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+      p.kill()
+      p.wait()
+
+
+def _interrupted(signum, frame) -> None:
+  del frame
+  raise KeyboardInterrupt(f'signal {signum}')
+
+
+def _die_with_parent() -> None:
+  """In each child before it runs: SIGKILL it when the launcher dies (Linux), so that a
+  killed launcher leaves no process waiting on a collective forever."""
+  try:
+    import ctypes  # pylint: disable=g-import-not-at-top
+    ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+  except (OSError, AttributeError):
+    pass  # not Linux: the launcher's own stop() is the only guard
+
+
+def launch(opts: argparse.Namespace, command: list[str]) -> int:
+  """Starts the processes, relays their output, stops the job when one fails: the status."""
+  port = opts.port or free_port()
+  base = [sys.executable, '-m', 'experiments.multiprocess', f'--processes={opts.processes}',
+          f'--devices_per_process={opts.devices_per_process}', f'--platform={opts.platform}',
+          f'--heartbeat_timeout_s={opts.heartbeat_timeout_s}',
+          f'--coordinator=127.0.0.1:{port}']
+  env = dict(os.environ, PYTHONUNBUFFERED='1')
+  env['PYTHONPATH'] = REPO + (os.pathsep + env['PYTHONPATH'] if env.get('PYTHONPATH') else '')
+  procs, pumps = [], []
+  for i in range(opts.processes):
+    p = subprocess.Popen(base + [f'--worker={i}', '--'] + command, env=env, cwd=os.getcwd(),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         preexec_fn=_die_with_parent)
+    procs.append(p)
+    t = threading.Thread(target=_pump, args=(p.stdout, f'[p{i}] ', sys.stdout), daemon=True)
+    t.start()
+    pumps.append(t)
+  signal.signal(signal.SIGTERM, _interrupted)  # stop the processes as Ctrl-C does
+  print(f'launched {opts.processes} processes (pids {[p.pid for p in procs]}), coordinator '
+        f'127.0.0.1:{port}', flush=True)
+  failed = None
+  try:
+    while failed is None and any(p.poll() is None for p in procs):
+      failed = next((i for i, p in enumerate(procs) if p.poll() not in (None, 0)), None)
+      time.sleep(0.2)
+    if failed is None:
+      failed = next((i for i, p in enumerate(procs) if p.returncode != 0), None)
+  except KeyboardInterrupt:
+    _stop(procs, opts.grace_s)
+    raise
+  if failed is not None:
+    _stop(procs, opts.grace_s)
+  for t in pumps:
+    t.join(timeout=5)
+  if failed is None:
+    return 0
+  print(f'error: process {failed} of {opts.processes} (pid {procs[failed].pid}) '
+        f'{_how(procs[failed].returncode)}; stopped the other processes. Rerun the same '
+        'command to resume from the last checkpoints.', flush=True)
+  return 1
+
+
+def main(argv: list[str]) -> int:
+  opts, command = parse(argv)
+  if opts.worker >= 0:
+    worker(opts, command)
+    return 0
+  return launch(opts, command)
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,106 @@
+"""Real multi-process training on one machine: `experiments.multiprocess` starts two JAX
+processes (coordinator on 127.0.0.1, gloo CPU collectives, 2 CPU devices each) running
+`experiments.train` on one global (1, 4, 1) mesh, and the result must equal one process
+with 4 devices on the same mesh: the same final loss, each process loading only its rows of
+every global batch, orbax checkpoints with files of both processes, and after a SIGKILL of
+one process a clear error and a rerun that resumes to the same final loss."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.join(REPO, 'tests')
+# The tiny config on a mesh that splits parameters over both processes (fsdp = 4), so that
+# each process owns shards the other does not and both write checkpoint data.
+TRAIN = ['experiments.train', '--config=experiments/configs/tiny.py',
+         '--config.train.mesh=1,4,1', '--config.sid.shard=false',
+         '--config.capability.checkpoint_every=2']
+TIMEOUT = 600
+
+
+def _env(**extra) -> dict[str, str]:
+  env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'JAX_PLATFORMS')}
+  env.update(PYTHONPATH=REPO + os.pathsep + TESTS, **extra)
+  return env
+
+
+def _finals(stdout: str) -> list[float]:
+  """The final_loss of the result object each process printed as its last line."""
+  return [json.loads(l.split('] ', 1)[1])['final_loss'] for l in stdout.splitlines()
+          if l.startswith(('[p0] {', '[p1] {'))]
+
+
+def _launch(workdir, spy_dir, kill: str = '') -> subprocess.CompletedProcess:
+  cmd = [sys.executable, '-m', 'experiments.multiprocess', '--processes=2',
+         '--devices_per_process=2', '--', 'mp_spy'] + TRAIN + [f'--workdir={workdir}']
+  return subprocess.run(cmd, cwd=REPO, env=_env(SPY_DIR=str(spy_dir), SPY_KILL=kill),
+                        capture_output=True, text=True, timeout=TIMEOUT)
+
+
+@pytest.fixture(scope='module')
+def one_process(tmp_path_factory) -> dict:
+  """The reference: one process, 4 CPU devices, the same mesh and config."""
+  workdir = tmp_path_factory.mktemp('one')
+  env = _env(XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu')
+  proc = subprocess.run([sys.executable, '-m'] + TRAIN + [f'--workdir={workdir}'], cwd=REPO,
+                        env=env, capture_output=True, text=True, timeout=TIMEOUT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _rows(spy_dir, process: int) -> list[dict]:
+  with open(os.path.join(spy_dir, f'rows_{process}.jsonl')) as f:
+    return [json.loads(l) for l in f]
+
+
+def test_two_processes_equal_one(one_process, tmp_path):
+  workdir, spy = tmp_path / 'w', tmp_path / 'spy'
+  spy.mkdir()
+  proc = _launch(workdir, spy)
+  assert proc.returncode == 0, proc.stdout[-4000:]
+  assert 'launched 2 processes' in proc.stdout
+  # Both processes print the result object; both must hold the one-process final loss.
+  finals = _finals(proc.stdout)
+  assert len(finals) == 2, proc.stdout[-3000:]
+  want = one_process['final_loss']
+  for got in finals:
+    assert got == pytest.approx(want, rel=1e-6, abs=1e-6), (finals, want)
+  # Each process asked for only its half of every global batch of 8 rows, for every step.
+  for p in (0, 1):
+    calls = _rows(spy, p)
+    assert calls and {c['batch_size'] for c in calls} == {8}
+    assert {tuple(c['rows']) for c in calls} == {(4 * p, 4 * p + 4)}, calls[:3]
+  assert [c['step'] for c in _rows(spy, 0)] == [c['step'] for c in _rows(spy, 1)]
+  # The last checkpoint of the capability stage holds data written by both processes.
+  ckpt = workdir / 'neo_multi' / 'checkpoints' / 'capability' / '8'
+  assert (ckpt / 'commit_success.txt').exists() or (ckpt / '_CHECKPOINT_METADATA').exists()
+  names = {p.name for p in ckpt.rglob('*')}
+  assert {'ocdbt.process_0', 'ocdbt.process_1'} <= names, sorted(names)
+
+
+def test_sigkill_of_one_process_stops_the_job_and_the_rerun_resumes(one_process, tmp_path):
+  workdir, spy = tmp_path / 'w', tmp_path / 'spy'
+  spy.mkdir()
+  # Process 1 dies at its 11th batch: grounding took 4, so capability step 7 of 8, after the
+  # checkpoint of step 6 was started.
+  killed = _launch(workdir, spy, kill='1:11')
+  assert killed.returncode == 1, killed.stdout[-4000:]
+  last = killed.stdout.strip().splitlines()[-1]
+  assert last.startswith('error: process 1 of 2') and 'SIGKILL' in last, last
+  assert 'Rerun the same command' in last
+  assert not (workdir / 'neo_multi' / 'checkpoints' / 'capability' / '8').exists()
+  rerun = _launch(workdir, tmp_path)
+  assert rerun.returncode == 0, rerun.stdout[-4000:]
+  # The finished grounding stage is restored, capability continues from its last checkpoint.
+  assert '[grounding] resumed from step 4' in rerun.stdout
+  assert '[capability] resumed from step' in rerun.stdout
+  finals = _finals(rerun.stdout)
+  assert len(finals) == 2, rerun.stdout[-3000:]
+  for got in finals:
+    assert got == pytest.approx(one_process['final_loss'], rel=1e-6, abs=1e-6)
