@@ -105,3 +105,21 @@ def test_wheels_carry_what_the_accelerator_lacks():
 def test_missing_prepared_folder_names_the_prepare_command(tmp_path):
   with pytest.raises(FileNotFoundError, match='accelerator_prepare'):
     accelerator.read_manifest(str(tmp_path))
+
+
+def test_neo_budget_keeps_to_the_deadline():
+  full = accelerator.SIZES['full']
+  assert accelerator.neo_budget(full, 0.0, 0.0, 1000.0) == full.neo_seconds
+  assert accelerator.neo_budget(full, 50.0, 470.0, 0.0) == 50.0
+  # 400 s gone of 470: (70 - overhead) / 2 would be negative, so the floor, 10%.
+  assert accelerator.neo_budget(full, 100.0, 470.0, 400.0) == pytest.approx(10.0)
+  # 200 s gone: both budgets and the overhead end by the deadline.
+  got = accelerator.neo_budget(full, 200.0, 470.0, 200.0)
+  assert 200.0 + full.neo_overhead_s + 2 * got == pytest.approx(470.0)
+
+
+def test_a_part_past_the_deadline_is_skipped_and_fails(tmp_path):
+  result, ok = accelerator.run('tiny', str(tmp_path), str(tmp_path), ('parity',),
+                               deadline_s=1e-9)
+  assert not ok and result['parity/error'].startswith('skipped:')
+  assert 'parity (0 s, FAILED: skipped' in (tmp_path / 'summary.md').read_text()

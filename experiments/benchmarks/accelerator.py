@@ -33,6 +33,8 @@ command for the accelerator machine.) Parts, in order (`--only=` picks some):
           MovieLens-100k's at full size) and SASRec's validation NDCG@10 (what it was tuned
           by, every validation user).
 
+At full size the run keeps to a deadline (`--deadline_s`, 470 s): a part not started by then
+is skipped (an error in the result), and the NEO and SASRec budgets shrink to what is left.
 Writes DIR/result.json (flat keys, numbers as numbers; rewritten after every part, so the
 parts done survive a kill) and DIR/summary.md (the machine, then one table per part) and
 prints the result object last. A part that fails is recorded (`<part>/error`) and the others
@@ -91,6 +93,8 @@ class Size:
   neo_seconds: float
   neo_grounding_fraction: float
   neo_max_requests: int
+  deadline_s: float  # the whole run (0: none)
+  neo_overhead_s: float  # the neo part besides the two training budgets (prepare, eval)
   neo_valid_requests: int
   sasrec_args: dict[str, Any]  # over the config's baseline_args.sasrec
 
@@ -108,7 +112,8 @@ SIZES = {
         neo_model=dict(preset='tiny', d_model=512, num_layers=8, num_heads=8, num_kv_heads=4,
                        head_dim=64, mlp_dim=1536, dtype='bfloat16'),
         neo_batch=64, neo_seq_len=256, neo_seconds=100.0, neo_grounding_fraction=0.1,
-        neo_max_requests=0, neo_valid_requests=943, sasrec_args={}),
+        neo_max_requests=0, neo_valid_requests=943, sasrec_args={}, deadline_s=470.0,
+        neo_overhead_s=90.0),
     # The 2-core CPU in well under 3 minutes: the same code paths at toy sizes.
     'tiny': Size(
         parity_preset='tiny', parity_shape=(2, 32),
@@ -120,7 +125,8 @@ SIZES = {
                        head_dim=16, mlp_dim=64, dtype='float32'),
         neo_batch=8, neo_seq_len=128, neo_seconds=4.0, neo_grounding_fraction=0.25,
         neo_max_requests=20, neo_valid_requests=10,
-        sasrec_args={'max_epochs': 2, 'grid': ((0.5, 1e-3),)}),
+        sasrec_args={'max_epochs': 2, 'grid': ((0.5, 1e-3),)}, deadline_s=0.0,
+        neo_overhead_s=0.0),
 }
 
 FLAGS = flags.FLAGS
@@ -136,6 +142,9 @@ def define_flags() -> None:
   flags.DEFINE_list('only', [], f'run only these parts of {PARTS}')
   flags.DEFINE_float('neo_seconds', 0.0, 'NEO training seconds (0: the size default); '
                      "SASRec's time budget too")
+  flags.DEFINE_float('deadline_s', -1.0, 'seconds the whole run may take (-1: the size '
+                     'default, 0: none): a part not started by then is skipped, and the NEO '
+                     'and SASRec budgets shrink to fit what is left')
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -528,10 +537,21 @@ def _write(out_dir: str, size: str, mach, result, seconds) -> None:
     f.write(summary_markdown(size, mach, result, seconds))
 
 
+def neo_budget(size: Size, requested: float, deadline_s: float, elapsed: float) -> float:
+  """NEO's (and SASRec's) training seconds: `requested` (0: the size's), shrunk so that both
+  budgets and the part's overhead end by the deadline (0: none), never below 10% of it."""
+  seconds = requested or size.neo_seconds
+  if deadline_s > 0:
+    left = deadline_s - elapsed - size.neo_overhead_s
+    seconds = min(seconds, max(0.1 * seconds, left / 2))
+  return seconds
+
+
 def run(size_name: str, out_dir: str, prepared: str, parts: tuple[str, ...],
-        neo_seconds: float = 0.0) -> tuple[dict[str, Any], bool]:
+        neo_seconds: float = 0.0, deadline_s: float = -1.0) -> tuple[dict[str, Any], bool]:
   """Runs `parts`, writing after each; returns (the flat result, whether all passed)."""
   size = SIZES[size_name]
+  deadline_s = size.deadline_s if deadline_s < 0 else deadline_s
   os.makedirs(out_dir, exist_ok=True)
   mach = machine()
   result: dict[str, Any] = {'size': size_name, **{f'machine/{k}': v for k, v in mach.items()}}
@@ -539,11 +559,17 @@ def run(size_name: str, out_dir: str, prepared: str, parts: tuple[str, ...],
   ok = True
   t_all = time.perf_counter()
   for part in parts:
-    print(f'[{part}] start', flush=True)
     t0 = time.perf_counter()
+    if deadline_s > 0 and t0 - t_all > deadline_s:
+      result[f'{part}/error'] = (f'skipped: {t0 - t_all:.0f} s is past the '
+                                 f'{deadline_s:.0f} s deadline')
+      seconds[part] = 0.0
+      ok = False
+      continue
+    print(f'[{part}] start', flush=True)
     try:
       if part == 'neo':
-        figures = neo(size, prepared, neo_seconds or size.neo_seconds)
+        figures = neo(size, prepared, neo_budget(size, neo_seconds, deadline_s, t0 - t_all))
       else:
         figures = {'parity': parity, 'mfu': mfu, 'decode': decode}[part](size)
       ok &= figures.get('ok', True)
@@ -570,7 +596,7 @@ def main(argv):
     raise app.UsageError(f'--only: unknown part(s) {unknown}; known: {PARTS}')
   parts = tuple(p for p in PARTS if not FLAGS.only or p in FLAGS.only)
   result, ok = run(FLAGS.size, os.path.abspath(FLAGS.out), os.path.abspath(FLAGS.prepared),
-                   parts, FLAGS.neo_seconds)
+                   parts, FLAGS.neo_seconds, FLAGS.deadline_s)
   from neo_jax.run import rundir  # pylint: disable=g-import-not-at-top
   print(json.dumps(rundir.json_safe(result), sort_keys=True))
   sys.exit(0 if ok else 1)
