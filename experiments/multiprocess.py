@@ -129,6 +129,14 @@ def _interrupted(signum, frame) -> None:
   raise KeyboardInterrupt(f'signal {signum}')
 
 
+def _first_failed(procs: list[subprocess.Popen]) -> int | None:
+  """The process whose failure to report: one killed by a signal first (the others then
+  fail on their collectives with errors of their own), else the first with a non-zero
+  status; None while none has failed."""
+  failed = [(p.returncode >= 0, i) for i, p in enumerate(procs) if p.poll() not in (None, 0)]
+  return min(failed)[1] if failed else None
+
+
 def _die_with_parent() -> None:
   """In each child before it runs: SIGKILL it when the launcher dies (Linux), so that a
   killed launcher leaves no process waiting on a collective forever."""
@@ -163,10 +171,10 @@ def launch(opts: argparse.Namespace, command: list[str]) -> int:
   failed = None
   try:
     while failed is None and any(p.poll() is None for p in procs):
-      failed = next((i for i, p in enumerate(procs) if p.poll() not in (None, 0)), None)
+      failed = _first_failed(procs)
       time.sleep(0.2)
     if failed is None:
-      failed = next((i for i, p in enumerate(procs) if p.returncode != 0), None)
+      failed = _first_failed(procs)
   except KeyboardInterrupt:
     _stop(procs, opts.grace_s)
     raise

@@ -104,3 +104,25 @@ def test_sigkill_of_one_process_stops_the_job_and_the_rerun_resumes(one_process,
   assert len(finals) == 2, rerun.stdout[-3000:]
   for got in finals:
     assert got == pytest.approx(one_process['final_loss'], rel=1e-6, abs=1e-6)
+
+
+class _Proc:
+  """A finished (or running: rc None) process for the launcher's bookkeeping."""
+
+  def __init__(self, rc):
+    self.returncode = rc
+
+  def poll(self):
+    return self.returncode
+
+
+def test_the_launcher_names_the_killed_process_not_its_victims():
+  from experiments import multiprocess  # pylint: disable=g-import-not-at-top
+  # Process 0 failed on its collective after process 1 was SIGKILLed: process 1 is named.
+  assert multiprocess._first_failed([_Proc(1), _Proc(-9)]) == 1
+  assert multiprocess._first_failed([_Proc(None), _Proc(2), _Proc(1)]) == 1
+  assert multiprocess._first_failed([_Proc(0), _Proc(None)]) is None
+  assert multiprocess._how(-9) == 'was killed by SIGKILL'
+  assert multiprocess._how(3) == 'exited with status 3'
+  with pytest.raises(SystemExit):
+    multiprocess.parse(['--processes=2'])  # no module after --
