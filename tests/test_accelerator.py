@@ -102,6 +102,19 @@ def test_wheels_carry_what_the_accelerator_lacks():
   assert 'flax' in everything and 'numpy' in everything and 'jax' not in everything
 
 
+def test_tiny_run_prepares_its_folder_when_missing(tmp_path, monkeypatch):
+  calls = []
+  monkeypatch.setattr(prepare, 'prepare', lambda out, size, wheels: calls.append(
+      (out, size, wheels)))
+  folder = str(tmp_path / 'missing')
+  # The stub writes nothing, so reading the manifest then fails, after the call.
+  with pytest.raises(FileNotFoundError):
+    accelerator.neo(accelerator.SIZES['tiny'], folder, 1.0)
+  assert calls == [(folder, 'tiny', False)]
+  with pytest.raises(FileNotFoundError, match='accelerator_prepare'):
+    accelerator.neo(accelerator.SIZES['full'], folder, 1.0)
+
+
 def test_missing_prepared_folder_names_the_prepare_command(tmp_path):
   with pytest.raises(FileNotFoundError, match='accelerator_prepare'):
     accelerator.read_manifest(str(tmp_path))

@@ -3,10 +3,11 @@ only an accelerator can show, from a folder prepared on the CPU beforehand.
 
   python -m experiments.benchmarks.accelerator_prepare --out=.accel          # on the CPU
   python -m experiments.benchmarks.accelerator --prepared=.accel --out=DIR   # on the GPU
-  python -m experiments.benchmarks.accelerator --size=tiny --prepared=P --out=DIR  # CPU, CI
+  python -m experiments.benchmarks.accelerator --size=tiny --out=DIR   # the CPU, CI
 
 (`.accel/run.sh`, written by the prepare step, installs the carried wheels first: the exact
-command for the accelerator machine.) Parts, in order (`--only=` picks some):
+command for the accelerator machine. At the tiny size the folder, `.accel-tiny` by default,
+is prepared on the spot when missing: synthetic data and TF-IDF embeddings, no wheels.) Parts, in order (`--only=` picks some):
 
   parity  the decoder (random weights, `parity_preset`) on the default device against the
           CPU: the same parameters, f32 on the CPU as the reference; bf16 compute on the
@@ -137,8 +138,9 @@ def define_flags() -> None:
   flags.DEFINE_string('out', None, 'where result.json and summary.md go', required=True)
   flags.DEFINE_enum('size', 'full', list(SIZES), "'full': one H100/H200 in 8 minutes; "
                     "'tiny': the 2-core CPU in under 3 minutes")
-  flags.DEFINE_string('prepared', os.path.join(REPO, '.accel'),
-                      'the folder experiments.benchmarks.accelerator_prepare wrote (neo part)')
+  flags.DEFINE_string('prepared', '', 'the folder experiments.benchmarks.accelerator_prepare '
+                      'wrote (neo part); default: .accel (full), .accel-tiny (tiny, prepared '
+                      'here when missing: it needs nothing from outside)')
   flags.DEFINE_list('only', [], f'run only these parts of {PARTS}')
   flags.DEFINE_float('neo_seconds', 0.0, 'NEO training seconds (0: the size default); '
                      "SASRec's time budget too")
@@ -471,6 +473,9 @@ def neo(size: Size, prepared: str, seconds: float) -> dict[str, Any]:
   """NEO-multi from scratch on the prepared data for about `seconds` of training, SASRec
   with the same budget; their validation and test figures."""
   from neo_jax.run import experiment  # pylint: disable=g-import-not-at-top
+  if size is SIZES['tiny'] and not os.path.exists(os.path.join(prepared, 'manifest.json')):
+    from experiments.benchmarks import accelerator_prepare  # pylint: disable=g-import-not-at-top
+    accelerator_prepare.prepare(prepared, 'tiny', wheels=False)
   manifest = read_manifest(prepared)
   m = dict(size.neo_model)
   preset = m.pop('preset')
@@ -595,7 +600,9 @@ def main(argv):
   if unknown:
     raise app.UsageError(f'--only: unknown part(s) {unknown}; known: {PARTS}')
   parts = tuple(p for p in PARTS if not FLAGS.only or p in FLAGS.only)
-  result, ok = run(FLAGS.size, os.path.abspath(FLAGS.out), os.path.abspath(FLAGS.prepared),
+  prepared = FLAGS.prepared or os.path.join(
+      REPO, '.accel' if FLAGS.size == 'full' else f'.accel-{FLAGS.size}')
+  result, ok = run(FLAGS.size, os.path.abspath(FLAGS.out), os.path.abspath(prepared),
                    parts, FLAGS.neo_seconds, FLAGS.deadline_s)
   from neo_jax.run import rundir  # pylint: disable=g-import-not-at-top
   print(json.dumps(rundir.json_safe(result), sort_keys=True))
