@@ -32,7 +32,9 @@ def test_tiny_run_from_a_prepared_folder(tmp_path):
   assert prep.returncode == 0, prep.stderr[-3000:]
   manifest = json.loads(prep.stdout.strip().splitlines()[-1])
   assert manifest['bytes'] < prepare.MAX_BYTES
-  assert manifest['bytes'] == prepare.folder_bytes(str(folder))
+  total = prepare.folder_bytes(str(folder))
+  assert manifest['bytes'] + (folder / 'manifest.json').stat().st_size == total
+  assert total < prepare.MAX_BYTES
   emb = np.load(folder / 'embeddings.npy')
   assert emb.shape == (manifest['num_items'], manifest['embedding_shape'][1])
   assert (folder / 'data' / 'items.jsonl').exists() and (folder / 'run.sh').exists()

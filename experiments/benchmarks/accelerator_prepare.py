@@ -17,7 +17,8 @@ Writes into --out (an ignored folder; `.accel` is in .gitignore):
                    versions installed here; jax and jaxlib are never carried (the image has
                    its CUDA build)
   run.sh           installs the wheels into /tmp/site and runs the accelerator script
-  manifest.json    what is there (sizes, versions, the config it was prepared for)
+  manifest.json    what is there (`bytes`: the folder without this file; versions, the
+                   config it was prepared for)
 
 The folder must stay under MAX_BYTES (64 MiB: what travels with one accelerator command);
 a larger one is an error. Ends by printing the manifest as its last line.
@@ -260,13 +261,14 @@ def prepare(out: str, size: str, wheels: bool, log=print) -> dict[str, Any]:
     manifest['wheels'] = []
   with open(os.path.join(out, 'run.sh'), 'w') as f:
     f.write(RUN_SH.format(folder=os.path.basename(out), size=size))
-  manifest['bytes'] = folder_bytes(out)
+  manifest['bytes'] = folder_bytes(out)  # everything but manifest.json itself
   with open(os.path.join(out, 'manifest.json'), 'w') as f:
     json.dump(manifest, f, indent=1)
-  if manifest['bytes'] > MAX_BYTES:
-    raise RuntimeError(f'{out} holds {manifest["bytes"] / 2**20:.1f} MiB, over the '
+  total = folder_bytes(out)
+  if total > MAX_BYTES:
+    raise RuntimeError(f'{out} holds {total / 2**20:.1f} MiB, over the '
                        f'{MAX_BYTES / 2**20:.0f} MiB that travels with one command')
-  log(f'{out}: {manifest["bytes"] / 2**20:.1f} MiB')
+  log(f'{out}: {total / 2**20:.1f} MiB')
   return manifest
 
 
