@@ -691,9 +691,14 @@ def train_stage(model: nnx.Module, data: PackedData, settings: StageSettings, *,
              eval_step=eval_step, in_sharding=in_sharding, manager=manager, ckpt_dir=ckpt_dir,
              logs=_Logs(workdir, name, log, start), start=start, set_aside=set_aside)
   context = jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
-  with context, sharding.axis_rules(rules):
-    run.run_steps()
-    best_step, restored_best = run.restore_best()
+  try:
+    with context, sharding.axis_rules(rules):
+      run.run_steps()
+      best_step, restored_best = run.restore_best()
+  except BaseException:
+    run.logs.close()  # what was logged stays; the checkpoints saved so far are finished
+    manager.wait_until_finished()
+    raise
   best_value = run.best_value(best_step) if best_step is not None else float('nan')
   manager.wait_until_finished()
   manager.close()
