@@ -381,14 +381,18 @@ def damage_case(h: Harness, case: str) -> str:
   shutil.copytree(h.trained(), d)
   ckpt = _last_checkpoint(d)
   target, expect = {
-      'checkpoint_bytes': (lambda: max(glob.glob(f'{ckpt}/default/**/d/*', recursive=True),
-                                       key=os.path.getsize), 'checkpoint is damaged'),
+      # Every data file: parameters and optimizer state may live in different ones, and a
+      # reload reads the parameters only.
+      'checkpoint_bytes': (lambda: sorted(glob.glob(f'{ckpt}/default/**/d/*', recursive=True)),
+                           'checkpoint is damaged'),
       'checkpoint_truncated': (lambda: f'{ckpt}/default/_METADATA', 'checkpoint is damaged'),
       'sid_map_truncated': (lambda: f'{d}/sids/sid_map/sid_map.npz', 'sid_map.npz'),
       'tokenizer_truncated': (lambda: f'{d}/tokenizer/spm.model', 'spm.model'),
   }[case]
-  path = target()
-  (_flip if case == 'checkpoint_bytes' else _truncate)(path)
+  paths = target()
+  paths = paths if isinstance(paths, list) else [paths]
+  for path in paths:
+    (_flip if case == 'checkpoint_bytes' else _truncate)(path)
   log_path = os.path.join(h.w, 'logs', f'damage_{case}.log')
   probe = _cmd('generate', f'--workdir={d}', '--max_new_tokens=4')
   p = subprocess.run(probe, cwd=REPO, input='describe user=u0\nquit\n', capture_output=True,
@@ -397,7 +401,7 @@ def damage_case(h: Harness, case: str) -> str:
     f.write(p.stdout + p.stderr)
   errors = [l for l in p.stderr.splitlines() if l.startswith('error: ')]
   if p.returncode != 1 or len(errors) != 1 or expect not in errors[0]:
-    return f'FAILED: loading a run with a damaged {os.path.relpath(path, d)} gave exit ' \
+    return f'FAILED: loading a run with a damaged {os.path.relpath(paths[0], d)} gave exit ' \
            f'{p.returncode}, not one error line naming {expect!r}: {p.stderr[-300:]!r}'
   rc, lines = run(h.command('train', d), log_path, h.timeout)
   text = '\n'.join(l for _, l in lines)
