@@ -22,7 +22,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.update(dict(preset='tiny', d_model=32, num_layers=1, num_heads=2, num_kv_heads=1,
                       head_dim=16, mlp_dim=64))
   c.tasks.update(dict(train_targets_per_user=4, history_window=0))
-  c.train.update(dict(seq_len=64, batch_size=8))
+  # seq_len 72: the longest generated test query (56 tokens with bos and [SID]) fits the
+  # ranker's prompt width (seq_len - 8), which never cuts an instruction header.
+  c.train.update(dict(seq_len=72, batch_size=8))
   c.grounding.update(dict(steps=4, warmup_steps=1, log_every=2))
   c.capability.update(dict(steps=8, warmup_steps=2, log_every=4))
   c.eval.update(dict(num_beams=10, max_requests=20, batch_size=20))
