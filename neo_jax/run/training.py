@@ -280,6 +280,10 @@ def train(cfg: ml_collections.ConfigDict, model: Decoder, tok: Tokenizer,
         f'of {tcfg.seq_len} (fill {data.stats["fill"]:.2f}, '
         f'{data.stats["truncated_prompts"]} prompts cut, '
         f'{data.stats["skipped_completion_too_long"]} examples skipped: answer longer than a row)')
+    # Over-long prompts lose their oldest history items (never the header): counted.
+    out.update({f'{stage}_{k}': int(data.stats.get(k, 0)) for k in (
+        'truncated_prompts', 'cut_history_items', 'skipped_prompt_too_long',
+        'skipped_completion_too_long')})
     mask, trainable, rank = _trainable(cfg, stage, scfg, model, tok, train_seed(cfg),
                                        log)
     evaluated = int(scfg.eval_every) > 0
