@@ -1,4 +1,4 @@
-"""Times residual k-means SIDs at catalog scale (issue 4's 1M x 384 target).
+"""Times residual k-means SIDs at catalog scale (the 1M items x 384 dimensions target).
 
   python -m experiments.benchmarks.sids --num_items=1000000
   python -m experiments.benchmarks.sids --num_items=50000 --dim=128 --mode=in_memory
