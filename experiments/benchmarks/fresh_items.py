@@ -140,13 +140,19 @@ def main(argv):
   out['recommend/allowed'] = len(allow)
   out['recommend/all_new'] = bool(named) and set(named) <= set(rows)
   out['recommend/distinct_new_items'] = len(set(named))
-  # Withdraw the first new item found by its title (or the first one) and ask again.
+  # Withdraw the first new item found by its title (or the first one) and ask again; also a
+  # recommendation restricted to it alone, before and after (it is its only answer, then none).
   victim = next((r for r, rk in zip(rows, ranks) if rk is not None), rows[0])
+  only = svc.ranker.rank([svc.prompt_of(reqs[0])], ['movie'], k, allowed=[[victim]])[0]
+  out['remove/restricted_before'] = [int(i) for i in only[0] if i >= 0] == [victim]
   out.update({f'remove/{a}': b for a, b in cu.remove_items(
       w, [state.catalog.ids[victim]]).items()})
   svc2, state2 = service(w)
   again = title_search(svc2, [titles[rows.index(victim)]], max(k, _DEEP.value))
   out['remove/unreachable'] = victim not in {int(i) for i in again[0]}
+  svc2_req = svc2.parse({'task': 'recommend', 'user': users[0], 'type': 'movie', 'k': k})
+  only = svc2.ranker.rank([svc2.prompt_of(svc2_req)], ['movie'], k, allowed=[[victim]])[0]
+  out['remove/restricted_after_empty'] = not any(int(i) >= 0 for i in only[0])
   out['seconds'] = time.perf_counter() - t0
   print(json.dumps(out, sort_keys=True))
 

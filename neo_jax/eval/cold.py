@@ -41,6 +41,7 @@ from neo_jax.eval import metrics
 from neo_jax.sid import quantiser as qlib
 from neo_jax.sid.types import SIDMap
 from neo_jax.tasks import prompts
+from neo_jax.tokenizer.cut import PromptTooLongError
 from neo_jax.tokenizer.sid_vocab import SIDVocab
 
 TASKS = ('search', 'title_search', 'recommend')
@@ -208,6 +209,29 @@ def neo_prompts(req: ColdRequests, sid_map: SIDMap, sid_vocab: SIDVocab, history
           for t, q in zip(req.types, req.texts)]
 
 
+def subset(req: ColdRequests, keep: np.ndarray) -> ColdRequests:
+  """The requests where `keep` (bool per request) is True."""
+  idx = np.flatnonzero(keep)
+  return dataclasses.replace(req, texts=[req.texts[i] for i in idx],
+                             types=[req.types[i] for i in idx],
+                             relevant=[req.relevant[i] for i in idx],
+                             history=[req.history[i] for i in idx])
+
+
+def fits(ranker: NEORanker, req: ColdRequests, sid_map: SIDMap, sid_vocab: SIDVocab,
+         history_len: int) -> np.ndarray:
+  """(B,) bool: whether each request's NEO prompt fits the ranker's prompt width (a prompt
+  whose instruction and query alone are too long cannot be asked; the caller drops those
+  requests for every system and counts them)."""
+  ok = np.ones(len(req), bool)
+  for i, p in enumerate(neo_prompts(req, sid_map, sid_vocab, history_len)):
+    try:
+      ranker.prompt_tokens(p)
+    except PromptTooLongError:
+      ok[i] = False
+  return ok
+
+
 def rank_neo(ranker: NEORanker, req: ColdRequests, sid_map: SIDMap, sid_vocab: SIDVocab,
              history_len: int, k: int) -> np.ndarray:
   """(B, k) rows NEO ranks for the requests (trie-constrained beam search over the extended
@@ -249,6 +273,6 @@ def figures(system: str, req: ColdRequests, ranked_BxK: np.ndarray,
 
 
 __all__ = ['ColdRequests', 'ColdSplit', 'TASKS', 'choose_cold', 'cold_requests',
-           'extend_sid_map', 'figures', 'hold_out', 'in_original_rows', 'neo_prompts',
-           'rank_baseline',
+           'extend_sid_map', 'figures', 'fits', 'hold_out', 'in_original_rows',
+           'neo_prompts', 'rank_baseline', 'subset',
            'rank_neo']

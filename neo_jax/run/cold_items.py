@@ -4,7 +4,7 @@ trained with every item (the upper bound). `neo_jax/eval/cold.py` holds the meas
 
 `run_cold(cfg, workdir, fraction, log)`:
   1. the dataset of `cfg` is cut by `eval.cold.hold_out(fraction, cfg.seed)`; the warm part
-     is written in the generic format to <workdir>/cold/data;
+     is written in the generic format to <workdir>/cold_data;
   2. NEO-multi is trained on it with `cfg` otherwise unchanged (no NEO-mono, ablations,
      extra seeds) in <workdir>/cold/ (`experiment.run_experiment(train_only=True)`; a rerun
      resumes it like any run);
@@ -68,7 +68,8 @@ def run_cold(cfg: ml_collections.ConfigDict, workdir: str, fraction: float, log:
   ds = stages.load_data(cfg, workdir, log)
   split = cold.hold_out(ds, fraction, int(cfg.seed))
   out: dict[str, Any] = dict(split.facts)
-  data_dir = os.path.join(root, 'data')
+  data_dir = os.path.join(os.path.abspath(workdir), 'cold_data')  # beside the run: its
+  # workdir must be empty or a run directory when it is claimed
   if not os.path.exists(os.path.join(data_dir, catalog_io.ITEMS_FILE)):
     catalog_io.write_dataset(split.warm, data_dir)
   experiment.run_experiment(warm_config(cfg, data_dir), root, log, train_only=True)
@@ -88,6 +89,14 @@ def run_cold(cfg: ml_collections.ConfigDict, workdir: str, fraction: float, log:
     b.fit(view, warm_split)
   upper = _upper_bound(upper_bound_dir or workdir, batch)
   hist = int(cfg.tasks.history_len)
+  for task, req in list(reqs.items()):
+    # Every system answers the same requests: those whose prompt fits both NEO models.
+    keep = cold.fits(neo, req, ext, art.tokenizer.sid, hist)
+    if upper is not None:
+      keep &= cold.fits(upper[0], cold.in_original_rows(req, split.order), upper[1], upper[2],
+                        hist)
+    out[f'cold/{task}/skipped_prompt_too_long'] = int((~keep).sum())
+    reqs[task] = cold.subset(req, keep)
   for task, req in reqs.items():
     out.update(cold.figures('neo', req, cold.rank_neo(neo, req, ext, art.tokenizer.sid, hist, K)))
     for name, b in baselines.items():
