@@ -130,6 +130,23 @@ def test_budgets_in_passes_become_steps_from_the_packed_rows():
   assert training.resolve_budgets(c, exs, tok) == (c, {})
 
 
+def test_the_budget_and_the_training_of_a_stage_share_one_packing():
+  exs = _stage_examples()
+  tok = _CharTokenizer()
+  c = _cfg(seq_len=32, batch_size=2)
+  c.capability.passes = 1.0
+  resolved, facts = training.resolve_budgets(c, exs, tok)
+  (_, capability, scfg), = [p for p in training.stage_plan(resolved, exs)
+                            if p[0] == 'capability']
+  seed = training.train_seed(resolved)
+  packed = training.pack_stage(capability, tok, resolved.train, seed)
+  assert packed.num_rows == facts['budget/capability/rows'] and scfg.steps > 0
+  assert training.pack_stage(capability, tok, resolved.train, seed) is packed
+  # Another tokenizer, another shape or other examples is another packing.
+  assert training.pack_stage(capability, _CharTokenizer(), resolved.train, seed) is not packed
+  assert training.pack_stage(capability[1:], tok, resolved.train, seed).num_rows > 0
+
+
 def test_a_stage_budgeted_in_passes_trains_even_with_zero_steps():
   c = _cfg()
   c.grounding.steps, c.grounding.passes = 0, 1.0

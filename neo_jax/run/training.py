@@ -34,6 +34,10 @@ from neo_jax.train.data import pack_examples
 
 Log = Callable[[str], None]
 STAGES = ('grounding', 'capability')
+# The last packings (examples, tokenizer, shape, seed) -> PackedData: the budget in passes and
+# the stage's training pack the same examples; this keeps it to one tokenisation.
+_PACKED: dict[tuple[Any, ...], tuple[Tokenizer, Any]] = {}
+_PACKED_KEEP = 2
 
 
 def train_seed(cfg: ml_collections.ConfigDict) -> int:
@@ -66,18 +70,34 @@ def stage_plan(cfg: ml_collections.ConfigDict, examples: dict[str, list[Example]
   capability.steps steps (the same number of updates as the two stages) with the capability
   stage's optimiser settings.
   """
-  mixture = parse_mixture(cfg.tasks.mixture)
   grounding = list(examples['grounding'])
   capability = list(examples['capability'])
   if cfg.train.merge_stages:
     seen = set(capability)
-    capability += [e for e in grounding if e not in seen]
-    plan = [('capability', mixture_lib.apply_mixture(capability, mixture, train_seed(cfg)))]
+    plan = [('capability', _mixed(cfg, capability + [e for e in grounding if e not in seen]))]
   else:
-    plan = [('grounding', grounding),
-            ('capability', mixture_lib.apply_mixture(capability, mixture, train_seed(cfg)))]
+    plan = [('grounding', grounding), ('capability', _mixed(cfg, capability))]
   names = stage_names(cfg)
   return [(name, exs, stage_config(cfg, name)) for name, exs in plan if name in names]
+
+
+def _mixed(cfg: ml_collections.ConfigDict, examples: list[Example]) -> list[Example]:
+  """The capability examples resampled to `cfg.tasks.mixture` (unchanged when empty)."""
+  return mixture_lib.apply_mixture(examples, parse_mixture(cfg.tasks.mixture), train_seed(cfg))
+
+
+def pack_stage(examples: list[Example], tok: Tokenizer, tcfg: ml_collections.ConfigDict,
+               seed: int):
+  """`pack_examples` of a stage, remembered for the last two distinct packings (the budget
+  of `resolve_budgets` and the training of the same stage pack the same examples)."""
+  key = (tuple(examples), id(tok), int(tcfg.seq_len), int(tcfg.batch_size), seed)
+  held = _PACKED.get(key)
+  if held is None or held[0] is not tok:  # the tokenizer is held, so its id is not reused
+    while len(_PACKED) >= _PACKED_KEEP:
+      _PACKED.pop(next(iter(_PACKED)))
+    held = _PACKED[key] = (tok, pack_examples(examples, tok, tcfg.seq_len, tcfg.batch_size,
+                                              seed=seed))
+  return held[1]
 
 
 def stage_names(cfg: ml_collections.ConfigDict) -> list[str]:
@@ -99,10 +119,10 @@ def resolve_budgets(cfg: ml_collections.ConfigDict, examples: dict[str, list[Exa
   if not any(float(cfg[s].passes) > 0 for s in STAGES):
     return cfg, {}
   c = ml_collections.ConfigDict(cfg.to_dict())
+  # Each stage's own examples, as the two-stage plan trains them (merge_stages then sums the
+  # two budgets: stage_config).
   plan = {'grounding': list(examples['grounding']),
-          'capability': mixture_lib.apply_mixture(list(examples['capability']),
-                                                  parse_mixture(cfg.tasks.mixture),
-                                                  train_seed(cfg))}
+          'capability': _mixed(cfg, list(examples['capability']))}
   facts: dict[str, Any] = {}
   for stage in STAGES:
     passes = float(cfg[stage].passes)
@@ -110,8 +130,7 @@ def resolve_budgets(cfg: ml_collections.ConfigDict, examples: dict[str, list[Exa
       continue
     if not plan[stage]:
       raise ValueError(f'{stage}.passes={passes} but the stage has no examples')
-    rows = pack_examples(plan[stage], tok, cfg.train.seq_len, cfg.train.batch_size,
-                         seed=train_seed(cfg)).num_rows
+    rows = pack_stage(plan[stage], tok, cfg.train, train_seed(cfg)).num_rows
     steps = max(1, int(np.ceil(passes * rows / int(cfg.train.batch_size))))
     if int(cfg[stage].max_steps) > 0:
       steps = min(steps, int(cfg[stage].max_steps))
@@ -274,8 +293,7 @@ def train(cfg: ml_collections.ConfigDict, model: Decoder, tok: Tokenizer,
         + f', {int(scfg.steps)} steps')
     log(f'[{stage}] examples by task: ' + ', '.join(f'{t} {n}' for t, n in counts.items()))
     out.update({f'{stage}_examples/{t}': n for t, n in counts.items()})
-    data = pack_examples(stage_examples, tok, tcfg.seq_len, tcfg.batch_size,
-                         seed=train_seed(cfg))
+    data = pack_stage(stage_examples, tok, tcfg, train_seed(cfg))
     log(f'[{stage}] {data.stats["examples"]} examples packed into {data.stats["rows"]} rows '
         f'of {tcfg.seq_len} (fill {data.stats["fill"]:.2f}, '
         f'{data.stats["truncated_prompts"]} prompts cut, '
