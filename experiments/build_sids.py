@@ -22,6 +22,7 @@ from absl import flags
 import numpy as np
 
 from experiments import common
+from neo_jax.catalog import atomic
 from neo_jax.catalog.splits import make_split
 from neo_jax.run import experiment
 from neo_jax.run import rundir
@@ -63,7 +64,7 @@ def main(argv):
   }
   result.update({k: v for k, v in rep.items() if k.split('/')[-1].startswith(_KEEP)})
   rundir.write_result(workdir, result)
-  print(json.dumps(rundir.json_safe(result), sort_keys=True))
+  print(atomic.dumps(result, sort_keys=True))
 
 
 if __name__ == '__main__':

@@ -13,11 +13,11 @@ the test split (what choosing a setting on validation runs): it prints the valid
 and writes W/result.json only.
 """
 
-import json
 
 from absl import flags
 
 from experiments import common
+from neo_jax.catalog import atomic
 from neo_jax.eval import report
 from neo_jax.run import experiment
 from neo_jax.run import rundir
@@ -40,7 +40,7 @@ def main(argv):
       if k.startswith(('valid/', 'budget/')) or k.endswith('/fit/valid_ndcg@10'):
         print(f'{k} {result[k]}')
   rundir.write_result(workdir, result)
-  print(json.dumps(result, sort_keys=True))
+  print(atomic.dumps(result, sort_keys=True))
 
 
 if __name__ == '__main__':

@@ -12,11 +12,11 @@ everything under --workdir (the trained model in W/neo_multi, which `experiments
 --workdir=W` loads), W/report.md and W/result.json, and prints the result object last.
 """
 
-import json
 
 from absl import flags
 
 from experiments import common
+from neo_jax.catalog import atomic
 from neo_jax.eval import report
 from neo_jax.run import experiment
 from neo_jax.run import rundir
@@ -34,7 +34,7 @@ def main(argv):
   print(report.results_markdown(result))
   print(report.generations_text(samples))
   rundir.write_result(workdir, result)
-  print(json.dumps(result, sort_keys=True))
+  print(atomic.dumps(result, sort_keys=True))
 
 
 if __name__ == '__main__':

@@ -15,11 +15,11 @@ train.best_metric, train.restore_best, train.valid_requests) and LoRA for the ca
 (capability.lora_rank, lora_alpha) are config keys: `--print_config` lists them all.
 """
 
-import json
 
 from absl import flags
 
 from experiments import common
+from neo_jax.catalog import atomic
 from neo_jax.run import experiment
 from neo_jax.run import rundir
 from neo_jax.run import training
@@ -37,7 +37,7 @@ def main(argv):
   stage, _ = training.last_stage(cfg)
   result['final_loss'] = result.get(f'{experiment.MAIN_RUN}/train/{stage}_final_loss')
   rundir.write_result(workdir, result)
-  print(json.dumps(result, sort_keys=True))
+  print(atomic.dumps(result, sort_keys=True))
 
 
 if __name__ == '__main__':
