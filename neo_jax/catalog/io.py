@@ -156,7 +156,18 @@ def _json_type(value) -> str:
 # Readers.
 
 
-def _read_items(path: str, allowed_types: frozenset[str] | None = None) -> Catalog:
+def read_items(path: str, allowed_types: frozenset[str] | None = None) -> Catalog:
+  """The catalog of a generic-format items.jsonl file (`load_dataset` reads the dataset's
+  with it; `experiments.add_items` the new items).
+
+  Args:
+    path: the items file (one JSON object a line; fields: module docstring).
+    allowed_types: the entity types an item may have (None: any type name of the format).
+
+  Raises:
+    DatasetError: naming the file, line and field of the first bad item (unknown field, type
+      or field type, duplicate id, no items).
+  """
   ids, types, titles, descriptions, tags, attributes, popularity = [], [], [], [], [], [], []
   first_line: dict[str, int] = {}
   for line_no, obj in _json_lines(path):
@@ -437,7 +448,7 @@ def load_dataset(directory: str | os.PathLike, name: str | None = None,
                          'required file is missing')
   skipped: dict[str, int] = {}
   with _gc_paused():
-    catalog = _read_items(os.path.join(directory, ITEMS_FILE), allowed_types)
+    catalog = read_items(os.path.join(directory, ITEMS_FILE), allowed_types)
     interactions_path = os.path.join(directory, INTERACTIONS_FILE)
     interactions = _read_interactions(interactions_path, catalog, on_unknown_item, skipped)
     if on_out_of_order == 'error':
@@ -525,6 +536,23 @@ def _float32_json(x) -> float:
   return float(str(np.float32(x)))
 
 
+def item_json(catalog: Catalog, n: int) -> dict[str, Any]:
+  """Row `n` of `catalog` as its generic-format JSON object (what `read_items` reads back
+  equal): absent optional fields (empty description, tags, attributes; NaN popularity) left
+  out, popularity as the shortest decimal of its float32."""
+  obj: dict[str, Any] = {'id': catalog.ids[n], 'type': catalog.type_of(n),
+                         'title': catalog.titles[n]}
+  if catalog.descriptions[n]:
+    obj['description'] = catalog.descriptions[n]
+  if catalog.tags[n]:
+    obj['tags'] = list(catalog.tags[n])
+  if catalog.attributes[n]:
+    obj['attributes'] = catalog.attributes[n]
+  if not np.isnan(catalog.popularity[n]):
+    obj['popularity'] = _float32_json(catalog.popularity[n])
+  return obj
+
+
 def write_dataset(dataset: Dataset, directory: str | os.PathLike,
                   overwrite: bool = False) -> None:
   """Writes `dataset` in the generic format, atomically (temporary directory, then rename).
@@ -554,17 +582,7 @@ def write_dataset(dataset: Dataset, directory: str | os.PathLike,
   with atomic_directory(directory, overwrite) as tmp:
     with open(os.path.join(tmp, ITEMS_FILE), 'w', encoding='utf-8') as f:
       for n in range(len(catalog)):
-        obj: dict[str, Any] = {'id': catalog.ids[n], 'type': catalog.type_of(n),
-                               'title': catalog.titles[n]}
-        if catalog.descriptions[n]:
-          obj['description'] = catalog.descriptions[n]
-        if catalog.tags[n]:
-          obj['tags'] = list(catalog.tags[n])
-        if catalog.attributes[n]:
-          obj['attributes'] = catalog.attributes[n]
-        if not np.isnan(catalog.popularity[n]):
-          obj['popularity'] = _float32_json(catalog.popularity[n])
-        f.write(json.dumps(obj, ensure_ascii=False) + '\n')
+        f.write(json.dumps(item_json(catalog, n), ensure_ascii=False) + '\n')
 
     with open(os.path.join(tmp, INTERACTIONS_FILE), 'w', encoding='utf-8', newline='') as f:
       writer = csv.writer(f, lineterminator='\n')
