@@ -240,10 +240,15 @@ def _concat_catalogs(base: Catalog, added: Catalog) -> Catalog:
       popularity=np.concatenate([base.popularity, added.popularity]).astype(np.float32))
 
 
-def _empty_state(base: Base) -> CatalogState:
-  n = len(base.catalog)
-  return CatalogState(None, base.catalog, base.sid_map, n, np.full(n, -1, np.int64),
+def initial_state(catalog: Catalog, sid_map: SIDMap) -> CatalogState:
+  """The state of a catalog as trained: no version, nothing added or withdrawn."""
+  n = len(catalog)
+  return CatalogState(None, catalog, sid_map, n, np.full(n, -1, np.int64),
                       np.full(n, -1, np.int64))
+
+
+def _empty_state(base: Base) -> CatalogState:
+  return initial_state(base.catalog, base.sid_map)
 
 
 def load_state(base: Base) -> CatalogState:
@@ -261,8 +266,8 @@ def load_state(base: Base) -> CatalogState:
                              'retrained?); remove the catalog_update folder')
   catalog = base.catalog
   if st['added']:
-    added = catalog_io._read_items(  # pylint: disable=protected-access
-        os.path.join(vdir, ITEMS_FILE), frozenset(base.catalog.type_names))
+    added = catalog_io.read_items(os.path.join(vdir, ITEMS_FILE),
+                                  frozenset(base.catalog.type_names))
     if added.ids != [a['id'] for a in st['added']]:
       raise CatalogUpdateError(f'{vdir}: {ITEMS_FILE} and {STATE_FILE} list other items')
     catalog = _concat_catalogs(base.catalog, added)
@@ -298,7 +303,7 @@ def _write_state(workdir: str, state: CatalogState) -> str:
   with atomic.atomic_directory(target) as tmp:
     with open(os.path.join(tmp, ITEMS_FILE), 'w', encoding='utf-8') as f:
       for r in added_rows:
-        f.write(json.dumps(_item_json(state.catalog, r), ensure_ascii=False) + '\n')
+        f.write(json.dumps(catalog_io.item_json(state.catalog, r), ensure_ascii=False) + '\n')
       f.flush()
       os.fsync(f.fileno())
     atomic.write_json(os.path.join(tmp, STATE_FILE), st, indent=1)
@@ -306,20 +311,6 @@ def _write_state(workdir: str, state: CatalogState) -> str:
   _commit(workdir, name)
   _sweep(workdir, keep=name)
   return name
-
-
-def _item_json(catalog: Catalog, r: int) -> dict[str, Any]:
-  obj: dict[str, Any] = {'id': catalog.ids[r], 'type': catalog.type_of(r),
-                         'title': catalog.titles[r]}
-  if catalog.descriptions[r]:
-    obj['description'] = catalog.descriptions[r]
-  if catalog.tags[r]:
-    obj['tags'] = list(catalog.tags[r])
-  if catalog.attributes[r]:
-    obj['attributes'] = catalog.attributes[r]
-  if not np.isnan(catalog.popularity[r]):
-    obj['popularity'] = float(catalog.popularity[r])
-  return obj
 
 
 # -- the commands ------------------------------------------------------------------------------
@@ -330,8 +321,7 @@ def read_new_items(path: str, state: CatalogState) -> Catalog:
   if not os.path.isfile(path):
     raise CatalogUpdateError(f'{path}: no such file (the new items, one JSON object a line: '
                              'id, type, title; optional description, tags, attributes)')
-  new = catalog_io._read_items(  # pylint: disable=protected-access
-      path, frozenset(state.catalog.type_names))
+  new = catalog_io.read_items(path, frozenset(state.catalog.type_names))
   taken = [i for i in new.ids if i in set(state.catalog.ids)]
   if taken:
     raise CatalogUpdateError(f'{path}: item ids {taken[:5]} are in the catalog already (a '
@@ -522,7 +512,7 @@ def allowed_rows(state: CatalogState, *, ids: Sequence[str] | None = None,
 
 
 __all__ = ['CatalogState', 'CatalogUpdateError', 'add_items', 'allowed_rows',
-           'apply_to_artifacts', 'base_of', 'build_trie', 'capacity_for', 'load_base',
-           'load_state',
+           'apply_to_artifacts', 'base_of', 'build_trie', 'capacity_for', 'initial_state',
+           'load_base', 'load_state',
            'parse_time', 'read_ids', 'refreeze', 'remove_items', 'update_ranker',
            'write_result']
