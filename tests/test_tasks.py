@@ -406,3 +406,27 @@ def test_full_grounding_text_adds_the_tags_and_a_bare_title_example():
       assert plain_text(full) not in found[0]
   with pytest.raises(ValueError, match='grounding text'):
     text_to_sid_examples(CATALOG, SID_MAP, VOCAB, text='titles')
+
+
+def test_full_lower_grounding_text_adds_the_lower_cased_title():
+  full = text_to_sid_examples(CATALOG, SID_MAP, VOCAB, text='full')
+  lower = text_to_sid_examples(CATALOG, SID_MAP, VOCAB, text='full_lower')
+  cased = [r for r in range(len(CATALOG)) if r != UNREACHABLE
+           and CATALOG.titles[r].lower() != CATALOG.titles[r]]
+  assert cased  # the fixture has titles with capitals
+  # The 'full' examples first, then one lower-cased bare title per item whose title has
+  # capitals, with that item's SID.
+  by_item = collections.defaultdict(list)
+  for ex in lower:
+    by_item[ex.target_items[0]].append(ex)
+  extra = [exs[-1] for r, exs in by_item.items() if r in cased]
+  assert len(lower) == len(full) + len(cased) == len(full) + len(extra)
+  for ex in extra:
+    (r,) = ex.target_items
+    _check_ids_completion(ex)
+    assert plain_text(CATALOG.titles[r].lower()) in ex.prompt
+    assert plain_text(CATALOG.titles[r]) not in ex.prompt
+  # sid_to_text is the 'full' one.
+  assert ([e.completion for e in sid_to_text_examples(CATALOG, SID_MAP, VOCAB, text='full')]
+          == [e.completion for e in sid_to_text_examples(CATALOG, SID_MAP, VOCAB,
+                                                          text='full_lower')])

@@ -309,10 +309,12 @@ SCHEMA = Section('a NEO run', {
         'history_context': Field(3, 'prompt items before each history-continuation window',
                                  check=_at_least(0)),
         'grounding_text': Field('title', "catalog grounding text: title (SID <-> title, with "
-                                "the description's first words when there is one) or full "
+                                "the description's first words when there is one), full "
                                 '(also the tags, and a title-only text -> SID example beside '
-                                'the full one: what search queries name)',
-                                choices=('title', 'full')),
+                                'the full one: what search queries name) or full_lower (full, '
+                                'and the title lower-cased -> SID: queries are typed in lower '
+                                'case, the text vocabulary is cased)',
+                                choices=('title', 'full', 'full_lower')),
         'mixture': Field('', "capability-stage task proportions, 'task:weight,...' ('': every "
                          'example once)', check=_mixture),
     }),

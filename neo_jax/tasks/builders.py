@@ -467,7 +467,7 @@ def _first_words(text: str, n: int) -> str:
   return ' '.join(words[:n])
 
 
-GROUNDING_TEXTS = ('title', 'full')
+GROUNDING_TEXTS = ('title', 'full', 'full_lower')
 
 
 def _check_text(text: str) -> None:
@@ -484,7 +484,7 @@ def sid_to_text_examples(catalog: Catalog, sid_map: SIDMap, vocab: SIDVocab, *,
                          items: Sequence[int] | None = None, description_words: int = 24,
                          text: str = 'title', seed: int = 0) -> list[Example]:
   """Grounding: SID -> `title. description` (first `description_words` words), format text;
-  with text='full' followed by the item's tags (`. tag, tag`).
+  with text='full' or 'full_lower' followed by the item's tags (`. tag, tag`).
 
   Args:
     items: catalog rows to describe (default: every item with an SID).
@@ -502,7 +502,7 @@ def sid_to_text_examples(catalog: Catalog, sid_map: SIDMap, vocab: SIDVocab, *,
     desc = _first_words(catalog.descriptions[r], description_words)
     if desc:
       completion += '. ' + desc
-    if text == 'full':
+    if text != 'title':
       completion = _with_tags(catalog, r, completion)
     out.append(Example('sid_to_text', prompt, prompts.plain_text(completion), 'text', type_name,
                        (r,)))
@@ -516,7 +516,9 @@ def text_to_sid_examples(catalog: Catalog, sid_map: SIDMap, vocab: SIDVocab, *,
   """Grounding: title (+ the first `description_words` words of the description, with
   probability `description_prob`) -> SID span, format ids. text='full': two examples per
   item, the bare title and `title - description words. tags` (the facts search queries
-  name), the second left out when it equals the first."""
+  name), the second left out when it equals the first. text='full_lower': also the bare
+  title lower-cased (how search queries are typed; the text vocabulary is cased), left out
+  when it equals the title."""
   _check_inputs(catalog, sid_map, vocab)
   _check_text(text)
   if not 0.0 <= description_prob <= 1.0:
@@ -528,9 +530,11 @@ def text_to_sid_examples(catalog: Catalog, sid_map: SIDMap, vocab: SIDVocab, *,
     type_name = catalog.type_of(r)
     title = catalog.titles[r]
     desc = _first_words(catalog.descriptions[r], description_words).rstrip('.')
-    if text == 'full':
+    if text != 'title':
       full = _with_tags(catalog, r, f'{title} - {desc}' if desc else title)
       texts = [title] + ([full] if full != title else [])
+      if text == 'full_lower' and title.lower() != title:
+        texts.append(title.lower())
     else:
       texts = [f'{title} - {desc}' if desc and rng.random() < description_prob else title]
     for t in texts:

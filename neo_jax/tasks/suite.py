@@ -129,7 +129,7 @@ def build_task_examples(ds: Dataset, split: Split, sid_map: SIDMap, vocab: SIDVo
       (`heldout_summary_users`).
     max_relevant: at most this many relevant items per training search completion
       (evaluation examples keep every relevant item).
-    grounding_text: 'title' or 'full' (`builders.text_to_sid_examples`).
+    grounding_text: 'title', 'full' or 'full_lower' (`builders.text_to_sid_examples`).
 
   Grounding = catalog metadata of every item (SID -> text, text -> SID, SID -> type) and,
   with `query_grounding`, training query -> SID. Capability = recommendation (ids, and mixed
