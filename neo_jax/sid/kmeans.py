@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from neo_jax.catalog import progress as progress_lib
+
 
 class LloydStats(NamedTuple):
   """Sufficient statistics of one assignment pass over a batch of B points.
@@ -337,8 +339,8 @@ def _perplexity(codes: np.ndarray, k: int) -> float:
 
 
 def residual_kmeans(x_NxD, level_ks: tuple[int, ...], seed: int = 0, iters: int = 50,
-                    key: jax.Array | None = None, tol: float = 0.0
-                    ) -> tuple[np.ndarray, list[np.ndarray], dict]:
+                    key: jax.Array | None = None, tol: float = 0.0, progress: bool = True,
+                    log=None) -> tuple[np.ndarray, list[np.ndarray], dict]:
   """Residual k-means: level l clusters what levels < l left unexplained.
 
   A level whose K exceeds the number of points N is clamped to K = N (then level l already
@@ -351,6 +353,9 @@ def residual_kmeans(x_NxD, level_ks: tuple[int, ...], seed: int = 0, iters: int 
     iters: maximum Lloyd passes per level.
     key: a PRNG key to use instead of `PRNGKey(seed)` (e.g. one stream per entity type).
     tol: relative squared-error decrease below which a level stops early (see `lloyd`).
+    progress: progress lines, one unit a level (`neo_jax.catalog.progress`: levels done,
+      rate, ETA, the last level's mse); False: none. A level runs in one compiled loop.
+    log: where the progress lines go (None: stderr).
 
   Returns:
     codes_NxM: (N, M) int32, M = len(level_ks).
@@ -373,6 +378,8 @@ def residual_kmeans(x_NxD, level_ks: tuple[int, ...], seed: int = 0, iters: int 
   codebooks = []
   info: dict = {'mse_input': float(np.mean(np.sum(residual.astype(np.float64) ** 2, axis=1)))}
   clamped = 0
+  meter = progress_lib.Progress(f'k-means (N={n})', len(level_ks), unit='levels', log=log,
+                                on=None if progress else False)
   for level, k_req in enumerate(level_ks):
     k = min(k_req, n)
     clamped += k < k_req
@@ -386,6 +393,8 @@ def residual_kmeans(x_NxD, level_ks: tuple[int, ...], seed: int = 0, iters: int 
     info[f'utilisation_l{level}'] = _perplexity(res.codes, k) / k
     info[f'iterations_l{level}'] = res.iterations
     info[f'reseeded_l{level}'] = res.reseeded
+    meter.update(1, f'mse {info[f"mse_l{level}"]:.5f} after level {level} (K={k})')
+  meter.close()
   info['k_clamped'] = int(clamped)
   info['seconds'] = time.perf_counter() - t0
   return codes, codebooks, info

