@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -40,14 +40,17 @@ class Dense(base.Baseline):
     last: how many of the latest history items' vectors are averaged into a recommendation
       query (tuned with a validator that has targets, over `LAST_GRID`).
     max_valid_requests: validation targets used to tune `last` (a fixed subset, seed 0).
+    log: where the default encoder's progress lines go (None: stderr).
   """
 
   name = 'dense'
   LAST_GRID = (1, 3, 5, 10)
 
   def __init__(self, encoder: Any = None, cache_dir: str | None = None, batch_size: int = 64,
-               last: int = 5, max_valid_requests: int | None = 1000):
+               last: int = 5, max_valid_requests: int | None = 1000,
+               log: Callable[[str], None] | None = None):
     super().__init__()
+    self.log = log
     self._encoder = encoder
     self.batch_size = batch_size
     self.cache_dir = cache_dir
@@ -59,7 +62,7 @@ class Dense(base.Baseline):
   def encoder(self):
     if self._encoder is None:
       from neo_jax.sid import minilm  # pylint: disable=g-import-not-at-top (90 MB of weights)
-      self._encoder = minilm.MiniLMEncoder(batch_size=self.batch_size)
+      self._encoder = minilm.MiniLMEncoder(batch_size=self.batch_size, log=self.log)
     return self._encoder
 
   def _unit(self, emb: np.ndarray, what: str) -> np.ndarray:

@@ -55,12 +55,18 @@ def register_baseline(name: str, make: Make) -> None:
   BASELINES[name] = make
 
 
-def make_baseline(name: str, args: Mapping[str, Any] | None = None) -> base.Baseline:
+def make_baseline(name: str, args: Mapping[str, Any] | None = None, log: Log | None = None
+                  ) -> base.Baseline:
   """An unfitted baseline by name (KeyError for an unknown name; ImportError or
-  AttributeError when its module or class is not in this checkout)."""
+  AttributeError when its module or class is not in this checkout). `log`: where a baseline
+  that reports progress (it has a `log` attribute: SASRec's and TIGER's epochs, Dense's
+  embedding) writes its lines."""
   if name not in BASELINES:
     raise KeyError(f'unknown baseline {name!r}; known: {sorted(BASELINES)}')
-  return BASELINES[name](dict(args or {}))
+  b = BASELINES[name](dict(args or {}))
+  if log is not None and hasattr(b, 'log'):
+    b.log = log
+  return b
 
 
 def _now() -> tuple[float, float]:
@@ -81,7 +87,7 @@ def fit_baselines(names: Sequence[str], args: Mapping[str, Mapping[str, Any]],
     dataset, split: what to fit on; `split` must hold no test targets.
     validator: the validation protocol (`neo_jax.eval.validation.Validator`); None fits
       every baseline with its constructor's hyperparameters, untuned.
-    log: progress lines.
+    log: progress lines (each baseline's too: `make_baseline`).
     cache_root: a baseline taking a `cache_dir` (dense: item embeddings) caches under
       <cache_root>/<name> unless its args name one.
     sid_map: NEO's SID map, given to TIGER when its own is None (the same SIDs, so the
@@ -103,7 +109,7 @@ def fit_baselines(names: Sequence[str], args: Mapping[str, Mapping[str, Any]],
     if cache_root is not None and name in ('dense',) and 'cache_dir' not in kwargs:
       kwargs['cache_dir'] = os.path.join(cache_root, name)
     try:
-      b = make_baseline(name, kwargs)
+      b = make_baseline(name, kwargs, log)
     except (ImportError, AttributeError) as err:
       out[f'{name}/status'] = f'missing: {type(err).__name__}: {err}'
       log(f'baseline {name}: missing ({err})')

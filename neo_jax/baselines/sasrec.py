@@ -40,6 +40,7 @@ from flax import nnx
 
 from neo_jax.baselines import base
 from neo_jax.baselines import training
+from neo_jax.catalog import progress
 
 NEG_INF = -1e9  # finite: a query row with every key masked gets a uniform softmax, not NaN
 LOSSES = ('ce', 'bce')
@@ -303,7 +304,8 @@ class SASRec(base.Baseline):
     ids = left_pad(histories, self.cfg.max_len)
     bs = self.cfg.eval_batch_size
     out = []
-    for start in range(0, ids.shape[0], bs):
+    starts = range(0, ids.shape[0], bs)
+    for start in progress.track(starts, 'sasrec scoring', unit='batches', log=self.log):
       chunk = ids[start:start + bs]
       real = chunk.shape[0]
       chunk = np.concatenate([chunk, np.zeros((bs - real, chunk.shape[1]), np.int32)])

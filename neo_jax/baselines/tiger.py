@@ -41,6 +41,7 @@ from neo_jax.decode.interface import Constraints, prefill
 from neo_jax.decode.trie import (SIDTrie, SIDVocabArrays, allowed_types_mask, request_filter)
 from neo_jax.baselines import base
 from neo_jax.baselines import training
+from neo_jax.catalog import progress
 from neo_jax.model.config import ModelConfig
 from neo_jax.model.decoder import Decoder
 from neo_jax.sid.builder import build_sid_map
@@ -266,7 +267,8 @@ class TIGER(base.Baseline):
     width = 1 << max(0, max([len(e) for e in exclude] + [1]) - 1).bit_length() if exclude \
         else None
     out = np.full((len(hist), k), -1, np.int32)
-    for start in range(0, len(hist), bs):
+    starts = range(0, len(hist), bs)
+    for start in progress.track(starts, 'tiger ranking', unit='batches', log=self.log):
       chunk = hist[start:start + bs]
       real = len(chunk)
       chunk = chunk + [np.zeros(0, np.int64)] * (bs - real)

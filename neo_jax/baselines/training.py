@@ -17,6 +17,8 @@ import jax
 import numpy as np
 import optax
 
+from neo_jax.catalog import progress
+
 Log = Callable[[str], None]
 Point = TypeVar('Point')
 Tried = tuple[Point, Any, 'TrainResult']  # (point, aux, result) of `grid_search`
@@ -56,6 +58,14 @@ class TrainResult:
 def _format(record: dict[str, Any]) -> str:
   return ' '.join(f'{k}={v:.4f}' if isinstance(v, float) else f'{k}={v}'
                   for k, v in record.items())
+
+
+def _eta(seconds: float, epoch: int, epochs: int, deadline: float | None) -> str:
+  """Time left to the last epoch at the mean epoch time so far, or to the deadline if sooner."""
+  left = (epochs - epoch) * seconds / epoch
+  if deadline is not None:
+    left = min(left, max(deadline - time.perf_counter(), 0.0))
+  return progress.duration(left)
 
 
 def recommend_validation(validator: Any, max_requests: int | None, seed: int,
@@ -100,7 +110,10 @@ def train_early_stopping(loss_fn: Callable[..., jax.Array], state: Any,
     evaluate: evaluate(state) -> validation figures, after every epoch; None: no validation.
     metric: the figure of `evaluate` to maximise.
     deadline: `time.perf_counter()` value after which no further epoch starts.
-    label, log: each epoch's record is logged as '<label> key=value ...'; errors name label.
+    label, log: each epoch's record is logged as '<label> key=value ... eta=<time>' (eta: to
+      `epochs`, or to the deadline if sooner; patience may stop before), and an epoch longer
+      than 10 s logs progress lines over its batches (`neo_jax.catalog.progress`); errors
+      name label.
   """
   tx = optax.adam(lr)
   opt_state = tx.init(state)
@@ -117,14 +130,19 @@ def train_early_stopping(loss_fn: Callable[..., jax.Array], state: Any,
   best, bad, history = (-1.0, state, 0), 0, []
   t0 = time.perf_counter()
   stopped = 'max_epochs'
+  num_batches = -(-mask.shape[0] // batch_size)
   for epoch in range(1, epochs + 1):
     losses = []
-    for idx, real in epoch_batches(rng, mask.shape[0], batch_size):
+    for idx, real in progress.track(epoch_batches(rng, mask.shape[0], batch_size),
+                                    f'{label} epoch {epoch}', num_batches, unit='batches',
+                                    log=log):
       batch = [a[idx] for a in inputs] + [mask[idx] & real[:, None]]
       if key is not None:
         key, sub = jax.random.split(key)
         batch.append(sub)
       state, opt_state, loss = step(state, opt_state, *batch)
+      if losses:  # one step in flight at most, so that the progress lines count finished steps
+        losses[-1].block_until_ready()
       losses.append(loss)
     mean_loss = float(np.mean(jax.device_get(losses)))
     if not np.isfinite(mean_loss):
@@ -141,7 +159,7 @@ def train_early_stopping(loss_fn: Callable[..., jax.Array], state: Any,
     else:
       best = (float('nan'), state, epoch)
     history.append(record)
-    log(f'{label} {_format(record)}')
+    log(f'{label} {_format(record)} eta={_eta(record["seconds"], epoch, epochs, deadline)}')
     if evaluate is not None and bad >= patience:
       stopped = 'patience'
       break

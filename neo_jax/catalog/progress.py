@@ -96,17 +96,18 @@ class Progress:
     label: what runs (the line's first word), e.g. 'minilm' or 'sasrec lr=0.001'.
     total: how much work there is (None: unknown, then no ETA).
     unit: what is counted ('texts', 'batches', 'epochs'); '' prints bare numbers.
-    every_s: seconds between lines (> 0).
+    every_s: seconds between lines (> 0; None: `EVERY_S`, read when the step starts).
     log: where lines go (None: stderr).
     on: print at all (None: `enabled()` when the step starts).
     clock: seconds, monotonic (tests pass a fake one).
   """
 
   def __init__(self, label: str, total: float | None = None, *, unit: str = '',
-               every_s: float = EVERY_S, log: Log | None = None, on: bool | None = None,
+               every_s: float | None = None, log: Log | None = None, on: bool | None = None,
                clock: Callable[[], float] = time.perf_counter):
     if total is not None and total < 0:
       raise ValueError(f'{label}: total must be >= 0, got {total}')
+    every_s = EVERY_S if every_s is None else every_s
     if every_s <= 0:
       raise ValueError(f'{label}: every_s must be > 0, got {every_s}')
     self.label, self.total, self.unit, self.every_s = label, total, unit, float(every_s)
@@ -165,7 +166,7 @@ class Progress:
 
 
 def track(iterable: Iterable[T], label: str, total: float | None = None, *, unit: str = '',
-          every_s: float = EVERY_S, log: Log | None = None, on: bool | None = None
+          every_s: float | None = None, log: Log | None = None, on: bool | None = None
           ) -> Iterator[T]:
   """Yields the items of `iterable`, counting each one (`Progress`); total defaults to
   len(iterable) when it has one."""
