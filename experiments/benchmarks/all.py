@@ -30,6 +30,7 @@ from typing import Any
 from absl import app
 from absl import flags
 
+from neo_jax.catalog import progress
 from neo_jax.run import rundir
 
 FLAGS = flags.FLAGS
@@ -258,18 +259,24 @@ def main(argv):
   print('machine: ' + ', '.join(f'{k} {v}' for k, v in mach.items()), flush=True)
   runs: dict[str, dict[str, Any]] = {}
   t_all = time.perf_counter()
+  # A line after every benchmark (each takes more than a second): done, rate, ETA.
+  meter = progress.Progress('benchmarks', len(names), every_s=1.0,
+                            log=lambda s: print(s, flush=True))
   for name in names:
     if name not in SIZES[size]:
       runs[name] = {'ok': False, 'seconds': 0.0, 'result': {}, 'command': '(not run)',
                     'error': f'no --size={size} settings for it in experiments/benchmarks/all.py '
                              'SIZES'}
       print(f'[{name}] FAILED: {runs[name]["error"]}', flush=True)
+      meter.update()
       continue
     print(f'[{name}] running: {" ".join(SIZES[size][name])}', flush=True)
     runs[name] = run_one(name, SIZES[size][name], workdir, timeout_s)
     r = runs[name]
     print(f'[{name}] ' + ('ok' if r['ok'] else f'FAILED: {r["error"]}')
           + f' ({r["seconds"]:.0f}s)', flush=True)
+    meter.update()
+  meter.close()
   seconds_total = time.perf_counter() - t_all
   if hasattr(os, 'getloadavg'):
     mach['load_avg_1m_end'] = round(os.getloadavg()[0], 2)

@@ -17,6 +17,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from neo_jax.catalog import progress
 from neo_jax.model import backbones
 
 _BACKBONE = flags.DEFINE_string('backbone', 'smollm2-135m', 'packaged name or path')
@@ -47,7 +48,8 @@ def main(argv):
   loss, gnorm = jax.block_until_ready(grad_step(model, tokens))
   seconds_compile = time.perf_counter() - t0
   times = []
-  for _ in range(_STEPS.value):
+  for _ in progress.track(range(_STEPS.value), f'{_BACKBONE.value}: timed steps',
+                          unit='steps'):
     t0 = time.perf_counter()
     jax.block_until_ready(grad_step(model, tokens))
     times.append(time.perf_counter() - t0)

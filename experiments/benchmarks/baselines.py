@@ -63,7 +63,7 @@ def make_baseline(name: str, log):
     return bm25.BM25S()
   if name == 'dense':
     from neo_jax.baselines import dense  # pylint: disable=g-import-not-at-top
-    return dense.Dense(cache_dir=os.path.join(WORKDIR.value, 'dense'))
+    return dense.Dense(cache_dir=os.path.join(WORKDIR.value, 'dense'), log=log)
   if name == 'tiger':
     from neo_jax.baselines import tiger  # pylint: disable=g-import-not-at-top
     cfg = tiger.TIGERConfig(max_items=TIGER_MAX_ITEMS.value, stride=TIGER_MAX_ITEMS.value,

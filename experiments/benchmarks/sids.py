@@ -28,6 +28,7 @@ from absl import flags
 import jax
 import numpy as np
 
+from neo_jax.catalog import progress
 from neo_jax.run import rundir
 from neo_jax.sid import kmeans as km
 from neo_jax.sid import stream_kmeans as sk
@@ -59,7 +60,7 @@ def clustered_embeddings(n: int, d: int, centers: int, seed: int,
   rng = np.random.default_rng(seed)
   c = rng.normal(size=(centers, d)).astype(np.float32)
   out = np.empty((n, d), np.float32)
-  for lo in range(0, n, chunk):
+  for lo in progress.track(range(0, n, chunk), 'generating embeddings', unit='chunks'):
     m = min(chunk, n - lo)
     x = c[rng.integers(0, centers, m)] + 0.6 * rng.standard_normal((m, d), np.float32)
     out[lo:lo + m] = x / np.linalg.norm(x, axis=1, keepdims=True)

@@ -31,6 +31,7 @@ import numpy as np
 from flax import nnx
 
 from experiments.benchmarks import flops
+from neo_jax.catalog import progress
 from neo_jax.run import rundir
 from neo_jax.model.config import get_config
 from neo_jax.model.decoder import Decoder
@@ -73,7 +74,7 @@ def _time_preset(name: str, seq_len: int, batch: int, dtype: str, steps: int,
   jax.block_until_ready(m)
   compile_s = time.perf_counter() - t
   times = []
-  for _ in range(steps):
+  for _ in progress.track(range(steps), f'{name}: timed steps', unit='steps'):
     t = time.perf_counter()
     params, opt_state, m = step(params, opt_state, data)
     jax.block_until_ready(m)
