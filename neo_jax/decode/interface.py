@@ -15,6 +15,14 @@ two so that a search computes only the head rows it can use (the SID code rows i
 instead of all V). `neo_jax.model.decoder.Decoder` has both methods; the Markov chains of
 `neo_jax.decode.testing` too. The cache is any pytree (layout: neo_jax/decode/cache.py).
 
+A model may also follow `BeamStepModel` (`neo_jax.decode.shared_prompt.SharedPromptDecoder`
+does for the decoder): its beams then read their request's prompt cache in place and keep
+only their decoded tokens per beam, instead of each beam getting a copy of the prompt's cache:
+
+  init_beam_cache(batch B, beams K, length L) -> beam cache (decoded tokens only)
+  beam_step(tokens_BxK int32, positions_BxK int32, prompt_cache, beam_cache)
+      -> (hidden_BxKxD, beam_cache)
+
 The prefill. The prompt of every request is run once (`prefill`); a search continues from its
 `Prefill` (the next-token logits and the position of each prompt's last token) and its cache.
 
@@ -45,6 +53,18 @@ class DecodingModel(Protocol):
     ...
 
   def logits_from_hidden(self, h: jax.Array, rows: jax.Array | None = None) -> jax.Array:
+    ...
+
+
+@runtime_checkable
+class BeamStepModel(Protocol):
+  """A model whose K beams per request share the request's prompt cache (module docstring)."""
+
+  def init_beam_cache(self, batch: int, beams: int, length: int) -> Any:
+    ...
+
+  def beam_step(self, tokens_BxK: jax.Array, positions_BxK: jax.Array, prompt_cache: Any,
+                beam_cache: Any) -> tuple[jax.Array, Any]:
     ...
 
 
