@@ -15,28 +15,19 @@ import pytest
 from neo_jax.decode.beam_search import sid_beam_search
 from neo_jax.decode.cache import left_pad
 from neo_jax.decode.interface import Constraints, prefill
-from neo_jax.decode.testing import markov_cache, markov_lm
-from neo_jax.decode.trie import SIDTrie, SIDVocabArrays, admissible_children
+from neo_jax.decode.testing import markov_cache
+from neo_jax.decode.trie import SIDTrie, admissible_children
 from neo_jax.sid.types import SIDMap
-from neo_jax.tokenizer.sid_vocab import SIDVocab
+from trie_fixtures import ARRAYS, NAMES, SIZES, UNIVERSE, VOCAB, markov_model, shuffle
 
-SIZES = {'a': (3, 4, 2), 'b': (5, 2, 3)}
-NAMES = ('a', 'b')
-VOCAB = SIDVocab(NAMES, SIZES, 4)
-ARRAYS = SIDVocabArrays.from_vocab(VOCAB)
-# The universe: every possible SID, each owned by one catalog row (a fixed shuffle).
-UNIVERSE = [(t, tuple(int(c) for c in np.unravel_index(f, SIZES[n])))
-            for t, n in enumerate(NAMES) for f in range(int(np.prod(SIZES[n])))]
-OWNER = np.random.default_rng(0).permutation(len(UNIVERSE))  # row of UNIVERSE[i]
+# Every possible SID, each owned by one catalog row (a fixed shuffle).
+OWNER = shuffle(0)  # row of UNIVERSE[i]
 SID_OF_ROW = {int(OWNER[i]): UNIVERSE[i] for i in range(len(UNIVERSE))}
 ROW_CAPACITY = len(UNIVERSE) + 2  # two spare rows, used to try taking an existing SID
 CAPACITY = 40
 MAX_INITIAL = 18  # capacity - initial >= 22 = the most level-2 nodes: shapes never vary
 
-_rng = np.random.default_rng(1)
-_V = VOCAB.end + 1
-MODEL = markov_lm(_rng.normal(0, 2, (_V, _V)).astype(np.float32),
-                    _rng.normal(0, 2, (_V, _V)).astype(np.float32))
+MODEL = markov_model(1)
 TRACES = collections.Counter()
 
 

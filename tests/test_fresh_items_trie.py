@@ -13,22 +13,13 @@ import pytest
 from neo_jax.decode.beam_search import sid_beam_search
 from neo_jax.decode.cache import left_pad
 from neo_jax.decode.interface import Constraints, prefill
-from neo_jax.decode.testing import markov_cache, markov_lm
-from neo_jax.decode.trie import SIDTrie, SIDVocabArrays, lookup_items
+from neo_jax.decode.testing import markov_cache
+from neo_jax.decode.trie import SIDTrie, lookup_items
 from neo_jax.sid.types import SIDMap
-from neo_jax.tokenizer.sid_vocab import SIDVocab
+from trie_fixtures import ARRAYS, NAMES, SIZES, UNIVERSE, VOCAB, markov_model, shuffle
 
-SIZES = {'a': (3, 4, 2), 'b': (5, 2, 3)}
-NAMES = ('a', 'b')
-VOCAB = SIDVocab(NAMES, SIZES, 4)
-ARRAYS = SIDVocabArrays.from_vocab(VOCAB)
-UNIVERSE = [(t, tuple(int(c) for c in np.unravel_index(f, SIZES[n])))
-            for t, n in enumerate(NAMES) for f in range(int(np.prod(SIZES[n])))]
-ORDER = np.random.default_rng(3).permutation(len(UNIVERSE))  # row r holds UNIVERSE[ORDER[r]]
-_rng = np.random.default_rng(4)
-_V = VOCAB.end + 1
-MODEL = markov_lm(_rng.normal(0, 2, (_V, _V)).astype(np.float32),
-                  _rng.normal(0, 2, (_V, _V)).astype(np.float32))
+ORDER = shuffle(3)  # row r holds UNIVERSE[ORDER[r]]
+MODEL = markov_model(4)
 TRACES = collections.Counter()
 
 
