@@ -78,7 +78,7 @@ def _exhaustive(model, tok, sid_map, prompt, type_name, score='vocab'):
 def test_ranker_equals_exhaustive_full_forward():
   sid_map, tok, model = _setup()
   trie = SIDTrie.build(sid_map, tok.sid)
-  ranker = NEORanker(model, tok, trie, prompt_len=96, batch_size=4)
+  ranker = NEORanker(model, tok, trie, prompt_len=96, batch_size=4, score='vocab')
   prompts = ['Task: recommend. Type: movie. Format: ids. History: a b. Answer: ',
              'Task: recommend. Type: book. Format: ids. History: the lazy dog. Answer: ',
              'quick fox',
@@ -100,12 +100,13 @@ def test_ranker_equals_exhaustive_full_forward():
 
 
 def test_rows_only_ranker_with_constraints_equals_exhaustive():
-  """score='codes' computes only the current level's LM-head rows inside the span; with an
-  exclusion list, an allow-list and a catalog removal it still equals exhaustive full-forward
-  scoring of the admissible items (same normalisation)."""
+  """score='codes' (the default) computes only the current level's LM-head rows inside the
+  span; with an exclusion list, an allow-list and a catalog removal it still equals exhaustive
+  full-forward scoring of the admissible items (same normalisation)."""
   sid_map, tok, model = _setup()
   trie = SIDTrie.build(sid_map, tok.sid)
-  ranker = NEORanker(model, tok, trie, prompt_len=96, batch_size=4, score='codes')
+  ranker = NEORanker(model, tok, trie, prompt_len=96, batch_size=4)
+  assert ranker.score == 'codes'
   prompts = ['Task: recommend. Type: movie. Format: ids. History: a b. Answer: ',
              'Task: recommend. Type: book. Format: ids. History: the lazy dog. Answer: ']
   types = ['movie', 'book']
@@ -249,7 +250,7 @@ def test_added_items_are_ranked_like_a_full_build():
   codes[late] = -1
   partial = SIDMap(TYPES, LEVELS, codes, np.array(sid_map.type_index))
   ranker = NEORanker(model, tok, SIDTrie.build(partial, tok.sid, capacity=len(sid_map)),
-                     prompt_len=96, batch_size=4)
+                     prompt_len=96, batch_size=4, score='vocab')
   prompt = 'Task: recommend. Type: movie. Format: ids. History: a b. Answer: '
   before, _ = ranker.rank([prompt], ['movie'], num_beams=9)
   assert not set(before[0].tolist()) & set(late)
@@ -310,16 +311,138 @@ def test_set_model_equals_a_fresh_ranker_without_retracing(monkeypatch):
 
   ranker = NEORanker(model, tok, trie, prompt_len=96, batch_size=4)
   before = outputs(ranker)
-  assert traces == {'search': 1, 'generate': 1}
+  # One trace per length bucket the prompts fall in.
+  buckets = {ranker.bucket_of(len(ranker.prompt_tokens(p))) for p in prompts}
+  assert traces['search'] == len(buckets) and traces['generate'] >= 1
+  compiled = dict(traces)
   ranker.set_model(other)
   swapped = outputs(ranker)
-  assert traces == {'search': 1, 'generate': 1}  # new parameters, same compiled programs
+  assert traces == compiled  # new parameters, same compiled programs
   ranker.set_model(model)
   again = outputs(ranker)
-  assert traces == {'search': 1, 'generate': 1}
+  assert traces == compiled
   fresh = outputs(NEORanker(other, tok, trie, prompt_len=96, batch_size=4))
   for got, want in ((swapped, fresh), (again, before)):
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_array_equal(got[1], want[1])  # bit for bit
     assert got[2] == want[2]
   assert not np.array_equal(swapped[1], before[1])  # the parameters did change
+
+
+def test_length_buckets_group_requests_and_keep_their_order(monkeypatch):
+  """Prompts of several lengths in one call: grouped by bucket, each batch padded to its
+  bucket's width and a power of two of rows; the answers, in request order, equal ranking each
+  prompt alone at the full width; a new length within a bucket compiles nothing."""
+  sid_map, tok, model = _setup()
+  trie = SIDTrie.build(sid_map, tok.sid)
+  traces = collections.Counter()
+  search = ranker_lib.sid_beam_search
+
+  def counted(*args, **kwargs):
+    traces['search'] += 1
+    return search(*args, **kwargs)
+
+  monkeypatch.setattr(ranker_lib, 'sid_beam_search', counted)
+  ranker = NEORanker(model, tok, trie, prompt_len=96, batch_size=4)
+  assert ranker.length_buckets == (16, 32, 64, 96)
+  prompts = ['fox', 'Task: recommend. Type: movie. Format: ids. History: a b c. Answer: ',
+             'quick fox', 'the lazy dog jumps', 'Task: recommend. Type: book. Answer: ']
+  types = ['movie', None, 'book', None, 'book']
+  excluded = [[0], [1, 2], [], [3], [4, 5, 6]]
+  lengths = [len(ranker.prompt_tokens(p)) for p in prompts]
+  assert len({ranker.bucket_of(n) for n in lengths}) >= 2
+  items, scores = ranker.rank(prompts, types, num_beams=5, excluded=excluded)
+  wide = NEORanker(model, tok, trie, prompt_len=96, batch_size=1, length_buckets=(96,))
+  for b, p in enumerate(prompts):
+    want_items, want_scores = wide.rank([p], [types[b]], num_beams=5, excluded=[excluded[b]])
+    np.testing.assert_array_equal(items[b], want_items[0])
+    np.testing.assert_allclose(scores[b], want_scores[0], rtol=1e-5, atol=1e-5)
+  seen = traces['search']
+  short = [p for p, n in zip(prompts, lengths) if ranker.bucket_of(n) == 16]
+  other = 'dog fox dog the'  # another length, the same bucket
+  assert ranker.bucket_of(len(ranker.prompt_tokens(other))) == 16
+  assert len(ranker.prompt_tokens(other)) not in lengths
+  again = [other] + short[1:]
+  ranker.rank(again, [None] * len(again), num_beams=5, excluded=[[1, 2, 3]] * len(again))
+  assert traces['search'] == seen  # that bucket was compiled already
+  with pytest.raises(ValueError, match='length_buckets'):
+    NEORanker(model, tok, trie, prompt_len=96, length_buckets=(32, 16, 96))
+  with pytest.raises(ValueError, match='length_buckets'):
+    NEORanker(model, tok, trie, prompt_len=96, length_buckets=(16, 64))
+  with pytest.raises(ValueError, match='longer than prompt_len'):
+    ranker.rank_tokens([[1] * 97], [None], num_beams=2)
+
+
+def _trained_model(tok, sid_map, prompts, targets, steps=150):
+  """The tiny decoder trained (Adam, full forward) to answer prompt i with item targets[i]."""
+  import jax.numpy as jnp
+  import optax
+  cfg = get_config('tiny', vocab_size=tok.vocab_size, d_model=32, num_heads=2, num_kv_heads=1,
+                   head_dim=16, mlp_dim=64)
+  model = Decoder(cfg, rngs=nnx.Rngs(21))
+  seqs = []
+  for p, item in zip(prompts, targets):
+    t = TYPES[int(sid_map.type_index[item])]
+    codes = [tok.sid.token_id(t, l, int(c)) for l, c in enumerate(sid_map.codes[item])]
+    seqs.append([tok.bos_id] + tok.encode(p) + [tok.sid.sid_open_id] + codes)
+  width = max(len(x) for x in seqs)
+  ids = np.zeros((len(seqs), width), np.int32)
+  weight = np.zeros((len(seqs), width), np.float32)
+  for i, x in enumerate(seqs):
+    ids[i, :len(x)] = x
+    weight[i, len(x) - 4:len(x) - 1] = 1.0  # the positions that predict the codes
+  graphdef, params = nnx.split(model)
+  opt = optax.adam(1e-2)
+  opt_state = opt.init(params)
+
+  @jax.jit
+  def step(params, opt_state):
+    def loss(params):
+      logits = nnx.merge(graphdef, params)(jnp.asarray(ids))[:, :-1]
+      nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), jnp.asarray(ids)[:, 1:, None],
+                                 axis=-1)[..., 0]
+      return jnp.sum(nll * weight[:, :-1]) / weight.sum()
+    value, grads = jax.value_and_grad(loss)(params)
+    updates, opt_state = opt.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, value
+
+  for _ in range(steps):
+    params, opt_state, value = step(params, opt_state)
+  assert float(value) < 0.5, f'the tiny model did not learn its answers (loss {float(value)})'
+  return nnx.merge(graphdef, params)
+
+
+def test_bfloat16_serving_agrees_with_float32_on_a_trained_model():
+  """dtype='bfloat16' (weights and compute; scores float32) on a tiny trained model. Stated
+  tolerance: the top item of every request is the same as float32's, the top-5 lists share at
+  least 4 of 5 items on average, and the scores of the items both return differ by at most
+  0.1 nats."""
+  sid_map, tok, _ = _setup()
+  trie = SIDTrie.build(sid_map, tok.sid)
+  rng = np.random.default_rng(9)
+  words = ['fox', 'dog', 'lazy', 'quick', 'brown', 'jumps', 'over', 'the']
+  prompts = [' '.join(rng.choice(words, 4)) + f' {i}' for i in range(12)]
+  targets = rng.choice(len(sid_map), 12, replace=False).tolist()
+  model = _trained_model(tok, sid_map, prompts, targets)
+  types = [None] * len(prompts)
+  f32 = NEORanker(model, tok, trie, prompt_len=48, batch_size=8, dtype='float32')
+  bf16 = NEORanker(model, tok, trie, prompt_len=48, batch_size=8, dtype='bfloat16')
+  assert bf16.state['embed_tokens'].get_value().dtype == jnp_bfloat16()
+  assert model.embed_tokens.get_value().dtype == np.float32  # the model itself is unchanged
+  items32, scores32 = f32.rank(prompts, types, num_beams=5)
+  items16, scores16 = bf16.rank(prompts, types, num_beams=5)
+  assert items32[:, 0].tolist() == targets  # trained: the answers are the targets
+  np.testing.assert_array_equal(items16[:, 0], items32[:, 0])
+  overlap = np.mean([len(set(a) & set(b)) for a, b in zip(items32.tolist(), items16.tolist())])
+  assert overlap >= 4.0, overlap
+  for a, sa, b, sb in zip(items32, scores32, items16, scores16):
+    common = set(a.tolist()) & set(b.tolist())
+    diffs = [abs(sa[a.tolist().index(i)] - sb[b.tolist().index(i)]) for i in common]
+    assert max(diffs) <= 0.1, diffs
+  with pytest.raises(ValueError, match='serving dtype'):
+    NEORanker(model, tok, trie, prompt_len=48, dtype='float16')
+
+
+def jnp_bfloat16():
+  import jax.numpy as jnp
+  return jnp.bfloat16

@@ -15,10 +15,19 @@ the vocabulary `text_vocab` text tokens + the SID block.
 
 Per preset, measured in the same run, after one compile of each program (warm timings, medians):
   * per-step time of beam search (beam `beams`, batch `batch`, the prompt's KV cache already
-    computed): constrained with the rows-only LM head (score='codes'), constrained with the full
-    head (score='vocab'), and unconstrained full-vocabulary beam search; their ratios;
-  * per-request latency p50/p99 at batch 1 (prompt + constrained search), and throughput at
-    batch `batch` (requests per second), both with a `history`-item exclusion list per request;
+    computed), the beams reading the prompt's cache in place: constrained with the rows-only LM
+    head (score='codes', the served default), the same with a `history`-item exclusion list,
+    the same with every beam copying the prompt's cache (the path before shared prompts),
+    constrained with the full head (score='vocab'); unconstrained SID decoding with the same
+    rows-only head (no trie) and with the full head, and unconstrained full-vocabulary beam
+    search. The constrained / unconstrained ratios compare the same head
+    (`constrained_over_unconstrained_step_time`: rows-only head both;
+    `constrained_full_head_over_unconstrained_step_time`: full head both), so they measure what
+    the trie costs, not what restricting the head saves;
+  * the served path (`NEORanker.rank_tokens`, its default score and length buckets, the
+    request's exclusion list built per request): latency p50/p99 at batch 1 (prompt + search,
+    answers on the host) and throughput at batch `throughput_batch` (requests per second), in
+    float32 and with dtype='bfloat16';
   * valid fraction: constrained items / generated SID spans checked against the catalog in
     numpy, and unconstrained beams' token sequences checked the same way;
   * interleaved generation (ids format, sampled codes) per token: constrained with the
@@ -46,10 +55,11 @@ import numpy as np
 from flax import nnx
 
 from neo_jax.run import rundir
-from neo_jax.decode.beam_search import sid_beam_search, vocab_beam_search
+from neo_jax.decode.beam_search import code_beam_search, sid_beam_search, vocab_beam_search
 from neo_jax.decode.cache import left_pad
 from neo_jax.decode.generate import GenerateSettings, generate
 from neo_jax.decode.interface import Constraints, prefill
+from neo_jax.decode.ranker import NEORanker
 from neo_jax.decode.trie import (SIDTrie, SIDVocabArrays, build_trie_arrays, lookup_items,
                                  request_filter)
 from neo_jax.model.config import get_config
@@ -63,7 +73,7 @@ _K = flags.DEFINE_integer('k', 256, 'codes per random level')
 _PRESETS = flags.DEFINE_list('presets', ['tiny'], 'model presets (random weights)')
 _PRESET_SETTINGS = flags.DEFINE_list(
     'preset_settings', [], 'per-preset overrides PRESET:NAME=VALUE of text_vocab, beams, batch, '
-    'prompt_len, latency_requests, history, runs, gen_batch')
+    'prompt_len, latency_requests, history, runs, gen_batch, throughput_batch')
 _ADD_ITEMS = flags.DEFINE_integer('add_items', 10_000, 'items added in place after the build')
 _TEXT_VOCAB = flags.DEFINE_integer('text_vocab', 32_000, 'text tokens before the SID block')
 _BEAMS = flags.DEFINE_integer('beams', 30, 'beam width')
@@ -73,6 +83,8 @@ _LATENCY_REQUESTS = flags.DEFINE_integer('latency_requests', 40, 'batch-1 reques
 _HISTORY = flags.DEFINE_integer('history', 50, 'excluded items per request (its "history")')
 _RUNS = flags.DEFINE_integer('runs', 3, 'timed warm runs per measurement')
 _GEN_BATCH = flags.DEFINE_integer('gen_batch', 8, 'requests per batch of interleaved generation')
+_THROUGHPUT_BATCH = flags.DEFINE_integer('throughput_batch', 64,
+                                         'requests per batch of the served throughput')
 
 # Settings that keep a preset finishing on a loaded 2-core CPU (flags and --preset_settings
 # override them): the real SmolLM2 vocabulary, and fewer requests per batch.
@@ -80,7 +92,7 @@ PRESET_DEFAULTS = {
     'smollm2-135m': dict(text_vocab=49152, batch=8, latency_requests=10, gen_batch=4),
 }
 _SETTINGS = ('text_vocab', 'beams', 'batch', 'prompt_len', 'latency_requests', 'history', 'runs',
-             'gen_batch')
+             'gen_batch', 'throughput_batch')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'optional: write result.json here')
 
 
@@ -174,33 +186,28 @@ def spans_of(tokens_BxM: np.ndarray, lengths_B: np.ndarray, open_id: int, num_le
   return spans
 
 
-def run_preset(preset: str, settings: dict, sid_map: SIDMap, trie: SIDTrie,
-               keys: CatalogKeys) -> dict:
-  """Every per-model figure of the module docstring for one preset."""
-  n = len(sid_map)
+class TokenIds:
+  """The tokenizer of a ranker whose requests arrive as token ids (the random prompts here):
+  the SID block and the special ids; text is never encoded (`NEORanker.rank_tokens`)."""
+
+  pad_id, bos_id, eos_id = 0, 1, 2
+
+  def __init__(self, vocab: SIDVocab):
+    self.sid = vocab
+
+  def encode(self, text: str):
+    raise NotImplementedError('benchmark requests are token ids (NEORanker.rank_tokens)')
+
+  encode_text = decode = encode
+
+
+def _step_times(preset, settings, graphdef, state, vocab, trie, prompts_of, history_filter):
+  """Per-step times of every search mode at batch `batch` (the prompt cache computed once),
+  and each mode's outputs."""
   beams, batch, runs = settings['beams'], settings['batch'], settings['runs']
-  prompt_len, history = settings['prompt_len'], settings['history']
-  text_vocab = settings['text_vocab']
-  sizes = sid_map.level_sizes['item']
-  vocab = SIDVocab(('item',), sid_map.level_sizes, text_vocab)
   num_levels = vocab.num_levels
   vocab_arrays = SIDVocabArrays.from_vocab(vocab)
-  cfg = get_config(preset, vocab_size=vocab.end)
-  model = Decoder(cfg, rngs=nnx.Rngs(0))
-  graphdef, state = nnx.split(model)
-  print(f'[{preset}] d_model {cfg.d_model}, {cfg.num_layers} layers, vocabulary '
-        f'{cfg.vocab_size} ({text_vocab} text + {vocab.size} SID); settings {settings}',
-        flush=True)
-  rng = np.random.default_rng(1)
-
-  def prompts_of(b):
-    ps = [list(rng.integers(3, text_vocab, prompt_len - 1)) + [vocab.sid_open_id]
-          for _ in range(b)]
-    return tuple(jnp.asarray(x) for x in left_pad(ps, 0))
-
-  def history_filter(b, trie_now):
-    hist = rng.integers(0, n, (b, history))
-    return hist, request_filter(trie_now, excluded=hist.tolist(), width=history)
+  sizes = tuple(vocab.level_sizes[vocab.type_names[0]])
 
   @jax.jit
   def prompt_fn(state, tokens, positions, valid):
@@ -211,51 +218,76 @@ def run_preset(preset: str, settings: dict, sid_map: SIDMap, trie: SIDTrie,
   @functools.partial(jax.jit, static_argnames='mode')
   def search_fn(state, cache, pre, trie, request, mode):
     model = nnx.merge(graphdef, state)
-    if mode == 'unconstrained':
+    if mode == 'unconstrained':  # full-vocabulary beam search, the usual baseline
       return vocab_beam_search(model, cache, pre, beams, num_levels)
+    if mode.startswith('unconstrained_'):  # SID codes without a trie, the same head
+      return code_beam_search(model, cache, pre, vocab_arrays.offsets_TxL[0], sizes, beams,
+                              score='codes' if mode == 'unconstrained_rows' else 'vocab')
     constraints = Constraints(trie=trie, vocab=vocab_arrays, request=request)
-    # 'rows': level-normalised scores from the code rows of the LM head only; 'full': the
-    # full-softmax scores, every row at every level.
+    # 'rows': level-normalised scores from the code rows of the LM head only (the served
+    # default); 'full': the full-softmax scores, every row at every level; 'rows_copied': as
+    # 'rows' with each beam copying the prompt's cache (the path before shared prompts).
     return sid_beam_search(model, cache, pre, constraints, beams,
-                           score='codes' if mode == 'rows' else 'vocab')
+                           score='vocab' if mode == 'full' else 'codes',
+                           shared_prompt=mode != 'rows_copied')
 
-  # Step times at batch B, the prompt's cache computed once beforehand.
   tokens, positions, valid = prompts_of(batch)
   pre, cache = jax.block_until_ready(prompt_fn(state, tokens, positions, valid))
   hist, request = history_filter(batch, trie)
-  step_ms, first_s, outputs = {}, {}, {}
-  for mode in ('rows', 'full', 'unconstrained'):
-    for filt in ((None, request) if mode != 'unconstrained' else (None,)):
+  step_ms, outputs = {}, {}
+  for mode in ('rows', 'rows_copied', 'full', 'unconstrained_rows', 'unconstrained_full',
+               'unconstrained'):
+    for filt in ((None, request) if mode == 'rows' else (None,)):
       name = mode + ('_filtered' if filt is not None else '')
       fn = functools.partial(search_fn, state, cache, pre, trie, filt, mode)
       first, warm = timed(fn, runs)
       step_ms[name] = 1e3 * float(np.median(warm)) / num_levels
-      first_s[name] = first
       outputs[name] = jax.tree.map(np.asarray, fn())
       print(f'[{preset}] beam search {name}: B={batch} K={beams} {step_ms[name]:.2f} ms/step '
             f'(first call {first:.1f}s)', flush=True)
-  ratio = step_ms['rows'] / step_ms['unconstrained']
-  print(f'[{preset}] constrained (rows-only head) / unconstrained step time: {ratio:.3f}; with '
-        f'exclusions {step_ms["rows_filtered"] / step_ms["unconstrained"]:.3f}; constrained '
-        f'full head / unconstrained {step_ms["full"] / step_ms["unconstrained"]:.3f}', flush=True)
+  same = step_ms['rows'] / step_ms['unconstrained_rows']
+  full = step_ms['full'] / step_ms['unconstrained']
+  print(f'[{preset}] constrained / unconstrained step time, same head: rows-only head {same:.3f}'
+        f' (with exclusions {step_ms["rows_filtered"] / step_ms["unconstrained_rows"]:.3f}), '
+        f'full head {full:.3f}; shared prompt cache / copied per beam '
+        f'{step_ms["rows"] / step_ms["rows_copied"]:.3f}', flush=True)
+  return step_ms, outputs, hist, (search_fn, cache, pre, request)
 
-  # Validity, checked in numpy against the catalog.
-  items, _ = outputs['rows_filtered']
-  got = items[items >= 0]
-  item_ok = keys.contains(np.asarray(sid_map.codes)[got])
-  not_excluded = np.concatenate([~np.isin(r[r >= 0], h) for r, h in zip(items, hist)])
-  distinct = all(len(set(r[r >= 0].tolist())) == int((r >= 0).sum()) for r in items)
-  valid_constrained = float(np.mean(item_ok & not_excluded))
-  unc_tokens, _ = outputs['unconstrained']
-  valid_unconstrained = float(np.mean(keys.contains(
-      token_codes(vocab, unc_tokens.reshape(-1, num_levels)))))
-  print(f'[{preset}] valid fraction: constrained {valid_constrained:.4f} of {got.size} items '
-        f'(distinct per request: {distinct}, {int((items < 0).sum())} empty slots); '
-        f'unconstrained {valid_unconstrained:.6f} of {unc_tokens.shape[0] * beams} beams',
-        flush=True)
 
-  # Interleaved generation, ids format, sampled codes: rows-only head inside spans, full head,
-  # and no constraints at all. The prompt ends with text, so the model opens the spans.
+def _served_latency(preset, settings, model, vocab, trie, prompts_ids, n, dtype):
+  """Batch-1 latency (p50, p99 ms) and batch-`throughput_batch` requests/s of the served path
+  (`NEORanker.rank_tokens`: bucketing, the request filter, the jitted prefill + search, the
+  answers on the host), with a `history`-item exclusion list per request."""
+  beams, history = settings['beams'], settings['history']
+  rng = np.random.default_rng(4)
+  ranker = NEORanker(model, TokenIds(vocab), trie, prompt_len=settings['prompt_len'],
+                     batch_size=1, dtype=dtype)
+  lat = []
+  for i in range(settings['latency_requests'] + 1):
+    prompt, hist = prompts_ids(1), rng.integers(0, n, (1, history)).tolist()
+    t0 = time.perf_counter()
+    ranker.rank_tokens(prompt, [None], beams, excluded=hist)
+    if i:  # the first includes compiling
+      lat.append(time.perf_counter() - t0)
+  p50, p99 = (1e3 * float(np.percentile(lat, q)) for q in (50, 99))
+  b = settings['throughput_batch']
+  ranker = NEORanker(model, TokenIds(vocab), trie, prompt_len=settings['prompt_len'],
+                     batch_size=b, dtype=dtype)
+  prompts, hists = prompts_ids(b), rng.integers(0, n, (b, history)).tolist()
+  _, warm = timed(lambda: ranker.rank_tokens(prompts, [None] * b, beams, excluded=hists),
+                  settings['runs'])
+  throughput = b / float(np.median(warm))
+  print(f'[{preset}] served path ({dtype or "float32"}, score {ranker.score}): latency at batch '
+        f'1 (K={beams}) p50 {p50:.1f} ms, p99 {p99:.1f} ms over {len(lat)} requests; '
+        f'throughput at batch {b}: {throughput:.2f} requests/s', flush=True)
+  return p50, p99, len(lat), throughput, ranker.score
+
+
+def _generation(preset, settings, graphdef, state, vocab, trie, keys, prompts_of):
+  """Interleaved generation, ids format, sampled codes: rows-only head inside spans, full
+  head, and no constraints at all. The prompt ends with text, so the model opens the spans."""
+  num_levels, runs = vocab.num_levels, settings['runs']
+  vocab_arrays = SIDVocabArrays.from_vocab(vocab)
   gen_b = settings['gen_batch']
   g_tokens, g_positions, g_valid = prompts_of(gen_b)
   g_tokens = g_tokens.at[:, -1].set(1)
@@ -288,29 +320,70 @@ def run_preset(preset: str, settings: dict, sid_map: SIDMap, trie: SIDTrie,
           + ('' if gen[mode]['rows_only'] is None else
              f' ({gen[mode]["rows_only"]} of them rows-only)')
           + f'; {len(spans)} complete spans, valid fraction {gen[mode]["valid"]}', flush=True)
+  return {
+      'valid_fraction_generated': gen['rows']['valid'], 'generated_spans': gen['rows']['spans'],
+      'valid_fraction_generated_unconstrained': gen['unconstrained']['valid'],
+      'generated_spans_unconstrained': gen['unconstrained']['spans'],
+      'generate_batch': gen_b,
+      **{f'generate_ms_per_token_{k}': v['ms'] for k, v in gen.items()},
+      'generate_rows_only_steps': gen['rows']['rows_only'], 'generate_steps': gen['rows']['steps'],
+      'generate_constrained_over_unconstrained_token_time':
+          gen['rows']['ms'] / gen['unconstrained']['ms'],
+  }
 
-  # Latency at batch 1 (prompt + constrained rows-only search with a history filter) and
-  # throughput at batch B.
-  lat = []
-  for i in range(settings['latency_requests'] + 1):
-    tok1, pos1, val1 = prompts_of(1)
-    _, req1 = history_filter(1, trie)
-    t0 = time.perf_counter()
-    pre1, c1 = prompt_fn(state, tok1, pos1, val1)
-    jax.block_until_ready(search_fn(state, c1, pre1, trie, req1, 'rows'))
-    if i:  # the first includes compiling
-      lat.append(time.perf_counter() - t0)
-  p50, p99 = (1e3 * float(np.percentile(lat, q)) for q in (50, 99))
 
-  def batch_request():
-    pre_b, c = prompt_fn(state, tokens, positions, valid)
-    return search_fn(state, c, pre_b, trie, request, 'rows')
-
-  _, thr_warm = timed(batch_request, runs)
-  throughput = batch / float(np.median(thr_warm))
-  print(f'[{preset}] latency at batch 1 (K={beams}): p50 {p50:.1f} ms, p99 {p99:.1f} ms over '
-        f'{len(lat)} requests; throughput at batch {batch}: {throughput:.1f} requests/s',
+def run_preset(preset: str, settings: dict, sid_map: SIDMap, trie: SIDTrie,
+               keys: CatalogKeys) -> dict:
+  """Every per-model figure of the module docstring for one preset."""
+  n = len(sid_map)
+  beams, batch = settings['beams'], settings['batch']
+  prompt_len, history = settings['prompt_len'], settings['history']
+  text_vocab = settings['text_vocab']
+  sizes = sid_map.level_sizes['item']
+  vocab = SIDVocab(('item',), sid_map.level_sizes, text_vocab)
+  num_levels = vocab.num_levels
+  cfg = get_config(preset, vocab_size=vocab.end)
+  model = Decoder(cfg, rngs=nnx.Rngs(0))
+  graphdef, state = nnx.split(model)
+  print(f'[{preset}] d_model {cfg.d_model}, {cfg.num_layers} layers, vocabulary '
+        f'{cfg.vocab_size} ({text_vocab} text + {vocab.size} SID); settings {settings}',
         flush=True)
+  rng = np.random.default_rng(1)
+
+  def prompts_ids(b):
+    return [[int(t) for t in rng.integers(3, text_vocab, prompt_len - 1)] + [vocab.sid_open_id]
+            for _ in range(b)]
+
+  def prompts_of(b):
+    return tuple(jnp.asarray(x) for x in left_pad(prompts_ids(b), 0))
+
+  def history_filter(b, trie_now):
+    hist = rng.integers(0, n, (b, history))
+    return hist, request_filter(trie_now, excluded=hist.tolist(), width=history)
+
+  step_ms, outputs, hist, (search_fn, cache, pre, request) = _step_times(
+      preset, settings, graphdef, state, vocab, trie, prompts_of, history_filter)
+
+  # Validity, checked in numpy against the catalog.
+  items, _ = outputs['rows_filtered']
+  got = items[items >= 0]
+  item_ok = keys.contains(np.asarray(sid_map.codes)[got])
+  not_excluded = np.concatenate([~np.isin(r[r >= 0], h) for r, h in zip(items, hist)])
+  distinct = all(len(set(r[r >= 0].tolist())) == int((r >= 0).sum()) for r in items)
+  valid_constrained = float(np.mean(item_ok & not_excluded))
+  unc_tokens, _ = outputs['unconstrained']
+  valid_unconstrained = float(np.mean(keys.contains(
+      token_codes(vocab, unc_tokens.reshape(-1, num_levels)))))
+  print(f'[{preset}] valid fraction: constrained {valid_constrained:.4f} of {got.size} items '
+        f'(distinct per request: {distinct}, {int((items < 0).sum())} empty slots); '
+        f'unconstrained {valid_unconstrained:.6f} of {unc_tokens.shape[0] * beams} beams',
+        flush=True)
+
+  gen = _generation(preset, settings, graphdef, state, vocab, trie, keys, prompts_of)
+  p50, p99, num_lat, throughput, served_score = _served_latency(preset, settings, model, vocab, trie,
+                                                  prompts_ids, n, None)
+  p50_bf16, p99_bf16, _, throughput_bf16, _ = _served_latency(preset, settings, model, vocab, trie,
+                                                           prompts_ids, n, 'bfloat16')
 
   # Catalog update: remove every item just returned; none may come back.
   removed = np.unique(got)
@@ -326,25 +399,24 @@ def run_preset(preset: str, settings: dict, sid_map: SIDMap, trie: SIDTrie,
         f'{int((items2 >= 0).sum())})', flush=True)
   return {
       'level_sizes': list(sizes), 'vocab_size': int(cfg.vocab_size), 'preset': preset,
-      'beams': beams, 'batch': batch, 'prompt_len': prompt_len, 'runs': runs,
-      'constrained_over_unconstrained_step_time': ratio,
+      'beams': beams, 'batch': batch, 'prompt_len': prompt_len, 'runs': settings['runs'],
+      'constrained_over_unconstrained_step_time': step_ms['rows'] / step_ms['unconstrained_rows'],
       'constrained_filtered_over_unconstrained_step_time':
-          step_ms['rows_filtered'] / step_ms['unconstrained'],
+          step_ms['rows_filtered'] / step_ms['unconstrained_rows'],
       'constrained_full_head_over_unconstrained_step_time':
           step_ms['full'] / step_ms['unconstrained'],
+      'constrained_rows_head_over_unconstrained_full_head_step_time':
+          step_ms['rows'] / step_ms['unconstrained'],
+      'shared_prompt_over_copied_prompt_step_time': step_ms['rows'] / step_ms['rows_copied'],
       **{f'step_ms_{k}': v for k, v in step_ms.items()},
       'valid_fraction': valid_constrained, 'valid_fraction_unconstrained': valid_unconstrained,
       'items_distinct_per_request': distinct,
-      'valid_fraction_generated': gen['rows']['valid'], 'generated_spans': gen['rows']['spans'],
-      'valid_fraction_generated_unconstrained': gen['unconstrained']['valid'],
-      'generated_spans_unconstrained': gen['unconstrained']['spans'],
-      'generate_batch': gen_b,
-      **{f'generate_ms_per_token_{k}': v['ms'] for k, v in gen.items()},
-      'generate_rows_only_steps': gen['rows']['rows_only'], 'generate_steps': gen['rows']['steps'],
-      'generate_constrained_over_unconstrained_token_time':
-          gen['rows']['ms'] / gen['unconstrained']['ms'],
-      'latency_ms_p50': p50, 'latency_ms_p99': p99, 'latency_requests': len(lat),
+      **gen,
+      'served_score': served_score, 'latency_ms_p50': p50, 'latency_ms_p99': p99,
+      'latency_requests': num_lat, 'throughput_batch': settings['throughput_batch'],
       'throughput_requests_per_s': throughput,
+      'latency_ms_p50_bf16': p50_bf16, 'latency_ms_p99_bf16': p99_bf16,
+      'throughput_requests_per_s_bf16': throughput_bf16,
       'catalog_update_ms': 1e3 * update_s, 'catalog_update_items': int(removed.size),
       'removed_items_returned': returned_removed,
   }

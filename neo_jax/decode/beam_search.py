@@ -284,7 +284,8 @@ def vocab_beam_search(model: DecodingModel, cache, prefill: Prefill, num_beams: 
   return tokens_BxKxS, score_BxK
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'num_beams', 'score', 'shared_prompt'))
+@functools.partial(jax.jit, static_argnames=('model', 'sizes_L', 'num_beams', 'score',
+                                             'shared_prompt'))
 def code_beam_search(model: DecodingModel, cache, prefill: Prefill, offsets_L: jax.Array,
                      sizes_L: tuple[int, ...], num_beams: int, score: str = 'codes',
                      shared_prompt: bool = True) -> tuple[jax.Array, jax.Array]:
@@ -304,6 +305,7 @@ def code_beam_search(model: DecodingModel, cache, prefill: Prefill, offsets_L: j
   if score not in SCORES:
     raise ValueError(f'unknown score {score!r}; known: {SCORES}')
   batch, vocab_size = prefill.check()
+  sizes_L = tuple(int(x) for x in sizes_L)
   k, num_levels = num_beams, len(sizes_L)
   offsets_Lx1 = jnp.asarray(offsets_L, jnp.int32)[:, None]
 

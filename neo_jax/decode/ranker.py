@@ -1,14 +1,27 @@
 """NEO at inference: prompts in; ranked catalog items (trie-constrained beam search) or
 interleaved text and SIDs (constrained generation) out.
 
-The prompt of every request is run once (left-padded to a fixed width so that one compiled
-program serves every batch), its KV cache is shared by the beams, and the beams decode exactly
-one SID each. Requests are padded to a fixed batch size for the same reason.
+The prompt of every request is run once, its KV cache is read in place by the request's beams
+(each beam keeps only the keys and values of the codes it decoded: neo_jax/decode/
+shared_prompt.py), and the beams decode exactly one SID each.
 
-Scores: score='vocab' ranks by the exact model probability (full softmax at every level);
-score='codes' computes only the LM-head rows of the current level's codes inside the SID span
-(decode_hidden + logits_from_hidden(h, rows)) and normalises over them, which is cheaper per
-step and can reorder items (see neo_jax/decode/beam_search.py).
+Batches and compilation. Prompts are left-padded to the smallest of a few length buckets that
+holds them (`length_buckets`, default powers of two from 16 up to `prompt_len`, and
+`prompt_len`), the requests of one call grouped by bucket, and each batch padded to `batch_size` rows: a new
+prompt length or number of requests reuses one of a few compiled programs (one per bucket)
+instead of compiling anew, and a short prompt does not pay for the longest one's width. Results come back in the order of the requests.
+
+Scores: score='codes' (the default) computes only the LM-head rows of the current level's codes
+inside the SID span (decode_hidden + logits_from_hidden(h, rows)) and normalises over them;
+score='vocab' ranks by the exact model probability (full softmax, all V head rows, at every
+level), which costs the full head per step and can order items differently (see
+neo_jax/decode/beam_search.py). On MovieLens-100k validation (the lead's run of 2026-12-06,
+config movielens100k) both gave recommendation HR@10 0.1888 and 'codes' search 0.030 against
+0.025 for 'vocab', so the cheaper 'codes' is the default.
+
+Precision: `dtype='bfloat16'` serves with bfloat16 weights and compute (logits and scores
+stay float32); rankings agree with float32 within the tolerance tests/test_decode_ranker.py
+states. None keeps the model's own dtypes.
 
 Request constraints (exclusions such as a user's history, allow-lists) and catalog updates
 (`remove_items` / `restore_items`, and `add_items` within the trie's capacity, applied to the
@@ -32,6 +45,7 @@ have rejected); target types are only asked for in the prompt.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Sequence
 
@@ -50,33 +64,110 @@ from neo_jax.tokenizer.base import Tokenizer
 from neo_jax.tokenizer.cut import cut_prompt
 
 
+SERVING_DTYPES = ('float32', 'bfloat16')
+
+
+def default_buckets(prompt_len: int) -> tuple[int, ...]:
+  """Powers of two from 16 below `prompt_len`, then `prompt_len` itself."""
+  out, width = [], 16
+  while width < prompt_len:
+    out.append(width)
+    width *= 2
+  return tuple(out) + (int(prompt_len),)
+
+
+def serving_model(model: Decoder, dtype: str | None = None):
+  """(graphdef, state) of `model` as served: with dtype 'float32' / 'bfloat16' its floating
+  parameters are cast and its compute dtype set to it; None keeps the model as it is. The
+  model itself is not changed."""
+  if dtype is None:
+    return nnx.split(model)
+  if dtype not in SERVING_DTYPES:
+    raise ValueError(f'unknown serving dtype {dtype!r}; known: {SERVING_DTYPES} or None')
+  graphdef, state = nnx.split(model)
+  served = nnx.merge(graphdef, state)  # a new module object (the arrays shared)
+  served.cfg = dataclasses.replace(model.cfg, dtype=dtype, param_dtype=dtype)
+  graphdef, state = nnx.split(served)
+  cast = jax.tree.map(
+      lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, state)
+  return graphdef, cast
+
+
+@functools.partial(jax.jit, static_argnames=('graphdef', 'num_beams', 'score', 'constrained'))
+def search_batch(graphdef, state, constraints: Constraints, tokens_BxT, positions_BxT,
+                 valid_BxT, *, num_beams: int, score: str = 'codes', constrained: bool = True):
+  """The served ranking program: prefill of one batch of left-padded prompts, then the
+  constrained beam search (beams reading the prompt cache in place), or with constrained=False
+  plain beam search over the vocabulary for the SID's tokens. The graphdef is static, the
+  parameters (state) an argument: models of one structure share the compiled program."""
+  model = nnx.merge(graphdef, state)
+  batch, width = tokens_BxT.shape
+  num_levels = constraints.trie.num_levels
+  # The beams keep their decoded tokens apart (shared_prompt.py): the prompt cache needs no room.
+  cache = model.init_cache(batch, width)
+  pre, cache = prefill(model, cache, tokens_BxT, positions_BxT, valid_BxT)
+  if not constrained:
+    return vocab_beam_search(model, cache, pre, num_beams, num_levels)
+  return sid_beam_search(model, cache, pre, constraints, num_beams, score=score)
+
+
+@functools.partial(jax.jit, static_argnames=('graphdef', 'settings'))
+def generate_batch(graphdef, state, constraints: Constraints, tokens_BxT, positions_BxT,
+                   valid_BxT, settings: GenerateSettings):
+  """The served generation program for one batch of left-padded prompts."""
+  model = nnx.merge(graphdef, state)
+  batch, width = tokens_BxT.shape
+  cache = model.init_cache(batch, width + settings.max_new_tokens)
+  pre, cache = prefill(model, cache, tokens_BxT, positions_BxT, valid_BxT)
+  return constrained_generate(model, cache, pre, constraints, settings)
+
+
 class NEORanker:
 
   def __init__(self, model: Decoder, tokenizer: Tokenizer, trie: SIDTrie, *,
-               prompt_len: int, batch_size: int = 32, score: str = 'vocab',
-               rows_head: bool = True):
+               prompt_len: int, batch_size: int = 32, score: str = 'codes',
+               rows_head: bool = True, dtype: str | None = None,
+               length_buckets: Sequence[int] | None = None):
     """prompt_len: token width prompts are cut (oldest history items first, see
-    `prompt_tokens`) or left-padded to, including the bos and the trailing `[SID]`. score: 'vocab' or 'codes' (rows-only) for
-    `rank`. rows_head: `generate` computes only code rows of the LM head inside spans."""
+    `prompt_tokens`) to, including the bos and the trailing `[SID]`. batch_size: the most
+    requests per compiled batch. score: 'codes' (rows-only head) or 'vocab' (full softmax) for
+    `rank` (module docstring). rows_head: `generate` computes only code rows of the LM head
+    inside spans. dtype: None (the model's), 'float32' or 'bfloat16' weights and compute.
+    length_buckets: the widths prompts are padded to (the last must be prompt_len); default
+    `default_buckets(prompt_len)`."""
     if score not in SCORES:
       raise ValueError(f'unknown score {score!r}; known: {SCORES}')
+    if dtype is not None and dtype not in SERVING_DTYPES:
+      raise ValueError(f'unknown serving dtype {dtype!r}; known: {SERVING_DTYPES} or None')
     self.score = score
+    self.dtype = dtype
     self.rows_head = bool(rows_head)
     self.last_stats: dict | None = None
     self.tokenizer = tokenizer
     self.trie = trie
     self.vocab_arrays = SIDVocabArrays.from_vocab(tokenizer.sid)
     self.prompt_len = int(prompt_len)
-    self.cut_stats = {'prompts_cut': 0, 'history_items_cut': 0}
+    if int(batch_size) < 1:
+      raise ValueError(f'batch_size must be >= 1, got {batch_size}')
     self.batch_size = int(batch_size)
+    self.length_buckets = self._check_buckets(
+        default_buckets(self.prompt_len) if length_buckets is None else length_buckets)
+    self.cut_stats = {'prompts_cut': 0, 'history_items_cut': 0}
     self.set_model(model)
     self.type_names = tokenizer.sid.type_names
 
+  def _check_buckets(self, buckets: Sequence[int]) -> tuple[int, ...]:
+    out = tuple(int(b) for b in buckets)
+    if not out or list(out) != sorted(set(out)) or out[0] < 1 or out[-1] != self.prompt_len:
+      raise ValueError(f'length_buckets must be increasing positive widths ending with '
+                       f'prompt_len {self.prompt_len}, got {tuple(buckets)}')
+    return out
+
   def set_model(self, model: Decoder) -> None:
-    """Ranks and generates with `model` from now on. A model of the same structure (config,
-    module tree) as the current one reuses every compiled program, only the parameters change;
-    another structure compiles anew on first use."""
-    self.graphdef, self.state = nnx.split(model)
+    """Ranks and generates with `model` from now on (in the ranker's dtype). A model of the
+    same structure (config, module tree) as the current one reuses every compiled program,
+    only the parameters change; another structure compiles anew on first use."""
+    self.graphdef, self.state = serving_model(model, self.dtype)
     self.cfg = model.cfg
 
   def prompt_tokens(self, prompt: str, open_sid: bool = True) -> list[int]:
@@ -150,56 +241,64 @@ class NEORanker:
     first_ok = (codes[:, 0] >= 0) & (codes[:, 0] < sizes[t, 0])
     return np.where(ok, rows, -1), np.where(first_ok, t, -1).astype(np.int32)
 
-  def _filters(self, n, excluded, allowed):
-    """Per batch, the RequestFilter (or None when there are no request constraints)."""
+  def bucket_of(self, length: int) -> int:
+    """The width a prompt of `length` tokens is padded to (the smallest bucket holding it)."""
+    for width in self.length_buckets:
+      if length <= width:
+        return width
+    raise ValueError(f'a prompt of {length} tokens is longer than prompt_len {self.prompt_len}')
+
+  def _check_lists(self, n, excluded, allowed):
     for name, lists in (('excluded', excluded), ('allowed', allowed)):
       if lists is not None and len(lists) != n:
         raise ValueError(f'{n} prompts but {len(lists)} {name} lists')
-    if excluded is None and allowed is None:
-      return [None] * -(-n // self.batch_size)
+
+  def _filter_width(self, excluded, allowed) -> int:
+    """Width of the request filters of one call: a power of two (few compiled shapes)."""
     longest = max([len(x) for x in (excluded or []) + (allowed or []) if x is not None] + [1])
-    width = 1 << (longest - 1).bit_length()  # powers of two: few compiled shapes
-    out = []
-    for start in range(0, n, self.batch_size):
-      stop = min(start + self.batch_size, n)
-      pad = self.batch_size - (stop - start)
-      ex = None if excluded is None else list(excluded[start:stop]) + [()] * pad
-      al = None if allowed is None else list(allowed[start:stop]) + [None] * pad
-      out.append(request_filter(self.trie, ex, al, batch=self.batch_size, width=width))
-    return out
+    return 1 << (longest - 1).bit_length()
+
+  def _filter(self, index, rows, excluded, allowed, width):
+    """The RequestFilter of the requests `index` in a batch of `rows` (None without
+    request constraints)."""
+    if excluded is None and allowed is None:
+      return None
+    pad = rows - len(index)
+    ex = None if excluded is None else [excluded[i] for i in index] + [()] * pad
+    al = None if allowed is None else [allowed[i] for i in index] + [None] * pad
+    return request_filter(self.trie, ex, al, batch=rows, width=width)
+
+  def token_batches(self, token_lists: Sequence[Sequence[int]],
+                    target_types: Sequence[str | None]):
+    """Prompts already tokenised (bos ... `[SID]`, each within prompt_len) -> the batches the
+    compiled programs take: (indices of its requests, tokens, positions, valid, allowed
+    types), grouped by length bucket (in order of each bucket's first request), each padded
+    to its bucket's width and to batch_size rows (padding rows repeat the batch's first
+    request), so that the number of requests never changes a compiled shape."""
+    if len(token_lists) != len(target_types):
+      raise ValueError(f'{len(token_lists)} prompts but {len(target_types)} target types')
+    groups: dict[int, list[int]] = {}
+    for i, ids in enumerate(token_lists):
+      groups.setdefault(self.bucket_of(len(ids)), []).append(i)
+    for width, members in groups.items():
+      for start in range(0, len(members), self.batch_size):
+        index = members[start:start + self.batch_size]
+        rows = self.batch_size
+        chunk = [token_lists[i] for i in index] + [token_lists[index[0]]] * (rows - len(index))
+        types = [target_types[i] for i in index]
+        types += [types[0]] * (rows - len(index))
+        tokens, positions, valid = cache_lib.left_pad(chunk, self.tokenizer.pad_id, length=width)
+        yield (index, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(valid),
+               jnp.asarray(self._allowed(types)))
 
   def _batches(self, prompts, target_types, open_sid):
-    """Fixed-shape batches: (real count, tokens, positions, valid, allowed types)."""
     if len(prompts) != len(target_types):
       raise ValueError(f'{len(prompts)} prompts but {len(target_types)} target types')
-    for start in range(0, len(prompts), self.batch_size):
-      chunk = [self.prompt_tokens(p, open_sid) for p in prompts[start:start + self.batch_size]]
-      types = list(target_types[start:start + self.batch_size])
-      real = len(chunk)
-      chunk += [chunk[0]] * (self.batch_size - real)
-      types += [types[0]] * (self.batch_size - real)
-      tokens, positions, valid = cache_lib.left_pad(chunk, self.tokenizer.pad_id,
-                                                    length=self.prompt_len)
-      yield (real, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(valid),
-             jnp.asarray(self._allowed(types)))
+    return self.token_batches([self.prompt_tokens(p, open_sid) for p in prompts], target_types)
 
   def _constraints(self, allowed_BxT, request) -> Constraints:
     return Constraints(trie=self.trie, vocab=self.vocab_arrays, allowed_types_BxT=allowed_BxT,
                        request=request)
-
-  @functools.partial(jax.jit, static_argnames=('self', 'graphdef', 'num_beams', 'constrained'))
-  def _search(self, graphdef, state, constraints, tokens_BxT, positions_BxT, valid_BxT,
-              num_beams, constrained=True):
-    # The graphdef is static, the parameters (state) an argument: a model of the same structure
-    # (`set_model`) reuses the compiled search.
-    model = nnx.merge(graphdef, state)
-    batch, width = tokens_BxT.shape
-    num_levels = constraints.trie.num_levels
-    cache = model.init_cache(batch, width + num_levels)
-    pre, cache = prefill(model, cache, tokens_BxT, positions_BxT, valid_BxT)
-    if not constrained:
-      return vocab_beam_search(model, cache, pre, num_beams, num_levels)
-    return sid_beam_search(model, cache, pre, constraints, num_beams, score=self.score)
 
   def rank(self, prompts: Sequence[str], target_types: Sequence[str | None], num_beams: int,
            *, excluded: Sequence[Sequence[int]] | None = None,
@@ -215,33 +314,47 @@ class NEORanker:
     -1 where a beam's tokens name no live catalog item, scores the full-softmax
     log-probabilities of the beams' tokens, stats as `_unconstrained_rank_stats` (also kept in
     `self.last_stats`)."""
-    items, scores = [], []
     if not constrained:
       return self._rank_unconstrained(prompts, target_types, num_beams, excluded, allowed)
-    filters = self._filters(len(prompts), excluded, allowed)
-    for (real, tokens, positions, valid, allowed_types), request in zip(
-        self._batches(prompts, target_types, True), filters):
-      it, sc = self._search(self.graphdef, self.state, self._constraints(allowed_types, request),
-                            tokens, positions, valid, num_beams)
-      items.append(np.asarray(it)[:real])
-      scores.append(np.asarray(sc)[:real])
-    return np.concatenate(items), np.concatenate(scores)
+    self._check_lists(len(prompts), excluded, allowed)
+    return self.rank_tokens([self.prompt_tokens(p, True) for p in prompts], target_types,
+                            num_beams, excluded=excluded, allowed=allowed)
+
+  def rank_tokens(self, token_lists: Sequence[Sequence[int]],
+                  target_types: Sequence[str | None], num_beams: int, *,
+                  excluded: Sequence[Sequence[int]] | None = None,
+                  allowed: Sequence[Sequence[int] | None] | None = None):
+    """`rank` (constrained) of prompts already tokenised: each bos ... `[SID]`, at most
+    prompt_len tokens (`prompt_tokens` makes them from text)."""
+    n = len(token_lists)
+    self._check_lists(n, excluded, allowed)
+    items = np.full((n, num_beams), -1, np.int32)
+    scores = np.zeros((n, num_beams), np.float32)
+    width = self._filter_width(excluded, allowed)
+    for index, tokens, positions, valid, allowed_types in self.token_batches(token_lists,
+                                                                             target_types):
+      request = self._filter(index, tokens.shape[0], excluded, allowed, width)
+      it, sc = search_batch(self.graphdef, self.state, self._constraints(allowed_types, request),
+                            tokens, positions, valid, num_beams=num_beams, score=self.score)
+      items[index] = np.asarray(it)[:len(index)]
+      scores[index] = np.asarray(sc)[:len(index)]
+    return items, scores
 
   def _rank_unconstrained(self, prompts, target_types, num_beams, excluded, allowed):
-    for name, lists in (('excluded', excluded), ('allowed', allowed)):
-      if lists is not None and len(lists) != len(prompts):
-        raise ValueError(f'{len(prompts)} prompts but {len(lists)} {name} lists')
-    items, scores, types = [], [], []
-    for real, tokens, positions, valid, allowed_types in self._batches(prompts, target_types,
-                                                                       True):
-      toks, sc = self._search(self.graphdef, self.state, self._constraints(allowed_types, None),
-                              tokens, positions, valid, num_beams, constrained=False)
-      toks = np.asarray(toks)[:real]
+    self._check_lists(len(prompts), excluded, allowed)
+    n = len(prompts)
+    items = np.full((n, num_beams), -1, np.int32)
+    types = np.full((n, num_beams), -1, np.int32)
+    scores = np.zeros((n, num_beams), np.float32)
+    for index, tokens, positions, valid, allowed_types in self._batches(prompts, target_types,
+                                                                        True):
+      toks, sc = search_batch(self.graphdef, self.state, self._constraints(allowed_types, None),
+                              tokens, positions, valid, num_beams=num_beams, constrained=False)
+      toks = np.asarray(toks)[:len(index)]
       rows, ts = self.parse_sids(toks.reshape(-1, self.trie.num_levels))
-      items.append(rows.reshape(real, num_beams))
-      types.append(np.where(rows >= 0, ts, -1).reshape(real, num_beams))
-      scores.append(np.asarray(sc)[:real])
-    items, scores, types = np.concatenate(items), np.concatenate(scores), np.concatenate(types)
+      items[index] = rows.reshape(len(index), num_beams)
+      types[index] = np.where(rows >= 0, ts, -1).reshape(len(index), num_beams)
+      scores[index] = np.asarray(sc)[:len(index)]
     self.last_stats = self._unconstrained_stats(items, types, target_types, excluded, allowed)
     return items, scores, self.last_stats
 
@@ -270,15 +383,6 @@ class NEORanker:
             'target_type_fraction': on_type / typed if typed else 0.0,
             'excluded_named': ex, 'not_allowed_named': na}
 
-  @functools.partial(jax.jit, static_argnames=('self', 'graphdef', 'settings'))
-  def _generate(self, graphdef, state, constraints, tokens_BxT, positions_BxT, valid_BxT,
-                settings: GenerateSettings):
-    model = nnx.merge(graphdef, state)
-    batch, width = tokens_BxT.shape
-    cache = model.init_cache(batch, width + settings.max_new_tokens)
-    pre, cache = prefill(model, cache, tokens_BxT, positions_BxT, valid_BxT)
-    return constrained_generate(model, cache, pre, constraints, settings)
-
   def generate(self, prompts: Sequence[str], output_format: str, *,
                target_types: Sequence[str | None] | None = None, max_new_tokens: int = 48,
                max_items: int | None = None,
@@ -302,30 +406,27 @@ class NEORanker:
         max_new_tokens=max_new_tokens, eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id,
         output_format=output_format, separator_ids=separators, max_items=max_items,
         num_beams=num_beams, rows_head=self.rows_head, constrained=constrained)
-    out, span_rows, span_types = [], [], []
-    filters = (self._filters(len(prompts), excluded, allowed) if constrained
-               else [None] * -(-len(prompts) // self.batch_size))
-    for (real, tokens, positions, valid, allowed_types), request in zip(
-        self._batches(prompts, target_types, False), filters):
-      res = self._generate(self.graphdef, self.state, self._constraints(allowed_types, request),
+    n = len(prompts)
+    self._check_lists(n, excluded, allowed)
+    out, span_rows, span_types = [None] * n, [None] * n, [None] * n
+    width = self._filter_width(excluded, allowed)
+    for index, tokens, positions, valid, allowed_types in self._batches(prompts, target_types,
+                                                                        False):
+      request = (self._filter(index, tokens.shape[0], excluded, allowed, width) if constrained
+                 else None)
+      res = generate_batch(self.graphdef, self.state, self._constraints(allowed_types, request),
                            tokens, positions, valid, settings)
       toks, lengths = np.asarray(res.tokens), np.asarray(res.lengths)
       items, counts = np.asarray(res.items), np.asarray(res.num_items)
-      for b in range(real):
+      for b, i in enumerate(index):
         ids = [int(t) for t in toks[b, :lengths[b]] if t != self.tokenizer.eos_id]
         if constrained:
-          out.append((self.tokenizer.decode(ids), items[b, :counts[b]].tolist()))
+          out[i] = (self.tokenizer.decode(ids), items[b, :counts[b]].tolist())
           continue
-        rows, types = self._parse_spans(ids)
-        span_rows.append(rows)
-        span_types.append(types)
-        out.append((self.tokenizer.decode(ids), rows.tolist()))
+        span_rows[i], span_types[i] = self._parse_spans(ids)
+        out[i] = (self.tokenizer.decode(ids), span_rows[i].tolist())
     if constrained:
       return out
-    if excluded is not None and len(excluded) != len(prompts):
-      raise ValueError(f'{len(prompts)} prompts but {len(excluded)} excluded lists')
-    if allowed is not None and len(allowed) != len(prompts):
-      raise ValueError(f'{len(prompts)} prompts but {len(allowed)} allowed lists')
     self.last_stats = self._unconstrained_stats(span_rows, span_types, target_types, excluded,
                                                 allowed)
     return out, self.last_stats
