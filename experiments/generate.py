@@ -10,7 +10,10 @@ A trained run (the workdir of `experiments.quickstart` or `experiments.train`):
         describe user=196
         explain user=196 item=50
         prompt <raw prompt text, SID markup allowed>
+        reload: follow the items added / withdrawn by experiments.add_items since
         any other text: a search over every type for that text
+      recommend and search take allow=ID,ID,... and added_since=DATE (or unix seconds): the
+      answer holds only those items / the items added since (the "new releases").
 
   python -m experiments.generate --workdir=W --batch_in=requests.jsonl \
       --batch_out=answers.jsonl
@@ -21,7 +24,11 @@ A trained run (the workdir of `experiments.quickstart` or `experiments.train`):
       answering a chunk is reported for its lines and the batch goes on. After a kill, the
       same command with --resume answers only the lines --batch_out lacks (an existing
       --batch_out without --resume is refused). Exits with status 1 when any line was bad
-      or failed.
+      or failed. Before each chunk the catalog is reloaded when experiments.add_items changed
+      it (result: catalog_reloads, catalog/version).
+
+Both modes answer from the run's current catalog: the trained items with those added and
+without those withdrawn by `python -m experiments.add_items --workdir=W` (W/catalog_update/).
 
 A bare backbone (no NEO training):
 
@@ -90,6 +97,7 @@ def _run_backbone() -> dict:
 
 
 def _service(batch_size: int):
+  from neo_jax.run import catalog_update  # pylint: disable=g-import-not-at-top
   from neo_jax.run import serving  # pylint: disable=g-import-not-at-top
   from neo_jax.run import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   t0 = time.perf_counter()
@@ -97,10 +105,16 @@ def _service(batch_size: int):
   cfg = run.config
   svc = serving.Service(run.artifacts, prompt_len=int(cfg.train.seq_len) - 8,
                         history_len=int(cfg.tasks.history_len), batch_size=batch_size,
-                        max_new_tokens=_MAX_NEW.value or 48)
+                        max_new_tokens=_MAX_NEW.value or 48,
+                        catalog_base=catalog_update.base_of(run))
   facts = {f'run/{k}': v for k, v in workdir_lib.describe(run).items()}
+  facts.update(_catalog_facts(svc))
   facts['seconds_load'] = time.perf_counter() - t0
   return svc, facts
+
+
+def _catalog_facts(svc) -> dict:
+  return {f'catalog/{k}': v for k, v in svc.catalog_facts().items()}
 
 
 def _help(svc) -> str:
@@ -116,18 +130,23 @@ def _help(svc) -> str:
       f'  describe user={user}                    a summary of the user',
       f'  explain user={user} item={item}          why this item, in the model\'s words',
       '  prompt <raw prompt>                  any prompt; SID markup allowed',
+      f'  recommend user={user} allow={item}   only these items (ids, comma-separated)',
+      f'  search "a few words" added_since=2026-12-01   only items added since (add_items)',
+      '  reload                               follow experiments.add_items changes',
       '  <any other text>                     a search over every type',
       f'  types: {", ".join(svc.catalog.type_names)}; formats: ids, text, mixed',
       '  help, quit'])
 
 
 def _interactive() -> dict:
+  from neo_jax.run import catalog_update  # pylint: disable=g-import-not-at-top
   from neo_jax.run import serving  # pylint: disable=g-import-not-at-top
   svc, facts = _service(batch_size=_BATCH_SIZE.value or 1)
   print(f'NEO run {facts["run/workdir"]} ({facts["run/stage"]} step {facts["run/step"]}): '
         f'{facts["run/num_items"]} items ({facts["run/types"]}), {facts["run/num_users"]} users. '
+        f'{_catalog_line(svc)}'
         "Type 'help' for the request forms, 'quit' to leave.", flush=True)
-  answered = errors = 0
+  answered = errors = reloads = 0
   seconds = 0.0
   while True:
     print('neo> ', end='', flush=True)
@@ -145,6 +164,18 @@ def _interactive() -> dict:
     if line in ('help', '?'):
       print(_help(svc), flush=True)
       continue
+    if line == 'reload':
+      try:
+        out = svc.reload_catalog()
+      except catalog_update.CatalogUpdateError as e:
+        errors += 1
+        print(f'error: {e}', flush=True)
+        continue
+      reloads += 1
+      print(f'catalog version {out["version"]}: {out["added"]} added, {out["removed"]} '
+            f'withdrawn by this reload; {out["live_items"]} live items of {out["items"]}'
+            + (' (the trie grew: one recompilation)' if out['grown'] else ''), flush=True)
+      continue
     try:
       req = svc.parse_command(line)
     except serving.RequestError as e:
@@ -155,8 +186,16 @@ def _interactive() -> dict:
     seconds += dt
     answered += 1
     print(serving.format_answer(out[0]) + f'\n({dt:.2f}s)', flush=True)
-  return {**facts, 'mode': 'interactive', 'answered': answered, 'errors': errors,
-          'seconds_answer': seconds}
+  return {**facts, **_catalog_facts(svc), 'mode': 'interactive', 'answered': answered,
+          'errors': errors, 'catalog_reloads': reloads, 'seconds_answer': seconds}
+
+
+def _catalog_line(svc) -> str:
+  c = svc.catalog_facts()
+  if c['version'] is None:
+    return ''
+  return (f'Catalog version {c["version"]}: {c["added"]} items added, {c["removed"]} '
+          f'withdrawn, {c["live_items"]} live. ')
 
 
 def _batch() -> dict:
@@ -172,7 +211,7 @@ def _batch() -> dict:
   svc, facts = _service(batch_size=_BATCH_SIZE.value or 16)
   try:
     counts = serving.answer_file(svc, _BATCH_IN.value, _BATCH_OUT.value,
-                                 resume=_RESUME.value, chunk=_CHUNK.value,
+                                 resume=_RESUME.value, chunk=_CHUNK.value, follow_catalog=True,
                                  log=lambda s: print(s, file=sys.stderr, flush=True))
   except OSError as e:
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -182,7 +221,7 @@ def _batch() -> dict:
         f'{counts["blank_lines"]} blank lines, {counts["resumed_lines"]} already answered -> '
         f'{_BATCH_OUT.value}', file=sys.stderr)
   seconds = counts['seconds_answer']
-  return {**facts, 'mode': 'batch', **counts,
+  return {**facts, **_catalog_facts(svc), 'mode': 'batch', **counts,
           'requests_per_second': counts['answered'] / seconds if seconds > 0 else 0.0,
           'batch_size': svc.ranker.batch_size}
 

@@ -12,6 +12,10 @@ A request is a JSON object (or the short command form of `parse_command`):
   format      'ids' | 'text' | 'mixed'              (recommend; search: 'ids'; prompt)
   k           items wanted, 1..MAX_K (default 10)   (recommend, search)
   exclude_history  true | false (default true)      (recommend)
+  allow       item ids the answer may hold: a list, or one string of ids separated by commas
+                                                    (recommend, search, prompt; optional)
+  added_since unix seconds or an ISO date: only items `experiments.add_items` added at or
+              after it (recommend, search, prompt; optional; with `allow`: items in both)
   prompt      a raw prompt, SID markup allowed      (prompt)
   id          any JSON scalar, echoed in the answer (all)
 
@@ -30,6 +34,14 @@ What each task asks of the model (the prompts are the training templates, first 
              constrained to catalog items (of `type` when given).
 Unknown fields, users, items, types, formats and tasks, fields a task does not take and
 missing required fields raise `RequestError` with the reason.
+
+The catalog a Service answers from is the run's with the changes of `experiments.add_items`
+(`neo_jax.run.catalog_update`) when it is built with `catalog_base`: added items are
+generated, withdrawn ones never (`explain` refuses them). `allow` / `added_since` restrict a
+request to live items (the paper's "new releases" constraint); an allow-set with no live item
+answers no item. `reload_catalog` follows a newer catalog version in place (no recompilation
+while the trie's spare capacity lasts); `answer_file(follow_catalog=True)` does so before each
+chunk when the version changed.
 """
 
 from __future__ import annotations
@@ -47,6 +59,7 @@ import numpy as np
 from neo_jax.catalog import atomic
 from neo_jax.catalog.splits import user_sequences
 from neo_jax.decode.ranker import NEORanker
+from neo_jax.run import catalog_update
 from neo_jax.run.stages import Artifacts
 from neo_jax.tasks import builders
 from neo_jax.tasks import prompts
@@ -57,16 +70,16 @@ TASKS = ('recommend', 'search', 'describe', 'explain', 'prompt')
 MAX_K = 100
 # The fields each task takes (besides `task` and `id`), required ones first in REQUIRED.
 TASK_FIELDS = {
-    'recommend': ('user', 'type', 'format', 'k', 'exclude_history'),
-    'search': ('query', 'type', 'format', 'k'),
+    'recommend': ('user', 'type', 'format', 'k', 'exclude_history', 'allow', 'added_since'),
+    'search': ('query', 'type', 'format', 'k', 'allow', 'added_since'),
     'describe': ('user',),
     'explain': ('user', 'item'),
-    'prompt': ('prompt', 'type', 'format'),
+    'prompt': ('prompt', 'type', 'format', 'allow', 'added_since'),
 }
 REQUIRED = {'recommend': ('user',), 'search': ('query',), 'describe': ('user',),
             'explain': ('user', 'item'), 'prompt': ('prompt',)}
 FIELDS = ('task', 'id', 'user', 'query', 'item', 'type', 'format', 'k', 'exclude_history',
-          'prompt')
+          'allow', 'added_since', 'prompt')
 
 
 class RequestError(ValueError):
@@ -85,6 +98,9 @@ class Request:
   exclude_history: bool = True
   prompt: str | None = None
   id: Any = None
+  allow: tuple[str, ...] | None = None  # as given
+  added_since: int | str | None = None  # as given
+  allowed: tuple[int, ...] | None = None  # the live catalog rows admitted (None: no limit)
 
 
 def _history_window(seq: np.ndarray, reachable: np.ndarray, n: int) -> np.ndarray:
@@ -102,12 +118,21 @@ class Service:
     history_len: how many recent items a prompt shows (the run's tasks.history_len).
     batch_size: requests per compiled batch (1 for an interactive session).
     max_new_tokens: generated text length cap.
+    catalog_base: the run's trained catalog (`catalog_update.base_of(run)`): the Service
+      answers from its current catalog state (items added and withdrawn by
+      `experiments.add_items`) and can `reload_catalog`. None: `art` as it is, no reload.
   """
 
   def __init__(self, art: Artifacts, *, prompt_len: int, history_len: int, batch_size: int = 16,
-               max_new_tokens: int = 48):
+               max_new_tokens: int = 48, catalog_base: catalog_update.Base | None = None):
     if art.model is None or art.trie is None:
       raise ValueError('Service needs artifacts with a model and a trie')
+    self.base = catalog_base
+    if catalog_base is None:
+      self.state = catalog_update.initial_state(art.dataset.catalog, art.sid_map)
+    else:
+      self.state = catalog_update.load_state(catalog_base)
+      art = catalog_update.apply_to_artifacts(art, self.state)
     self.art = art
     self.catalog = art.dataset.catalog
     self.history_len = int(history_len)
@@ -116,6 +141,44 @@ class Service:
                             batch_size=batch_size)
     self.histories = user_sequences(art.dataset.interactions)
     self.reachable = art.sid_map.reachable()
+
+  # -- the catalog's changes -------------------------------------------------------------------
+
+  def reload_catalog(self) -> dict[str, Any]:
+    """Follows the run's current catalog version (`experiments.add_items`) in place: added
+    items go into the ranker's trie (no recompilation while its spare capacity lasts, else one
+    growth), withdrawn ones out. Returns {'version', 'added', 'removed', 'grown', 'items',
+    'live_items'} (added/removed: rows changed by this reload)."""
+    if self.base is None:
+      raise catalog_update.CatalogUpdateError(
+          'this Service was built without its run (catalog_base): it cannot reload the catalog')
+    after = catalog_update.load_state(self.base)
+    try:
+      facts = catalog_update.update_ranker(self.ranker, self.state, after)
+    except ValueError as e:
+      raise catalog_update.CatalogUpdateError(
+          f'{catalog_update.update_dir(self.base.workdir)}: the catalog went back to an earlier '
+          f'state ({e}); restart the service') from None
+    self.state = after
+    self.catalog = after.catalog
+    self.art = dataclasses.replace(
+        self.art, dataset=dataclasses.replace(self.art.dataset, catalog=after.catalog),
+        sid_map=after.sid_map, trie=self.ranker.trie)
+    self.reachable = after.sid_map.reachable()
+    return {'version': after.version, **facts, 'items': len(after.catalog),
+            'live_items': int(after.live().sum())}
+
+  def catalog_changed(self) -> bool:
+    """Whether the run's catalog version is not the one answered from (False without a run)."""
+    return (self.base is not None
+            and catalog_update.current_version(self.base.workdir) != self.state.version)
+
+  def catalog_facts(self) -> dict[str, Any]:
+    """The catalog answered from: version (None: as trained), items, added, removed, live."""
+    st = self.state
+    return {'version': st.version, 'items': len(st.catalog),
+            'added': len(st.catalog) - st.base_items, 'removed': int(st.removed.sum()),
+            'live_items': int(st.live().sum())}
 
   # -- validation ------------------------------------------------------------------------------
 
@@ -172,6 +235,9 @@ class Service:
         raise RequestError(f'unknown item {item!r}') from None
       if not self.reachable[row]:
         raise RequestError(f'item {item!r} has no SID (a collision policy made it unreachable)')
+      if self.state.removed[row]:
+        raise RequestError(f'item {item!r} was withdrawn from the catalog '
+                           f'(experiments.add_items --remove): it is never generated')
       out['item'] = row
     if 'type' in given:
       if given['type'] not in self.catalog.type_names:
@@ -215,11 +281,44 @@ class Service:
         self.art.tokenizer.encode(out['prompt'])
       except ValueError as e:
         raise RequestError(f'prompt: {e}') from None
+    if 'allow' in given or 'added_since' in given:
+      out.update(self._allowed(given.get('allow'), given.get('added_since')))
     req = Request(**out)
     if req.task == 'recommend' and req.type is None:
       req = dataclasses.replace(req, type=self._default_type(req.user))
     self._check_fits(req)
     return req
+
+  def _allowed(self, allow: Any, added_since: Any) -> dict[str, Any]:
+    """The `allow` / `added_since` fields of a request, checked, with the live rows they
+    admit (`allowed`, possibly empty)."""
+    out: dict[str, Any] = {}
+    if allow is not None:
+      if isinstance(allow, str):
+        allow = [a.strip() for a in allow.split(',') if a.strip()]
+      if not isinstance(allow, list) or not allow:
+        raise RequestError("field 'allow' must be a non-empty list of item ids (or a string "
+                           f'of ids separated by commas), got {allow!r}')
+      ids = []
+      for a in allow:
+        if isinstance(a, int) and not isinstance(a, bool):
+          a = str(a)
+        if not isinstance(a, str):
+          raise RequestError(f"field 'allow': item ids are strings, got {a!r}")
+        ids.append(a)
+      out['allow'] = tuple(ids)
+    if added_since is not None:
+      if isinstance(added_since, bool) or not isinstance(added_since, (int, str)):
+        raise RequestError("field 'added_since' must be unix seconds or an ISO date, got "
+                           f'{added_since!r}')
+      out['added_since'] = added_since
+    try:
+      rows = catalog_update.allowed_rows(self.state, ids=out.get('allow'),
+                                         added_since=out.get('added_since'))
+    except catalog_update.CatalogUpdateError as e:
+      raise RequestError(str(e)) from None
+    out['allowed'] = tuple(rows)
+    return out
 
   def _check_fits(self, req: Request) -> None:
     """RequestError when a prompt of `req` cannot fit the model's prompt width even with its
@@ -316,7 +415,7 @@ class Service:
     (the items the text names) when generated. Ranking runs as one batched beam search
     (num_beams = the largest k), generation as one batched call per output format."""
     answers: list[dict[str, Any]] = []
-    rank_jobs: list[tuple[int, str, str | None, Sequence[int]]] = []
+    rank_jobs: list[tuple[int, str, str | None, Sequence[int], Sequence[int] | None]] = []
     gen_jobs: dict[str, list[tuple[int, str, str | None, Sequence[int] | None]]] = {}
     for n, req in enumerate(reqs):
       ans: dict[str, Any] = {'task': req.task}
@@ -327,15 +426,22 @@ class Service:
           ans[field] = getattr(req, field)
       if req.item is not None:
         ans['item'] = self._item(req.item)
+      if req.allow is not None:
+        ans['allow'] = list(req.allow)
+      if req.added_since is not None:
+        ans['added_since'] = req.added_since
+      allowed = None if req.allowed is None else list(req.allowed)
+      if allowed is not None:
+        ans['allowed_items'] = len(allowed)
       if req.task == 'recommend':
         ans['k'] = req.k
         ans['history'] = [self._item(int(r)) for r in self.history(req.user)]
         ans['prompt'] = self.prompt_of(req)
         excluded = list(map(int, self.histories[req.user])) if req.exclude_history else []
         if req.format in ('ids', 'mixed'):
-          rank_jobs.append((n, ans['prompt'], req.type, excluded))
+          rank_jobs.append((n, ans['prompt'], req.type, excluded, allowed))
         if req.format in ('text', 'mixed'):
-          gen_jobs.setdefault(req.format, []).append((n, ans['prompt'], req.type, None))
+          gen_jobs.setdefault(req.format, []).append((n, ans['prompt'], req.type, allowed))
       elif req.task == 'search':
         ans['k'] = req.k
         types = [req.type] if req.type else list(self.catalog.type_names)
@@ -344,7 +450,7 @@ class Service:
         else:  # one prompt per type; their items are merged by score
           ans['prompts'] = [self.prompt_of(req, t) for t in types]
         for t in types:
-          rank_jobs.append((n, self.prompt_of(req, t), t, []))
+          rank_jobs.append((n, self.prompt_of(req, t), t, [], allowed))
       elif req.task in ('describe', 'explain'):
         if req.task == 'describe':
           ans['history'] = [self._item(int(r)) for r in self.history(req.user)]
@@ -353,13 +459,18 @@ class Service:
             (n, ans['prompt'], None, None if req.item is None else [req.item]))
       else:
         ans['prompt'] = req.prompt
-        gen_jobs.setdefault(req.format, []).append((n, req.prompt, req.type, None))
+        gen_jobs.setdefault(req.format, []).append((n, req.prompt, req.type, allowed))
       answers.append(ans)
 
+    for n, *_ in rank_jobs:
+      answers[n]['items'] = []  # stays empty when no item is admissible
     if rank_jobs:
       beams = max(reqs[n].k for n, *_ in rank_jobs)
-      items, scores = self.ranker.rank([j[1] for j in rank_jobs], [j[2] for j in rank_jobs],
-                                       beams, excluded=[j[3] for j in rank_jobs])
+      allow = [j[4] for j in rank_jobs]
+      items, scores = self.ranker.rank(
+          [j[1] for j in rank_jobs], [j[2] for j in rank_jobs], beams,
+          excluded=[j[3] for j in rank_jobs],
+          allowed=allow if any(a is not None for a in allow) else None)
       merged: dict[int, list[tuple[float, int]]] = {}
       for (n, *_), row_items, row_scores in zip(rank_jobs, items, scores):
         merged.setdefault(n, []).extend(
@@ -416,7 +527,8 @@ def answered_lines(out_path: str) -> set[int]:
 
 
 def answer_file(svc: Service, in_path: str, out_path: str, *, resume: bool = False,
-                chunk: int = 256, log: Callable[[str], None] = print) -> dict[str, Any]:
+                chunk: int = 256, follow_catalog: bool = False,
+                log: Callable[[str], None] = print) -> dict[str, Any]:
   """Answers the JSONL requests of `in_path` into `out_path`, one record per non-blank line.
 
   Each record is `{"line": n, ...answer}` or `{"line": n, "error": ...}`, strict JSON. Lines
@@ -431,10 +543,15 @@ def answer_file(svc: Service, in_path: str, out_path: str, *, resume: bool = Fal
   once. Without it an existing, non-empty `out_path` is refused (FileExistsError), so nothing
   is overwritten by mistake.
 
+  follow_catalog: before reading each chunk, `svc.reload_catalog()` when the run's catalog
+  version changed (`experiments.add_items` ran meanwhile): the chunk's requests are checked
+  and answered against the new catalog.
+
   Returns:
     answered, bad (request errors), failed (lines of chunks that failed), blank_lines,
     resumed_lines (skipped: already in out_path), seconds_answer, prompts_cut and
-    history_items_cut (prompts that lost history items to fit, `NEORanker.prompt_tokens`).
+    history_items_cut (prompts that lost history items to fit, `NEORanker.prompt_tokens`);
+    with follow_catalog, catalog_reloads and catalog_version (the last one answered from).
   """
   if not resume and os.path.exists(out_path) and os.path.getsize(out_path) > 0:
     raise FileExistsError(f'{out_path} exists; pass --resume to answer only the lines it '
@@ -442,6 +559,8 @@ def answer_file(svc: Service, in_path: str, out_path: str, *, resume: bool = Fal
   done = answered_lines(out_path) if resume else set()
   counts = {'answered': 0, 'bad': 0, 'failed': 0, 'blank_lines': 0,
             'resumed_lines': len(done), 'seconds_answer': 0.0}
+  if follow_catalog:
+    counts['catalog_reloads'] = 0
   svc.ranker.reset_cut_stats()
   pending: list[tuple[int, Request]] = []
   records: list[dict[str, Any]] = []
@@ -467,6 +586,13 @@ def answer_file(svc: Service, in_path: str, out_path: str, *, resume: bool = Fal
     pending.clear()
     records.clear()
 
+  def start_chunk():
+    if follow_catalog and svc.catalog_changed():
+      facts = svc.reload_catalog()
+      counts['catalog_reloads'] += 1
+      log(f'catalog reloaded: version {facts["version"]}, {facts["added"]} added, '
+          f'{facts["removed"]} withdrawn, {facts["live_items"]} live items')
+
   with atomic.JsonlAppender(out_path, truncate=not resume) as writer, \
       open(in_path, encoding='utf-8') as f:
     for n, line in enumerate(f, start=1):
@@ -475,6 +601,8 @@ def answer_file(svc: Service, in_path: str, out_path: str, *, resume: bool = Fal
         continue
       if n in done:
         continue
+      if not pending and not records:
+        start_chunk()
       try:
         pending.append((n, parse_line(svc, line)))
       except RequestError as e:
@@ -486,6 +614,8 @@ def answer_file(svc: Service, in_path: str, out_path: str, *, resume: bool = Fal
     if pending or records:
       flush()
   counts.update(svc.ranker.reset_cut_stats())
+  if follow_catalog:
+    counts['catalog_version'] = svc.state.version
   return counts
 
 
@@ -496,6 +626,12 @@ def format_answer(ans: dict[str, Any]) -> str:
 
   what = ans['task']
   bits = [f'{k}={ans[k]}' for k in ('user', 'type', 'format', 'k') if k in ans]
+  if 'allow' in ans:
+    bits.append('allow=' + ','.join(ans['allow']))
+  if 'added_since' in ans:
+    bits.append(f'added_since={ans["added_since"]}')
+  if 'allowed_items' in ans:
+    bits.append(f'({ans["allowed_items"]} live items admitted)')
   if 'query' in ans:
     bits.insert(0, repr(ans['query']))
   if 'item' in ans:
