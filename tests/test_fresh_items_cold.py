@@ -1,6 +1,7 @@
 """Cold-start evaluation on a tiny synthetic run: a fraction of items held out of everything
 the model is trained on, added after training through the frozen quantiser, and measured for
-NEO, BM25 and a dense retriever (neo_jax/eval/cold.py)."""
+NEO, BM25 and a dense retriever (neo_jax/eval/cold.py), run by the experiment runner when
+`experiment.cold_items` > 0 (result.json cold/..., the report's cold-start table)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,12 @@ from neo_jax.catalog.synthetic import SyntheticConfig, generate_synthetic
 from neo_jax.decode.ranker import NEORanker
 from neo_jax.decode.trie import SIDTrie
 from neo_jax.eval import cold
+from neo_jax.eval import report
 from neo_jax.run import cold_items
 from neo_jax.run import config as config_lib
 from neo_jax.run import experiment
 from neo_jax.run import workdir as workdir_lib
 from neo_jax.sid import quantiser as qlib
-from neo_jax.sid.features import HashedTfidfEncoder, catalog_texts
 
 FRACTION = 0.1
 
@@ -58,19 +59,29 @@ def test_hold_out_keeps_cold_items_out_of_the_warm_data(dataset):
 
 @pytest.fixture(scope='module')
 def cold_run(tmp_path_factory):
-  """The tiny run trained on every item (the upper bound), then run_cold beside it."""
+  """The tiny experiment with experiment.cold_items: NEO-multi trained on every item (the
+  upper bound) and evaluated, then the cold-start evaluation beside it (dense: MiniLM)."""
   w = str(tmp_path_factory.mktemp('cold') / 'w')
   cfg = tiny.get_config()
-  experiment.run_experiment(cfg, w, log=lambda _: None, train_only=True)
-  ds = catalog_io.load_dataset(os.path.join(w, 'data'))
-  enc = HashedTfidfEncoder.fit(catalog_texts(ds.catalog), dim=64)
-  res = cold_items.run_cold(config_lib.validate(cfg), w, FRACTION,
-                            log=lambda _: None, dense_encoder=enc)
-  return cfg, w, enc, res
+  cfg.experiment.cold_items = FRACTION
+  result, _ = experiment.run_experiment(cfg, w, log=lambda _: None)
+  return cfg, w, result
+
+
+def test_config_key_checks_the_fraction():
+  cfg = tiny.get_config()
+  assert cfg.experiment.cold_items == 0.0  # off by default
+  for bad in (1.0, -0.1):
+    cfg.experiment.cold_items = bad
+    with pytest.raises(config_lib.ConfigError, match=r'cold_items.*must be in \[0, 1\)'):
+      config_lib.validate(cfg)
+  warm = cold_items.warm_config(config_lib.validate(tiny.get_config()), '/data')
+  assert warm.experiment.cold_items == 0.0 and warm.data.dataset == 'generic'
 
 
 def test_run_cold_measures_every_system(cold_run):
-  cfg, w, enc, res = cold_run
+  cfg, w, res = cold_run
+  assert 'neo_multi/hr@10' in res  # the experiment ran in full, the cold part beside it
   assert res['cold/items'] == 12 and res['cold/upper_bound'] == 'measured'
   assert res['cold/sids/items'] == 12
   for name in ('neo', 'bm25', 'dense', 'neo_all_items'):
@@ -85,10 +96,20 @@ def test_run_cold_measures_every_system(cold_run):
   assert res['cold/title_search/requests'] >= 6 and res['cold/recommend/requests'] > 0
   # BM25 indexes the cold items directly: their titles find them.
   assert res['cold/bm25/title_search/hr@10'] > 0.5
+  # The report's table holds the figures of the result, system by system.
+  text = open(report.write_report(w, res)).read()
+  table = text[text.index('### Cold-start items'):]
+  for name in ('neo', 'neo_all_items', 'bm25', 'dense'):
+    row = next(l for l in table.splitlines() if l.startswith(f'| {name}: '))
+    cells = row.strip('|').split('|')[1:]
+    want = [report._fmt(res[f'cold/{name}/{t}/{m}'])  # pylint: disable=protected-access
+            for t in cold.TASKS for m in ('hr@10', 'ndcg@10')]
+    assert [c.strip() for c in cells] == want, name
+  assert f"title_search {res['cold/title_search/requests']} (" in table
 
 
 def test_cold_items_get_sids_and_the_figures_are_what_the_rankings_say(cold_run):
-  cfg, w, enc, res = cold_run
+  cfg, w, res = cold_run
   ds = catalog_io.load_dataset(os.path.join(w, 'data'))
   split = cold.hold_out(ds, FRACTION, seed=cfg.seed)
   run = workdir_lib.load_run(os.path.join(w, 'cold'))

@@ -26,7 +26,7 @@ NEO_SYSTEMS = ('neo_multi', 'neo_mono')
 # Result prefixes that are figures, not systems (some carry a '/status' too).
 NOT_SYSTEMS = frozenset({'type_steerability', 'format_steerability', 'explain', 'valid',
                          'seconds', 'cpu_seconds', 'requests', 'split', 'sid', 'view',
-                         'compare', 'bootstrap', 'experiment'})
+                         'compare', 'bootstrap', 'experiment', 'cold'})
 BASELINE_ORDER = ('popularity', 'bm25', 'bm25s', 'dense', 'sasrec', 'tiger')
 REC_METRICS = ('hr@1', 'hr@5', 'hr@10', 'hr@30', 'ndcg@1', 'ndcg@5', 'ndcg@10', 'ndcg@30',
                'mrr')
@@ -334,7 +334,45 @@ def results_markdown(result: dict[str, Any]) -> str:
             '| figure | value |', '|---|---|']
     out += [f'| {k} | {_fmt(result[k])} |' for k in other]
     out.append('')
+  out += cold_markdown(result)
   return '\n'.join(out)
+
+
+COLD_SYSTEMS = (('neo', 'NEO (trained without them, items added)'),
+                ('neo_all_items', 'NEO trained with them (upper bound)'),
+                ('bm25', 'BM25 (indexes them directly)'),
+                ('dense', 'dense MiniLM (indexes them directly)'))
+COLD_TASKS = ('search', 'title_search', 'recommend')
+
+
+def cold_markdown(result: dict[str, Any]) -> list[str]:
+  """The cold-start table (`experiment.cold_items`, keys cold/...), [] when not run."""
+  if not any(k.startswith('cold/') for k in result):
+    return []
+  n = {t: _count(result, f'cold/{t}/requests') for t in COLD_TASKS}
+  skipped = {t: _count(result, f'cold/{t}/skipped_prompt_too_long') for t in COLD_TASKS}
+  head = ' | '.join(f'{t} {m}' for t in COLD_TASKS for m in ('hr@10', 'ndcg@10'))
+  out = [f'### Cold-start items ({_count(result, "cold/items")} items, fraction '
+         f'{_fmt(result.get("cold/fraction"))}, held out of training and added through the '
+         'frozen quantiser; test)', '',
+         f'SIDs of the added items: {_count(result, "cold/sids/new_groups")} in a new cell, '
+         f'{_count(result, "cold/sids/joined_groups")} joined a group, '
+         f'{_count(result, "cold/sids/neighbour_cells")} in a neighbour cell. Requests: '
+         + ', '.join(f'{t} {n[t]} ({skipped[t]} skipped: prompt too long)' for t in COLD_TASKS)
+         + '. search: held-out queries whose relevant items are cold; title_search: each cold '
+         "item's title; recommend: test users whose target is cold, history excluded.", '',
+         f'| system | {head} |', '|---|' + '---|' * 2 * len(COLD_TASKS)]
+  for name, what in COLD_SYSTEMS:
+    cells = [_fmt(result.get(f'cold/{name}/{t}/{m}')) for t in COLD_TASKS
+             for m in ('hr@10', 'ndcg@10')]
+    out.append(f'| {name}: {what} | ' + ' | '.join(cells) + ' |')
+  gaps = []
+  for t in COLD_TASKS:
+    gap = rel(result.get(f'cold/neo/{t}/hr@10'), result.get(f'cold/neo_all_items/{t}/hr@10'))
+    gaps.append(f'{t} {gap or "undefined"}')
+  out += ['', 'NEO against its upper bound (relative HR@10): ' + ', '.join(gaps)
+          + f' ({result.get("cold/upper_bound", NOT_RECORDED)}).', '']
+  return out
 
 
 # The issue's acceptance targets: (figure, reference, what) -- NEO-multi at least the reference.

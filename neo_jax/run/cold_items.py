@@ -2,12 +2,14 @@
 added through the frozen quantiser and measured beside BM25, dense retrieval and the NEO
 trained with every item (the upper bound). `neo_jax/eval/cold.py` holds the measurement.
 
-`run_cold(cfg, workdir, fraction, log)`:
+`run_cold(cfg, workdir, fraction, log, train=experiment.run_experiment)` (what
+`run_experiment` calls at its end when `experiment.cold_items` > 0; the training function is
+an argument, so that this module does not import the experiment that imports it):
   1. the dataset of `cfg` is cut by `eval.cold.hold_out(fraction, cfg.seed)`; the warm part
      is written in the generic format to <workdir>/cold_data;
   2. NEO-multi is trained on it with `cfg` otherwise unchanged (no NEO-mono, ablations,
-     extra seeds) in <workdir>/cold/ (`experiment.run_experiment(train_only=True)`; a rerun
-     resumes it like any run);
+     extra seeds, cold-start evaluation) in <workdir>/cold/ (`train(..., train_only=True)`;
+     a rerun resumes it like any run);
   3. the cold items get SIDs from their text through the warm map's frozen quantiser
      (`eval.cold.extend_sid_map`, the path of `experiments.add_items`), the trie is rebuilt;
   4. BM25 and dense (MiniLM) are fitted on the whole catalog with the warm events: they index
@@ -34,12 +36,13 @@ from neo_jax.catalog.splits import make_split
 from neo_jax.decode.ranker import NEORanker
 from neo_jax.decode.trie import SIDTrie
 from neo_jax.eval import cold
-from neo_jax.run import experiment
 from neo_jax.run import stages
 from neo_jax.run import workdir as workdir_lib
 from neo_jax.sid import quantiser as qlib
 
 Log = Callable[[str], None]
+# experiment.run_experiment: train(cfg, workdir, log, train_only=True) trains NEO-multi.
+Train = Callable[..., Any]
 K = 10
 
 
@@ -48,6 +51,7 @@ def warm_config(cfg: ml_collections.ConfigDict, data_dir: str) -> ml_collections
   c = ml_collections.ConfigDict(cfg.to_dict())
   c.data.dataset, c.data.data_dir = 'generic', data_dir
   c.experiment.mono_tasks, c.experiment.ablations, c.experiment.seeds = (), (), 1
+  c.experiment.cold_items = 0.0
   return c
 
 
@@ -59,10 +63,14 @@ def _ranker(run: workdir_lib.TrainedRun, sid_map, batch_size: int) -> NEORanker:
 
 
 def run_cold(cfg: ml_collections.ConfigDict, workdir: str, fraction: float, log: Log = print,
-             *, upper_bound_dir: str | None = None, dense_encoder=None) -> dict[str, Any]:
-  """The cold-start figures (module docstring). `upper_bound_dir`: a workdir or run directory
-  of NEO trained on the whole dataset of `cfg` (default: `workdir` itself when it holds one);
-  `dense_encoder`: a `sid.features.TextEncoder` for the dense baseline (default MiniLM)."""
+             *, train: Train, upper_bound_dir: str | None = None, dense_encoder=None
+             ) -> dict[str, Any]:
+  """The cold-start figures (module docstring). `train`: `experiment.run_experiment`;
+  `upper_bound_dir`: a workdir or run directory of NEO trained on the whole dataset of `cfg`
+  (default: `workdir` itself when it holds one); `dense_encoder`: a
+  `sid.features.TextEncoder` for the dense baseline (default MiniLM)."""
+  if not 0.0 < fraction < 1.0:
+    raise ValueError(f'cold-start fraction {fraction} must be in (0, 1)')
   t0 = time.perf_counter()
   root = os.path.join(os.path.abspath(workdir), 'cold')
   ds = stages.load_data(cfg, workdir, log)
@@ -72,7 +80,7 @@ def run_cold(cfg: ml_collections.ConfigDict, workdir: str, fraction: float, log:
   # workdir must be empty or a run directory when it is claimed
   if not os.path.exists(os.path.join(data_dir, catalog_io.ITEMS_FILE)):
     catalog_io.write_dataset(split.warm, data_dir)
-  experiment.run_experiment(warm_config(cfg, data_dir), root, log, train_only=True)
+  train(warm_config(cfg, data_dir), root, log, train_only=True)
   run = workdir_lib.load_run(root)
   art = run.artifacts
   quant = qlib.load_quantiser(os.path.join(root, 'sids', 'sid_map'), art.sid_map)

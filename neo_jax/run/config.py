@@ -84,6 +84,10 @@ def _fraction(v: float) -> str | None:
   return None if 0.0 <= v <= 1.0 else 'must be in [0, 1]'
 
 
+def _cold_fraction(v: float) -> str | None:
+  return None if 0.0 <= v < 1.0 else 'must be in [0, 1) (0: no cold-start evaluation)'
+
+
 def _split_spec(v: str) -> str | None:
   method, _, args = v.partition(':')
   if method not in SPLIT_METHODS:
@@ -382,6 +386,10 @@ SCHEMA = Section('a NEO run', {
                                         check=_at_least(0), state=False),
         'max_new_tokens': Field(48, 'generated tokens per answer at most', check=_at_least(1),
                                 state=False),
+        'cold_items': Field(0.0, 'cold-start evaluation: this fraction of each type\'s items is '
+                            'held out of a second NEO-multi\'s training, added through the '
+                            'frozen quantiser and measured (result.json cold/...; trains in '
+                            'W/cold); 0: not run', check=_cold_fraction, state=False),
     }, state=False),
     'baseline_args': Section('constructor arguments per baseline, e.g. '
                              '--config.baseline_args.sasrec.max_epochs=5', {},

@@ -20,7 +20,11 @@ this with different configs.
      known at request time (the last history item's; the query's); primary figures with the
      user's history excluded, beside them nothing excluded; paired bootstrap intervals of
      NEO-multi against every other system (`compare/...`); SID validity, steerability, user
-     understanding on held-out users and recsplanation faithfulness; the sample generations.
+     understanding on held-out users and recsplanation faithfulness; the sample generations;
+  7. with `experiment.cold_items` = F > 0, the cold-start evaluation (`run.cold_items`): a
+     second NEO-multi trained without a fraction F of the items (<workdir>/cold), those items
+     added through the frozen quantiser, against BM25, dense and NEO-multi of step 2 (result
+     keys cold/...).
 
 Every read of evaluation data goes through the `SplitGuard` of `neo_jax.eval.protocol`
 (<workdir>/split_access.json); the test split is opened once, after every model is trained and
@@ -49,6 +53,7 @@ from neo_jax.eval.protocol import (TASKS, Requests, SplitGuard, make_requests, m
 from neo_jax.eval.steering import SteerSettings, sample_generations, steer_and_understand
 from neo_jax.eval.validation import Validator
 from neo_jax.model import vocab as vocab_lib
+from neo_jax.run import cold_items
 from neo_jax.run import config as config_lib
 from neo_jax.run import rundir
 from neo_jax.run import stages
@@ -573,5 +578,8 @@ def run_experiment(cfg: ml_collections.ConfigDict, workdir: str, log: Log = prin
   figures, samples = final_evaluation(cfg, models, ablations, fitted, rankers, art, guard,
                                       workdir, log)
   result.update(figures)
+  if cfg.experiment.cold_items > 0:  # NEO-multi of W is the upper bound (run/cold_items.py)
+    result.update(cold_items.run_cold(cfg, workdir, cfg.experiment.cold_items, log,
+                                      train=run_experiment))
   _record(result, 'total', t_all)
   return rundir.json_safe(result), samples
