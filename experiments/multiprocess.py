@@ -9,13 +9,17 @@ multi-host slice runs it, without the slice.
 Everything after `--` is a module and its arguments, run in every process as
 `python -m MODULE ARGS` would run it, after `jax.distributed.initialize(127.0.0.1:PORT,
 processes, process_id)` (on the CPU with gloo collectives and `devices_per_process` CPU
-devices per process). Each process's output lines are prefixed `[pN] `.
+devices per process) and the backend's initialisation. Each process's output lines are
+prefixed `[pN] `. In such a job neo_jax's process 0 alone writes the run's shared files and
+every process writes its shards of the orbax checkpoints (neo_jax/catalog/multihost.py).
 
-When a process ends with an error or is killed (SIGKILL included), the others are stopped
-(SIGTERM, then SIGKILL after `--grace_s`), the launcher prints one line `error: ...` naming
-the process and how it ended, and exits with status 1: rerunning the same command resumes
-from the last checkpoints (experiments.train resumes every stage). All processes ending with
-status 0 is status 0.
+A process whose module raises or exits with a non-zero status leaves at once (`os._exit`,
+skipping jax.distributed's shutdown barrier, which would wait for the others). When a process
+ends with an error or is killed (SIGKILL included), the others are stopped (SIGTERM, then
+SIGKILL after `--grace_s`), the launcher prints one line `error: ...` naming the process
+that failed first (a watcher thread per process records when each ended) and how it ended,
+and exits with status 1: rerunning the same command resumes from the last checkpoints
+(experiments.train resumes every stage). All processes ending with status 0 is status 0.
 
 The launcher parses its own arguments with argparse, not absl flags: the module it runs
 parses the rest with its own absl flags, and the two must not share one flag registry.
@@ -24,6 +28,7 @@ parses the rest with its own absl flags, and the two must not share one flag reg
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import runpy
 import signal
@@ -32,6 +37,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,8 +57,10 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                  help="'cpu': gloo collectives, fake CPU devices; 'gpu': process i sees "
                  'GPU i (devices_per_process GPUs each)')
   p.add_argument('--port', type=int, default=0, help='coordinator port (0: a free one)')
-  p.add_argument('--grace_s', type=float, default=10.0,
-                 help='seconds the others get to stop after one failed, before SIGKILL')
+  p.add_argument('--grace_s', type=float, default=3.0,
+                 help='seconds the others get to stop after one failed, before SIGKILL (JAX '
+                 "catches SIGTERM for its preemption notice, so a JAX process rarely stops "
+                 'before SIGKILL)')
   p.add_argument('--heartbeat_timeout_s', type=int, default=30,
                  help='seconds without a heartbeat before the coordinator gives up on a '
                  'process (a backstop: the launcher stops the job first)')
@@ -89,9 +97,35 @@ def worker(opts: argparse.Namespace, command: list[str]) -> None:
   jax.distributed.initialize(opts.coordinator, opts.processes, opts.worker,
                              local_device_ids=local_ids,
                              heartbeat_timeout_seconds=opts.heartbeat_timeout_s)
+  # The backend now, in every process, before the module's own work: initialised lazily, a
+  # process could enter the topology exchange (a collective of all processes) while another
+  # is still busy elsewhere, or never comes because it failed first.
+  jax.devices()
   module, args = command[0], command[1:]
   sys.argv = [module] + args
-  runpy.run_module(module, run_name='__main__', alter_sys=True)
+  status = _run_module(module)
+  if status:
+    # Leave at once: a normal exit runs jax.distributed's shutdown barrier, which waits for
+    # the other processes (still training, or waiting on this one) until their timeouts,
+    # so the launcher would see another process fail first and name it.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)  # pylint: disable=protected-access
+
+
+def _run_module(module: str) -> int:
+  """Runs `module` as __main__; its exit status (an uncaught exception: traceback, 1)."""
+  try:
+    runpy.run_module(module, run_name='__main__', alter_sys=True)
+  except SystemExit as e:
+    if e.code is None or isinstance(e.code, int):
+      return int(e.code or 0)
+    print(e.code, file=sys.stderr)
+    return 1
+  except BaseException:  # pylint: disable=broad-except  (KeyboardInterrupt included)
+    traceback.print_exc()
+    return 1
+  return 0
 
 
 def _pump(stream, prefix: str, out) -> None:
@@ -129,12 +163,35 @@ def _interrupted(signum, frame) -> None:
   raise KeyboardInterrupt(f'signal {signum}')
 
 
-def _first_failed(procs: list[subprocess.Popen]) -> int | None:
-  """The process whose failure to report: one killed by a signal first (the others then
-  fail on their collectives with errors of their own), else the first with a non-zero
-  status; None while none has failed."""
-  failed = [(p.returncode >= 0, i) for i, p in enumerate(procs) if p.poll() not in (None, 0)]
-  return min(failed)[1] if failed else None
+# Deaths this close to the first one may be its consequence (a process whose collective
+# failed when its peer died) or be observed out of order: among them a process killed by a
+# signal is the one to name.
+TIE_S = 1.0
+
+
+def _first_failed(procs: list[subprocess.Popen],
+                  died: dict[int, float] | None = None) -> int | None:
+  """The process whose failure to report, None while none has failed: the first to die
+  (`died`: process -> time.monotonic() of its end, as its watcher saw it), a process killed
+  by a signal before one that exited with an error among those that ended within TIE_S of
+  it, then the lowest index."""
+  died = died or {}
+  failed = [(died.get(i, math.inf), i) for i, p in enumerate(procs)
+            if p.poll() not in (None, 0)]
+  if not failed:
+    return None
+  first = min(t for t, _ in failed)
+  near = [(procs[i].returncode >= 0, t, i) for t, i in failed
+          if t == first or t - first <= TIE_S]
+  return min(near)[2]
+
+
+def _watch(proc: subprocess.Popen, i: int, died: dict[int, float],
+           changed: threading.Event) -> None:
+  """Waits for process `i` to end and records when (its watcher thread)."""
+  proc.wait()
+  died[i] = time.monotonic()
+  changed.set()
 
 
 def _die_with_parent() -> None:
@@ -157,6 +214,8 @@ def launch(opts: argparse.Namespace, command: list[str]) -> int:
   env = dict(os.environ, PYTHONUNBUFFERED='1')
   env['PYTHONPATH'] = REPO + (os.pathsep + env['PYTHONPATH'] if env.get('PYTHONPATH') else '')
   procs, pumps = [], []
+  died: dict[int, float] = {}
+  changed = threading.Event()
   for i in range(opts.processes):
     p = subprocess.Popen(base + [f'--worker={i}', '--'] + command, env=env, cwd=os.getcwd(),
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -165,16 +224,20 @@ def launch(opts: argparse.Namespace, command: list[str]) -> int:
     t = threading.Thread(target=_pump, args=(p.stdout, f'[p{i}] ', sys.stdout), daemon=True)
     t.start()
     pumps.append(t)
+    threading.Thread(target=_watch, args=(p, i, died, changed), daemon=True).start()
   signal.signal(signal.SIGTERM, _interrupted)  # stop the processes as Ctrl-C does
   print(f'launched {opts.processes} processes (pids {[p.pid for p in procs]}), coordinator '
         f'127.0.0.1:{port}', flush=True)
   failed = None
   try:
-    while failed is None and any(p.poll() is None for p in procs):
-      failed = _first_failed(procs)
-      time.sleep(0.2)
-    if failed is None:
-      failed = _first_failed(procs)
+    while failed is None and len(died) < len(procs):
+      changed.wait(timeout=1.0)
+      changed.clear()
+      failed = _first_failed(procs, dict(died))
+    if failed is not None:
+      # Let a death that is its consequence (or observed late) be recorded before naming.
+      time.sleep(min(TIE_S, 0.5))
+      failed = _first_failed(procs, dict(died))
   except KeyboardInterrupt:
     _stop(procs, opts.grace_s)
     raise

@@ -21,7 +21,9 @@ TESTS = os.path.join(REPO, 'tests')
 TRAIN = ['experiments.train', '--config=experiments/configs/tiny.py',
          '--config.train.mesh=1,4,1', '--config.sid.shard=false',
          '--config.capability.checkpoint_every=2']
-TIMEOUT = 600
+# A safety net, not the measure: on an idle 2-core machine a run takes well under a minute,
+# but a machine loaded by other jobs stretches every process's start, compile and step.
+TIMEOUT = 1800
 
 
 def _env(**extra) -> dict[str, str]:
@@ -84,11 +86,13 @@ def test_two_processes_equal_one(one_process, tmp_path):
   assert {'ocdbt.process_0', 'ocdbt.process_1'} <= names, sorted(names)
 
 
-@pytest.mark.skip(reason='flaky on the 2-core CPU: of four runs on 2026-12-06 it passed once, '
-                  'once the launcher named process 0 (status 1) instead of the killed '
-                  'process 1, once the rerun did not resume grounding, once it timed out; '
-                  'the kill/resume path was checked by hand (see RESULTS/notes) and needs '
-                  'a deterministic fix before this test runs in CI again')
+@pytest.mark.skip(reason='not yet run 3 times in a row under pytest. Its three failure modes '
+                  'of 2026-12-06 (the launcher named process 0; the rerun did not resume; '
+                  'gloo timeouts) have fixes: the launcher names the first process to end, '
+                  'process 0 alone writes the shared files, barriers and the compile-ahead '
+                  'of each stage keep gloo within its 30 s; the same kill and rerun by hand '
+                  'then passed (see /work/notes/note21.md), but on the loaded 2-core CPU one '
+                  'such test took over 30 minutes, so it could not be repeated in time')
 def test_sigkill_of_one_process_stops_the_job_and_the_rerun_resumes(one_process, tmp_path):
   workdir, spy = tmp_path / 'w', tmp_path / 'spy'
   spy.mkdir()
@@ -127,7 +131,29 @@ def test_the_launcher_names_the_killed_process_not_its_victims():
   assert multiprocess._first_failed([_Proc(1), _Proc(-9)]) == 1
   assert multiprocess._first_failed([_Proc(None), _Proc(2), _Proc(1)]) == 1
   assert multiprocess._first_failed([_Proc(0), _Proc(None)]) is None
+  # With the times the watchers saw: the first to end is named, whatever its index or how
+  # it ended; within TIE_S of it a process killed by a signal goes first.
+  tie = multiprocess.TIE_S
+  assert multiprocess._first_failed([_Proc(1), _Proc(1)], {0: 10.0 + 2 * tie, 1: 10.0}) == 1
+  assert multiprocess._first_failed([_Proc(-6), _Proc(-9)], {0: 10.0 + 2 * tie, 1: 10.0}) == 1
+  assert multiprocess._first_failed([_Proc(-9), _Proc(1)], {0: 10.0 + tie / 2, 1: 10.0}) == 0
+  assert multiprocess._first_failed([_Proc(-6), _Proc(-9)], {0: 10.0, 1: 10.0 + tie / 2}) == 0
   assert multiprocess._how(-9) == 'was killed by SIGKILL'
   assert multiprocess._how(3) == 'exited with status 3'
   with pytest.raises(SystemExit):
     multiprocess.parse(['--processes=2'])  # no module after --
+
+
+def test_a_process_that_fails_is_named_and_the_others_stopped(tmp_path):
+  """Process 1 exits with an error before its first collective while process 0 waits for it
+  at a barrier: process 1 leaves at once (no shutdown barrier), the launcher names it and
+  stops process 0, which never passes the barrier."""
+  cmd = [sys.executable, '-m', 'experiments.multiprocess', '--processes=2',
+         '--devices_per_process=1', '--', 'mp_fail']
+  proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True,
+                        timeout=TIMEOUT)
+  assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+  last = proc.stdout.strip().splitlines()[-1]
+  assert last.startswith('error: process 1 of 2') and 'exited with status 1' in last, last
+  assert '[p1] error: process 1 fails on purpose' in proc.stdout
+  assert 'process 0 passed the barrier' not in proc.stdout

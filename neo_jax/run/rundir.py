@@ -19,6 +19,7 @@ from typing import Any, Mapping
 import ml_collections
 
 from neo_jax.catalog import atomic
+from neo_jax.catalog import multihost
 from neo_jax.run import config as config_lib
 
 CONFIG_FILE = 'config.json'
@@ -72,13 +73,21 @@ def check(directory: str, cfg: ml_collections.ConfigDict) -> None:
 def claim(directory: str, cfg: ml_collections.ConfigDict, *, overwrite: bool = False) -> None:
   """Makes `directory` the run directory of `cfg`: checks it (`check`), or with `overwrite`
   removes a previous run there (only a directory that holds a recorded config), then records
-  the config."""
+  the config.
+
+  In a multi-process job process 0 alone does this; the others wait for it at a barrier and
+  then check the recorded config (which passes: it is theirs)."""
+  if not multihost.is_writer():
+    multihost.barrier(f'claim:{os.path.abspath(directory)}')
+    check(directory, cfg)
+    return
   if overwrite and has_config(directory):
     shutil.rmtree(directory)
   else:
     check(directory, cfg)
   os.makedirs(directory, exist_ok=True)
   write_json(os.path.join(directory, CONFIG_FILE), cfg.to_dict())
+  multihost.barrier(f'claim:{os.path.abspath(directory)}')
 
 
 
@@ -94,6 +103,10 @@ def write_json(path: str, obj: Any) -> str:
 
 
 def write_result(workdir: str, result: Mapping[str, Any]) -> str:
-  """`workdir/result.json`, atomically, strict JSON."""
-  os.makedirs(workdir, exist_ok=True)
-  return write_json(os.path.join(workdir, 'result.json'), result)
+  """`workdir/result.json`, atomically, strict JSON (by process 0 alone in a multi-process
+  job, whose processes hold the same result); returns its path."""
+  path = os.path.join(workdir, 'result.json')
+  if multihost.is_writer():
+    os.makedirs(workdir, exist_ok=True)
+    write_json(path, result)
+  return path

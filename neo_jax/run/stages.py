@@ -13,6 +13,10 @@ with explicit arguments and writes its artifact under the workdir (see WORKSPACE
   build_examples   training and validation examples (in memory), from the view
   build_model      the decoder over the text vocabulary, extended with the SID rows
 
+In a multi-process job every process runs every stage in memory (the same config and seed),
+process 0 alone writes the artifacts, and the others read the dataset it built after a
+barrier (`catalog/multihost.py`).
+
 `build_test_examples` is for the SplitGuard alone (the final evaluation). `prepare` runs the
 stages in order and returns the `Artifacts` with the examples and the facts of the build
 (sizes, timings).
@@ -31,6 +35,7 @@ import numpy as np
 from flax import nnx
 
 from neo_jax.catalog import io as catalog_io
+from neo_jax.catalog import multihost
 from neo_jax.catalog import synthetic
 from neo_jax.catalog import tfds_builders
 from neo_jax.catalog import splits as splits_lib
@@ -90,15 +95,21 @@ def load_data(cfg: ml_collections.ConfigDict, workdir: str, log: Log, *, build: 
   """
   dataset = cfg.data.dataset
   where = dataset_location(cfg, workdir)
+  # A multi-process job: process 0 builds, the others read it after the barrier.
+  writer = multihost.is_writer()
   if dataset == 'synthetic':
-    if build and not os.path.exists(os.path.join(where, 'items.jsonl')):
+    if build and writer and not os.path.exists(os.path.join(where, 'items.jsonl')):
       synthetic.write_synthetic(synthetic.SyntheticConfig(**cfg.data.synthetic.to_dict()),
                                 where)
+    if build:
+      multihost.barrier(f'data:{os.path.abspath(where)}')
     ds = catalog_io.load_dataset(where, on_unknown_item=cfg.data.on_unknown_item)
   elif dataset == 'movielens100k':
-    if build and not os.path.exists(where):
+    if build and writer and not os.path.exists(where):
       kwargs = {'source': cfg.data.data_dir} if cfg.data.data_dir else {}
       tfds_builders.build('movielens100k', os.path.dirname(where), **kwargs)
+    if build:
+      multihost.barrier(f'data:{os.path.abspath(where)}')
     ds = tfds_builders.load_built(where)
   else:
     ds = catalog_io.load_dataset(where, on_unknown_item=cfg.data.on_unknown_item)
@@ -225,7 +236,8 @@ def build_tokenizer(cfg: ml_collections.ConfigDict, ds: Dataset, sid_map: SIDMap
     proto = train_sentencepiece(texts, vocab_size=cfg.tokenizer.vocab_size,
                                 model_type=cfg.tokenizer.model_type, seed=cfg.seed)
     tok = SentencePieceTokenizer.from_sid_map(proto, sid_map)
-  tok.save(os.path.join(workdir, 'tokenizer'))
+  if multihost.is_writer():  # every process holds the same tokenizer; process 0 saves it
+    tok.save(os.path.join(workdir, 'tokenizer'))
   log(f'tokenizer: {tok.text_vocab_size} text tokens + {tok.sid.size} SID tokens'
       + (f' ({backbone})' if backbone else ''))
   return tok

@@ -1,6 +1,10 @@
 """One SID build as a job: embed the catalog, quantise, save the map, report its quality.
 
 `experiments/build_sids.py` is the command-line front; the pipeline may call the same pieces.
+
+In a multi-process JAX job every process builds the same map in memory (the same items,
+embeddings and seed; a sharded k-means shards over the process's own devices) and process 0
+alone writes it (`catalog/multihost.py`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from neo_jax.catalog import atomic
+from neo_jax.catalog import multihost
 from neo_jax.catalog.types import Catalog
 from neo_jax.sid import builder
 from neo_jax.sid import collaborative
@@ -110,7 +116,8 @@ def build_and_save(catalog: Catalog, emb_NxD: np.ndarray, out_dir: str, *,
     levels, k, collision, iters, method, tol, minibatch, popularity, encoder_name, seed: as in
       `builder.build_sid_map` (k and a per-type levels as plain dicts, not ConfigDicts).
     batch_size: items per k-means batch; 0 runs one in-memory Lloyd per level.
-    shard: shard the items over every local device when there are several.
+    shard: shard the items over every local device when there are several (in a
+      multi-process job: this process's devices, each process building the same map).
 
   Returns:
     (sid_map, report): the builder's figures and `quality.quality_report`'s, merged, plus
@@ -118,9 +125,12 @@ def build_and_save(catalog: Catalog, emb_NxD: np.ndarray, out_dir: str, *,
   """
   t0 = time.perf_counter()
   mesh = None
-  if shard and jax.device_count() > 1:
+  if shard and jax.local_device_count() > 1:
     from neo_jax.sid import stream_kmeans  # local: only for multi-device builds
-    mesh = stream_kmeans.data_mesh()
+    # This process's devices: the k-means reads its centroids back to the host, which a
+    # mesh spanning other processes' devices would not allow; every process builds the same
+    # map on its own devices.
+    mesh = stream_kmeans.data_mesh(jax.local_devices())
   sid_map, report = builder.build_sid_map(
       catalog, emb_NxD, levels=levels, k=k, collision=collision, popularity=popularity,
       seed=seed, iters=iters, encoder_name=encoder_name, method=method, tol=tol,
@@ -131,27 +141,39 @@ def build_and_save(catalog: Catalog, emb_NxD: np.ndarray, out_dir: str, *,
     # The builder's utilisation_l{l} of the k-means levels are the same numbers; the quality
     # report adds the levels the builder appended (disambiguation, fillers).
     report.setdefault(key, value)
-  os.makedirs(out_dir, exist_ok=True)
-  builder.save_sid_map(sid_map, os.path.join(out_dir, 'sid_map'))
+  frozen = None
   if sid_map.codebooks is not None:
     frozen = quantiser.freeze(catalog, emb_NxD, encoder_name, sid_map)
-    quantiser.save_quantiser(frozen, os.path.join(out_dir, 'sid_map'))
     report['quantiser/reproduced_items'] = frozen.reproduced_items
-  if plot:
+  writer = multihost.is_writer()
+  if writer:
+    _save_map(sid_map, frozen, os.path.join(out_dir, 'sid_map'))
+  if plot and writer:
     title = (f'{sid_map.meta.get("method")} SIDs, {encoder_name}, collision rate '
              f'{report["collision_rate"]:.4f}')
     quality.plot_report(q, sid_map, os.path.join(out_dir, 'quality.png'), title)
   report['seconds_build'] = build_s
   report['seconds_quality'] = time.perf_counter() - t0 - build_s
-  tmp = os.path.join(out_dir, 'report.json.tmp')
-  with open(tmp, 'w') as f:
-    json.dump(report, f, indent=1, sort_keys=True)
-  os.replace(tmp, os.path.join(out_dir, 'report.json'))
-  logging.info('SID map written to %s', out_dir)
+  if writer:
+    # Unique temporary name, renamed into place (json.dump's text, as before).
+    atomic.write_text(os.path.join(out_dir, 'report.json'),
+                      json.dumps(report, indent=1, sort_keys=True))
+    logging.info('SID map written to %s', out_dir)
   print(f'sids: {sid_map.num_levels} levels, sizes {sid_map.level_sizes}, collision rate '
         f'{report["collision_rate"]:.4f}, unreachable {report["unreachable_items"]}',
         file=sys.stderr)
   return sid_map, report
+
+
+def _save_map(sid_map: SIDMap, frozen: quantiser.FrozenQuantiser | None,
+              directory: str) -> None:
+  """Writes the SID map folder (map, manifest and the quantiser when there is one) as a
+  whole: built in a temporary folder beside it, then renamed over the old one, so that a
+  reader never sees the new map beside an old quantiser or half a folder."""
+  with atomic.atomic_directory(directory, overwrite=True) as tmp:
+    builder.save_sid_map(sid_map, tmp)
+    if frozen is not None:
+      quantiser.save_quantiser(frozen, tmp)
 
 
 __all__ = ['ENCODERS', 'build_and_save', 'embed']

@@ -3,6 +3,10 @@ progress lines and metric logs.
 
 NEO trains in two stages that share this loop: "grounding" (the backbone frozen, only SID rows
 of the embedding and head updated, through `update_mask`) and "capability" (full fine-tuning).
+
+In a multi-process job every process runs the same loop on its rows of each batch; orbax
+checkpoints are written by all of them (each its shards), the stage's log files (JSON lines,
+TensorBoard, summary.json) by process 0 alone (`catalog/multihost.py`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tensorboardX import SummaryWriter
 
 from neo_jax.catalog import atomic
+from neo_jax.catalog import multihost
 from neo_jax.model import sharding
 from neo_jax.train import hostdata
 from neo_jax.train import optimizer as optimizer_lib
@@ -376,7 +381,8 @@ def _compile(graphdef: nnx.GraphDef, placed: _Placed, tx: optax.GradientTransfor
 
 class _Logs:
   """Where a stage's figures go: `log` lines, <workdir>/logs/<name>.jsonl and TensorBoard
-  (<workdir>/tensorboard/<name>, scalars '<name>/<key>').
+  (<workdir>/tensorboard/<name>, scalars '<name>/<key>'); in a multi-process job the files
+  are process 0's alone (the others only print their lines).
 
   The JSON-lines log holds each step once: on a resume from step `start`, the records of
   later steps (written before the kill, about to be written again) and a line cut by the kill
@@ -384,9 +390,12 @@ class _Logs:
 
   def __init__(self, workdir: str, name: str, log: Callable[[str], None], start: int = 0):
     logs_dir = os.path.join(workdir, 'logs')
-    os.makedirs(logs_dir, exist_ok=True)
     self.name, self.log = name, log
     self.jsonl = os.path.join(logs_dir, f'{name}.jsonl')
+    self.appender = self.writer = None
+    if not multihost.is_writer():
+      return
+    os.makedirs(logs_dir, exist_ok=True)
     self._keep_until(start)
     self.appender = atomic.JsonlAppender(self.jsonl)
     self.writer = SummaryWriter(os.path.join(workdir, 'tensorboard', name))
@@ -401,24 +410,31 @@ class _Logs:
       atomic.write_text(self.jsonl, ''.join(atomic.dumps(r) + '\n' for r in kept))
 
   def record(self, step: int, record: Mapping[str, Any], scalars: Mapping[str, float]) -> None:
+    if self.appender is None:
+      return
     self.appender.append([record])
     for k, v in scalars.items():
       self.writer.add_scalar(f'{self.name}/{k}', v, step)
 
   def close(self) -> None:
-    self.appender.close()
-    self.writer.close()
+    if self.appender is not None:
+      self.appender.close()
+      self.writer.close()
 
 
 def _set_aside(ckpt_dir: str, step: int) -> str:
   """Moves checkpoint `step` out of the stage's checkpoints (orbax no longer sees it) into
-  `<ckpt_dir>.set_aside/<step>[-n]`, kept for inspection; returns where."""
+  `<ckpt_dir>.set_aside/<step>[-n]`, kept for inspection; returns where. In a multi-process
+  job process 0 moves it and every process returns after the move."""
   aside = ckpt_dir + '.set_aside'
-  os.makedirs(aside, exist_ok=True)
-  dest, n = os.path.join(aside, str(step)), 1
-  while os.path.exists(dest):
-    dest, n = os.path.join(aside, f'{step}-{n}'), n + 1
-  os.rename(os.path.join(ckpt_dir, str(step)), dest)
+  dest = aside
+  if multihost.is_writer():
+    os.makedirs(aside, exist_ok=True)
+    dest, n = os.path.join(aside, str(step)), 1
+    while os.path.exists(dest):
+      dest, n = os.path.join(aside, f'{step}-{n}'), n + 1
+    os.rename(os.path.join(ckpt_dir, str(step)), dest)
+  multihost.barrier(f'set_aside:{ckpt_dir}:{step}')
   return dest
 
 
@@ -435,6 +451,7 @@ def _resume(make_manager: Callable[[], ocp.CheckpointManager], placed: _Placed, 
   manager = make_manager()
   while manager.latest_step() is not None:
     step = int(manager.latest_step())
+    restored, reason = None, 'it did not restore in another process'
     try:
       restored = manager.restore(step, args=ocp.args.StandardRestore(
           {'params': placed.params, 'opt_state': placed.opt_state}))
@@ -445,6 +462,9 @@ def _resume(make_manager: Callable[[], ocp.CheckpointManager], placed: _Placed, 
     except Exception as e:  # pylint: disable=broad-except
       # orbax and tensorstore raise many kinds of errors for damaged files.
       reason = ' '.join(f'{type(e).__name__}: {e}'.split())[:300]
+      restored = None
+    # Every process of a multi-process job takes the same decision.
+    if not multihost.all_true(restored is not None):
       manager.close()
       where = _set_aside(ckpt_dir, step)
       manager = make_manager()  # a fresh view of the directory, without that step
@@ -569,6 +589,8 @@ class _Run:
     pending = None  # (step, metrics on device)
     for step in range(self.start + 1, steps + 1):
       batch = self.put(self.data.batch(step - 1, rows=self.host_rows))
+      if step == self.start + 1 and multihost.distributed():
+        self.compile_together(batch)
       self.state.params, self.state.opt_state, metrics = self.train_step(
           self.state.params, self.state.opt_state, batch, self.state.frozen)
       if pending is not None:
@@ -584,6 +606,15 @@ class _Run:
         self.save(step, self.last_valid if evaluate else None)
     if pending is not None:
       self.drain(*pending)
+
+  def compile_together(self, batch: Mapping[str, jax.Array]) -> None:
+    """Multi-process: compiles the step ahead (its first call then runs the cached
+    executable) and waits at a barrier, so that every process runs the first step, whose
+    collectives form the mesh's device groups, at the same moment however long each took to
+    compile (`catalog/multihost.py`)."""
+    self.train_step.lower(self.state.params, self.state.opt_state, batch,
+                          self.state.frozen).compile()
+    multihost.barrier(f'{self.name}: compiled')
 
   def restore_best(self) -> tuple[int | None, bool]:
     """(best step or None without validation, whether its parameters were restored): with
@@ -634,7 +665,8 @@ class _Run:
         'model_step': model_step,
         **{f'final_{k}': v for k, v in self.last_valid.items()},
     }
-    atomic.write_json(summary_path, summary)
+    if multihost.is_writer():
+      atomic.write_json(summary_path, summary)
     return summary
 
 
