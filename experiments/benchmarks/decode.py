@@ -19,8 +19,8 @@ Per preset, measured in the same run, after one compile of each program (warm ti
     head (score='codes', the served default), the same with a `history`-item exclusion list,
     the same with every beam copying the prompt's cache (the path before shared prompts),
     constrained with the full head (score='vocab'); unconstrained SID decoding with the same
-    rows-only head (no trie) and with the full head, and unconstrained full-vocabulary beam
-    search. The constrained / unconstrained ratios compare the same head
+    rows-only head (no trie, `code_beam_search`), and unconstrained full-vocabulary beam search
+    (the full head). The constrained / unconstrained ratios compare the same head
     (`constrained_over_unconstrained_step_time`: rows-only head both;
     `constrained_full_head_over_unconstrained_step_time`: full head both), so they measure what
     the trie costs, not what restricting the head saves;
@@ -220,9 +220,9 @@ def _step_times(preset, settings, graphdef, state, vocab, trie, prompts_of, hist
     model = nnx.merge(graphdef, state)
     if mode == 'unconstrained':  # full-vocabulary beam search, the usual baseline
       return vocab_beam_search(model, cache, pre, beams, num_levels)
-    if mode.startswith('unconstrained_'):  # SID codes without a trie, the same head
+    if mode == 'unconstrained_rows':  # SID codes without a trie, the rows-only head
       return code_beam_search(model, cache, pre, vocab_arrays.offsets_TxL[0], sizes, beams,
-                              score='codes' if mode == 'unconstrained_rows' else 'vocab')
+                              score='codes')
     constraints = Constraints(trie=trie, vocab=vocab_arrays, request=request)
     # 'rows': level-normalised scores from the code rows of the LM head only (the served
     # default); 'full': the full-softmax scores, every row at every level; 'rows_copied': as
@@ -235,8 +235,7 @@ def _step_times(preset, settings, graphdef, state, vocab, trie, prompts_of, hist
   pre, cache = jax.block_until_ready(prompt_fn(state, tokens, positions, valid))
   hist, request = history_filter(batch, trie)
   step_ms, outputs = {}, {}
-  for mode in ('rows', 'rows_copied', 'full', 'unconstrained_rows', 'unconstrained_full',
-               'unconstrained'):
+  for mode in ('rows', 'rows_copied', 'full', 'unconstrained_rows', 'unconstrained'):
     for filt in ((None, request) if mode == 'rows' else (None,)):
       name = mode + ('_filtered' if filt is not None else '')
       fn = functools.partial(search_fn, state, cache, pre, trie, filt, mode)
