@@ -134,9 +134,11 @@ def test_reload_follows_add_and_remove_without_recompiling(run, tmp_path):
 
   cu.remove_items(run, ['movie-new-1', old[0]])
   assert svc.reload_catalog()['removed'] == 2
-  with compiled() as after_remove:
-    out = svc.answer([svc.parse({**probe, 'allow': NEW_IDS[:2] + old[:1]})])
-  assert ids_of(out[0]) == ['movie-new-2']
+  with compiled() as after_remove:  # three live items admitted, as before: the same shapes
+    out = svc.answer([svc.parse({**probe, 'allow': NEW_IDS[:2] + old})])
+  assert sorted(ids_of(out[0])) == sorted(['movie-new-2'] + old[1:])
+  out = svc.answer([svc.parse({**probe, 'allow': NEW_IDS[:2] + old[:1]})])
+  assert ids_of(out[0]) == ['movie-new-2'] and out[0]['allowed_items'] == 1
   with pytest.raises(serving.RequestError, match='was withdrawn'):
     svc.parse({'task': 'explain', 'user': next(iter(svc.histories)), 'item': old[0]})
   # The catalog changed, the compiled programs did not: answering after a reload compiles no
