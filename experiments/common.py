@@ -152,7 +152,9 @@ def run(main: Callable[[list[str]], None]) -> None:
 
 
 def start(argv: list[str]) -> None:
-  """Rejects stray arguments and quiets orbax's per-step INFO logs."""
+  """Rejects stray arguments and quiets orbax's per-step INFO logs (unless the command line
+  set `--verbosity` itself: it is then kept, and -1 also turns progress lines off)."""
   if len(argv) > 1:
     raise config_lib.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
-  logging.set_verbosity(logging.WARNING)
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)

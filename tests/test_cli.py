@@ -119,3 +119,19 @@ def test_build_dataset_existing_output_is_one_line(tmp_path):
   line = _one_line_error(_run('build_dataset', '--dataset=movielens100k', f'--workdir={w}'))
   assert 'exists' in line and '--overwrite' in line
   assert not (w / 'result.json').exists()
+
+
+def test_start_keeps_a_verbosity_set_on_the_command_line(monkeypatch):
+  from absl import flags, logging  # pylint: disable=g-import-not-at-top
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  before = logging.get_verbosity()
+  try:
+    logging.set_verbosity(logging.INFO)
+    monkeypatch.setattr(flags.FLAGS['verbosity'], 'present', 1)
+    common.start(['prog'])
+    assert logging.get_verbosity() == logging.INFO  # --verbosity given: kept
+    monkeypatch.setattr(flags.FLAGS['verbosity'], 'present', 0)
+    common.start(['prog'])
+    assert logging.get_verbosity() == logging.WARNING  # not given: orbax's INFO quieted
+  finally:
+    logging.set_verbosity(before)
