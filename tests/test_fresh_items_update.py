@@ -136,13 +136,13 @@ def test_withdrawn_item_is_unreachable_and_a_running_ranker_follows_without_reco
   facts = cu.update_ranker(ranker, before, after)
   assert facts == {'added': 3, 'removed': 2, 'grown': 0}
   allow = [movies[:6] + [new_movie, after.catalog.index_of('movie-new-2')]]
-  with compiled() as after:
+  with compiled() as changed:
     items2, _ = ranker.rank(probe, ['movie'], 8, allowed=allow)
   got = [int(i) for i in items2[0] if i >= 0]
   assert victim not in got and after.catalog.index_of('movie-new-2') not in got
   assert new_movie in got and sorted(got) == sorted(set(allow[0]) - {
       victim, after.catalog.index_of('movie-new-2')})
-  assert set(after) <= set(unchanged), (unchanged, after)  # none the change alone causes
+  assert set(changed) <= set(unchanged), (unchanged, changed)  # none the change alone causes
   # A fresh load of the run sees the same catalog.
   svc2, _ = service_of(run)
   items3, _ = svc2.ranker.rank(probe, ['movie'], 8, allowed=allow)
