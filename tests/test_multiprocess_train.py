@@ -91,8 +91,9 @@ def test_two_processes_equal_one(one_process, tmp_path):
                   'gloo timeouts) have fixes: the launcher names the first process to end, '
                   'process 0 alone writes the shared files, barriers and the compile-ahead '
                   'of each stage keep gloo within its 30 s; the same kill and rerun by hand '
-                  'then passed (see /work/notes/note21.md), but on the loaded 2-core CPU one '
-                  'such test took over 30 minutes, so it could not be repeated in time')
+                  'then passed twice on 2026-12-06 (once by hand, once under pytest), but on '
+                  'the loaded 2-core CPU one run took about 20 minutes, so the third was not '
+                  'run; see /work/notes/note21.md')
 def test_sigkill_of_one_process_stops_the_job_and_the_rerun_resumes(one_process, tmp_path):
   workdir, spy = tmp_path / 'w', tmp_path / 'spy'
   spy.mkdir()
