@@ -145,3 +145,36 @@ def test_load_embeddings(tmp_path):
     features.load_embeddings(tmp_path / 'junk.npy', cat)
   with pytest.raises(FileNotFoundError, match='does not exist'):
     features.load_embeddings(tmp_path / 'missing.npy', cat)
+
+
+def test_minilm_embedding_of_a_catalog_reports_one_progress_over_every_chunk(monkeypatch):
+  from neo_jax.catalog import progress  # pylint: disable=g-import-not-at-top
+  from neo_jax.sid import job, minilm  # pylint: disable=g-import-not-at-top
+
+  class FakeMiniLM:  # the encoder's interface, without its weights
+    dim, name = 3, 'fake-minilm'
+
+    def __init__(self, batch_size, progress):
+      assert progress is False  # the job reports, not each chunk's encode call
+      del batch_size
+
+    def encode(self, texts):
+      return np.ones((len(texts), self.dim), np.float32)
+
+  lines = []
+  monkeypatch.setattr(minilm, 'MiniLMEncoder', FakeMiniLM)
+  monkeypatch.setattr(progress, 'EVERY_S', 1e-9)
+  monkeypatch.setattr(progress, '_stderr', lines.append)
+  monkeypatch.setattr(progress, '_enabled', True)
+  n = 4096 * 2 + 5  # three chunks of embed_catalog
+  cat = make_catalog([f'title {i}' for i in range(n)])
+  kw = dict(tfidf_dim=8, seed=0, batch_size=64, sequences=None, cf_dim=4, cf_window=2)
+  emb, name = job._embed_one(cat, 'minilm', progress=True, **kw)
+  assert emb.shape == (n, 3) and name == 'fake-minilm'
+  # One meter: its counts run over the whole catalog (4,096, 8,192, 8,197), then it closes.
+  assert lines[:3] == [l for l in lines if '/8,197 texts' in l]
+  assert ['4,096/', '8,192/', '8,197/'] == [l.split()[1][:6] for l in lines[:3]]
+  assert lines[-1].startswith('minilm: 8,197 texts in ')
+  lines.clear()
+  job._embed_one(cat, 'minilm', progress=False, **kw)
+  assert not lines

@@ -190,9 +190,10 @@ def _popularity(ds: Dataset, how: str, train_seqs: list[np.ndarray]) -> np.ndarr
 
 
 def embed_items(cfg: ml_collections.ConfigDict, ds: Dataset, split: Split, *,
-                progress: bool = False) -> tuple[np.ndarray, str]:
+                progress: bool = True) -> tuple[np.ndarray, str]:
   """(N, D) item embeddings of `cfg.sid.encoder` and the encoder's name ('cf' parts are
-  fitted on the training split only)."""
+  fitted on the training split only). progress: MiniLM's progress lines (a step under 10 s
+  prints none; `neo_jax.catalog.progress` turns them off everywhere)."""
   s = cfg.sid
   return sid_job.embed(ds.catalog, s.encoder, tfidf_dim=s.feature_dim, seed=cfg.seed,
                        batch_size=s.encoder_batch_size, progress=progress,

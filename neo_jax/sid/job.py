@@ -21,6 +21,7 @@ import numpy as np
 
 from neo_jax.catalog import atomic
 from neo_jax.catalog import multihost
+from neo_jax.catalog import progress as progress_lib
 from neo_jax.catalog.types import Catalog
 from neo_jax.sid import builder
 from neo_jax.sid import collaborative
@@ -52,7 +53,15 @@ def _embed_one(catalog: Catalog, encoder: str, *, tfidf_dim: int, seed: int, bat
                                           seed=seed)
   elif encoder == 'minilm':
     from neo_jax.sid import minilm  # local: loads 90 MB of weights only when asked
-    enc = minilm.MiniLMEncoder(batch_size=batch_size, progress=progress)
+    # One progress line over the whole catalog (the encoder's own would restart at every
+    # chunk of 4096 texts).
+    enc = minilm.MiniLMEncoder(batch_size=batch_size, progress=False)
+    meter = progress_lib.Progress('minilm', len(catalog), unit='texts',
+                                  on=None if progress else False)
+    emb = features.embed_catalog(catalog, enc, batch_size=4096,
+                                 progress=lambda done, _: meter.update(done - meter.done))
+    meter.close()
+    return emb, enc.name
   else:
     raise ValueError(f'unknown encoder {encoder!r}; known: {ENCODERS} or parts of them joined '
                      "by '+'")
