@@ -9,37 +9,20 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 
 import pytest
 
-from experiments.configs import tiny
 from jit_compiles import compiled
 from neo_jax.run import catalog_update as cu
-from neo_jax.run import experiment
 from neo_jax.run import serving
 from neo_jax.run import workdir as workdir_lib
-from test_fresh_items_update import NEW_ITEMS, write_items
+# The fixtures `trained` (a tiny run trained once per module) and `run` (a copy per test).
+from test_fresh_items_update import NEW_ITEMS, run, trained, write_items  # pylint: disable=unused-import
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NEW_IDS = [o['id'] for o in NEW_ITEMS]
-
-
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-  """A tiny run trained once (train only), copied by each test that changes it."""
-  w = str(tmp_path_factory.mktemp('fresh_serving') / 'run')
-  experiment.run_experiment(tiny.get_config(), w, log=lambda _: None, train_only=True)
-  return w
-
-
-@pytest.fixture()
-def run(trained, tmp_path):
-  w = str(tmp_path / 'run')
-  shutil.copytree(trained, w)
-  return w
 
 
 def service(w, batch_size=4):

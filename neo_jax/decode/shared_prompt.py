@@ -26,8 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from neo_jax.model.decoder import (NEG_INF, Cache, Decoder, _rms_norm, _rope,
-                                   rope_inv_freq)
+from neo_jax.model.decoder import NEG_INF, Cache, Decoder, _rms_norm, attention_inputs
 
 
 @struct.dataclass
@@ -154,20 +153,7 @@ class SharedPromptDecoder:
     """One decoder block for one token per beam (the decoder's `_block`, shared attention)."""
     cfg = self.cfg
     dt = cfg.compute_dtype
-    inv_freq = rope_inv_freq(cfg)
-    h = _rms_norm(x_BxKxD, p['input_layernorm'], cfg.norm_eps)
-    q = jnp.einsum('bkd,dnh->bknh', h, p['q_proj'].astype(dt))
-    k = jnp.einsum('bkd,dch->bkch', h, p['k_proj'].astype(dt))
-    v = jnp.einsum('bkd,dch->bkch', h, p['v_proj'].astype(dt))
-    if cfg.qkv_bias:
-      q = q + p['q_bias'].astype(dt)
-      k = k + p['k_bias'].astype(dt)
-      v = v + p['v_bias'].astype(dt)
-    if cfg.qk_norm:
-      q = _rms_norm(q, p['q_norm'], cfg.norm_eps)
-      k = _rms_norm(k, p['k_norm'], cfg.norm_eps)
-    q = _rope(q, positions_BxK, inv_freq)
-    k = _rope(k, positions_BxK, inv_freq)
+    q, k, v = attention_inputs(cfg, p, x_BxKxD, positions_BxK)
     bk = jax.lax.dynamic_update_slice(bk, k[:, :, None].astype(bk.dtype), (0, 0, end, 0, 0))
     bv = jax.lax.dynamic_update_slice(bv, v[:, :, None].astype(bv.dtype), (0, 0, end, 0, 0))
     attn = _attend_shared(q, pk, pv, prompt_valid_BxS, bk, bv, beam_valid_L)

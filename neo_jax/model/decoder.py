@@ -168,16 +168,16 @@ class DecoderLayers(nnx.Module):
     return {name: var[...] for name, var in vars(self).items() if isinstance(var, nnx.Param)}
 
 
-def _block(cfg: ModelConfig, p: dict[str, jax.Array], x_BxTxD, positions_BxT, mask_BxTxS,
-           cache_k=None, cache_v=None, end=None):
-  """One decoder block. With a cache, the new keys/values are written at slot `end` and the
-  queries attend over the whole cache; returns (x, (k, v)) where k, v are what was attended."""
+def attention_inputs(cfg: ModelConfig, p: dict[str, jax.Array], x_Bx_xD, positions_Bx_):
+  """A block's queries, keys and values (rotated) for its input `x` (..., D) at `positions`
+  (...): the input norm, the projections (and biases), the q/k norms and RoPE. Shared by the
+  decoder's `_block` and the beam step of `neo_jax.decode.shared_prompt`."""
   dt = cfg.compute_dtype
   inv_freq = rope_inv_freq(cfg)
-  h = _rms_norm(x_BxTxD, p['input_layernorm'], cfg.norm_eps)
-  q = jnp.einsum('btd,dnh->btnh', h, p['q_proj'].astype(dt))
-  k = jnp.einsum('btd,dkh->btkh', h, p['k_proj'].astype(dt))
-  v = jnp.einsum('btd,dkh->btkh', h, p['v_proj'].astype(dt))
+  h = _rms_norm(x_Bx_xD, p['input_layernorm'], cfg.norm_eps)
+  q = jnp.einsum('...d,dnh->...nh', h, p['q_proj'].astype(dt))
+  k = jnp.einsum('...d,dkh->...kh', h, p['k_proj'].astype(dt))
+  v = jnp.einsum('...d,dkh->...kh', h, p['v_proj'].astype(dt))
   if cfg.qkv_bias:
     q = q + p['q_bias'].astype(dt)
     k = k + p['k_bias'].astype(dt)
@@ -185,8 +185,16 @@ def _block(cfg: ModelConfig, p: dict[str, jax.Array], x_BxTxD, positions_BxT, ma
   if cfg.qk_norm:
     q = _rms_norm(q, p['q_norm'], cfg.norm_eps)
     k = _rms_norm(k, p['k_norm'], cfg.norm_eps)
-  q = constrain(_rope(q, positions_BxT, inv_freq), ('batch', 'length', 'act_heads', None))
-  k = _rope(k, positions_BxT, inv_freq)
+  return _rope(q, positions_Bx_, inv_freq), _rope(k, positions_Bx_, inv_freq), v
+
+
+def _block(cfg: ModelConfig, p: dict[str, jax.Array], x_BxTxD, positions_BxT, mask_BxTxS,
+           cache_k=None, cache_v=None, end=None):
+  """One decoder block. With a cache, the new keys/values are written at slot `end` and the
+  queries attend over the whole cache; returns (x, (k, v)) where k, v are what was attended."""
+  dt = cfg.compute_dtype
+  q, k, v = attention_inputs(cfg, p, x_BxTxD, positions_BxT)
+  q = constrain(q, ('batch', 'length', 'act_heads', None))
   if cache_k is not None:
     k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, end, 0, 0))
     v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, end, 0, 0))
