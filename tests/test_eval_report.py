@@ -54,6 +54,11 @@ def test_write_report(tmp_path):
   workdir = str(tmp_path)
   _write_logs(workdir)
   path = report.write_report(workdir, RESULT)
+  # The report and its plots are written whole: whole PNGs, no temporary file left.
+  pngs = sorted(f for f in os.listdir(workdir) if f.endswith('.png'))
+  assert pngs and all(open(os.path.join(workdir, f), 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
+                      for f in pngs)
+  assert not [f for f in os.listdir(workdir) if '.tmp-' in f]
   text = open(path).read()
   lines = text.splitlines()
   row = next(l for l in lines if l.startswith('| neo_multi |') and '0.1200' in l)

@@ -16,11 +16,14 @@ result lacks is rendered as 'not recorded', never an error.
 from __future__ import annotations
 
 import glob
+import io
 import json
 import math
 import os
 import re
 from typing import Any
+
+from neo_jax.catalog import atomic
 
 NEO_SYSTEMS = ('neo_multi', 'neo_mono')
 # Result prefixes that are figures, not systems (some carry a '/status' too).
@@ -511,6 +514,13 @@ def _curves(workdir: str) -> dict[str, list[tuple[int, float]]]:
   return out
 
 
+def _save_figure(fig, path: str) -> None:
+  """`fig` as a PNG at `path`, written whole (a reader never sees half an image)."""
+  buf = io.BytesIO()
+  fig.savefig(buf, format='png', dpi=100)
+  atomic.write_bytes(path, buf.getvalue())
+
+
 def plot_training_curves(workdir: str, path: str) -> bool:
   """Loss against step of every run and stage; False (no file) when there are no logs."""
   curves = _curves(workdir)
@@ -531,7 +541,7 @@ def plot_training_curves(workdir: str, path: str) -> bool:
     ax.set_ylabel('training loss (completion tokens)')
     ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  _save_figure(fig, path)
   plt.close(fig)
   return True
 
@@ -560,7 +570,7 @@ def plot_metric_bars(result: dict[str, Any], path: str) -> bool:
     ax.set_xticklabels([s for s, _ in bars], rotation=45, ha='right', fontsize=8)
     ax.set_title(title + ' (test)')
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  _save_figure(fig, path)
   plt.close(fig)
   return True
 
@@ -604,7 +614,7 @@ def plot_budgets(result: dict[str, Any], path: str) -> bool:
   ax.set_ylabel('validation NDCG@10 (recommend)')
   ax.set_title('Budget and validation figure per system')
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  _save_figure(fig, path)
   plt.close(fig)
   return True
 
@@ -637,7 +647,4 @@ def write_report(workdir: str, result: dict[str, Any]) -> str:
     lines.append('![metrics](metrics.png)')
   if plot_budgets(result, os.path.join(workdir, 'budgets.png')):
     lines.append('![validation figure against training time](budgets.png)')
-  path = os.path.join(workdir, 'report.md')
-  with open(path, 'w') as f:
-    f.write('\n'.join(lines) + '\n')
-  return path
+  return atomic.write_text(os.path.join(workdir, 'report.md'), '\n'.join(lines) + '\n')
