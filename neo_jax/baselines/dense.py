@@ -7,11 +7,18 @@ the texts, so a changed catalog or encoder re-encodes); a query is encoded the s
 items are ranked by cosine similarity within the requested type. For recommendation (a
 content-based recommender, like BM25's) the query vector is the mean of the last `last`
 history items' vectors, `last` tuned on the validation split. Nothing is trained.
+
+In a job of several JAX processes every process encodes (or reads) the same embeddings, and
+process 0 alone writes the cache (`catalog.multihost.is_writer`); the processes check the
+cache together (a barrier after the check), so every process takes the same decision and
+reports the same `cached` fact.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 from typing import Any, Callable
@@ -19,6 +26,8 @@ from typing import Any, Callable
 import numpy as np
 
 from neo_jax.baselines import base
+from neo_jax.catalog import atomic
+from neo_jax.catalog import multihost
 
 
 def _texts_digest(texts: list[str]) -> str:
@@ -78,24 +87,41 @@ class Dense(base.Baseline):
     texts = [catalog.text(n) for n in range(len(catalog))]
     key = {'encoder': self.encoder.name, 'num_items': len(texts),
            'texts_sha256': _texts_digest(texts)}
-    if self.cache_dir:
-      npy = os.path.join(self.cache_dir, 'dense_items.npy')
-      meta = os.path.join(self.cache_dir, 'dense_items.json')
-      if os.path.exists(npy) and os.path.exists(meta):
-        with open(meta) as f:
-          if json.load(f) == key:
-            emb = np.load(npy)
-            if emb.shape[0] == len(texts):
-              return emb, True
+    cached = self._read_cache(key) if self.cache_dir else None
+    if self.cache_dir:  # every process has checked before process 0 may write
+      multihost.barrier(f'dense cache:{os.path.abspath(self.cache_dir)}')
+    if cached is not None:
+      return cached, True
     emb = self._unit(self.encoder.encode(texts), 'item')
-    if self.cache_dir:
-      os.makedirs(self.cache_dir, exist_ok=True)
-      tmp = npy + '.tmp.npy'
-      np.save(tmp, emb)
-      os.replace(tmp, npy)
-      with open(meta, 'w') as f:
-        json.dump(key, f)
+    if self.cache_dir and multihost.is_writer():
+      self._write_cache(emb, key)
     return emb, False
+
+  def _cache_paths(self) -> tuple[str, str]:
+    return (os.path.join(self.cache_dir, 'dense_items.npy'),
+            os.path.join(self.cache_dir, 'dense_items.json'))
+
+  def _read_cache(self, key: dict[str, Any]) -> np.ndarray | None:
+    """The cached embeddings when the cache holds `key`'s, else None."""
+    npy, meta = self._cache_paths()
+    if not (os.path.exists(npy) and os.path.exists(meta)):
+      return None
+    with open(meta) as f:
+      if json.load(f) != key:
+        return None
+    emb = np.load(npy)
+    return emb if emb.shape[0] == key['num_items'] else None
+
+  def _write_cache(self, emb: np.ndarray, key: dict[str, Any]) -> None:
+    """Writes the embeddings, then their key, each atomically (unique temporaries). The old
+    key goes first, so a reader never pairs it with the new embeddings."""
+    npy, meta = self._cache_paths()
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(meta)
+    buf = io.BytesIO()
+    np.save(buf, emb)
+    atomic.write_bytes(npy, buf.getvalue())
+    atomic.write_json(meta, key)
 
   def _fit(self, dataset, split, validator):
     del split  # nothing is learned from interactions

@@ -5,7 +5,8 @@ Every read of evaluation data goes through a `SplitGuard` that logs which stage 
 split (written to `split_access.json`) and refuses any test read before `open_test()`, which
 the experiment calls once, after every model is trained and every baseline tuned. The guard
 does not hold test examples before that: it holds a function that builds them, called by
-`open_test()`.
+`open_test()`. In a job of several JAX processes every process's guard logs and refuses the
+same reads in memory, and process 0 alone writes the log (`catalog.multihost.is_writer`).
 
 One task's requests (`Requests`) are shared by every system, under one protocol:
   * every system ranks the whole catalog;
@@ -28,6 +29,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from neo_jax.catalog import atomic
+from neo_jax.catalog import multihost
 from neo_jax.catalog.splits import Split, Target
 from neo_jax.catalog.types import Catalog
 from neo_jax.decode.ranker import NEORanker
@@ -59,7 +61,8 @@ class SplitGuard:
 
   The log (a list of {'stage', 'split', 'what', 'order'}) is rewritten to `path` after every
   read, so that a test can check which split each stage read and that no test read happened
-  before `open_test()`.
+  before `open_test()`. In a multi-process job only process 0 writes it; every process keeps
+  the same log in `reads`.
   """
 
   def __init__(self, examples: dict[str, list[Example]], split: Split, path: str | None,
@@ -85,7 +88,8 @@ class SplitGuard:
       raise TestSplitAccessError(f'stage {stage!r} read test data ({what}) before the final '
                                  'evaluation')
     self.reads.append({'stage': stage, 'split': part, 'what': what, 'order': len(self.reads)})
-    if self.path:  # a reader sees the previous log or this one, never half of one
+    # A reader sees the previous log or this one, never half of one; one writer per job.
+    if self.path and multihost.is_writer():
       atomic.write_json(self.path, {'test_opened_at': self._opened_at(), 'reads': self.reads},
                         indent=1)
 
