@@ -94,4 +94,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.capability.passes, c.capability.max_steps = 1.3, 900
   # Every test user (943) and every held-out test query, not a subsample.
   c.eval.max_requests = 0
+  # NEO-multi trains in a second process beside the baselines and NEO-mono on a CPU machine
+  # with 2+ cores (the same models; neo_jax/run/lanes.py); one process elsewhere.
+  c.experiment.lanes = 0
   return c

@@ -386,6 +386,11 @@ SCHEMA = Section('a NEO run', {
                                         check=_at_least(0), state=False),
         'max_new_tokens': Field(48, 'generated tokens per answer at most', check=_at_least(1),
                                 state=False),
+        'lanes': Field(1, 'processes that train side by side on a CPU machine, each on its '
+                       'share of the cores: 2 trains NEO-multi (and the ablations) in a second '
+                       'process while the first fits the baselines and trains NEO-mono (same '
+                       'models; 1: one after the other; 0: 2 on a CPU machine with 2 or more '
+                       'cores, else 1)', choices=(0, 1, 2), state=False),
         'cold_items': Field(0.0, 'cold-start evaluation: this fraction of each type\'s items is '
                             'held out of a second NEO-multi\'s training, added through the '
                             'frozen quantiser and measured (result.json cold/...; trains in '

@@ -34,6 +34,7 @@ every baseline tuned. Reruns resume: each run directory's stages resume from its
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shutil
 import time
@@ -43,6 +44,7 @@ import ml_collections
 import numpy as np
 
 from neo_jax.baselines import registry as baselines_lib
+from neo_jax.catalog import atomic
 from neo_jax.catalog.types import Query
 from neo_jax.decode.ranker import NEORanker
 from neo_jax.decode.trie import SIDTrie
@@ -55,6 +57,7 @@ from neo_jax.eval.validation import Validator
 from neo_jax.model import vocab as vocab_lib
 from neo_jax.run import cold_items
 from neo_jax.run import config as config_lib
+from neo_jax.run import lanes as lanes_lib
 from neo_jax.run import rundir
 from neo_jax.run import stages
 from neo_jax.run import training
@@ -230,6 +233,87 @@ def train_systems(cfg, art, guard, workdir, log):
       ablations[name] = (model, a_art, a_guard)
       facts.update(f)
   return models, ablations, facts
+
+
+def _grounding_done(workdir: str, run: str) -> str:
+  """The file a run directory's finished grounding stage holds (what NEO-mono copies)."""
+  return os.path.join(workdir, run, 'checkpoints', 'grounding', 'summary.json')
+
+
+def _lane_runs(cfg) -> list[tuple[str, int]]:
+  """The trainings of the second lane: NEO-multi per seed, then the trained ablations
+  ((run or ablation name, seed offset; -1 for an ablation))."""
+  e = cfg.experiment
+  return ([(seed_run(MAIN_RUN, o), o) for o in range(int(e.seeds))]
+          + [(name, -1) for name in e.ablations if name != 'unconstrained'])
+
+
+def _lane_facts_path(workdir: str) -> str:
+  return os.path.join(workdir, 'lanes', 'lane1.json')
+
+
+def _train_lane(cfg_dict: dict[str, Any], workdir: str, cores: list[int]) -> None:
+  """A lane's process (`train_in_lanes`): pins itself to its cores, loads the prepared run
+  (`stages.prepare` finds everything the main process prepared) and trains `_lane_runs`,
+  then writes their facts (training times, step counts) to <workdir>/lanes/lane1.json. Its
+  SplitGuard keeps no record: the main process records the same reads when it loads the
+  trained runs."""
+  lanes_lib.pin(cores)
+  log = functools.partial(print, flush=True)
+  cfg = ml_collections.ConfigDict(cfg_dict)
+  log(f'lane 1: cores {cores}, trains ' + ', '.join(n for n, _ in _lane_runs(cfg)))
+  art, data, examples, _ = stages.prepare(cfg, workdir, log, with_model=False)
+  guard = SplitGuard(examples, data.split, None)
+  facts: dict[str, Any] = {}
+  for name, offset in _lane_runs(cfg):
+    if offset < 0:
+      facts.update(_train_ablation(name, cfg, art, guard, workdir, log)[3])
+    else:
+      facts.update(train_neo(name, seed_config(cfg, offset) if offset else cfg, art, guard,
+                             workdir, log)[1])
+  atomic.write_json(_lane_facts_path(workdir), rundir.json_safe(facts))
+
+
+def train_in_lanes(cfg, art, guard, workdir, log):
+  """`experiment.lanes` = L > 1 (CPU only): NEO-multi (every seed) and the trained ablations
+  in a second process on its share of the cores (`_train_lane`), while this process, on the
+  rest, fits the baselines and then trains NEO-mono (each mono run waits for the grounding
+  stage of its NEO-multi when it shares it). The same models as a serial run; the time saved
+  is the CPU a single training process leaves idle. Returns (fitted baselines, facts: the
+  baselines', NEO-mono's and the lane's training facts, `seconds/lanes`)."""
+  e = cfg.experiment
+  lanes_lib.check_backend()
+  lanes = int(e.lanes)
+  t0 = _now()
+  os.makedirs(os.path.join(workdir, 'lanes'), exist_ok=True)
+  if os.path.exists(_lane_facts_path(workdir)):
+    os.remove(_lane_facts_path(workdir))
+  log(f'lanes: {", ".join(n for n, _ in _lane_runs(cfg))} in a second process; baselines and '
+      'NEO-mono here')
+  lane = lanes_lib.Lane('1', _train_lane,
+                        (cfg.to_dict(), workdir, lanes_lib.cpu_share(1, lanes)))
+  with lanes_lib.confined(lanes_lib.cpu_share(0, lanes)):
+    try:
+      fitted, facts = fit_baselines(cfg, art, guard, workdir, log)
+      for offset in range(int(e.seeds)):
+        scfg = seed_config(cfg, offset) if offset else cfg
+        multi = seed_run(MAIN_RUN, offset)
+        shared = e.share_grounding and int(cfg.grounding.steps) > 0
+        for task in e.mono_tasks:
+          if shared:
+            lane.wait_for(_grounding_done(workdir, multi))
+          facts.update(train_neo(seed_run(f'neo_mono_{task}', offset), scfg, art, guard,
+                                 workdir, log, task=task,
+                                 grounding_from=os.path.join(workdir, multi) if shared else None
+                                 )[1])
+      lane.join()
+    finally:
+      lane.stop()
+  with open(_lane_facts_path(workdir)) as f:
+    facts.update(json.load(f))
+  _record(facts, 'lanes', t0)
+  facts['experiment/lanes'] = lanes
+  return fitted, facts
 
 
 def excludes_history(cfg, art: stages.Artifacts) -> bool:
@@ -559,13 +643,20 @@ def run_experiment(cfg: ml_collections.ConfigDict, workdir: str, log: Log = prin
   """
   t_all = _now()
   cfg, art, guard, result = prepare(cfg, workdir, log, overwrite)
+  fitted = None
+  cfg.experiment.lanes = lanes_lib.resolve(int(cfg.experiment.lanes))
+  if cfg.experiment.lanes > 1 and not train_only:
+    fitted, lane_facts = train_in_lanes(cfg, art, guard, workdir, log)
   models, ablations, facts = train_systems(cfg, art, guard, workdir, log)
   result.update(facts)
   result['dataset'] = cfg.data.dataset
   if train_only:
     _record(result, 'total', t_all)
     return rundir.json_safe(result), []
-  fitted, facts = fit_baselines(cfg, art, guard, workdir, log)
+  if fitted is None:
+    fitted, facts = fit_baselines(cfg, art, guard, workdir, log)
+  else:  # the lanes' own training times, not those of train_systems' reloads
+    facts = lane_facts
   result.update(facts)
   result['baselines_tuned'] = bool(cfg.experiment.tune_baselines)
   beams = max(int(cfg.eval.num_beams), max(cfg.eval.ks))
