@@ -92,3 +92,32 @@ def test_two_lanes_train_the_serial_runs_models(tmp_path):
   for key in ('neo_multi/ndcg@10', 'neo_multi/hr@10', 'neo_multi/search_hr@10',
               'popularity/ndcg@10', 'bm25/search_hr@10'):
     assert parallel[key] == pytest.approx(serial[key], abs=1e-6), key
+
+
+def _grounded_run(root):
+  src = root / 'multi' / 'checkpoints' / 'grounding'
+  (src / '440').mkdir(parents=True)
+  (src / '440' / 'params').write_text('weights')
+  (src / 'summary.json').write_text('{}')
+  return str(root / 'multi')
+
+
+def test_share_grounding_copies_a_finished_stage_once(tmp_path):
+  src = _grounded_run(tmp_path)
+  dst = str(tmp_path / 'mono')
+  assert experiment.share_grounding(src, dst, lambda _: None)
+  copied = tmp_path / 'mono' / 'checkpoints' / 'grounding'
+  assert (copied / '440' / 'params').read_text() == 'weights'
+  assert not (tmp_path / 'mono' / 'checkpoints' / 'grounding.copying').exists()
+  assert not experiment.share_grounding(src, dst, lambda _: None)  # already there
+
+
+def test_share_grounding_waits_for_a_finished_stage_and_a_writer(tmp_path, monkeypatch):
+  src = _grounded_run(tmp_path)
+  os.remove(os.path.join(src, 'checkpoints', 'grounding', 'summary.json'))
+  assert not experiment.share_grounding(src, str(tmp_path / 'mono'), lambda _: None)
+  assert not (tmp_path / 'mono').exists()
+  src = _grounded_run(tmp_path / 'again')
+  monkeypatch.setattr(experiment.multihost, 'is_writer', lambda: False)
+  assert not experiment.share_grounding(src, str(tmp_path / 'mono2'), lambda _: None)
+  assert not (tmp_path / 'mono2').exists()

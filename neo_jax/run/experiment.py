@@ -45,6 +45,7 @@ import numpy as np
 
 from neo_jax.baselines import registry as baselines_lib
 from neo_jax.catalog import atomic
+from neo_jax.catalog import multihost
 from neo_jax.catalog.types import Query
 from neo_jax.decode.ranker import NEORanker
 from neo_jax.decode.trie import SIDTrie
@@ -114,6 +115,26 @@ def ablation_config(cfg: ml_collections.ConfigDict, name: str) -> ml_collections
   return c
 
 
+def share_grounding(src_run: str, dst_run: str, log: Log) -> bool:
+  """Copies the finished grounding stage of run directory `src_run` into `dst_run` (NEO-mono
+  shares NEO-multi's), unless `dst_run` has one: whole or not at all (a temporary folder,
+  then a rename), written by process 0 only, every process meeting at a barrier after.
+  Returns whether this process copied it."""
+  src = os.path.join(src_run, 'checkpoints', 'grounding')
+  dst = os.path.join(dst_run, 'checkpoints', 'grounding')
+  copied = False
+  if (multihost.is_writer() and not os.path.exists(dst)
+      and os.path.exists(os.path.join(src, 'summary.json'))):
+    tmp = dst + '.copying'
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    os.replace(tmp, dst)
+    log(f'grounding stage shared with {src_run}')
+    copied = True
+  multihost.barrier(f'share_grounding/{os.path.basename(dst_run)}')
+  return copied
+
+
 def train_neo(name: str, cfg: ml_collections.ConfigDict, art: stages.Artifacts,
               guard: SplitGuard, workdir: str, log: Log, *, task: str | None = None,
               grounding_from: str | None = None) -> tuple[Any, dict[str, Any]]:
@@ -132,11 +153,7 @@ def train_neo(name: str, cfg: ml_collections.ConfigDict, art: stages.Artifacts,
   if task is not None:
     exs['capability'] = _capability_subset(exs['capability'], task)
   if grounding_from is not None and int(cfg.grounding.steps) > 0:
-    src = os.path.join(grounding_from, 'checkpoints', 'grounding')
-    dst = os.path.join(run_dir, 'checkpoints', 'grounding')
-    if not os.path.exists(dst) and os.path.exists(os.path.join(src, 'summary.json')):
-      shutil.copytree(src, dst)
-      log(f'[{name}] grounding stage shared with {grounding_from}')
+    share_grounding(grounding_from, run_dir, lambda s: log(f'[{name}] {s}'))
   model = stages.build_model(cfg, art.tokenizer)
   t0 = _now()
   summary = training.train(cfg, model, art.tokenizer, exs, run_dir,
