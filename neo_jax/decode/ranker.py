@@ -34,6 +34,12 @@ checkpoint): the parameters are an argument of the compiled programs, so nothing
 Generation computes only the code rows of the LM head inside SID spans (`rows_head`, see
 neo_jax/decode/generate.py); greedy and sampled outputs equal the full head's.
 
+Progress: a call of more requests than one batch prints a line every ~10 s (requests done /
+total, requests/s, ETA; `neo_jax.catalog.progress`) to the ranker's `log` (stderr when None),
+labelled `rank`, `rank unconstrained` or `generate` with the ranker's `progress_label` before
+it; a call that ends within 10 s prints nothing, and tests and `--verbosity=-1` print none.
+Counting never changes what is ranked.
+
 Unconstrained decoding (`constrained=False`, the paper's ablation and its steerability test
 "with constraints off"): `rank` runs plain beam search over the full vocabulary for the SID's
 L tokens after `[SID]`, `generate` decodes with no mask at all; the produced SIDs are parsed
@@ -54,6 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from neo_jax.catalog import progress as progress_lib
 from neo_jax.decode import cache as cache_lib
 from neo_jax.decode.beam_search import SCORES, sid_beam_search, vocab_beam_search
 from neo_jax.decode.generate import GenerateSettings, generate as constrained_generate
@@ -127,14 +134,18 @@ class NEORanker:
   def __init__(self, model: Decoder, tokenizer: Tokenizer, trie: SIDTrie, *,
                prompt_len: int, batch_size: int = 32, score: str = 'codes',
                rows_head: bool = True, dtype: str | None = None,
-               length_buckets: Sequence[int] | None = None):
+               length_buckets: Sequence[int] | None = None,
+               log: progress_lib.Log | None = None, progress: bool | None = None,
+               progress_label: str = ''):
     """prompt_len: token width prompts are cut (oldest history items first, see
     `prompt_tokens`) to, including the bos and the trailing `[SID]`. batch_size: the most
     requests per compiled batch. score: 'codes' (rows-only head) or 'vocab' (full softmax) for
     `rank` (module docstring). rows_head: `generate` computes only code rows of the LM head
     inside spans. dtype: None (the model's), 'float32' or 'bfloat16' weights and compute.
     length_buckets: the widths prompts are padded to (the last must be prompt_len); default
-    `default_buckets(prompt_len)`."""
+    `default_buckets(prompt_len)`. log: where progress lines go (None: stderr); progress:
+    print them at all (None: `progress.enabled()`); progress_label: a name put before the
+    lines' `rank` / `generate` (e.g. 'validation'). The three are attributes a caller may set."""
     if score not in SCORES:
       raise ValueError(f'unknown score {score!r}; known: {SCORES}')
     if dtype is not None and dtype not in SERVING_DTYPES:
@@ -153,6 +164,7 @@ class NEORanker:
     self.length_buckets = self._check_buckets(
         default_buckets(self.prompt_len) if length_buckets is None else length_buckets)
     self.cut_stats = {'prompts_cut': 0, 'history_items_cut': 0}
+    self.log, self.progress, self.progress_label = log, progress, progress_label
     self.set_model(model)
     self.type_names = tokenizer.sid.type_names
 
@@ -296,6 +308,17 @@ class NEORanker:
       raise ValueError(f'{len(prompts)} prompts but {len(target_types)} target types')
     return self.token_batches([self.prompt_tokens(p, open_sid) for p in prompts], target_types)
 
+  def _counted(self, batches, n: int, what: str):
+    """Yields `batches` (of `token_batches`, for `n` requests) and counts the requests of
+    each once the caller's loop body is done with it (its results fetched): a progress line
+    every ~10 s when the call has more requests than one batch."""
+    label = f'{self.progress_label} {what}'.strip()
+    on = False if n <= self.batch_size else self.progress
+    with progress_lib.Progress(label, n, unit='requests', log=self.log, on=on) as p:
+      for batch in batches:
+        yield batch
+        p.update(len(batch[0]))
+
   def _constraints(self, allowed_BxT, request) -> Constraints:
     return Constraints(trie=self.trie, vocab=self.vocab_arrays, allowed_types_BxT=allowed_BxT,
                        request=request)
@@ -331,8 +354,8 @@ class NEORanker:
     items = np.full((n, num_beams), -1, np.int32)
     scores = np.zeros((n, num_beams), np.float32)
     width = self._filter_width(excluded, allowed)
-    for index, tokens, positions, valid, allowed_types in self.token_batches(token_lists,
-                                                                             target_types):
+    for index, tokens, positions, valid, allowed_types in self._counted(
+        self.token_batches(token_lists, target_types), n, 'rank'):
       request = self._filter(index, tokens.shape[0], excluded, allowed, width)
       it, sc = search_batch(self.graphdef, self.state, self._constraints(allowed_types, request),
                             tokens, positions, valid, num_beams=num_beams, score=self.score)
@@ -346,8 +369,8 @@ class NEORanker:
     items = np.full((n, num_beams), -1, np.int32)
     types = np.full((n, num_beams), -1, np.int32)
     scores = np.zeros((n, num_beams), np.float32)
-    for index, tokens, positions, valid, allowed_types in self._batches(prompts, target_types,
-                                                                        True):
+    for index, tokens, positions, valid, allowed_types in self._counted(
+        self._batches(prompts, target_types, True), n, 'rank unconstrained'):
       toks, sc = search_batch(self.graphdef, self.state, self._constraints(allowed_types, None),
                               tokens, positions, valid, num_beams=num_beams, constrained=False)
       toks = np.asarray(toks)[:len(index)]
@@ -410,8 +433,8 @@ class NEORanker:
     self._check_lists(n, excluded, allowed)
     out, span_rows, span_types = [None] * n, [None] * n, [None] * n
     width = self._filter_width(excluded, allowed)
-    for index, tokens, positions, valid, allowed_types in self._batches(prompts, target_types,
-                                                                        False):
+    for index, tokens, positions, valid, allowed_types in self._counted(
+        self._batches(prompts, target_types, False), n, 'generate'):
       request = (self._filter(index, tokens.shape[0], excluded, allowed, width) if constrained
                  else None)
       res = generate_batch(self.graphdef, self.state, self._constraints(allowed_types, request),

@@ -7,6 +7,11 @@ per row, 0 = padding) and per-segment positions, so that attention never crosses
 Batch order is a pure function of (seed, step): `PackedData.batch(step)` returns the same
 batch for the same step in every run, which makes resuming after preemption exact without
 checkpointing any iterator state beyond the step.
+
+Packing a large catalog's examples takes long (tokenisation dominates): `pack_examples` prints
+progress lines (`neo_jax.catalog.progress`: done / total, rate, ETA, every ~10 s) for each of
+its phases that runs longer than that (`tokenise` and `place` count examples, `write` rows),
+to `log` or stderr; none in tests or under `--verbosity=-1`.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
+from neo_jax.catalog import progress as progress_lib
 from neo_jax.tasks.types import Example
 from neo_jax.tokenizer.base import Tokenizer
 from neo_jax.tokenizer.cut import PromptTooLongError, cut_prompt
@@ -103,13 +109,18 @@ class PackedData:
 
 
 def pack_examples(examples: Sequence[Example], tokenizer: Tokenizer, seq_len: int,
-                  batch_size: int, seed: int = 0) -> PackedData:
-  """Tokenises and packs `examples` first-fit (in a seeded order) into rows of `seq_len`."""
+                  batch_size: int, seed: int = 0, *, log: progress_lib.Log | None = None,
+                  progress: bool | None = None) -> PackedData:
+  """Tokenises and packs `examples` first-fit (in a seeded order) into rows of `seq_len`.
+
+  log: where progress lines go (None: stderr); progress: print them at all (None:
+  `progress.enabled()`). Neither changes the packing."""
   if not examples:
     raise ValueError('no examples to pack')
   order = np.random.default_rng(seed).permutation(len(examples))
   items, truncated, cut_items, too_long, prompt_too_long = [], 0, 0, 0, 0
-  for n in order:
+  for n in progress_lib.track(order, 'packing: tokenise', unit='examples', log=log,
+                              on=progress):
     try:
       tok, cut = tokenize_example(examples[n], tokenizer, seq_len)
     except CompletionTooLongError:
@@ -130,7 +141,8 @@ def pack_examples(examples: Sequence[Example], tokenizer: Tokenizer, seq_len: in
   rows: list[list[Tokenized]] = []
   free: list[int] = []
   open_rows: list[int] = []
-  for tok in items:
+  for tok in progress_lib.track(items, 'packing: place', unit='examples', log=log,
+                                on=progress):
     n = len(tok.tokens)
     for r in open_rows:
       if free[r] >= n:
@@ -151,7 +163,8 @@ def pack_examples(examples: Sequence[Example], tokenizer: Tokenizer, seq_len: in
   segs = np.zeros(shape, np.int32)
   pos = np.zeros(shape, np.int32)
   mask = np.zeros(shape, bool)
-  for r, row in enumerate(rows):
+  for r, row in enumerate(progress_lib.track(rows, 'packing: write', unit='rows', log=log,
+                                             on=progress)):
     at = 0
     for s, tok in enumerate(row, start=1):
       n = len(tok.tokens)
