@@ -21,6 +21,14 @@ that failed first (a watcher thread per process records when each ended) and how
 and exits with status 1: rerunning the same command resumes from the last checkpoints
 (experiments.train resumes every stage). All processes ending with status 0 is status 0.
 
+On several hosts there is no launcher: every host runs one command, the same but for its
+process index, and `join` (the launcher's workers use it too) joins the job:
+
+  python -m experiments.train --distributed --coordinator_address=HOST0:PORT \
+      --num_processes=N --process_id=I --config=... --workdir=W
+
+(`distributed_args` checks the three flags; a bad value is an error naming the flag.)
+
 The launcher parses its own arguments with argparse, not absl flags: the module it runs
 parses the rest with its own absl flags, and the two must not share one flag registry.
 """
@@ -94,13 +102,8 @@ def worker(opts: argparse.Namespace, command: list[str]) -> None:
   else:
     first = opts.worker * opts.devices_per_process
     local_ids = list(range(first, first + opts.devices_per_process))
-  jax.distributed.initialize(opts.coordinator, opts.processes, opts.worker,
-                             local_device_ids=local_ids,
-                             heartbeat_timeout_seconds=opts.heartbeat_timeout_s)
-  # The backend now, in every process, before the module's own work: initialised lazily, a
-  # process could enter the topology exchange (a collective of all processes) while another
-  # is still busy elsewhere, or never comes because it failed first.
-  jax.devices()
+  join(opts.coordinator, opts.processes, opts.worker, local_device_ids=local_ids,
+       heartbeat_timeout_s=opts.heartbeat_timeout_s)
   module, args = command[0], command[1:]
   sys.argv = [module] + args
   status = _run_module(module)
@@ -111,6 +114,77 @@ def worker(opts: argparse.Namespace, command: list[str]) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)  # pylint: disable=protected-access
+
+
+def _check_address(address: str) -> None:
+  host, sep, port = address.rpartition(':')
+  if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+    raise ValueError(f'--coordinator_address={address!r}: expected HOST:PORT, the address of '
+                     "process 0's host and a port free there (e.g. 10.0.0.1:8476), the same "
+                     'in every process')
+
+
+def distributed_args(distributed: bool, coordinator_address: str | None,
+                     num_processes: int | None, process_id: int | None) -> dict | None:
+  """The `join` arguments of the flags `--distributed`, `--coordinator_address`,
+  `--num_processes` and `--process_id`: None when not distributed; {} for --distributed
+  alone (jax.distributed detects the job: TPU VMs, SLURM, ...); else the three, checked.
+
+  Raises:
+    ValueError: naming the flag, for a value that cannot join a job (a malformed address, a
+      count under 1, an index outside [0, count)), some of the three without the others, or
+      any of them without --distributed.
+  """
+  given = {'--coordinator_address': coordinator_address, '--num_processes': num_processes,
+           '--process_id': process_id}
+  named = [k for k, v in given.items() if v is not None]
+  if not distributed:
+    if named:
+      raise ValueError(f'{", ".join(named)}: only with --distributed (a multi-process job)')
+    return None
+  if not named:
+    return {}
+  if len(named) < 3:
+    missing = [k for k in given if k not in named]
+    raise ValueError(f'{", ".join(named)} without {", ".join(missing)}: give all three (every '
+                     'host the same address and count, each its own index), or none to let '
+                     'jax.distributed detect the job')
+  _check_address(coordinator_address)
+  if num_processes < 1:
+    raise ValueError(f'--num_processes={num_processes}: a job has at least 1 process')
+  if not 0 <= process_id < num_processes:
+    raise ValueError(f'--process_id={process_id}: must be in [0, {num_processes}) for '
+                     f'--num_processes={num_processes} (0 runs the coordinator)')
+  return {'coordinator_address': coordinator_address, 'num_processes': num_processes,
+          'process_id': process_id}
+
+
+def join(coordinator_address: str | None = None, num_processes: int | None = None,
+         process_id: int | None = None, local_device_ids: list[int] | None = None,
+         heartbeat_timeout_s: int | None = None) -> str:
+  """Joins this process to a multi-process job (`jax.distributed.initialize`; None values are
+  detected by jax) and starts the backend at once; returns a line saying which process of how
+  many this is, with its devices.
+
+  The backend starts now, in every process, before the module's own work: initialised lazily,
+  a process could enter the topology exchange (a collective of all processes) while another
+  is still busy elsewhere, or never comes because it failed first.
+
+  Raises:
+    ValueError: jax.distributed is already initialised (a command run by this launcher, whose
+      workers have joined the job, must not ask for --distributed again).
+  """
+  import jax  # pylint: disable=g-import-not-at-top  (the launcher itself never imports jax)
+  if jax.distributed.is_initialized():
+    raise ValueError('this process has already joined a job (under '
+                     'experiments.multiprocess every process is joined; drop --distributed)')
+  kwargs = {} if heartbeat_timeout_s is None else {
+      'heartbeat_timeout_seconds': heartbeat_timeout_s}
+  jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                             local_device_ids=local_device_ids, **kwargs)
+  return (f'joined process {jax.process_index()} of {jax.process_count()} (coordinator '
+          f'{coordinator_address or "detected"}): {jax.local_device_count()} of '
+          f'{jax.device_count()} devices here')
 
 
 def _run_module(module: str) -> int:
