@@ -14,23 +14,99 @@ killed writer left unfinished, so that the file always reads as complete JSON li
 
 Strict JSON has neither NaN nor infinities: `json_safe` turns them (and numpy scalars) into
 what strict readers accept, and every writer here refuses to write them otherwise.
+
+Remote file systems. Every function here also takes a URI of a file system `etils.epath`
+supports (`gs://bucket/run/x.json`, `s3://`, `az://`, `hf://`; `is_remote`), where nothing can
+be renamed atomically, synced or appended to, and what stands in for it:
+  - a file (`write_bytes` / `write_text` / `write_json`) is written as one object write, which
+    the object store makes visible whole or not at all;
+  - a directory (`atomic_directory`, `staging_directory` + `replace_directory`) is built in a
+    local temporary directory and uploaded file by file, the old tree removed first; the
+    files named in `last` go last, so a reader that checks them sees a complete tree (a kill
+    during the upload leaves a tree without them);
+  - `JsonlAppender` rewrites the whole object on each `append` (whole lines, never a torn
+    one; the cost grows with the file, fine for logs of metrics);
+  - there are no temporaries to sweep (`sweep_stale` returns []).
+A URI of a scheme epath does not know is a ValueError. Functions return local paths absolute
+and URIs as strings (`location`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import IO, Any
+
+from etils import epath
 
 # Temporary names: `.<final name>.tmp-<pid>-<random>` (files and directories alike).
 _TMP = '.{base}.tmp-{pid}-'
 _OLD = '.{base}.old-{pid}-'
+
+
+_URI = re.compile(r'^([A-Za-z][A-Za-z0-9+.-]*)://')
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+  """Whether `path` is a URI (`gs://bucket/x`) rather than a local path; a URI of a scheme
+  `etils.epath` does not support is a ValueError."""
+  text = os.fspath(path)
+  match = _URI.match(text)
+  if match is None:
+    return False
+  try:
+    known = os.fspath(epath.Path(text)).startswith(match.group(0))  # else: read as local
+  except KeyError:  # a scheme epath parses but has no path class for
+    known = False
+  if not known:
+    raise ValueError(f'{text}: epath supports no {match.group(1)}:// file system (it knows '
+                     'gs://, s3://, az://, hf:// and local paths)')
+  return True
+
+
+def location(path: str | os.PathLike) -> str:
+  """`path` as the functions here name it: a local path absolute, a URI as it is."""
+  return os.fspath(epath.Path(path)) if is_remote(path) else os.path.abspath(os.fspath(path))
+
+
+def as_path(path: str | os.PathLike) -> epath.Path:
+  """`path` (local or URI) as an `epath.Path`, local paths absolute."""
+  return epath.Path(location(path))
+
+
+def open_text(path: str | os.PathLike, newline: str | None = None) -> IO[str]:
+  """`path` opened for reading UTF-8 text (newline as for `open`; '' for csv), local or
+  remote."""
+  if not is_remote(path):
+    return open(path, encoding='utf-8', newline=newline)
+  return io.TextIOWrapper(epath.Path(path).open('rb'), encoding='utf-8', newline=newline)
+
+
+def _upload_tree(src: str, dst: str, last: Sequence[str] = ()) -> None:
+  """Copies the local tree `src` to the remote directory `dst` (removed first when it
+  exists), one object per file, the files named in `last` (relative paths) last in order."""
+  target = epath.Path(dst)
+  if target.exists():
+    target.rmtree()
+  target.mkdir(parents=True, exist_ok=True)
+  files = sorted(os.path.relpath(os.path.join(root, name), src)
+                 for root, _, names in os.walk(src) for name in names)
+  missing = [name for name in last if name not in files]
+  if missing:
+    raise FileNotFoundError(f'{src} holds no {missing} to upload last to {dst}')
+  for rel in [f for f in files if f not in last] + list(last):
+    out = target / rel
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(os.path.join(src, rel), 'rb') as f:
+      out.write_bytes(f.read())
 
 
 def json_safe(value: Any) -> Any:
@@ -67,7 +143,9 @@ def _pid_alive(pid: int) -> bool:
 def sweep_stale(path: str | os.PathLike) -> list[str]:
   """Removes the temporaries of `path` (files or directories) that a process no longer
   alive left behind; returns what it removed. Those of live processes (a concurrent writer)
-  are kept."""
+  are kept. A remote path has none (nothing is written under a temporary name there)."""
+  if is_remote(path):
+    return []
   path = os.path.abspath(os.fspath(path))
   parent, base = os.path.split(path)
   if not os.path.isdir(parent):
@@ -108,7 +186,13 @@ def _full_disk(e: OSError, path: str, what: str) -> OSError:
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> str:
-  """Writes `data` to `path` atomically (a synced temporary file renamed over `path`)."""
+  """Writes `data` to `path` atomically (a synced temporary file renamed over `path`; on a
+  remote file system one object write); returns `location(path)`."""
+  if is_remote(path):
+    target = as_path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(bytes(data))
+    return os.fspath(target)
   path = os.path.abspath(os.fspath(path))
   parent, base = os.path.split(path)
   os.makedirs(parent, exist_ok=True)
@@ -147,10 +231,15 @@ def write_json(path: str | os.PathLike, obj: Any, **kwargs) -> str:
   return write_text(path, dumps(obj, **kwargs) + '\n')
 
 
-def replace_directory(src: str, dst: str) -> None:
+def replace_directory(src: str, dst: str, last: Sequence[str] = ()) -> None:
   """Moves directory `src` to `dst` (same file system), replacing what `dst` held: the old
   `dst` is first renamed aside, then removed, so `dst` is at every moment the old directory,
-  absent for the instant between two renames, or the new one."""
+  absent for the instant between two renames, or the new one. A remote `dst`: the local `src`
+  is uploaded (module docstring; `last` uploaded last) and removed."""
+  if is_remote(dst):
+    _upload_tree(src, location(dst), last)
+    shutil.rmtree(src, ignore_errors=True)
+    return
   parent, base = os.path.split(os.path.abspath(dst))
   old = None
   if os.path.lexists(dst):
@@ -167,7 +256,14 @@ def staging_directory(path: str | os.PathLike) -> Iterator[str]:
   """Yields an empty temporary directory beside `path` (named for it, so that `sweep_stale`
   finds it after a kill) and removes it when the block ends, whichever way. For builders that
   write a tree of their own layout into a folder, to be moved to `path` with
-  `replace_directory` once complete."""
+  `replace_directory` once complete. For a remote `path` it is a local temporary directory."""
+  if is_remote(path):
+    tmp = tempfile.mkdtemp(prefix='neo_jax-staging-')
+    try:
+      yield tmp
+    finally:
+      shutil.rmtree(tmp, ignore_errors=True)
+    return
   path = os.path.abspath(os.fspath(path))
   parent, base = os.path.split(path)
   os.makedirs(parent, exist_ok=True)
@@ -180,17 +276,22 @@ def staging_directory(path: str | os.PathLike) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def atomic_directory(directory: str | os.PathLike, overwrite: bool = False) -> Iterator[str]:
+def atomic_directory(directory: str | os.PathLike, overwrite: bool = False,
+                     last: Sequence[str] = ()) -> Iterator[str]:
   """Yields a fresh temporary directory that replaces `directory` when the block succeeds.
 
   The temporary directory is a sibling of `directory` (same file system, so the final rename
   is atomic). On an exception it is removed and `directory` is left untouched; after a kill it
   is left behind and removed by the next `atomic_directory` (or `sweep_stale`) of the same
-  `directory`.
+  `directory`. A remote `directory`: built in a local temporary directory, then uploaded
+  (module docstring), the files `last` (paths relative to the tree) last.
 
   Raises:
     FileExistsError: `directory` exists, is not empty and `overwrite` is False.
   """
+  if is_remote(directory):
+    yield from _remote_directory(location(directory), overwrite, last)
+    return
   directory = os.path.abspath(os.fspath(directory))
   parent, base = os.path.split(directory)
 
@@ -216,14 +317,20 @@ def atomic_directory(directory: str | os.PathLike, overwrite: bool = False) -> I
   replace_directory(tmp, directory)
 
 
-def repair_jsonl(path: str | os.PathLike) -> int:
-  """Cuts `path` back to its last complete line when a killed writer left the last line
-  unfinished (no newline, or not valid JSON); returns the bytes removed (0: nothing)."""
-  path = os.fspath(path)
-  if not os.path.exists(path):
-    return 0
-  with open(path, 'rb') as f:
-    data = f.read()
+def _remote_directory(directory: str, overwrite: bool, last: Sequence[str]) -> Iterator[str]:
+  target = epath.Path(directory)
+  if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
+    raise FileExistsError(f'{directory} exists and is not empty; pass overwrite=True')
+  tmp = tempfile.mkdtemp(prefix='neo_jax-upload-')
+  try:
+    yield tmp
+    _upload_tree(tmp, directory, last)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _repaired(data: bytes) -> int:
+  """How many bytes of JSON-lines `data` are complete lines (a torn last line cut)."""
   keep = len(data)
   if data and not data.endswith(b'\n'):
     keep = data.rfind(b'\n') + 1
@@ -235,6 +342,27 @@ def repair_jsonl(path: str | os.PathLike) -> int:
         json.loads(last)
       except ValueError:
         keep = start
+  return keep
+
+
+def repair_jsonl(path: str | os.PathLike) -> int:
+  """Cuts `path` back to its last complete line when a killed writer left the last line
+  unfinished (no newline, or not valid JSON); returns the bytes removed (0: nothing)."""
+  if is_remote(path):
+    target = as_path(path)
+    if not target.exists():
+      return 0
+    data = target.read_bytes()
+    keep = _repaired(data)
+    if keep != len(data):
+      write_bytes(target, data[:keep])
+    return len(data) - keep
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    return 0
+  with open(path, 'rb') as f:
+    data = f.read()
+  keep = _repaired(data)
   if keep == len(data):
     return 0
   with open(path, 'r+b') as f:
@@ -250,10 +378,20 @@ class JsonlAppender:
   On opening, an unfinished last line (a writer killed mid-line) is cut off (`repair_jsonl`,
   the bytes removed in `repaired`). `append` writes its objects as one `write`, then flushes
   and syncs, so that what it returned for is on disk. A full disk raises an OSError naming the
-  file; the lines already appended stay.
+  file; the lines already appended stay. A remote file is rewritten whole on each `append`
+  (module docstring).
   """
 
   def __init__(self, path: str | os.PathLike, *, truncate: bool = False):
+    self._fd = None
+    self._remote: bytes | None = None
+    if is_remote(path):
+      self.path = location(path)
+      self.repaired = 0 if truncate else repair_jsonl(self.path)
+      target = epath.Path(self.path)
+      self._remote = b'' if truncate or not target.exists() else target.read_bytes()
+      write_bytes(self.path, self._remote)  # the file exists from now on, as locally
+      return
     self.path = os.path.abspath(os.fspath(path))
     os.makedirs(os.path.dirname(self.path), exist_ok=True)
     self.repaired = 0 if truncate else repair_jsonl(self.path)
@@ -263,6 +401,10 @@ class JsonlAppender:
   def append(self, objs: Iterable[Any]) -> None:
     data = ''.join(dumps(o, ensure_ascii=False) + '\n' for o in objs).encode('utf-8')
     if not data:
+      return
+    if self._remote is not None:
+      write_bytes(self.path, self._remote + data)
+      self._remote += data
       return
     at = os.lseek(self._fd, 0, os.SEEK_END)
     try:
@@ -292,7 +434,7 @@ def read_jsonl(path: str | os.PathLike) -> list[Any]:
   """The objects of a JSON-lines file (blank lines skipped); a bad line is a ValueError
   naming the file and line."""
   out = []
-  with open(path, encoding='utf-8') as f:
+  with open_text(path) as f:
     for n, line in enumerate(f, start=1):
       if line.strip():
         try:

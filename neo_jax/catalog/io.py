@@ -13,6 +13,11 @@ A dataset directory holds:
 Optional fields may also be given as JSON null, which means absent. Blank lines in the JSONL
 files are ignored; unknown fields are an error (a misspelt `titel` must not pass silently).
 Every problem raises `DatasetError` naming the file, the 1-based line and the field.
+
+The directory may be local or on any file system `etils.epath` supports (`gs://bucket/data`):
+files are read through `catalog.atomic.open_text`, and `write_dataset` writes through
+`catalog.atomic.atomic_directory`, which on an object store uploads items.jsonl and then
+interactions.csv last, so that a reader never takes a half-uploaded directory for a dataset.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+from etils import epath
 
 from neo_jax.catalog import atomic
 from neo_jax.catalog.types import Catalog, Dataset, DatasetError, Interactions, Query, User
@@ -64,7 +70,7 @@ _CSV_BATCH_ROWS = 1 << 20
 
 def _json_lines(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
   """Yields (1-based line number, object) for each non-blank line of a JSONL file."""
-  with open(path, encoding='utf-8') as f:
+  with atomic.open_text(path) as f:
     for line_no, line in enumerate(f, 1):
       if not line.strip():
         continue
@@ -220,7 +226,7 @@ def read_items(path: str, allowed_types: frozenset[str] | None = None) -> Catalo
 
 def _csv_line_of_row(path: str, row: int) -> int:
   """1-based file line on which data row `row` (0-based, header excluded) starts."""
-  with open(path, encoding='utf-8', newline='') as f:
+  with atomic.open_text(path, newline='') as f:
     reader = csv.reader(f)
     line = 1
     for n, _ in enumerate(reader):
@@ -237,7 +243,7 @@ def _read_interactions(path: str, catalog: Catalog, on_unknown_item: str,
   user_parts, item_parts, time_parts = [], [], []
   extra: dict[str, list[str]] = {}
   unknown_count = 0
-  with open(path, encoding='utf-8', newline='') as f:
+  with atomic.open_text(path, newline='') as f:
     reader = csv.reader(f)
     try:
       header = next(reader)
@@ -440,16 +446,23 @@ def load_dataset(directory: str | os.PathLike, name: str | None = None,
         raise ValueError(f'allowed_types: {t!r} does not match {TYPE_NAME_RE.pattern}')
     allowed_types = frozenset(allowed_types)
   directory = os.fspath(directory)
-  if not os.path.isdir(directory):
+  atomic.is_remote(directory)  # an unknown scheme is named here
+
+  def join(name: str) -> str:
+    return os.fspath(epath.Path(directory) / name)
+
+  def is_file(path: str) -> bool:
+    return epath.Path(path).exists() and not epath.Path(path).is_dir()
+
+  if not epath.Path(directory).is_dir():
     raise DatasetError(directory, None, None, 'not a directory')
   for required in (ITEMS_FILE, INTERACTIONS_FILE):
-    if not os.path.isfile(os.path.join(directory, required)):
-      raise DatasetError(os.path.join(directory, required), None, None,
-                         'required file is missing')
+    if not is_file(join(required)):
+      raise DatasetError(join(required), None, None, 'required file is missing')
   skipped: dict[str, int] = {}
   with _gc_paused():
-    catalog = read_items(os.path.join(directory, ITEMS_FILE), allowed_types)
-    interactions_path = os.path.join(directory, INTERACTIONS_FILE)
+    catalog = read_items(join(ITEMS_FILE), allowed_types)
+    interactions_path = join(INTERACTIONS_FILE)
     interactions = _read_interactions(interactions_path, catalog, on_unknown_item, skipped)
     if on_out_of_order == 'error':
       bad = _first_out_of_order(interactions)
@@ -467,13 +480,13 @@ def load_dataset(directory: str | os.PathLike, name: str | None = None,
             f'the previous event of this user ({int(interactions.timestamp[previous])}); '
             "events must be sorted by time within each user, or load with "
             "on_out_of_order='allow' (splits sort them)")
-    queries_path = os.path.join(directory, QUERIES_FILE)
+    queries_path = join(QUERIES_FILE)
     queries = (_read_queries(queries_path, catalog, on_unknown_item, skipped)
-               if os.path.isfile(queries_path) else [])
-    users_path = os.path.join(directory, USERS_FILE)
-    users = _read_users(users_path) if os.path.isfile(users_path) else {}
+               if is_file(queries_path) else [])
+    users_path = join(USERS_FILE)
+    users = _read_users(users_path) if is_file(users_path) else {}
   if name is None:
-    name = os.path.basename(os.path.normpath(os.path.abspath(directory)))
+    name = atomic.as_path(directory).name
   return Dataset(name=name, catalog=catalog, interactions=interactions, queries=queries,
                  users=users, skipped=skipped)
 
@@ -555,7 +568,8 @@ def item_json(catalog: Catalog, n: int) -> dict[str, Any]:
 
 def write_dataset(dataset: Dataset, directory: str | os.PathLike,
                   overwrite: bool = False) -> None:
-  """Writes `dataset` in the generic format, atomically (temporary directory, then rename).
+  """Writes `dataset` in the generic format, atomically (temporary directory, then rename; on
+  an object store uploaded with interactions.csv last: module docstring).
 
   Absent optional fields (empty description, tags, attributes; NaN popularity; None
   user_id/timestamp/summary) are left out, so `load_dataset` reads back an equal dataset.
@@ -579,7 +593,7 @@ def write_dataset(dataset: Dataset, directory: str | os.PathLike,
     if column in REQUIRED_COLUMNS:
       raise ValueError(f'extra interaction column {column!r} clashes with a required column')
 
-  with atomic_directory(directory, overwrite) as tmp:
+  with atomic_directory(directory, overwrite, last=(ITEMS_FILE, INTERACTIONS_FILE)) as tmp:
     with open(os.path.join(tmp, ITEMS_FILE), 'w', encoding='utf-8') as f:
       for n in range(len(catalog)):
         f.write(json.dumps(item_json(catalog, n), ensure_ascii=False) + '\n')

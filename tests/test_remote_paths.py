@@ -1,0 +1,164 @@
+"""Workdir files on any file system etils.epath supports: the atomic writers
+(catalog/atomic.py), run directories (run/rundir.py) and the generic dataset reader and writer
+(catalog/io.py), each once on a local path and once on gs:// served by a fake (tests/
+fake_gcs.py: epath's mock backend over a local folder, renames refused)."""
+
+import json
+import os
+
+import pytest
+
+from neo_jax.catalog import atomic
+from neo_jax.run import config as config_lib
+from neo_jax.run import rundir
+
+from fake_gcs import fake_gcs
+from test_run_config import _with
+
+
+class Where:
+  """A base directory (local or gs://) and how a test reads what landed there."""
+
+  def __init__(self, base, local_root, fake=None):
+    self.base, self.local_root, self.fake = base, local_root, fake
+
+  def join(self, *parts):
+    return '/'.join([self.base, *parts])
+
+  def local(self, *parts):
+    """The local file that holds `join(*parts)`."""
+    return os.path.join(self.local_root, *parts)
+
+
+@pytest.fixture(params=['local', 'gcs'])
+def where(request, tmp_path, monkeypatch):
+  cwd = tmp_path / 'cwd'
+  cwd.mkdir()
+  monkeypatch.chdir(cwd)  # a gs:// path opened as a local one would land here
+  if request.param == 'local':
+    yield Where(str(tmp_path / 'w'), str(tmp_path / 'w'))
+  else:
+    with fake_gcs(tmp_path / 'gcs') as fake:
+      yield Where('gs://bucket/w', str(tmp_path / 'gcs' / 'bucket' / 'w'), fake)
+  assert os.listdir(cwd) == [], 'a remote path was written as a local one'
+
+
+def test_files_are_written_whole_and_read_back(where):
+  path = where.join('a', 'x.json')
+  got = atomic.write_json(path, {'v': float('nan'), 'n': 1}, sort_keys=True)
+  assert got == (path if where.fake else os.path.abspath(path))
+  assert json.load(open(where.local('a', 'x.json'))) == {'n': 1, 'v': None}
+  atomic.write_text(path, 'second\n')
+  assert open(where.local('a', 'x.json')).read() == 'second\n'
+  assert os.listdir(where.local('a')) == ['x.json']  # no temporary left
+  assert atomic.sweep_stale(path) == []
+  if where.fake:
+    assert ('open', path) in where.fake.calls
+
+
+def test_jsonl_appends_whole_lines_and_repairs_a_torn_one(where):
+  path = where.join('log.jsonl')
+  with atomic.JsonlAppender(path) as log:
+    log.append([{'step': 1}, {'step': 2}])
+    log.append([{'step': 3, 'x': float('inf')}])
+  assert atomic.read_jsonl(path) == [{'step': 1}, {'step': 2}, {'step': 3, 'x': None}]
+  with open(where.local('log.jsonl'), 'ab') as f:
+    f.write(b'{"step": 4, "tor')  # a writer killed mid-line
+  with atomic.JsonlAppender(path) as log:
+    assert log.repaired == len(b'{"step": 4, "tor')
+    log.append([{'step': 4}])
+  assert [r['step'] for r in atomic.read_jsonl(path)] == [1, 2, 3, 4]
+  with atomic.JsonlAppender(path, truncate=True) as log:
+    log.append([{'step': 9}])
+  assert atomic.read_jsonl(path) == [{'step': 9}]
+  with open(where.local('log.jsonl'), 'ab') as f:
+    f.write(b'not json\n')
+  with pytest.raises(ValueError, match=r'log.jsonl:2: not valid JSON'):
+    atomic.read_jsonl(path)
+
+
+def test_atomic_directory_replaces_a_tree_or_leaves_the_old_one(where):
+  target = where.join('tree')
+  with atomic.atomic_directory(target, last=('done.txt',)) as tmp:
+    os.makedirs(os.path.join(tmp, 'sub'))
+    for name in ('sub/b.txt', 'a.txt', 'done.txt'):
+      with open(os.path.join(tmp, name), 'w') as f:
+        f.write(name)
+  assert sorted(os.listdir(where.local('tree'))) == ['a.txt', 'done.txt', 'sub']
+  assert open(where.local('tree', 'sub', 'b.txt')).read() == 'sub/b.txt'
+  if where.fake:  # the file named last is uploaded last
+    writes = [p for op, p in where.fake.calls if op == 'open' and '/tree/' in p]
+    assert writes[-1] == target + '/done.txt' and len(writes) == 3
+  with pytest.raises(FileExistsError, match='not empty'):
+    with atomic.atomic_directory(target):
+      pass
+  with pytest.raises(RuntimeError):
+    with atomic.atomic_directory(target, overwrite=True) as tmp:
+      open(os.path.join(tmp, 'new.txt'), 'w').close()
+      raise RuntimeError('builder failed')
+  assert sorted(os.listdir(where.local('tree'))) == ['a.txt', 'done.txt', 'sub']
+  with atomic.atomic_directory(target, overwrite=True) as tmp:
+    open(os.path.join(tmp, 'new.txt'), 'w').close()
+  assert os.listdir(where.local('tree')) == ['new.txt']
+  with atomic.staging_directory(target) as staging:
+    os.makedirs(os.path.join(staging, 'built'))
+    open(os.path.join(staging, 'built', 'c.txt'), 'w').close()
+    atomic.replace_directory(os.path.join(staging, 'built'), target)
+  assert os.listdir(where.local('tree')) == ['c.txt']
+
+
+def test_run_directory_claim_config_and_result(where):
+  w = where.join('run')
+  rundir.claim(w, config_lib.validate(_with(model__d_model=32)))
+  assert rundir.has_config(w)
+  assert rundir.read_config(w)['model']['d_model'] == 32
+  assert json.load(open(where.local('run', 'config.json')))['model']['d_model'] == 32
+  rundir.claim(w, config_lib.validate(_with(model__d_model=32, eval__max_requests=3)))
+  with pytest.raises(rundir.RunDirError, match=r'model.d_model: 32 -> 64'):
+    rundir.claim(w, config_lib.validate(_with(model__d_model=64)))
+  os.makedirs(where.local('run', 'checkpoints'))
+  rundir.claim(w, config_lib.validate(_with(model__d_model=64)), overwrite=True)
+  assert os.listdir(where.local('run')) == ['config.json']
+  assert rundir.read_config(w)['model']['d_model'] == 64
+  path = rundir.write_result(w, {'hr': float('nan'), 'n': 2})
+  assert path == (w if where.fake else os.path.abspath(w)) + '/result.json'
+  assert json.load(open(where.local('run', 'result.json'))) == {'hr': None, 'n': 2}
+  with open(where.local('run', 'config.json'), 'w') as f:
+    f.write('{broken')
+  with pytest.raises(rundir.RunDirError, match='not valid JSON'):
+    rundir.read_config(w)
+  os.makedirs(where.local('mine'))
+  open(where.local('mine', 'notes.txt'), 'w').close()
+  with pytest.raises(rundir.RunDirError, match='not a neo_jax workdir'):
+    rundir.claim(where.join('mine'), config_lib.defaults(), overwrite=True)
+  assert os.listdir(where.local('mine')) == ['notes.txt']
+
+
+def test_unknown_scheme_is_named(tmp_path):
+  assert not atomic.is_remote(str(tmp_path)) and not atomic.is_remote('rel/x')
+  assert atomic.is_remote('gs://b/x')
+  with pytest.raises(ValueError, match='memory://'):
+    atomic.write_text('memory://b/x.txt', 'x')
+  with pytest.raises(ValueError, match='memory://'):
+    rundir.read_config('memory://b/run')
+
+
+def test_dataset_directory_round_trip(where):
+  from neo_jax.catalog import io
+  from neo_jax.catalog.types import DatasetError
+  from test_catalog_io import _awkward_dataset, assert_datasets_equal
+  data = where.join('data')
+  dataset = _awkward_dataset()
+  io.write_dataset(dataset, data)
+  if where.fake:  # what makes a directory a dataset is uploaded last
+    writes = [p.rsplit('/', 1)[1] for op, p in where.fake.calls
+              if op == 'open' and '/data/' in p]
+    assert writes[-2:] == ['items.jsonl', 'interactions.csv']
+  back = io.load_dataset(data, name=dataset.name)
+  assert_datasets_equal(dataset, back)
+  assert io.load_dataset(data).name == 'data'
+  with pytest.raises(FileExistsError):
+    io.write_dataset(dataset, data)
+  os.remove(where.local('data', 'interactions.csv'))
+  with pytest.raises(DatasetError, match=r'data/interactions.csv.*required file is missing'):
+    io.load_dataset(data)
