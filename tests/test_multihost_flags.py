@@ -14,7 +14,8 @@ import pytest
 from experiments import multiprocess
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMEOUT = 900  # a safety net for a loaded machine: each command imports jax and flax
+TIMEOUT = 1800  # a safety net for a loaded machine: each command imports jax and flax (at
+# SCHED_IDLE beside two busy jobs one import took over 15 minutes of wall time)
 
 
 @pytest.mark.parametrize('distributed,address,count,index', [
