@@ -102,14 +102,16 @@ class Dense(base.Baseline):
             os.path.join(self.cache_dir, 'dense_items.json'))
 
   def _read_cache(self, key: dict[str, Any]) -> np.ndarray | None:
-    """The cached embeddings when the cache holds `key`'s, else None."""
+    """The cached embeddings when the cache holds `key`'s, else None (also when a writer of
+    another run removed the key while this one was reading)."""
     npy, meta = self._cache_paths()
-    if not (os.path.exists(npy) and os.path.exists(meta)):
+    try:
+      with open(meta) as f:
+        if json.load(f) != key:
+          return None
+      emb = np.load(npy)
+    except FileNotFoundError:
       return None
-    with open(meta) as f:
-      if json.load(f) != key:
-        return None
-    emb = np.load(npy)
     return emb if emb.shape[0] == key['num_items'] else None
 
   def _write_cache(self, emb: np.ndarray, key: dict[str, Any]) -> None:
