@@ -24,10 +24,11 @@ import os
 import time
 from typing import Any, Callable
 
+import jax
+
 from neo_jax.catalog import multihost
 from neo_jax.run import config as config_lib
 
-Log = Callable[[str], None]
 _ONE_CORE_FLAG = '--xla_cpu_multi_thread_eigen=false'
 
 
@@ -36,7 +37,6 @@ def resolve(lanes: int) -> int:
   with 2 or more cores, else 1; any other value is itself."""
   if lanes != 0:
     return int(lanes)
-  import jax  # pylint: disable=g-import-not-at-top
   ok = (not multihost.distributed() and jax.default_backend() == 'cpu'
         and len(os.sched_getaffinity(0)) >= 2)
   return 2 if ok else 1
@@ -51,7 +51,8 @@ def cpu_share(lane: int, lanes: int, cpus: set[int] | None = None) -> list[int]:
   cores this process may use), the first lanes getting one more when they do not divide.
 
   Raises:
-    ConfigError: fewer cores than lanes, or a lane index out of range.
+    ConfigError: fewer cores than lanes.
+    ValueError: a lane index out of range.
   """
   cpus = sorted(os.sched_getaffinity(0) if cpus is None else cpus)
   if not 0 <= lane < lanes:
@@ -119,7 +120,6 @@ def check_backend() -> None:
   Raises:
     ConfigError: JAX's default backend is an accelerator, or the run has several processes.
   """
-  import jax  # pylint: disable=g-import-not-at-top
   if multihost.distributed():
     raise config_lib.ConfigError('experiment.lanes > 1 is for one process on one CPU machine; '
                                  'this run has several JAX processes (set experiment.lanes=1)')
