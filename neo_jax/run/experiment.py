@@ -115,13 +115,17 @@ def ablation_config(cfg: ml_collections.ConfigDict, name: str) -> ml_collections
   return c
 
 
+def _grounding_dir(run_dir: str) -> str:
+  """A run directory's grounding-stage checkpoints (its summary.json: the stage finished)."""
+  return os.path.join(run_dir, 'checkpoints', 'grounding')
+
+
 def share_grounding(src_run: str, dst_run: str, log: Log) -> bool:
   """Copies the finished grounding stage of run directory `src_run` into `dst_run` (NEO-mono
   shares NEO-multi's), unless `dst_run` has one: whole or not at all (a temporary folder,
   then a rename), written by process 0 only, every process meeting at a barrier after.
   Returns whether this process copied it."""
-  src = os.path.join(src_run, 'checkpoints', 'grounding')
-  dst = os.path.join(dst_run, 'checkpoints', 'grounding')
+  src, dst = _grounding_dir(src_run), _grounding_dir(dst_run)
   copied = False
   if (multihost.is_writer() and not os.path.exists(dst)
       and os.path.exists(os.path.join(src, 'summary.json'))):
@@ -164,6 +168,16 @@ def train_neo(name: str, cfg: ml_collections.ConfigDict, art: stages.Artifacts,
   facts_[f'{name}/capability_examples'] = len(exs['capability'])
   facts_[f'{name}/num_params'] = vocab_lib.count_params(model)
   return model, facts_
+
+
+def train_mono(cfg, art, guard, workdir, log, task: str, offset: int = 0):
+  """NEO-mono on `task` with seed offset `offset`, from the grounding stage of the NEO-multi
+  of that seed when `experiment.share_grounding`: (run name, model, facts)."""
+  name = seed_run(f'neo_mono_{task}', offset)
+  multi = os.path.join(workdir, seed_run(MAIN_RUN, offset))
+  model, facts_ = train_neo(name, cfg, art, guard, workdir, log, task=task,
+                            grounding_from=multi if cfg.experiment.share_grounding else None)
+  return name, model, facts_
 
 
 class Rankers:
@@ -238,10 +252,7 @@ def train_systems(cfg, art, guard, workdir, log):
     models[multi], f = train_neo(multi, scfg, art, guard, workdir, log)
     facts.update(f)
     for task in e.mono_tasks:
-      name = seed_run(f'neo_mono_{task}', offset)
-      models[name], f = train_neo(
-          name, scfg, art, guard, workdir, log, task=task,
-          grounding_from=os.path.join(workdir, multi) if e.share_grounding else None)
+      name, models[name], f = train_mono(scfg, art, guard, workdir, log, task, offset)
       facts.update(f)
   ablations: dict[str, tuple[Any, stages.Artifacts, SplitGuard]] = {}
   for name in e.ablations:
@@ -250,11 +261,6 @@ def train_systems(cfg, art, guard, workdir, log):
       ablations[name] = (model, a_art, a_guard)
       facts.update(f)
   return models, ablations, facts
-
-
-def _grounding_done(workdir: str, run: str) -> str:
-  """The file a run directory's finished grounding stage holds (what NEO-mono copies)."""
-  return os.path.join(workdir, run, 'checkpoints', 'grounding', 'summary.json')
 
 
 def _lane_runs(cfg) -> list[tuple[str, int]]:
@@ -314,15 +320,11 @@ def train_in_lanes(cfg, art, guard, workdir, log):
       fitted, facts = fit_baselines(cfg, art, guard, workdir, log)
       for offset in range(int(e.seeds)):
         scfg = seed_config(cfg, offset) if offset else cfg
-        multi = seed_run(MAIN_RUN, offset)
-        shared = e.share_grounding and int(cfg.grounding.steps) > 0
+        multi = os.path.join(workdir, seed_run(MAIN_RUN, offset))
         for task in e.mono_tasks:
-          if shared:
-            lane.wait_for(_grounding_done(workdir, multi))
-          facts.update(train_neo(seed_run(f'neo_mono_{task}', offset), scfg, art, guard,
-                                 workdir, log, task=task,
-                                 grounding_from=os.path.join(workdir, multi) if shared else None
-                                 )[1])
+          if e.share_grounding and int(cfg.grounding.steps) > 0:
+            lane.wait_for(os.path.join(_grounding_dir(multi), 'summary.json'))
+          facts.update(train_mono(scfg, art, guard, workdir, log, task, offset)[2])
       lane.join()
     finally:
       lane.stop()
