@@ -14,6 +14,7 @@ from a .npy) and W/result.json (collision_rate, unreachable_items, utilisation_l
 coherence_p{p}, recon_mse_p{p}, seconds), and prints the result.json object as the last line.
 """
 
+import io
 import json
 import os
 import time
@@ -50,10 +51,9 @@ def main(argv):
   emb, encoder_name = stages.embed_items(cfg, ds, split, progress=True)
   embed_s = time.perf_counter() - t0
   if _SAVE_EMB.value and not cfg.sid.encoder.startswith('npy:'):
-    os.makedirs(os.path.join(workdir, 'sids'), exist_ok=True)
-    tmp = os.path.join(workdir, 'sids', 'embeddings.tmp.npy')
-    np.save(tmp, emb)
-    os.replace(tmp, os.path.join(workdir, 'sids', 'embeddings.npy'))
+    buf = io.BytesIO()  # written whole (atomic: local or a URI)
+    np.save(buf, emb)
+    atomic.write_bytes(os.path.join(workdir, 'sids', 'embeddings.npy'), buf.getvalue())
   sid_map, rep = stages.build_sids(cfg, ds, split, workdir, print, emb=(emb, encoder_name))
   result = {
       'dataset': ds.name, 'encoder': encoder_name, 'method': sid_map.meta['method'],

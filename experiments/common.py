@@ -32,6 +32,7 @@ from absl import logging
 import ml_collections
 from ml_collections import config_flags
 
+from neo_jax.catalog import atomic
 from neo_jax.catalog.types import DatasetError
 from neo_jax.run import config as config_lib
 
@@ -96,7 +97,7 @@ class RunFlags:
     if self.dataset.value is not None:
       cfg['data']['dataset'] = self.dataset.value
     cfg = config_lib.validate(ml_collections.ConfigDict(cfg))
-    if cfg.data.data_dir and not os.path.exists(cfg.data.data_dir):
+    if cfg.data.data_dir and not atomic.as_path(cfg.data.data_dir).exists():
       raise config_lib.ConfigError(f'--data_dir={cfg.data.data_dir}: no such file or '
                                    'directory')
     if self.print_config.value:

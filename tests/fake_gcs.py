@@ -3,13 +3,17 @@
 for gs://, s3://, ... and local paths).
 
 Inside `fake_gcs(root)`, `epath.Path('gs://bucket/a/b')` reads and writes `root/bucket/a/b`;
-local paths pass through unchanged. Renames of remote paths are refused (object stores have
+local paths pass through unchanged. orbax's array files (written by tensorstore, not epath)
+go to the same folder: the GCS kvstore spec orbax builds for a gs:// checkpoint is replaced by
+a local file kvstore there (orbax still takes its gs:// code paths), and the bucket reads as
+a flat-namespace one (orbax would ask google-cloud-storage). Renames of remote paths are refused (object stores have
 no atomic rename, so code that relies on one would be wrong there), and every backend call on
 a remote path is recorded in `calls` as (operation, uri).
 """
 
 import contextlib
 import os
+from unittest import mock
 
 from etils.epath import testing as epath_testing
 
@@ -33,6 +37,11 @@ class FakeGCS:
       return path
     self.calls.append((op, path))
     return self.local(path)
+
+  def kvstore(self, uri: str) -> dict:
+    """The tensorstore kvstore spec of `uri`: a file kvstore on its local file."""
+    self.calls.append(('tensorstore', os.fspath(uri)))
+    return {'driver': 'file', 'path': self.local(uri)}
 
   def _uri(self, local_path):
     rel = os.path.relpath(local_path, self.root)
@@ -77,5 +86,8 @@ def fake_gcs(root):
   """Yields a FakeGCS serving gs:// from `root` while the block runs."""
   fake = FakeGCS(root)
   os.makedirs(fake.root, exist_ok=True)
-  with epath_testing.mock_epath(**fake.mocks()):
+  from orbax.checkpoint._src.path import gcs_utils  # local: only tests of checkpoints need it
+  with epath_testing.mock_epath(**fake.mocks()), \
+       mock.patch.object(gcs_utils, 'get_kvstore_for_gcs', fake.kvstore), \
+       mock.patch.object(gcs_utils, 'is_hierarchical_namespace_enabled', lambda path: False):
     yield fake

@@ -162,3 +162,117 @@ def test_dataset_directory_round_trip(where):
   os.remove(where.local('data', 'interactions.csv'))
   with pytest.raises(DatasetError, match=r'data/interactions.csv.*required file is missing'):
     io.load_dataset(data)
+
+
+def test_sid_map_and_quantiser_round_trip(where):
+  from neo_jax.catalog.synthetic import SyntheticConfig, generate_synthetic
+  from neo_jax.sid import builder, job
+  from neo_jax.sid import quantiser as qlib
+  ds = generate_synthetic(SyntheticConfig(items_per_type=20, num_users=20, num_queries=2))
+  emb, name = job.embed(ds.catalog, 'tfidf', tfidf_dim=16, progress=False)
+  sids = where.join('sids')
+  sid_map, report = job.build_and_save(ds.catalog, emb, sids, levels=2, k=4, collision='disambiguate',
+                                       iters=5, popularity=None, encoder_name=name)
+  assert sorted(os.listdir(where.local('sids'))) == ['quality.png', 'report.json', 'sid_map']
+  assert open(where.local('sids', 'quality.png'), 'rb').read(4) == b'\x89PNG'
+  assert json.load(open(where.local('sids', 'report.json')))['collision_rate'] == pytest.approx(
+      report['collision_rate'])
+  back = builder.load_sid_map(sids + '/sid_map')
+  assert (back.codes == sid_map.codes).all() and back.level_sizes == sid_map.level_sizes
+  assert qlib.has_quantiser(sids + '/sid_map')
+  q = qlib.load_quantiser(sids + '/sid_map', back)
+  assert (q.kmeans_codes(emb, back.type_index) == sid_map.codes[:, :q.kmeans_levels]).all()
+  with open(where.local('sids', 'sid_map', builder.NPZ_NAME), 'r+b') as f:
+    f.truncate(100)  # a damaged array file is named
+  with pytest.raises(ValueError, match=r'sid_map.npz: unreadable'):
+    builder.load_sid_map(sids + '/sid_map')
+  os.remove(where.local('sids', 'sid_map', builder.MANIFEST_NAME))
+  with pytest.raises(FileNotFoundError, match=r'sid_map/sid_map.json: missing'):
+    builder.load_sid_map(sids + '/sid_map')
+
+
+def test_tokenizer_files_round_trip(where):
+  from neo_jax.tokenizer import SentencePieceTokenizer, train_sentencepiece
+  from neo_jax.tokenizer.files import TokenizerFileError
+  corpus = [f'a book {n} about trains and rivers, a movie about jazz {n * 7} and noir'
+            for n in range(60)]
+  tok = SentencePieceTokenizer(train_sentencepiece(corpus, vocab_size=300, seed=0), ('book',),
+                               {'book': (4, 4)})
+  path = where.join('tokenizer')
+  tok.save(path)
+  back = SentencePieceTokenizer.load(path)
+  assert back.model_proto == tok.model_proto
+  assert back.encode('a movie about trains') == tok.encode('a movie about trains')
+  with open(where.local('tokenizer', 'spm.model'), 'ab') as f:
+    f.write(b'x')  # overwritten after the save: the digest names it
+  with pytest.raises(TokenizerFileError, match=r'tokenizer/spm.model: its content'):
+    SentencePieceTokenizer.load(path)
+
+
+def test_move_and_copy_trees(where, tmp_path):
+  src = where.join('ckpt', '4')
+  atomic.write_text(src + '/default/a.txt', 'a')
+  atomic.write_text(src + '/b.txt', 'b')
+  atomic.as_path(where.join('aside')).mkdir()  # as loop._set_aside does
+  atomic.move_tree(src, where.join('aside', '4'))
+  assert not os.path.exists(where.local('ckpt', '4'))
+  assert open(where.local('aside', '4', 'default', 'a.txt')).read() == 'a'
+  atomic.write_text(src + '/c.txt', 'c')
+  with pytest.raises(FileExistsError if where.fake else OSError):
+    atomic.move_tree(src, where.join('aside'))  # a non-empty directory is never replaced
+  assert open(where.local('aside', '4', 'b.txt')).read() == 'b'
+  local = tmp_path / 'copy'
+  atomic.copy_tree(where.join('aside'), str(local))
+  assert open(local / '4' / 'default' / 'a.txt').read() == 'a'
+  data = atomic.for_reading(where.join('aside', '4', 'b.txt'))
+  assert (data.read() if where.fake else open(data, 'rb').read()) == b'b'
+  if where.fake:
+    assert not [c for c in where.fake.calls if c[0] in ('rename', 'replace')]
+
+
+def test_tensorboard_events_reach_the_workdir(where, monkeypatch):
+  from neo_jax.train import loop
+  lines = []
+  board = loop._TensorBoard(where.join('tensorboard', 'stage'), lines.append)
+  monkeypatch.setattr(loop._TensorBoard, 'UPLOAD_EVERY_S', 0.0)
+  board.add_scalar('stage/loss', 1.5, 1)
+  events = os.listdir(where.local('tensorboard', 'stage'))
+  assert len(events) == 1 and events[0].startswith('events.out.tfevents')
+  board.add_scalar('stage/loss', 1.25, 2)
+  board.close()
+  assert os.listdir(where.local('tensorboard', 'stage')) == events
+  from tensorboardX.proto import event_pb2
+  raw = open(where.local('tensorboard', 'stage', events[0]), 'rb').read()
+  assert raw.count(b'stage/loss') == 2  # both scalars, whole
+  if where.fake:
+    assert len(lines) == 1 and 'uploaded to gs://bucket/w/tensorboard/stage' in lines[0]
+    assert not os.path.exists(board.local)  # the local copy is gone
+  else:
+    assert lines == [] and board.local == board.directory
+  del event_pb2
+
+
+def test_local_only_parts_refuse_a_uri_by_name(tmp_path, monkeypatch):
+  """What stays local (TFDS builds, Hugging Face weights, catalog updates, lanes) says so
+  for a URI instead of writing a local folder named gs:."""
+  from neo_jax.catalog import tfds_builders
+  from neo_jax.model import checkpoints
+  from neo_jax.run import catalog_update, experiment
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(ValueError, match=r'gs://b/w: TFDS builds .* experiments.export_dataset'):
+    tfds_builders.build('movielens100k', 'gs://b/w')
+  with pytest.raises(ValueError, match=r'gs://b/w/tfds/movielens100k: TFDS builds'):
+    tfds_builders.load_built('gs://b/w/tfds/movielens100k')
+  with pytest.raises(ValueError, match=r'gs://b/hf: Hugging Face and GGUF weights'):
+    checkpoints.load_safetensors_dir('gs://b/hf')
+  with pytest.raises(catalog_update.CatalogUpdateError, match='needs a local workdir'):
+    with catalog_update._locked('gs://b/w'):
+      pass
+  cfg = config_lib.defaults()
+  cfg.experiment.lanes = 2
+  lines = []
+  assert experiment._lanes(cfg, 'gs://b/w', lines.append) == 1
+  assert lines == ['lanes: 1 instead of 2: lanes wait for each other\'s files on a local '
+                   'workdir only, and gs://b/w is remote']
+  assert experiment._lanes(cfg, str(tmp_path / 'w'), lines.append) == 2 and len(lines) == 1
+  assert os.listdir(tmp_path) == []

@@ -16,7 +16,6 @@ reports the same `cached` fact.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -89,7 +88,7 @@ class Dense(base.Baseline):
            'texts_sha256': _texts_digest(texts)}
     cached = self._read_cache(key) if self.cache_dir else None
     if self.cache_dir:  # every process has checked before process 0 may write
-      multihost.barrier(f'dense cache:{os.path.abspath(self.cache_dir)}')
+      multihost.barrier(f'dense cache:{atomic.location(self.cache_dir)}')
     if cached is not None:
       return cached, True
     emb = self._unit(self.encoder.encode(texts), 'item')
@@ -103,13 +102,14 @@ class Dense(base.Baseline):
 
   def _read_cache(self, key: dict[str, Any]) -> np.ndarray | None:
     """The cached embeddings when the cache holds `key`'s, else None (also when a writer of
-    another run removed the key while this one was reading)."""
+    another run removed the key while this one was reading). Local or remote
+    (`catalog.atomic`)."""
     npy, meta = self._cache_paths()
     try:
-      with open(meta) as f:
+      with atomic.open_text(meta) as f:
         if json.load(f) != key:
           return None
-      emb = np.load(npy)
+      emb = np.load(atomic.for_reading(npy))
     except FileNotFoundError:
       return None
     return emb if emb.shape[0] == key['num_items'] else None
@@ -118,8 +118,7 @@ class Dense(base.Baseline):
     """Writes the embeddings, then their key, each atomically (unique temporaries). The old
     key goes first, so a reader never pairs it with the new embeddings."""
     npy, meta = self._cache_paths()
-    with contextlib.suppress(FileNotFoundError):
-      os.remove(meta)
+    atomic.as_path(meta).unlink(missing_ok=True)
     buf = io.BytesIO()
     np.save(buf, emb)
     atomic.write_bytes(npy, buf.getvalue())

@@ -90,6 +90,49 @@ def open_text(path: str | os.PathLike, newline: str | None = None) -> IO[str]:
   return io.TextIOWrapper(epath.Path(path).open('rb'), encoding='utf-8', newline=newline)
 
 
+def for_reading(path: str | os.PathLike) -> str | io.BytesIO:
+  """What a reader that takes a path or a binary file (`np.load`, PIL) reads `path` from: a
+  local path itself, a remote file's bytes in memory."""
+  if not is_remote(path):
+    return os.fspath(path)
+  return io.BytesIO(as_path(path).read_bytes())
+
+
+def move_tree(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+  """Moves the file or directory `src` to `dst` (which must not exist): a rename on a local
+  file system; where either is remote (no rename there), a copy file by file, then `src`
+  removed, so a kill midway leaves `src` whole and part of `dst`."""
+  if not is_remote(src) and not is_remote(dst):
+    os.rename(src, dst)
+    return
+  source, target = as_path(src), as_path(dst)
+  if target.exists():
+    raise FileExistsError(f'{location(dst)} exists; not moving {location(src)} over it')
+  if not source.is_dir():
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(source.read_bytes())
+    source.unlink()
+    return
+  for root, _, names in source.walk():
+    out = target / os.path.relpath(os.fspath(root), os.fspath(source))
+    out.mkdir(parents=True, exist_ok=True)
+    for name in names:
+      (out / name).write_bytes((root / name).read_bytes())
+  source.rmtree()
+
+
+def copy_tree(src: str | os.PathLike, dst: str) -> None:
+  """Copies the tree `src` (local or remote) into the local directory `dst`, file by file
+  (for `atomic_directory`'s builder to upload)."""
+  source = as_path(src)
+  for root, _, names in source.walk():
+    out = os.path.join(dst, os.path.relpath(os.fspath(root), os.fspath(source)))
+    os.makedirs(out, exist_ok=True)
+    for name in names:
+      with open(os.path.join(out, name), 'wb') as f:
+        f.write((root / name).read_bytes())
+
+
 def _upload_tree(src: str, dst: str, last: Sequence[str] = ()) -> None:
   """Copies the local tree `src` to the remote directory `dst` (removed first when it
   exists), one object per file, the files named in `last` (relative paths) last in order."""

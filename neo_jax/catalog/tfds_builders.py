@@ -235,6 +235,7 @@ def build(name: str, data_dir: str, overwrite: bool = False,
   if name not in BUILDERS:
     raise ValueError(f'unknown dataset {name!r}; known: {sorted(BUILDERS)}')
   cls = BUILDERS[name]
+  _local_only(data_dir)
   data_dir = os.path.abspath(os.fspath(data_dir))
   target = os.path.join(data_dir, cls.name)
   if os.path.exists(target) and not overwrite:
@@ -253,6 +254,17 @@ def build(name: str, data_dir: str, overwrite: bool = False,
           download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
     atomic.replace_directory(os.path.join(staging, cls.name), target)
   return loaded[0], loaded[1], target
+
+
+def _local_only(path: str | os.PathLike) -> None:
+  """TFDS builds are local folders here: a URI (`atomic.is_remote`) is a ValueError saying
+  how to put the dataset in a bucket instead."""
+  if atomic.is_remote(path):
+    raise ValueError(
+        f'{os.fspath(path)}: TFDS builds (array_record files) are written and read on local '
+        'paths only; to use a bucket, build the dataset on a local path, export it in the '
+        'generic format there (python -m experiments.export_dataset --built=LOCAL/tfds/<name> '
+        '--workdir=gs://BUCKET/DIR) and pass --data_dir=gs://BUCKET/DIR/data')
 
 
 def _table_dir(built: str, table: str) -> str | None:
@@ -293,6 +305,7 @@ def load_built(built: str | os.PathLike) -> Dataset:
   Raises:
     DatasetError: the folder is not a built dataset (missing items/interactions/meta).
   """
+  _local_only(built)
   built = os.fspath(built)
   for table in ('items', 'interactions', 'meta'):
     if _table_dir(built, table) is None:

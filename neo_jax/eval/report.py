@@ -495,14 +495,22 @@ def generations_text(generations: list[dict[str, Any]]) -> str:
   return '\n'.join(lines)
 
 
+def _log_files(workdir: str) -> list[str]:
+  """Every <workdir>/**/logs/*.jsonl, sorted (a local workdir or a URI)."""
+  if not atomic.is_remote(workdir):
+    return sorted(glob.glob(os.path.join(workdir, '**', 'logs', '*.jsonl'), recursive=True))
+  return sorted(os.fspath(d / n) for d, _, names in atomic.as_path(workdir).walk()
+                if d.name == 'logs' for n in names if n.endswith('.jsonl'))
+
+
 def _curves(workdir: str) -> dict[str, list[tuple[int, float]]]:
   """run/stage -> [(step, loss)] from every <workdir>/**/logs/<stage>.jsonl."""
   out = {}
-  for path in sorted(glob.glob(os.path.join(workdir, '**', 'logs', '*.jsonl'), recursive=True)):
+  for path in _log_files(workdir):
     run = os.path.relpath(os.path.dirname(os.path.dirname(path)), workdir)
     stage = os.path.splitext(os.path.basename(path))[0]
     points = []
-    with open(path) as f:
+    with atomic.open_text(path) as f:
       for line in f:
         line = line.strip()
         if line:
@@ -621,8 +629,8 @@ def plot_budgets(result: dict[str, Any], path: str) -> bool:
 
 def write_report(workdir: str, result: dict[str, Any]) -> str:
   """Writes <workdir>/report.md (+ training_curves.png, metrics.png, budgets.png); returns
-  its path."""
-  os.makedirs(workdir, exist_ok=True)
+  its path. `workdir`: a local path or a URI (`catalog.atomic`)."""
+  atomic.as_path(workdir).mkdir(parents=True, exist_ok=True)
   lines = [f'# NEO experiment: {result.get("dataset", "?")}', '']
   lines += [protocol_markdown(result), '## Results', '', results_markdown(result)]
   comparisons = comparisons_markdown(result)

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from neo_jax.catalog import atomic
 from neo_jax.catalog.types import Catalog, User
 from neo_jax.decode.ranker import NEORanker
 from neo_jax.eval import understanding
@@ -143,11 +144,8 @@ def steer_and_understand(ranker: NEORanker, guard: SplitGuard, catalog: Catalog,
     fa = understanding.rationale_faithfulness([g[0] for g in gens], catalog, items, hists)
     out.update({f'explain/{k}': v for k, v in fa.items()})
     keep('explain', [x.prompt for x in expl], [g[0] for g in gens])
-  if samples_path:
-    tmp = samples_path + '.tmp'
-    with open(tmp, 'w') as f:
-      json.dump(samples, f, indent=1)
-    os.replace(tmp, samples_path)
+  if samples_path:  # a local path or a URI (catalog.atomic)
+    atomic.write_text(samples_path, json.dumps(samples, indent=1))
   return out
 
 

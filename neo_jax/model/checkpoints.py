@@ -33,6 +33,7 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 
+from neo_jax.catalog import atomic
 from neo_jax.model.config import ModelConfig
 from neo_jax.model.decoder import Decoder
 
@@ -267,6 +268,7 @@ def load_gguf(path: str, **overrides) -> tuple[Decoder, object]:
     (see neo_jax.tokenizer.bpe.BPETokenizer.from_gguf).
   """
   import gguf  # pylint: disable=g-import-not-at-top
+  _local_only(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f'GGUF file {path!r} does not exist')
   reader = gguf.GGUFReader(path)
@@ -318,8 +320,17 @@ _HF_ARCHS = {'llama': 'LlamaForCausalLM', 'qwen2': 'Qwen2ForCausalLM',
              'qwen3': 'Qwen3ForCausalLM'}
 
 
+def _local_only(path: str) -> None:
+  """Hugging Face and GGUF files are local: a URI (`catalog.atomic.is_remote`) is a
+  ValueError saying so."""
+  if atomic.is_remote(path):
+    raise ValueError(f'{path}: Hugging Face and GGUF weights are read (memory-mapped) and '
+                     'written on local paths only; copy them to or from a local folder')
+
+
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
   """All tensors of one .safetensors file (memory-mapped, read-only numpy arrays)."""
+  _local_only(path)
   with open(path, 'rb') as f:
     head = f.read(8)
     if len(head) != 8:
@@ -446,6 +457,7 @@ def model_config_to_hf(cfg: ModelConfig) -> dict:
 
 def load_safetensors_dir(directory: str, **overrides) -> Decoder:
   """Loads a Hugging Face checkpoint directory (config.json + model*.safetensors)."""
+  _local_only(directory)
   cfg_path = os.path.join(directory, CONFIG_FILE)
   if not os.path.isfile(cfg_path):
     raise FileNotFoundError(f'{directory}: no {CONFIG_FILE}')
@@ -497,6 +509,7 @@ def export_safetensors_dir(model: Decoder, directory: str, tokenizer=None,
   param_dtype), and, if `tokenizer` is given, whatever its `save` writes (the BPE tokenizer
   writes a `tokenizer.json` whose added tokens are the SID block; see tokenizer/bpe.py).
   """
+  _local_only(directory)
   dtype = dtype or model.cfg.param_dtype
   np_dtypes = {'float32': np.float32, 'bfloat16': ml_dtypes.bfloat16, 'float16': np.float16}
   if dtype not in np_dtypes:

@@ -98,16 +98,16 @@ class CatalogState:
 # -- paths, lock, versions ---------------------------------------------------------------------
 
 def update_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), DIRNAME)
+  return atomic.location(os.path.join(workdir, DIRNAME))
 
 
 def current_version(workdir: str) -> str | None:
   path = os.path.join(update_dir(workdir), CURRENT)
-  if not os.path.exists(path):
+  if not atomic.as_path(path).exists():
     return None
-  with open(path) as f:
+  with atomic.open_text(path) as f:
     name = f.read().strip()
-  if not name or not os.path.isdir(os.path.join(update_dir(workdir), name)):
+  if not name or not atomic.as_path(os.path.join(update_dir(workdir), name)).is_dir():
     raise CatalogUpdateError(f'{path} names {name!r}, which is not a version directory: the '
                              'catalog update state is damaged (remove the catalog_update '
                              'folder to go back to the trained catalog)')
@@ -116,7 +116,13 @@ def current_version(workdir: str) -> str | None:
 
 @contextlib.contextmanager
 def _locked(workdir: str) -> Iterator[None]:
+  """Holds the workdir's update lock (a file lock: local workdirs only) while the block
+  runs."""
   root = update_dir(workdir)
+  if atomic.is_remote(root):
+    raise CatalogUpdateError(f'{root}: a catalog update needs a local workdir (it holds a file '
+                             'lock, which object stores have not); a run on a remote workdir '
+                             'is served as trained')
   os.makedirs(root, exist_ok=True)
   with open(os.path.join(root, 'LOCK'), 'w') as f:
     try:
@@ -257,7 +263,7 @@ def load_state(base: Base) -> CatalogState:
   if name is None:
     return _empty_state(base)
   vdir = os.path.join(update_dir(base.workdir), name)
-  with open(os.path.join(vdir, STATE_FILE)) as f:
+  with atomic.open_text(os.path.join(vdir, STATE_FILE)) as f:
     st = json.load(f)
   n = len(base.catalog)
   if st.get('format') != FORMAT or st.get('base_items') != n or st.get(

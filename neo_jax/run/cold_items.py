@@ -31,6 +31,7 @@ import ml_collections
 
 from neo_jax.baselines.bm25 import BM25
 from neo_jax.baselines.dense import Dense
+from neo_jax.catalog import atomic
 from neo_jax.catalog import io as catalog_io
 from neo_jax.catalog.splits import make_split
 from neo_jax.decode.ranker import NEORanker
@@ -55,11 +56,13 @@ def warm_config(cfg: ml_collections.ConfigDict, data_dir: str) -> ml_collections
   return c
 
 
-def _ranker(run: workdir_lib.TrainedRun, sid_map, batch_size: int) -> NEORanker:
+def _ranker(run: workdir_lib.TrainedRun, sid_map, batch_size: int, log: Log | None = None,
+            label: str = 'cold') -> NEORanker:
+  """A ranker of `run`'s model over `sid_map`, its progress lines to `log` named `label`."""
   art, cfg = run.artifacts, run.config
   trie = SIDTrie.build(sid_map, art.tokenizer.sid)
   return NEORanker(art.model, art.tokenizer, trie, prompt_len=cfg.train.seq_len - 8,
-                   batch_size=batch_size)
+                   batch_size=batch_size, log=log, progress_label=label)
 
 
 def run_cold(cfg: ml_collections.ConfigDict, workdir: str, fraction: float, log: Log = print,
@@ -72,13 +75,13 @@ def run_cold(cfg: ml_collections.ConfigDict, workdir: str, fraction: float, log:
   if not 0.0 < fraction < 1.0:
     raise ValueError(f'cold-start fraction {fraction} must be in (0, 1)')
   t0 = time.perf_counter()
-  root = os.path.join(os.path.abspath(workdir), 'cold')
+  root = atomic.location(os.path.join(workdir, 'cold'))
   ds = stages.load_data(cfg, workdir, log)
   split = cold.hold_out(ds, fraction, int(cfg.seed))
   out: dict[str, Any] = dict(split.facts)
-  data_dir = os.path.join(os.path.abspath(workdir), 'cold_data')  # beside the run: its
+  data_dir = atomic.location(os.path.join(workdir, 'cold_data'))  # beside the run: its
   # workdir must be empty or a run directory when it is claimed
-  if not os.path.exists(os.path.join(data_dir, catalog_io.ITEMS_FILE)):
+  if not atomic.as_path(os.path.join(data_dir, catalog_io.ITEMS_FILE)).exists():
     catalog_io.write_dataset(split.warm, data_dir)
   train(warm_config(cfg, data_dir), root, log, train_only=True)
   run = workdir_lib.load_run(root)
@@ -87,7 +90,7 @@ def run_cold(cfg: ml_collections.ConfigDict, workdir: str, fraction: float, log:
   ext, facts = cold.extend_sid_map(art.sid_map, quant, split)
   out.update({f'cold/sids/{k}': v for k, v in facts.items()})
   batch = int(cfg.eval.batch_size)
-  neo = _ranker(run, ext, batch)
+  neo = _ranker(run, ext, batch, log)
   reqs = cold.cold_requests(split, cfg.data.split)
   view = dataclasses.replace(split.warm, catalog=split.full.catalog)
   warm_split, _ = make_split(split.warm.interactions, cfg.data.split)
@@ -95,7 +98,7 @@ def run_cold(cfg: ml_collections.ConfigDict, workdir: str, fraction: float, log:
                'dense': Dense(encoder=dense_encoder, cache_dir=os.path.join(root, 'baselines'))}
   for b in baselines.values():
     b.fit(view, warm_split)
-  upper = _upper_bound(upper_bound_dir or workdir, batch)
+  upper = _upper_bound(upper_bound_dir or workdir, batch, log)
   hist = int(cfg.tasks.history_len)
   for task, req in list(reqs.items()):
     # Every system answers the same requests: those whose prompt fits both NEO models.
@@ -120,7 +123,7 @@ def run_cold(cfg: ml_collections.ConfigDict, workdir: str, fraction: float, log:
   return out
 
 
-def _upper_bound(path: str, batch: int):
+def _upper_bound(path: str, batch: int, log: Log | None = None):
   """(ranker, SID map, SID vocabulary) of the NEO trained on every item at `path`, or None
   when `path` holds no trained NEO."""
   try:
@@ -128,7 +131,8 @@ def _upper_bound(path: str, batch: int):
   except workdir_lib.WorkdirError:
     return None
   art = run.artifacts
-  return _ranker(run, art.sid_map, batch), art.sid_map, art.tokenizer.sid
+  return (_ranker(run, art.sid_map, batch, log, 'cold upper bound'), art.sid_map,
+          art.tokenizer.sid)
 
 
 __all__ = ['run_cold', 'warm_config']

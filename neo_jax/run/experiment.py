@@ -127,12 +127,16 @@ def share_grounding(src_run: str, dst_run: str, log: Log) -> bool:
   Returns whether this process copied it."""
   src, dst = _grounding_dir(src_run), _grounding_dir(dst_run)
   copied = False
-  if (multihost.is_writer() and not os.path.exists(dst)
-      and os.path.exists(os.path.join(src, 'summary.json'))):
-    tmp = dst + '.copying'
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
-    os.replace(tmp, dst)
+  if (multihost.is_writer() and not atomic.as_path(dst).exists()
+      and atomic.as_path(os.path.join(src, 'summary.json')).exists()):
+    if atomic.is_remote(dst) or atomic.is_remote(src):  # no rename: summary.json goes last
+      with atomic.atomic_directory(dst, last=('summary.json',)) as tmp:
+        atomic.copy_tree(src, tmp)
+    else:
+      tmp = dst + '.copying'
+      shutil.rmtree(tmp, ignore_errors=True)
+      shutil.copytree(src, tmp)
+      os.replace(tmp, dst)
     log(f'grounding stage shared with {src_run}')
     copied = True
   multihost.barrier(f'share_grounding/{os.path.basename(dst_run)}')
@@ -185,17 +189,20 @@ class Rankers:
   its jitted programs take the parameters as an argument, so models of one shape share one
   compilation instead of one each."""
 
-  def __init__(self, cfg: ml_collections.ConfigDict):
-    self.cfg = cfg
+  def __init__(self, cfg: ml_collections.ConfigDict, log: Log = print):
+    self.cfg, self.log = cfg, log
     self._by_art: dict[int, NEORanker] = {}
 
-  def __call__(self, model, art: stages.Artifacts) -> NEORanker:
+  def __call__(self, model, art: stages.Artifacts, label: str = '') -> NEORanker:
+    """The ranker of `art` on `model`; its progress lines go to the run's log, named
+    `label` (e.g. 'neo_multi test')."""
     ranker = self._by_art.get(id(art))
     if ranker is None:
       ranker = NEORanker(model, art.tokenizer, art.trie, prompt_len=self.cfg.train.seq_len - 8,
-                         batch_size=self.cfg.eval.batch_size)
+                         batch_size=self.cfg.eval.batch_size, log=self.log)
       self._by_art[id(art)] = ranker
     ranker.set_model(model)
+    ranker.progress_label = label
     return ranker
 
 
@@ -308,9 +315,8 @@ def train_in_lanes(cfg, art, guard, workdir, log):
   lanes_lib.check_backend()
   lanes = int(e.lanes)
   t0 = _now()
-  os.makedirs(os.path.join(workdir, 'lanes'), exist_ok=True)
-  if os.path.exists(_lane_facts_path(workdir)):
-    os.remove(_lane_facts_path(workdir))
+  atomic.as_path(os.path.join(workdir, 'lanes')).mkdir(parents=True, exist_ok=True)
+  atomic.as_path(_lane_facts_path(workdir)).unlink(missing_ok=True)
   log(f'lanes: {", ".join(n for n, _ in _lane_runs(cfg))} in a second process; baselines and '
       'NEO-mono here')
   lane = lanes_lib.Lane('1', _train_lane,
@@ -328,7 +334,7 @@ def train_in_lanes(cfg, art, guard, workdir, log):
       lane.join()
     finally:
       lane.stop()
-  with open(_lane_facts_path(workdir)) as f:
+  with atomic.open_text(_lane_facts_path(workdir)) as f:
     facts.update(json.load(f))
   _record(facts, 'lanes', t0)
   facts['experiment/lanes'] = lanes
@@ -378,7 +384,7 @@ def neo_validation(cfg, models, rankers, art, guard, beams: int) -> dict[str, An
   for name, model in models.items():
     if '_seed' in name:
       continue
-    ranker = rankers(model, art)
+    ranker = rankers(model, art, f'{name} validation')
     for task, req in reqs.items():
       if not req.examples or (name.startswith('neo_mono_') and name != f'neo_mono_{task}'):
         continue
@@ -418,7 +424,7 @@ def evaluate_systems(cfg, models, fitted, rankers, art, test_reqs: dict[str, Req
   per: dict[str, dict[str, np.ndarray]] = {}
   checked = valid = 0
   for name, model in models.items():
-    ranker = rankers(model, art)
+    ranker = rankers(model, art, f'{name} test')
     seed = name.partition('_seed')[2]
     system = system_of(name)
     for task, req in test_reqs.items():
@@ -496,7 +502,7 @@ def evaluate_ablations(cfg, models, ablations, rankers, art, guard, test_reqs, r
       model, a_art, a_guard = models[MAIN_RUN], art, guard
     else:
       model, a_art, a_guard = ablations[name]
-    a_ranker = rankers(model, a_art)
+    a_ranker = rankers(model, a_art, f'ablation_{name} test')
     if a_guard is not guard:
       a_guard.open_test()
     for task in TASKS:
@@ -537,7 +543,7 @@ def _steer(cfg, models, rankers, art, guard, workdir):
   """Steerability, understanding and the sample generations of NEO-multi: (figures,
   samples, SIDs checked, valid)."""
   e = cfg.experiment
-  ranker = rankers(models[MAIN_RUN], art)
+  ranker = rankers(models[MAIN_RUN], art, f'{MAIN_RUN} steering')
   settings = SteerSettings(requests=e.steer_requests, beams=e.steer_beams,
                            understanding_requests=e.understanding_requests,
                            max_new_tokens=e.max_new_tokens,
@@ -610,7 +616,7 @@ def prepare(cfg, workdir, log, overwrite=False):
   art, data, examples, facts = stages.prepare(cfg, workdir, log, with_model=False, dataset=ds)
   art.trie = SIDTrie.build(art.sid_map, art.tokenizer.sid)
   facts.update(recipe_facts(cfg))
-  cfg, budgets = training.resolve_budgets(cfg, examples, art.tokenizer)
+  cfg, budgets = training.resolve_budgets(cfg, examples, art.tokenizer, log)
   if budgets:
     log('budgets: ' + ', '.join(f'{s} {budgets[f"budget/{s}/passes"]:g} passes = '
                                 f'{budgets[f"budget/{s}/steps"]} steps'
@@ -650,6 +656,17 @@ def make_guard(cfg, art: stages.Artifacts, data: stages.DataSplit, examples, wor
                                                     art.sid_map, art.tokenizer))
 
 
+def _lanes(cfg: ml_collections.ConfigDict, workdir: str, log: Log) -> int:
+  """The lanes to train in (`lanes_lib.resolve`); 1 on a remote workdir, with a line saying
+  why: a lane waits for the other's files with a local-path check (`lanes.Lane.wait_for`)."""
+  lanes = lanes_lib.resolve(int(cfg.experiment.lanes))
+  if lanes > 1 and atomic.is_remote(workdir):
+    log(f'lanes: 1 instead of {lanes}: lanes wait for each other\'s files on a local workdir '
+        f'only, and {workdir} is remote')
+    return 1
+  return lanes
+
+
 def run_experiment(cfg: ml_collections.ConfigDict, workdir: str, log: Log = print, *,
                    overwrite: bool = False, train_only: bool = False
                    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -663,7 +680,7 @@ def run_experiment(cfg: ml_collections.ConfigDict, workdir: str, log: Log = prin
   t_all = _now()
   cfg, art, guard, result = prepare(cfg, workdir, log, overwrite)
   fitted = None
-  cfg.experiment.lanes = lanes_lib.resolve(int(cfg.experiment.lanes))
+  cfg.experiment.lanes = _lanes(cfg, workdir, log)
   if cfg.experiment.lanes > 1 and not train_only:
     fitted, lane_facts = train_in_lanes(cfg, art, guard, workdir, log)
   models, ablations, facts = train_systems(cfg, art, guard, workdir, log)
@@ -679,7 +696,7 @@ def run_experiment(cfg: ml_collections.ConfigDict, workdir: str, log: Log = prin
   result.update(facts)
   result['baselines_tuned'] = bool(cfg.experiment.tune_baselines)
   beams = max(int(cfg.eval.num_beams), max(cfg.eval.ks))
-  rankers = Rankers(cfg)
+  rankers = Rankers(cfg, log)
   result.update(neo_validation(cfg, models, rankers, art, guard, beams))
   if not cfg.experiment.open_test:
     log('experiment.open_test=false: validation only, the test split left unread')

@@ -138,7 +138,7 @@ class Service:
     self.history_len = int(history_len)
     self.max_new_tokens = int(max_new_tokens)
     self.ranker = NEORanker(art.model, art.tokenizer, art.trie, prompt_len=prompt_len,
-                            batch_size=batch_size)
+                            batch_size=batch_size, progress_label='serving')
     self.histories = user_sequences(art.dataset.interactions)
     self.reachable = art.sid_map.reachable()
 
@@ -515,7 +515,7 @@ def parse_line(svc: Service, line: str) -> Request:
 def answered_lines(out_path: str) -> set[int]:
   """The input line numbers that `out_path` (an answer file of `answer_file`) holds a record
   of, after cutting a last line that a killed writer left unfinished."""
-  if not os.path.exists(out_path):
+  if not atomic.as_path(out_path).exists():
     return set()
   atomic.repair_jsonl(out_path)
   done = set()
@@ -553,7 +553,8 @@ def answer_file(svc: Service, in_path: str, out_path: str, *, resume: bool = Fal
     history_items_cut (prompts that lost history items to fit, `NEORanker.prompt_tokens`);
     with follow_catalog, catalog_reloads and catalog_version (the last one answered from).
   """
-  if not resume and os.path.exists(out_path) and os.path.getsize(out_path) > 0:
+  out = atomic.as_path(out_path)
+  if not resume and out.exists() and out.stat().length > 0:
     raise FileExistsError(f'{out_path} exists; pass --resume to answer only the lines it '
                           'lacks, or remove it')
   done = answered_lines(out_path) if resume else set()
@@ -594,7 +595,7 @@ def answer_file(svc: Service, in_path: str, out_path: str, *, resume: bool = Fal
           f'{facts["removed"]} withdrawn, {facts["live_items"]} live items')
 
   with atomic.JsonlAppender(out_path, truncate=not resume) as writer, \
-      open(in_path, encoding='utf-8') as f:
+      atomic.open_text(in_path) as f:
     for n, line in enumerate(f, start=1):
       if not line.strip():
         counts['blank_lines'] += 1

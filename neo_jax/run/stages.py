@@ -34,6 +34,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from neo_jax.catalog import atomic
 from neo_jax.catalog import io as catalog_io
 from neo_jax.catalog import multihost
 from neo_jax.catalog import synthetic
@@ -98,18 +99,18 @@ def load_data(cfg: ml_collections.ConfigDict, workdir: str, log: Log, *, build: 
   # A multi-process job: process 0 builds, the others read it after the barrier.
   writer = multihost.is_writer()
   if dataset == 'synthetic':
-    if build and writer and not os.path.exists(os.path.join(where, 'items.jsonl')):
+    if build and writer and not atomic.as_path(os.path.join(where, 'items.jsonl')).exists():
       synthetic.write_synthetic(synthetic.SyntheticConfig(**cfg.data.synthetic.to_dict()),
                                 where)
     if build:
-      multihost.barrier(f'data:{os.path.abspath(where)}')
+      multihost.barrier(f'data:{atomic.location(where)}')
     ds = catalog_io.load_dataset(where, on_unknown_item=cfg.data.on_unknown_item)
   elif dataset == 'movielens100k':
-    if build and writer and not os.path.exists(where):
+    if build and writer and not atomic.as_path(where).exists():
       kwargs = {'source': cfg.data.data_dir} if cfg.data.data_dir else {}
       tfds_builders.build('movielens100k', os.path.dirname(where), **kwargs)
     if build:
-      multihost.barrier(f'data:{os.path.abspath(where)}')
+      multihost.barrier(f'data:{atomic.location(where)}')
     ds = tfds_builders.load_built(where)
   else:
     ds = catalog_io.load_dataset(where, on_unknown_item=cfg.data.on_unknown_item)

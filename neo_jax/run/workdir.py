@@ -35,6 +35,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from neo_jax.catalog import atomic
 from neo_jax.catalog.splits import make_split
 from neo_jax.decode.trie import SIDTrie
 from neo_jax.model import lora
@@ -99,16 +100,24 @@ def _absl_errors_only():
     logger.setLevel(level)
 
 
+def _exists(path: str) -> bool:
+  return atomic.as_path(path).exists()
+
+
+def _isdir(path: str) -> bool:
+  return atomic.as_path(path).is_dir()
+
+
 def find_run_dir(path: str) -> tuple[str, str]:
   """(run directory, preparation directory) of `path`: a run directory (it holds
   checkpoints/; its preparation is its parent) or a workdir holding one of MAIN_RUNS."""
-  path = os.path.abspath(path)
-  if not os.path.isdir(path):
+  path = atomic.location(path)
+  if not _isdir(path):
     raise WorkdirError(f'{path}: no such directory')
-  if os.path.isdir(os.path.join(path, 'checkpoints')):
+  if _isdir(os.path.join(path, 'checkpoints')):
     return path, os.path.dirname(path)
   for name in MAIN_RUNS:
-    if os.path.isdir(os.path.join(path, name, 'checkpoints')):
+    if _isdir(os.path.join(path, name, 'checkpoints')):
       return os.path.join(path, name), path
   raise WorkdirError(f'{path}: holds no trained model (no {path}/neo_multi/checkpoints); run '
                      'experiments.quickstart, train or evaluate with this --workdir first, or '
@@ -134,9 +143,9 @@ def load_tokenizer(directory: str) -> Tokenizer:
   """The tokenizer saved in `directory`: sentencepiece (`spm.model`) or byte-level BPE
   (`tokenizer.json`), each with its `sid_vocab.json`."""
   try:
-    if os.path.exists(os.path.join(directory, 'spm.model')):
+    if _exists(os.path.join(directory, 'spm.model')):
       return SentencePieceTokenizer.load(directory)
-    if os.path.exists(os.path.join(directory, 'tokenizer.json')):
+    if _exists(os.path.join(directory, 'tokenizer.json')):
       return BPETokenizer.load(directory)
   except TokenizerFileError as e:
     raise WorkdirError(f'{e} (rerun the command that trained this run with the same --workdir: '
@@ -148,14 +157,15 @@ def load_tokenizer(directory: str) -> Tokenizer:
 def _check_dataset(cfg: ml_collections.ConfigDict, workdir: str) -> None:
   """The dataset must already be in the workdir (or at data.data_dir): loading never builds."""
   need = stages.dataset_location(cfg, workdir)
-  if not need or not os.path.exists(need):
+  if not need or not _exists(need):
     raise WorkdirError(f'{need or "data.data_dir"}: missing; the {cfg.data.dataset} dataset of '
                        'this run is gone (rerun the command that trained it to rebuild it)')
 
 
 def _checkpoint_steps(ckpt_dir: str) -> list[int]:
-  return sorted(int(d) for d in (os.listdir(ckpt_dir) if os.path.isdir(ckpt_dir) else [])
-                if d.isdigit() and os.path.exists(os.path.join(ckpt_dir, d, 'default')))
+  names = [d.name for d in atomic.as_path(ckpt_dir).iterdir()] if _isdir(ckpt_dir) else []
+  return sorted(int(d) for d in names
+                if d.isdigit() and _exists(os.path.join(ckpt_dir, d, 'default')))
 
 
 def final_checkpoint(run_dir: str, cfg: ml_collections.ConfigDict) -> tuple[str, int]:
@@ -185,12 +195,12 @@ def _model_step(ckpt_dir: str, steps: int) -> int:
   """The checkpoint the trained model ended its stage with: the last step, or the best one
   when the stage restored it (`model_step` of the stage's summary.json)."""
   path = os.path.join(ckpt_dir, 'summary.json')
-  if not os.path.exists(path):
+  if not _exists(path):
     raise WorkdirError(f'{path}: missing; the stage did not finish writing its summary (rerun '
                        'the command that trained it with the same --workdir)')
-  with open(path) as f:
+  with atomic.open_text(path) as f:
     step = int(json.load(f).get('model_step', steps))
-  if not os.path.exists(os.path.join(ckpt_dir, str(step), 'default')):
+  if not _exists(os.path.join(ckpt_dir, str(step), 'default')):
     raise WorkdirError(f'{ckpt_dir}/{step}: the checkpoint the model ended its stage with is '
                        'missing')
   return step
@@ -216,7 +226,7 @@ def restore_params(model: nnx.Module, ckpt_dir: str, step: int, trained: Any = n
   checkpoint has and the model lacks would otherwise be dropped unseen."""
   _, params, _ = nnx.split(model, trained, ...)
   with _absl_errors_only():
-    manager = ocp.CheckpointManager(os.path.abspath(ckpt_dir),
+    manager = ocp.CheckpointManager(atomic.location(ckpt_dir),
                                     options=ocp.CheckpointManagerOptions(read_only=True),
                                     item_handlers=ocp.PyTreeCheckpointHandler())
     try:
@@ -298,7 +308,7 @@ def load_run(path: str, *, examples: bool = False, log: Log | None = None) -> Tr
   sid_dir = os.path.join(workdir, 'sids', 'sid_map')
   tok_dir = os.path.join(workdir, 'tokenizer')
   for p in (sid_dir, tok_dir):
-    if not os.path.isdir(p):
+    if not _isdir(p):
       raise WorkdirError(f'{p}: missing (a run writes it before training)')
 
   ds = stages.load_data(cfg, workdir, log, build=False)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
@@ -38,6 +39,7 @@ from typing import Any, Mapping, Sequence, Union
 import jax
 import numpy as np
 
+from neo_jax.catalog import atomic
 from neo_jax.catalog.types import Catalog
 from neo_jax.sid.kmeans import residual_kmeans
 from neo_jax.sid.stream_kmeans import residual_kmeans_streaming
@@ -476,6 +478,12 @@ def atomic_write(path: str, write_fn, mode: str) -> None:
 
 
 def _atomic_write(path: str, write_fn, mode: str) -> None:
+  if atomic.is_remote(path):  # one object write of what write_fn wrote to memory
+    buf = io.BytesIO() if 'b' in mode else io.StringIO()
+    write_fn(buf)
+    data = buf.getvalue()
+    atomic.write_bytes(path, data if 'b' in mode else data.encode('utf-8'))
+    return
   directory = os.path.dirname(path) or '.'
   fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path), suffix='.tmp')
   try:
@@ -495,7 +503,7 @@ def save_sid_map(sid_map: SIDMap, directory: str | os.PathLike) -> None:
   a temp file + os.replace. The map is validated first; `meta` must be JSON-serialisable."""
   validate_sid_map(sid_map)
   directory = os.fspath(directory)
-  os.makedirs(directory, exist_ok=True)
+  atomic.as_path(directory).mkdir(parents=True, exist_ok=True)
   names = tuple(sid_map.type_names)
   codes = np.asarray(sid_map.codes, np.int32)
   type_index = np.asarray(sid_map.type_index, np.int32)
@@ -531,10 +539,10 @@ def load_sid_map(directory: str | os.PathLike) -> SIDMap:
   mpath = os.path.join(directory, MANIFEST_NAME)
   apath = os.path.join(directory, NPZ_NAME)
   for p in (mpath, apath):
-    if not os.path.exists(p):
+    if not atomic.as_path(p).exists():
       raise FileNotFoundError(f'{p}: missing (not a saved SID map directory?)')
   try:
-    with open(mpath) as f:
+    with atomic.open_text(mpath) as f:
       manifest = json.load(f)
   except json.JSONDecodeError as e:
     raise ValueError(f'{mpath}: not valid JSON ({e})') from e
@@ -549,7 +557,7 @@ def load_sid_map(directory: str | os.PathLike) -> SIDMap:
   if missing:
     raise ValueError(f'{mpath}: manifest lacks fields {missing}')
   try:
-    with np.load(apath, allow_pickle=False) as z:
+    with np.load(atomic.for_reading(apath), allow_pickle=False) as z:
       arrays = {key: z[key] for key in z.files}
   except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as e:
     raise ValueError(f'{apath}: unreadable ({e})') from e

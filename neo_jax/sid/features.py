@@ -18,6 +18,7 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
+from neo_jax.catalog import atomic
 from neo_jax.catalog.types import Catalog
 
 _WORD_RE = re.compile(r'\w+')
@@ -191,7 +192,8 @@ def load_embeddings(path_npy: str | os.PathLike, catalog: Catalog,
   """Loads user-provided item embeddings from a .npy file, row n = catalog item n.
 
   Args:
-    path_npy: a .npy file holding an (N, D) floating-point array.
+    path_npy: a .npy file holding an (N, D) floating-point array (a local path or a URI,
+      `catalog.atomic`).
     catalog: the N items the rows belong to.
     dim: if given, the required D.
 
@@ -199,10 +201,10 @@ def load_embeddings(path_npy: str | os.PathLike, catalog: Catalog,
     (N, D) float32.
   """
   path = os.fspath(path_npy)
-  if not os.path.exists(path):
+  if not atomic.as_path(path).exists():
     raise FileNotFoundError(f'{path}: embeddings file does not exist')
   try:
-    arr = np.load(path, allow_pickle=False)
+    arr = np.load(atomic.for_reading(path), allow_pickle=False)
   except (ValueError, OSError, EOFError) as e:
     raise ValueError(f'{path}: not a readable .npy array ({e})') from e
   if not isinstance(arr, np.ndarray):

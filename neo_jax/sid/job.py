@@ -39,7 +39,7 @@ def _embed_one(catalog: Catalog, encoder: str, *, tfidf_dim: int, seed: int, bat
     path = encoder[len('npy:'):]
     if not path:
       raise ValueError("encoder 'npy:<path>' needs a path after 'npy:'")
-    return features.load_embeddings(path, catalog), f'npy({os.path.abspath(path)})'
+    return features.load_embeddings(path, catalog), f'npy({atomic.location(path)})'
   if encoder == 'cf':
     if sequences is None:
       raise ValueError("encoder 'cf' needs the training sequences (sequences=...): it is "

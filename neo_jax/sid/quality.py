@@ -16,11 +16,13 @@ no copy of the embeddings.
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
 import scipy.sparse
 
+from neo_jax.catalog import atomic
 from neo_jax.sid.types import SIDMap
 
 _BLOCK = 65536
@@ -104,7 +106,8 @@ def quality_report(sid_map: SIDMap, embeddings_NxD) -> dict[str, float]:
 def plot_report(report: dict[str, float], sid_map: SIDMap, path: str | os.PathLike,
                 title: str = '') -> str:
   """Writes a PNG (utilisation per level, coherence and reconstruction error per prefix
-  length, one line per type) and returns its path."""
+  length, one line per type) atomically, to a local path or a URI (`catalog.atomic`), and
+  returns its path (`atomic.location`)."""
   import matplotlib  # local: plotting is optional for library users
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
@@ -135,10 +138,10 @@ def plot_report(report: dict[str, float], sid_map: SIDMap, path: str | os.PathLi
   if title:
     fig.suptitle(title)
   fig.tight_layout()
-  path = os.fspath(path)
-  fig.savefig(path, dpi=90)
+  buf = io.BytesIO()
+  fig.savefig(buf, format='png', dpi=90)
   plt.close(fig)
-  return path
+  return atomic.write_bytes(path, buf.getvalue())
 
 
 __all__ = ['plot_report', 'quality_report']

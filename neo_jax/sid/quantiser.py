@@ -50,6 +50,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from neo_jax.catalog import atomic
 from neo_jax.catalog.types import Catalog
 from neo_jax.sid import builder
 from neo_jax.sid import kmeans
@@ -540,7 +541,7 @@ def _digest(arrays: dict[str, np.ndarray]) -> str:
 def save_quantiser(q: FrozenQuantiser, directory: str | os.PathLike) -> None:
   """Writes `quantiser.npz` and `quantiser.json` under `directory` (the SID map's)."""
   directory = os.fspath(directory)
-  os.makedirs(directory, exist_ok=True)
+  atomic.as_path(directory).mkdir(parents=True, exist_ok=True)
   arrays = _arrays_of(q)
   manifest = {
       'format': FORMAT, 'version': FORMAT_VERSION, 'encoder': q.encoder_name,
@@ -558,7 +559,7 @@ def save_quantiser(q: FrozenQuantiser, directory: str | os.PathLike) -> None:
 
 
 def has_quantiser(directory: str | os.PathLike) -> bool:
-  return os.path.exists(os.path.join(os.fspath(directory), MANIFEST_NAME))
+  return atomic.as_path(os.path.join(os.fspath(directory), MANIFEST_NAME)).exists()
 
 
 def load_quantiser(directory: str | os.PathLike, sid_map: SIDMap | None = None
@@ -568,19 +569,19 @@ def load_quantiser(directory: str | os.PathLike, sid_map: SIDMap | None = None
   directory = os.fspath(directory)
   mpath, apath = os.path.join(directory, MANIFEST_NAME), os.path.join(directory, NPZ_NAME)
   for p in (mpath, apath):
-    if not os.path.exists(p):
+    if not atomic.as_path(p).exists():
       raise FileNotFoundError(f'{p}: missing; this SID map was saved without its frozen '
                               'quantiser (built before it was kept): rebuild the SIDs, or '
                               'refreeze it (neo_jax.run.catalog_update.refreeze)')
   try:
-    with open(mpath) as f:
+    with atomic.open_text(mpath) as f:
       man = json.load(f)
   except json.JSONDecodeError as e:
     raise ValueError(f'{mpath}: not valid JSON ({e})') from e
   if man.get('format') != FORMAT or man.get('version') != FORMAT_VERSION:
     raise ValueError(f'{mpath}: not a version-{FORMAT_VERSION} {FORMAT} manifest')
   try:
-    with np.load(apath, allow_pickle=False) as z:
+    with np.load(atomic.for_reading(apath), allow_pickle=False) as z:
       arrays = {k: z[k] for k in z.files}
   except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
     raise ValueError(f'{apath}: unreadable ({e})') from e

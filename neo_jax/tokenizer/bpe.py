@@ -24,6 +24,7 @@ from typing import Sequence
 import tokenizers
 from tokenizers import models, pre_tokenizers
 
+from neo_jax.catalog import atomic
 from neo_jax.tokenizer import files
 from neo_jax.tokenizer.base import SIDTextTokenizer
 from neo_jax.tokenizer.sid_vocab import SID_CLOSE, SID_OPEN, SIDVocab
@@ -167,7 +168,7 @@ class BPETokenizer(SIDTextTokenizer):
     ByteLevel regex, optionally preceded by single-digit splitting (SmolLM2). Added special
     tokens inside the vocabulary become control tokens. Other layouts (Qwen's and Llama 3's
     Split regexes, added tokens beyond the BPE vocabulary) raise ValueError."""
-    with open(path) as f:
+    with atomic.open_text(path) as f:
       spec = json.load(f)
     model = spec.get('model') or {}
     if model.get('type') != 'BPE':
@@ -281,7 +282,7 @@ class BPETokenizer(SIDTextTokenizer):
     a byte-level decoder, control tokens and every SID token as added special tokens at their
     ids, so other tools see the full extended vocabulary), `tokenizer_config.json`, and
     `sid_vocab.json` (the SID block layout and special ids, read back by `load`)."""
-    os.makedirs(directory, exist_ok=True)
+    atomic.as_path(directory).mkdir(parents=True, exist_ok=True)
     tk = tokenizers.Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(self._tokens)},
                                          merges=self._merges, fuse_unk=False))
     tk.pre_tokenizer = _pre_tokenizer(self.pre_tokenizer)

@@ -32,8 +32,9 @@ def _sha256(data: bytes) -> str:
 def save(directory: str, files: Mapping[str, bytes], layout_name: str,
          layout: Mapping[str, Any], **dump_kwargs) -> None:
   """Writes `files` ({name: content}) into `directory`, each atomically, then the layout
-  (`layout` plus the files' digests) as `layout_name`, last."""
-  os.makedirs(directory, exist_ok=True)
+  (`layout` plus the files' digests) as `layout_name`, last. `directory`: a local path or a
+  URI (`catalog.atomic`)."""
+  atomic.as_path(directory).mkdir(parents=True, exist_ok=True)
   for name, data in files.items():
     atomic.write_bytes(os.path.join(directory, name), data)
   atomic.write_json(os.path.join(directory, layout_name),
@@ -49,8 +50,7 @@ def read_layout(directory: str, layout_name: str) -> dict[str, Any]:
   """
   path = os.path.join(directory, layout_name)
   try:
-    with open(path, 'rb') as f:
-      layout = json.loads(f.read())
+    layout = json.loads(atomic.as_path(path).read_bytes())
   except FileNotFoundError:
     raise TokenizerFileError(f'{path}: missing (the tokenizer was not saved completely)'
                              ) from None
@@ -71,8 +71,7 @@ def read(directory: str, name: str, layout: Mapping[str, Any]) -> bytes:
   """
   path = os.path.join(directory, name)
   try:
-    with open(path, 'rb') as f:
-      data = f.read()
+    data = atomic.as_path(path).read_bytes()
   except FileNotFoundError:
     raise TokenizerFileError(f'{path}: missing (the tokenizer was not saved completely)'
                              ) from None

@@ -16,6 +16,8 @@ import dataclasses
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 from typing import Any, Callable, Mapping
 
@@ -395,13 +397,13 @@ class _Logs:
     self.appender = self.writer = None
     if not multihost.is_writer():
       return
-    os.makedirs(logs_dir, exist_ok=True)
+    atomic.as_path(logs_dir).mkdir(parents=True, exist_ok=True)
     self._keep_until(start)
     self.appender = atomic.JsonlAppender(self.jsonl)
-    self.writer = SummaryWriter(os.path.join(workdir, 'tensorboard', name))
+    self.writer = _TensorBoard(os.path.join(workdir, 'tensorboard', name), log)
 
   def _keep_until(self, start: int) -> None:
-    if not os.path.exists(self.jsonl):
+    if not atomic.as_path(self.jsonl).exists():
       return
     atomic.repair_jsonl(self.jsonl)
     records = atomic.read_jsonl(self.jsonl)
@@ -422,6 +424,49 @@ class _Logs:
       self.writer.close()
 
 
+class _TensorBoard:
+  """tensorboardX's SummaryWriter on `directory`. tensorboardX writes local folders only (its
+  own gs:// writer needs google-cloud-storage, not installed), so for a remote `directory`
+  (`catalog.atomic.is_remote`) the event files are written to a local temporary folder and
+  uploaded whole, replacing the previous copy, at most every UPLOAD_EVERY_S seconds and on
+  `close`: a kill loses there the scalars of the last interval at most (the JSON-lines log
+  keeps every step)."""
+
+  UPLOAD_EVERY_S = 60.0
+
+  def __init__(self, directory: str, log: Callable[[str], None]):
+    self.directory = directory
+    self.local = directory
+    if atomic.is_remote(directory):
+      self.local = tempfile.mkdtemp(prefix='neo_jax-tensorboard-')
+      log(f'tensorboard: events written to {self.local}, uploaded to {directory} every '
+          f'{self.UPLOAD_EVERY_S:.0f} s and at the end of the stage')
+    self.writer = SummaryWriter(self.local)
+    self.uploaded = time.monotonic()
+
+  def add_scalar(self, tag: str, value: float, step: int) -> None:
+    self.writer.add_scalar(tag, value, step)
+    if (self.local != self.directory
+        and time.monotonic() - self.uploaded > self.UPLOAD_EVERY_S):
+      self.upload()
+
+  def upload(self) -> None:
+    """Copies the local event files to the remote directory (whole objects)."""
+    self.writer.flush()
+    for root, _, names in os.walk(self.local):
+      for name in names:
+        rel = os.path.relpath(os.path.join(root, name), self.local)
+        with open(os.path.join(root, name), 'rb') as f:
+          atomic.write_bytes(os.path.join(self.directory, rel), f.read())
+    self.uploaded = time.monotonic()
+
+  def close(self) -> None:
+    self.writer.close()
+    if self.local != self.directory:
+      self.upload()
+      shutil.rmtree(self.local, ignore_errors=True)
+
+
 def _set_aside(ckpt_dir: str, step: int) -> str:
   """Moves checkpoint `step` out of the stage's checkpoints (orbax no longer sees it) into
   `<ckpt_dir>.set_aside/<step>[-n]`, kept for inspection; returns where. In a multi-process
@@ -429,11 +474,11 @@ def _set_aside(ckpt_dir: str, step: int) -> str:
   aside = ckpt_dir + '.set_aside'
   dest = aside
   if multihost.is_writer():
-    os.makedirs(aside, exist_ok=True)
+    atomic.as_path(aside).mkdir(parents=True, exist_ok=True)
     dest, n = os.path.join(aside, str(step)), 1
-    while os.path.exists(dest):
+    while atomic.as_path(dest).exists():
       dest, n = os.path.join(aside, f'{step}-{n}'), n + 1
-    os.rename(os.path.join(ckpt_dir, str(step)), dest)
+    atomic.move_tree(os.path.join(ckpt_dir, str(step)), dest)
   multihost.barrier(f'set_aside:{ckpt_dir}:{step}')
   return dest
 
@@ -642,8 +687,8 @@ class _Run:
     summary_path = os.path.join(self.ckpt_dir, 'summary.json')
     steps, start = self.settings.steps, self.start
     if not self.history:  # the stage had finished before: report what it reported then
-      if os.path.exists(summary_path):
-        with open(summary_path) as f:
+      if atomic.as_path(summary_path).exists():
+        with atomic.open_text(summary_path) as f:
           return json.load(f)
       self.logs.log(f'[{self.name}] finished before at step {start} but its summary.json is '
                     'missing (killed while writing it?); its final loss is unknown')
@@ -710,7 +755,7 @@ def train_stage(model: nnx.Module, data: PackedData, settings: StageSettings, *,
   tx = settings.optimizer(update_mask)
   batch_sharding = _batch_spec(mesh, rules)
   state = _place(params, frozen, rest, tx, mesh, rules)
-  ckpt_dir = os.path.join(os.path.abspath(workdir), 'checkpoints', name)
+  ckpt_dir = atomic.location(os.path.join(workdir, 'checkpoints', name))
   manager, start, set_aside = _resume(
       lambda: _checkpoint_manager(ckpt_dir, checkpoints, validates=bool(settings.eval_every)),
       state, ckpt_dir, name, log)
