@@ -87,16 +87,17 @@ def _mixed(cfg: ml_collections.ConfigDict, examples: list[Example]) -> list[Exam
 
 
 def pack_stage(examples: list[Example], tok: Tokenizer, tcfg: ml_collections.ConfigDict,
-               seed: int):
+               seed: int, log: Log | None = None):
   """`pack_examples` of a stage, remembered for the last two distinct packings (the budget
-  of `resolve_budgets` and the training of the same stage pack the same examples)."""
+  of `resolve_budgets` and the training of the same stage pack the same examples); its
+  progress lines go to `log` (None: stderr)."""
   key = (tuple(examples), id(tok), int(tcfg.seq_len), int(tcfg.batch_size), seed)
   held = _PACKED.get(key)
   if held is None or held[0] is not tok:  # the tokenizer is held, so its id is not reused
     while len(_PACKED) >= _PACKED_KEEP:
       _PACKED.pop(next(iter(_PACKED)))
     held = _PACKED[key] = (tok, pack_examples(examples, tok, tcfg.seq_len, tcfg.batch_size,
-                                              seed=seed))
+                                              seed=seed, log=log))
   return held[1]
 
 
@@ -108,7 +109,8 @@ def stage_names(cfg: ml_collections.ConfigDict) -> list[str]:
 
 
 def resolve_budgets(cfg: ml_collections.ConfigDict, examples: dict[str, list[Example]],
-                    tok: Tokenizer) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
+                    tok: Tokenizer, log: Log | None = None
+                    ) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
   """`cfg` with every stage budgeted in passes (`<stage>.passes` > 0) turned into steps:
   ceil(passes x packed rows / batch_size) over the stage's examples (the capability stage's
   after the mixture; `max_steps` caps it), and passes set to 0, so that every later reader
@@ -130,7 +132,7 @@ def resolve_budgets(cfg: ml_collections.ConfigDict, examples: dict[str, list[Exa
       continue
     if not plan[stage]:
       raise ValueError(f'{stage}.passes={passes} but the stage has no examples')
-    rows = pack_stage(plan[stage], tok, cfg.train, train_seed(cfg)).num_rows
+    rows = pack_stage(plan[stage], tok, cfg.train, train_seed(cfg), log).num_rows
     steps = max(1, int(np.ceil(passes * rows / int(cfg.train.batch_size))))
     if int(cfg[stage].max_steps) > 0:
       steps = min(steps, int(cfg[stage].max_steps))
@@ -170,12 +172,13 @@ def validation_examples(examples: dict[str, list[Example]],
 
 
 def make_recall_eval_fn(cfg: ml_collections.ConfigDict, tok: Tokenizer, sid_map: SIDMap,
-                        requests: list[Example], k: int = 10
+                        requests: list[Example], k: int = 10, log: Log | None = None
                         ) -> Callable[[Decoder], dict[str, float]]:
   """`eval_fn(model) -> {'recommend/recall@k': .., 'recommend/ndcg@k': ..}`: trie-constrained
   beam search (k beams) on `requests` (validation recommendations), for validation during
   training. The ranker (and its jit cache) is built on the first call and then only swaps in
-  the model's current parameters, so later calls do not recompile."""
+  the model's current parameters, so later calls do not recompile. Its progress lines
+  (`NEORanker`) go to `log` (None: stderr), labelled 'validation'."""
   trie = SIDTrie.build(sid_map, tok.sid)
   prompts_ = [e.prompt for e in requests]
   types = [e.target_type for e in requests]
@@ -185,7 +188,8 @@ def make_recall_eval_fn(cfg: ml_collections.ConfigDict, tok: Tokenizer, sid_map:
   def eval_fn(model: Decoder) -> dict[str, float]:
     if 'ranker' not in holder:
       holder['ranker'] = NEORanker(model, tok, trie, prompt_len=cfg.train.seq_len - 8,
-                                   batch_size=cfg.eval.batch_size)
+                                   batch_size=cfg.eval.batch_size, log=log,
+                                   progress_label='validation')
     ranker = holder['ranker']
     ranker.set_model(model)
     items, _ = ranker.rank(prompts_, types, num_beams=k)
@@ -207,7 +211,8 @@ def _validation(cfg, examples, plan, tok, log, out):
   if not valid:
     raise ValueError('eval_every > 0 but there are no validation examples (rec_valid, '
                      'search_valid)')
-  valid_data = pack_examples(valid, tok, tcfg.seq_len, tcfg.batch_size, seed=train_seed(cfg))
+  valid_data = pack_examples(valid, tok, tcfg.seq_len, tcfg.batch_size, seed=train_seed(cfg),
+                             log=log)
   log(f'validation: {len(valid)} examples in {valid_data.num_rows} rows'
       + (f' ({dropped} dropped: equal to a training example)' if dropped else ''))
   requests = []
@@ -293,7 +298,7 @@ def train(cfg: ml_collections.ConfigDict, model: Decoder, tok: Tokenizer,
         + f', {int(scfg.steps)} steps')
     log(f'[{stage}] examples by task: ' + ', '.join(f'{t} {n}' for t, n in counts.items()))
     out.update({f'{stage}_examples/{t}': n for t, n in counts.items()})
-    data = pack_stage(stage_examples, tok, tcfg, train_seed(cfg))
+    data = pack_stage(stage_examples, tok, tcfg, train_seed(cfg), log)
     log(f'[{stage}] {data.stats["examples"]} examples packed into {data.stats["rows"]} rows '
         f'of {tcfg.seq_len} (fill {data.stats["fill"]:.2f}, '
         f'{data.stats["truncated_prompts"]} prompts cut, '
@@ -305,7 +310,7 @@ def train(cfg: ml_collections.ConfigDict, model: Decoder, tok: Tokenizer,
     mask, trainable, rank = _trainable(cfg, stage, scfg, model, tok, train_seed(cfg),
                                        log)
     evaluated = int(scfg.eval_every) > 0
-    eval_fn = (make_recall_eval_fn(cfg, tok, sid_map, eval_requests)
+    eval_fn = (make_recall_eval_fn(cfg, tok, sid_map, eval_requests, log=log)
                if evaluated and eval_requests else None)
     summary = loop.train_stage(
         model, data, loop.StageSettings.from_dict(scfg), name=stage, workdir=run_dir,
