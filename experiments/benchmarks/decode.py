@@ -27,7 +27,8 @@ Per preset, measured in the same run, after one compile of each program (warm ti
   * the served path (`NEORanker.rank_tokens`, its default score and length buckets, the
     request's exclusion list built per request): latency p50/p99 at batch 1 (prompt + search,
     answers on the host) and throughput at batch `throughput_batch` (requests per second), in
-    float32 and with dtype='bfloat16';
+    float32 and with dtype='bfloat16' (each with the ranker's default `unroll_layers`: on a CPU
+    bfloat16 runs its layers unrolled), and the batch-1 latency of float32 unrolled;
   * valid fraction: constrained items / generated SID spans checked against the catalog in
     numpy, and unconstrained beams' token sequences checked the same way;
   * interleaved generation (ids format, sampled codes) per token: constrained with the
@@ -253,14 +254,16 @@ def _step_times(preset, settings, graphdef, state, vocab, trie, prompts_of, hist
   return step_ms, outputs, hist, (search_fn, cache, pre, request)
 
 
-def _served_latency(preset, settings, model, vocab, trie, prompts_ids, n, dtype):
-  """Batch-1 latency (p50, p99 ms) and batch-`throughput_batch` requests/s of the served path
-  (`NEORanker.rank_tokens`: bucketing, the request filter, the jitted prefill + search, the
-  answers on the host), with a `history`-item exclusion list per request."""
+def _served_latency(preset, settings, model, vocab, trie, prompts_ids, n, dtype, unroll=None,
+                    throughput=True):
+  """Batch-1 latency (p50, p99 ms) and batch-`throughput_batch` requests/s (None unless
+  `throughput`) of the served path (`NEORanker.rank_tokens`: bucketing, the request filter, the
+  jitted prefill + search, the answers on the host), with a `history`-item exclusion list per
+  request; unroll: the ranker's `unroll_layers` (None: its default for the dtype)."""
   beams, history = settings['beams'], settings['history']
   rng = np.random.default_rng(4)
   ranker = NEORanker(model, TokenIds(vocab), trie, prompt_len=settings['prompt_len'],
-                     batch_size=1, dtype=dtype)
+                     batch_size=1, dtype=dtype, unroll_layers=unroll)
   lat = []
   for i in range(settings['latency_requests'] + 1):
     prompt, hist = prompts_ids(1), rng.integers(0, n, (1, history)).tolist()
@@ -269,15 +272,21 @@ def _served_latency(preset, settings, model, vocab, trie, prompts_ids, n, dtype)
     if i:  # the first includes compiling
       lat.append(time.perf_counter() - t0)
   p50, p99 = (1e3 * float(np.percentile(lat, q)) for q in (50, 99))
+  layers = 'layers unrolled' if ranker.unroll_layers else 'layers scanned'
+  if not throughput:
+    print(f'[{preset}] served path ({dtype or "float32"}, {layers}, score {ranker.score}): '
+          f'latency at batch 1 (K={beams}) p50 {p50:.1f} ms, p99 {p99:.1f} ms over {len(lat)} '
+          f'requests', flush=True)
+    return p50, p99, len(lat), None, ranker.score
   b = settings['throughput_batch']
   ranker = NEORanker(model, TokenIds(vocab), trie, prompt_len=settings['prompt_len'],
-                     batch_size=b, dtype=dtype)
+                     batch_size=b, dtype=dtype, unroll_layers=unroll)
   prompts, hists = prompts_ids(b), rng.integers(0, n, (b, history)).tolist()
   _, warm = timed(lambda: ranker.rank_tokens(prompts, [None] * b, beams, excluded=hists),
                   settings['runs'])
   throughput = b / float(np.median(warm))
-  print(f'[{preset}] served path ({dtype or "float32"}, score {ranker.score}): latency at batch '
-        f'1 (K={beams}) p50 {p50:.1f} ms, p99 {p99:.1f} ms over {len(lat)} requests; '
+  print(f'[{preset}] served path ({dtype or "float32"}, {layers}, score {ranker.score}): '
+        f'latency at batch 1 (K={beams}) p50 {p50:.1f} ms, p99 {p99:.1f} ms over {len(lat)} requests; '
         f'throughput at batch {b}: {throughput:.2f} requests/s', flush=True)
   return p50, p99, len(lat), throughput, ranker.score
 
@@ -383,6 +392,9 @@ def run_preset(preset: str, settings: dict, sid_map: SIDMap, trie: SIDTrie,
                                                   prompts_ids, n, None)
   p50_bf16, p99_bf16, _, throughput_bf16, _ = _served_latency(preset, settings, model, vocab, trie,
                                                            prompts_ids, n, 'bfloat16')
+  # float32 with the layers unrolled as bfloat16 is served on a CPU (ranker.default_unroll_layers).
+  p50_unrolled, _, _, _, _ = _served_latency(preset, settings, model, vocab, trie, prompts_ids, n,
+                                             None, unroll=True, throughput=False)
 
   # Catalog update: remove every item just returned; none may come back.
   removed = np.unique(got)
@@ -416,6 +428,7 @@ def run_preset(preset: str, settings: dict, sid_map: SIDMap, trie: SIDTrie,
       'throughput_requests_per_s': throughput,
       'latency_ms_p50_bf16': p50_bf16, 'latency_ms_p99_bf16': p99_bf16,
       'throughput_requests_per_s_bf16': throughput_bf16,
+      'latency_ms_p50_float32_unrolled': p50_unrolled,
       'catalog_update_ms': 1e3 * update_s, 'catalog_update_items': int(removed.size),
       'removed_items_returned': returned_removed,
   }

@@ -42,6 +42,7 @@ summary = {
     'neo_jax_latency_ms_p50': ours['latency_ms_p50'],
     'neo_jax_latency_ms_p99': ours['latency_ms_p99'],
     'neo_jax_latency_ms_p50_bf16': ours['latency_ms_p50_bf16'],
+    'neo_jax_latency_ms_p50_float32_unrolled': ours['latency_ms_p50_float32_unrolled'],
     'neo_jax_throughput_batch': ours['throughput_batch'],
     'neo_jax_throughput_requests_per_s': ours['throughput_requests_per_s'],
     'neo_jax_throughput_requests_per_s_bf16': ours['throughput_requests_per_s_bf16'],

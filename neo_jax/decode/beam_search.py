@@ -90,6 +90,13 @@ def _code_logp(logits_BxKxC, sizes_BxK, score):
   return jnp.where(real, logits_BxKxC - norm, NEG_INF)
 
 
+def first_level_tokens(vocab: SIDVocabArrays, kmax0: int, vocab_size: int) -> jax.Array:
+  """The token ids of every type's level-0 code slots (T * kmax0,), clipped to the
+  vocabulary: the only logits the first level reads under score='codes'."""
+  tokens_TxK0 = vocab.offsets_TxL[:, 0, None] + jnp.arange(kmax0, dtype=jnp.int32)
+  return jnp.minimum(tokens_TxK0.reshape(-1), vocab_size - 1)
+
+
 def _first_level(prefill: Prefill, constraints: Constraints, k: int, score: str):
   """Level 0: every type's level-0 codes are candidates of the one prompt state per request.
 
@@ -101,8 +108,7 @@ def _first_level(prefill: Prefill, constraints: Constraints, k: int, score: str)
   logits_BxV = prefill.logits_BxV.astype(jnp.float32)
   if score == 'vocab':
     logits_BxV = jax.nn.log_softmax(logits_BxV, axis=-1)
-  tokens_TxK0 = vocab.offsets_TxL[:, 0, None] + jnp.arange(k0, dtype=jnp.int32)
-  tokens_C = jnp.minimum(tokens_TxK0.reshape(-1), vocab_size - 1)
+  tokens_C = first_level_tokens(vocab, k0, vocab_size)
   logp_BxC = logits_BxV[:, tokens_C]
   if score == 'codes':  # one softmax over the real level-0 codes of all types
     real_C = (jnp.arange(k0)[None, :] < vocab.sizes_TxL[:, 0, None]).reshape(-1)

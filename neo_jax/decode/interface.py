@@ -42,6 +42,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from neo_jax.decode.trie import RequestFilter, SIDTrie, SIDVocabArrays
+from neo_jax.model.decoder import NEG_INF
 
 
 @runtime_checkable
@@ -105,24 +106,35 @@ class Prefill:
     return jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), self)
 
 
-@functools.partial(jax.jit, static_argnames='model')
+@functools.partial(jax.jit, static_argnames=('model', 'vocab_size'))
 def prefill(model: DecodingModel, cache, tokens_BxT: jax.Array, positions_BxT: jax.Array,
-            valid_BxT: jax.Array) -> tuple[Prefill, Any]:
+            valid_BxT: jax.Array, rows: jax.Array | None = None,
+            vocab_size: int | None = None) -> tuple[Prefill, Any]:
   """Runs left-padded prompts (`cache.left_pad`) through the model once.
 
   Hidden states at every prompt token (they fill the cache), the LM head at the last column
-  only, where every prompt ends.
+  only, where every prompt ends: all V rows, or with `rows` (C,) only those (the other logits
+  of the `vocab_size` are NEG_INF), which is all a search that reads only those columns needs.
 
   Args:
     model: a `DecodingModel`; static (hashed by identity).
     cache: an empty cache with room for T + the tokens decoded afterwards.
     tokens_BxT, positions_BxT, valid_BxT: the prompts, int32 / int32 / bool.
+    rows: None (the full head) or the (C,) int head rows to compute.
+    vocab_size: (static) V, the width of the logits; needed with rows.
 
   Returns:
     (Prefill, the cache after the prompts).
   """
   h_BxTxD, cache = model.decode_hidden(tokens_BxT, positions_BxT, cache, valid_BxT)
-  logits_BxV = model.logits_from_hidden(h_BxTxD[:, -1]).astype(jnp.float32)
+  if rows is None:
+    logits_BxV = model.logits_from_hidden(h_BxTxD[:, -1]).astype(jnp.float32)
+  else:
+    logits_BxC = model.logits_from_hidden(h_BxTxD[:, -1], rows).astype(jnp.float32)
+    if vocab_size is None:
+      raise ValueError('prefill with rows needs the vocab_size of the logits it fills')
+    logits_BxV = jnp.full((logits_BxC.shape[0], vocab_size), NEG_INF, jnp.float32)
+    logits_BxV = logits_BxV.at[:, rows].set(logits_BxC)
   return Prefill(logits_BxV=logits_BxV, positions_B=positions_BxT[:, -1]), cache
 
 

@@ -19,9 +19,14 @@ neo_jax/decode/beam_search.py). On MovieLens-100k validation (the lead's run of 
 config movielens100k) both gave recommendation HR@10 0.1888 and 'codes' search 0.030 against
 0.025 for 'vocab', so the cheaper 'codes' is the default.
 
-Precision: `dtype='bfloat16'` serves with bfloat16 weights and compute (logits and scores
-stay float32); rankings agree with float32 within the tolerance tests/test_decode_ranker.py
-states. None keeps the model's own dtypes.
+Precision: `dtype='bfloat16'` serves with bfloat16 weights and compute (every dot sums in
+float32; logits and scores stay float32); rankings agree with float32 within the tolerance
+tests/test_decode_ranker.py states. None keeps the model's own dtypes. On a CPU, bfloat16 is
+served with the layers unrolled over per-layer weights (`unroll_layers`,
+`default_unroll_layers`), which is where it is fast.
+
+Under score='codes' the prefill computes only the LM-head rows of the level-0 codes (the first
+level reads nothing else), not the full head.
 
 Request constraints (exclusions such as a user's history, allow-lists) and catalog updates
 (`remove_items` / `restore_items`, and `add_items` within the trie's capacity, applied to the
@@ -62,11 +67,12 @@ from flax import nnx
 
 from neo_jax.catalog import progress as progress_lib
 from neo_jax.decode import cache as cache_lib
-from neo_jax.decode.beam_search import SCORES, sid_beam_search, vocab_beam_search
+from neo_jax.decode.beam_search import (SCORES, first_level_tokens, sid_beam_search,
+                                        vocab_beam_search)
 from neo_jax.decode.generate import GenerateSettings, generate as constrained_generate
 from neo_jax.decode.interface import Constraints, prefill
 from neo_jax.decode.trie import SIDTrie, SIDVocabArrays, lookup_items, request_filter
-from neo_jax.model.decoder import Decoder
+from neo_jax.model.decoder import Decoder, UnrolledLayers
 from neo_jax.tokenizer.base import Tokenizer
 from neo_jax.tokenizer.cut import cut_prompt
 
@@ -83,21 +89,38 @@ def default_buckets(prompt_len: int) -> tuple[int, ...]:
   return tuple(out) + (int(prompt_len),)
 
 
-def serving_model(model: Decoder, dtype: str | None = None):
+def serving_model(model: Decoder, dtype: str | None = None, unroll_layers: bool = False):
   """(graphdef, state) of `model` as served: with dtype 'float32' / 'bfloat16' its floating
-  parameters are cast and its compute dtype set to it; None keeps the model as it is. The
-  model itself is not changed."""
-  if dtype is None:
-    return nnx.split(model)
-  if dtype not in SERVING_DTYPES:
+  parameters are cast and its compute dtype set to it (None keeps its dtypes); with
+  unroll_layers its block weights are copied into `UnrolledLayers` (one array per layer, the
+  blocks run unrolled). The model itself is not changed."""
+  if dtype is not None and dtype not in SERVING_DTYPES:
     raise ValueError(f'unknown serving dtype {dtype!r}; known: {SERVING_DTYPES} or None')
+  if dtype is None and not unroll_layers:
+    return nnx.split(model)
   graphdef, state = nnx.split(model)
   served = nnx.merge(graphdef, state)  # a new module object (the arrays shared)
-  served.cfg = dataclasses.replace(model.cfg, dtype=dtype, param_dtype=dtype)
+  if dtype is not None:
+    served.cfg = dataclasses.replace(model.cfg, dtype=dtype, param_dtype=dtype)
+  if unroll_layers and not isinstance(served.layers, UnrolledLayers):
+    served.layers = UnrolledLayers(served.layers.stacked())
   graphdef, state = nnx.split(served)
-  cast = jax.tree.map(
-      lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, state)
-  return graphdef, cast
+  if dtype is not None:
+    state = jax.tree.map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, state)
+  return graphdef, state
+
+
+def default_unroll_layers(dtype: str | None) -> bool:
+  """Whether serving in `dtype` unrolls the layers by default: bfloat16 on a CPU backend.
+
+  There XLA:CPU loses its fast bfloat16 dot (bfloat16 operands, float32 sums) on weights sliced
+  out of the layer stack inside `lax.scan`; per-layer arrays keep it. On the project's 2-core
+  CPU (SmolLM2-135M shape, batch 1, 30 beams, 2026-12-06) a request took ~410 ms scanned
+  against ~240 ms unrolled in bfloat16, while float32 was no faster unrolled (~410 against
+  ~420 ms), and an unrolled program compiles ~5x longer. Elsewhere the stacked weights under
+  `lax.scan` are served as trained."""
+  return dtype == 'bfloat16' and jax.default_backend() == 'cpu'
 
 
 @functools.partial(jax.jit, static_argnames=('graphdef', 'num_beams', 'score', 'constrained'))
@@ -112,9 +135,14 @@ def search_batch(graphdef, state, constraints: Constraints, tokens_BxT, position
   num_levels = constraints.trie.num_levels
   # The beams keep their decoded tokens apart (shared_prompt.py): the prompt cache needs no room.
   cache = model.init_cache(batch, width)
-  pre, cache = prefill(model, cache, tokens_BxT, positions_BxT, valid_BxT)
   if not constrained:
+    pre, cache = prefill(model, cache, tokens_BxT, positions_BxT, valid_BxT)
     return vocab_beam_search(model, cache, pre, num_beams, num_levels)
+  rows, vocab_size = None, model.head_weight().shape[0]
+  if score == 'codes':  # the first level reads only the level-0 code logits
+    rows = first_level_tokens(constraints.vocab, constraints.trie.kmax[0], vocab_size)
+  pre, cache = prefill(model, cache, tokens_BxT, positions_BxT, valid_BxT, rows=rows,
+                       vocab_size=vocab_size)
   return sid_beam_search(model, cache, pre, constraints, num_beams, score=score)
 
 
@@ -134,6 +162,7 @@ class NEORanker:
   def __init__(self, model: Decoder, tokenizer: Tokenizer, trie: SIDTrie, *,
                prompt_len: int, batch_size: int = 32, score: str = 'codes',
                rows_head: bool = True, dtype: str | None = None,
+               unroll_layers: bool | None = None,
                length_buckets: Sequence[int] | None = None,
                log: progress_lib.Log | None = None, progress: bool | None = None,
                progress_label: str = ''):
@@ -142,6 +171,8 @@ class NEORanker:
     requests per compiled batch. score: 'codes' (rows-only head) or 'vocab' (full softmax) for
     `rank` (module docstring). rows_head: `generate` computes only code rows of the LM head
     inside spans. dtype: None (the model's), 'float32' or 'bfloat16' weights and compute.
+    unroll_layers: serve the blocks unrolled over per-layer weight arrays (None:
+    `default_unroll_layers(dtype)`: bfloat16 on a CPU backend).
     length_buckets: the widths prompts are padded to (the last must be prompt_len); default
     `default_buckets(prompt_len)`. log: where progress lines go (None: stderr); progress:
     print them at all (None: `progress.enabled()`); progress_label: a name put before the
@@ -152,6 +183,8 @@ class NEORanker:
       raise ValueError(f'unknown serving dtype {dtype!r}; known: {SERVING_DTYPES} or None')
     self.score = score
     self.dtype = dtype
+    self.unroll_layers = (default_unroll_layers(dtype) if unroll_layers is None
+                          else bool(unroll_layers))
     self.rows_head = bool(rows_head)
     self.last_stats: dict | None = None
     self.tokenizer = tokenizer
@@ -179,7 +212,7 @@ class NEORanker:
     """Ranks and generates with `model` from now on (in the ranker's dtype). A model of the
     same structure (config, module tree) as the current one reuses every compiled program,
     only the parameters change; another structure compiles anew on first use."""
-    self.graphdef, self.state = serving_model(model, self.dtype)
+    self.graphdef, self.state = serving_model(model, self.dtype, self.unroll_layers)
     self.cfg = model.cfg
 
   def prompt_tokens(self, prompt: str, open_sid: bool = True) -> list[int]:

@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from neo_jax.model.decoder import NEG_INF, Cache, Decoder, _rms_norm, attention_inputs
+from neo_jax.model.decoder import (NEG_INF, Cache, Decoder, _rms_norm, attention_inputs,
+                                   project, run_layers)
 
 
 @struct.dataclass
@@ -77,8 +78,8 @@ def _attend_shared(q_BxKxNxH, pk_BxSxCxH, pv_BxSxCxH, prompt_valid_BxS, bk_BxKxL
                   preferred_element_type=jnp.float32) * scale
   sb = jnp.where(beam_valid_L, sb, NEG_INF)
   probs = jax.nn.softmax(jnp.concatenate([sp, sb], axis=-1), axis=-1).astype(dt)
-  out = (jnp.einsum('bcgks,bsch->bkcgh', probs[..., :s], pv_BxSxCxH.astype(dt))
-         + jnp.einsum('bcgkl,bklch->bkcgh', probs[..., s:], bv_BxKxLxCxH.astype(dt)))
+  out = (project('bcgks,bsch->bkcgh', probs[..., :s], pv_BxSxCxH, dt)
+         + project('bcgkl,bklch->bkcgh', probs[..., s:], bv_BxKxLxCxH, dt))
   return out.reshape(b, k, n, h)
 
 
@@ -142,9 +143,9 @@ class SharedPromptDecoder:
       return self._block(p, x, positions_BxK, pk, pv, prompt_cache.valid_BxS, bk, bv, end,
                          beam_valid_L)
 
-    x, (k_new, v_new) = jax.lax.scan(
-        body, x, (self.model.layers.stacked(), prompt_cache.k, prompt_cache.v, beam_cache.k,
-                  beam_cache.v))
+    x, (k_new, v_new) = run_layers(
+        body, x, self.model.layers,
+        (prompt_cache.k, prompt_cache.v, beam_cache.k, beam_cache.v))
     h = _rms_norm(x, self.model.norm[...], cfg.norm_eps)
     return h, BeamCache(k=k_new, v=v_new, end=end + 1)
 
@@ -157,11 +158,11 @@ class SharedPromptDecoder:
     bk = jax.lax.dynamic_update_slice(bk, k[:, :, None].astype(bk.dtype), (0, 0, end, 0, 0))
     bv = jax.lax.dynamic_update_slice(bv, v[:, :, None].astype(bv.dtype), (0, 0, end, 0, 0))
     attn = _attend_shared(q, pk, pv, prompt_valid_BxS, bk, bv, beam_valid_L)
-    x = x_BxKxD + jnp.einsum('bknh,nhd->bkd', attn, p['o_proj'].astype(dt))
+    x = x_BxKxD + project('bknh,nhd->bkd', attn, p['o_proj'], dt)
     h = _rms_norm(x, p['post_attention_layernorm'], cfg.norm_eps)
-    gate = jnp.einsum('bkd,df->bkf', h, p['gate_proj'].astype(dt))
-    up = jnp.einsum('bkd,df->bkf', h, p['up_proj'].astype(dt))
-    x = x + jnp.einsum('bkf,fd->bkd', jax.nn.silu(gate) * up, p['down_proj'].astype(dt))
+    gate = project('bkd,df->bkf', h, p['gate_proj'], dt)
+    up = project('bkd,df->bkf', h, p['up_proj'], dt)
+    x = x + project('bkf,fd->bkd', jax.nn.silu(gate) * up, p['down_proj'], dt)
     return x, (bk, bv)
 
 

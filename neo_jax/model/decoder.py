@@ -20,6 +20,11 @@ F mlp_dim; layer i of ours is row i of the stacked array):
   norm                             (D,)           model.norm.weight
   lm_head                          (V, D)         lm_head.weight                    [untied]
 
+Serving on a CPU can swap `layers` for `UnrolledLayers` (the same weights, one array per
+layer, the blocks run in a Python loop; `run_layers` takes either): XLA:CPU then reads each
+layer's weights in place, where slicing them out of the stack inside `lax.scan` costs a copy
+per layer and, in bfloat16, loses its fast dot (neo_jax/decode/ranker.py `serving_model`).
+
 "-> W.T" means transpose, then reshape the fused head axis row-major into (heads, head_dim),
 e.g. q_proj = W.T.reshape(D, N, H) and o_proj = W.T.reshape(N, H, D).
 
@@ -116,6 +121,16 @@ def _rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, inv_freq: np.ndarray) 
   return out.astype(x_BxTxNxH.dtype)
 
 
+def project(spec: str, x: jax.Array, w: jax.Array, dt) -> jax.Array:
+  """`einsum(spec, x, w)` in compute dtype `dt`, accumulated in float32, returned in `dt`.
+
+  With dt float32 this is the plain einsum. With bfloat16 the operands are bfloat16 and the
+  sums float32 (as the MXU does; on x86 CPUs it is also the fast path: a bfloat16 dot with
+  bfloat16 output runs ~7x slower in XLA:CPU than one that accumulates in float32)."""
+  out = jnp.einsum(spec, x.astype(dt), w.astype(dt), preferred_element_type=jnp.float32)
+  return out.astype(dt)
+
+
 def _attend(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxTxS) -> jax.Array:
   """Grouped-query attention: query head n reads kv head n // (N // K) (HF repeat_kv)."""
   b, t, n, h = q_BxTxNxH.shape
@@ -125,7 +140,7 @@ def _attend(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_BxTxS) -> jax.Array:
   scores = scores * (1.0 / math.sqrt(h))
   scores = jnp.where(mask_BxTxS[:, None, None], scores, NEG_INF)
   probs = jax.nn.softmax(scores, axis=-1).astype(v_BxSxKxH.dtype)
-  out = jnp.einsum('bkgts,bskh->btkgh', probs, v_BxSxKxH)
+  out = project('bkgts,bskh->btkgh', probs, v_BxSxKxH, v_BxSxKxH.dtype)
   return out.reshape(b, t, n, h)
 
 
@@ -168,6 +183,48 @@ class DecoderLayers(nnx.Module):
     return {name: var[...] for name, var in vars(self).items() if isinstance(var, nnx.Param)}
 
 
+class UnrolledLayers(nnx.Module):
+  """The block weights of `DecoderLayers` (or its LoRA form, adapters merged), one array per
+  layer: `{name}_{i}`. For serving; `stacked()` restacks them, `per_layer()` lists them."""
+
+  def __init__(self, stacked: dict[str, jax.Array]):
+    sizes = {int(a.shape[0]) for a in stacked.values()}
+    if len(sizes) != 1:
+      raise ValueError(f'stacked block weights disagree on the number of layers: {sizes}')
+    self.names = tuple(sorted(stacked))
+    self.num_layers = sizes.pop()
+    for name in self.names:
+      arr = stacked[name]
+      for i in range(self.num_layers):
+        setattr(self, f'{name}_{i}', nnx.Param(arr[i]))
+
+  def per_layer(self) -> list[dict[str, jax.Array]]:
+    """Layer i's weights by name, for each i."""
+    return [{name: getattr(self, f'{name}_{i}')[...] for name in self.names}
+            for i in range(self.num_layers)]
+
+  def stacked(self) -> dict[str, jax.Array]:
+    """The per-layer arrays by name, stacked on a leading num_layers axis."""
+    layers = self.per_layer()
+    return {name: jnp.stack([p[name] for p in layers]) for name in self.names}
+
+
+def run_layers(body, x, layers, per_layer_xs=()):
+  """`x, ys = body(x, (p, *xs_i))` through every layer i, p its weights and xs_i row i of each
+  array of `per_layer_xs` (e.g. a cache's keys); returns (x, ys stacked on a leading axis).
+
+  `lax.scan` over the stacked weights, or a Python loop for `UnrolledLayers`."""
+  if not isinstance(layers, UnrolledLayers):
+    return jax.lax.scan(body, x, (layers.stacked(),) + tuple(per_layer_xs))
+  ys = []
+  for i, p in enumerate(layers.per_layer()):
+    x, y = body(x, (p,) + tuple(a[i] for a in per_layer_xs))
+    ys.append(y)
+  if all(y is None for y in ys):
+    return x, None
+  return x, jax.tree.map(lambda *a: jnp.stack(a), *ys)
+
+
 def attention_inputs(cfg: ModelConfig, p: dict[str, jax.Array], x_Bx_xD, positions_Bx_):
   """A block's queries, keys and values (rotated) for its input `x` (..., D) at `positions`
   (...): the input norm, the projections (and biases), the q/k norms and RoPE. Shared by the
@@ -175,9 +232,9 @@ def attention_inputs(cfg: ModelConfig, p: dict[str, jax.Array], x_Bx_xD, positio
   dt = cfg.compute_dtype
   inv_freq = rope_inv_freq(cfg)
   h = _rms_norm(x_Bx_xD, p['input_layernorm'], cfg.norm_eps)
-  q = jnp.einsum('...d,dnh->...nh', h, p['q_proj'].astype(dt))
-  k = jnp.einsum('...d,dkh->...kh', h, p['k_proj'].astype(dt))
-  v = jnp.einsum('...d,dkh->...kh', h, p['v_proj'].astype(dt))
+  q = project('...d,dnh->...nh', h, p['q_proj'], dt)
+  k = project('...d,dkh->...kh', h, p['k_proj'], dt)
+  v = project('...d,dkh->...kh', h, p['v_proj'], dt)
   if cfg.qkv_bias:
     q = q + p['q_bias'].astype(dt)
     k = k + p['k_bias'].astype(dt)
@@ -199,13 +256,13 @@ def _block(cfg: ModelConfig, p: dict[str, jax.Array], x_BxTxD, positions_BxT, ma
     k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, end, 0, 0))
     v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, end, 0, 0))
   attn = _attend(q, k.astype(dt), v.astype(dt), mask_BxTxS)
-  x = x_BxTxD + jnp.einsum('btnh,nhd->btd', attn, p['o_proj'].astype(dt))
+  x = x_BxTxD + project('btnh,nhd->btd', attn, p['o_proj'], dt)
   x = constrain(x, ('batch', 'length', 'act_embed'))
   h = _rms_norm(x, p['post_attention_layernorm'], cfg.norm_eps)
-  gate = jnp.einsum('btd,df->btf', h, p['gate_proj'].astype(dt))
-  up = jnp.einsum('btd,df->btf', h, p['up_proj'].astype(dt))
+  gate = project('btd,df->btf', h, p['gate_proj'], dt)
+  up = project('btd,df->btf', h, p['up_proj'], dt)
   act = constrain(jax.nn.silu(gate) * up, ('batch', 'length', 'act_mlp'))
-  x = x + jnp.einsum('btf,fd->btd', act, p['down_proj'].astype(dt))
+  x = x + project('btf,fd->btd', act, p['down_proj'], dt)
   return constrain(x, ('batch', 'length', 'act_embed')), (k, v)
 
 
@@ -267,8 +324,8 @@ class Decoder(nnx.Module):
     same_BxLxL = segment_ids_BxL[:, :, None] == segment_ids_BxL[:, None, :]
     mask_BxLxL = causal_LxL[None] & same_BxLxL
 
-    def body(x, p):
-      x, _ = _block(cfg, p, x, positions_BxL, mask_BxLxL)
+    def body(x, xs):
+      x, _ = _block(cfg, xs[0], x, positions_BxL, mask_BxLxL)
       return x, None
 
     if cfg.remat == 'full':
@@ -276,7 +333,7 @@ class Decoder(nnx.Module):
     elif cfg.remat == 'dots':
       body = jax.checkpoint(body, prevent_cse=False,
                             policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
-    x, _ = jax.lax.scan(body, x_BxLxD.astype(cfg.compute_dtype), self.layers.stacked())
+    x, _ = run_layers(body, x_BxLxD.astype(cfg.compute_dtype), self.layers)
     return _rms_norm(x, self.norm[...], cfg.norm_eps)
 
   def hidden(self, tokens_BxL: jax.Array, positions_BxL: jax.Array | None = None,
@@ -361,8 +418,7 @@ class Decoder(nnx.Module):
       p, ck, cv = xs
       return _block(cfg, p, x, positions_BxT, mask_BxTxS, ck, cv, end)
 
-    x, (k, v) = jax.lax.scan(body, self.embed(tokens_BxT),
-                             (self.layers.stacked(), cache.k, cache.v))
+    x, (k, v) = run_layers(body, self.embed(tokens_BxT), self.layers, (cache.k, cache.v))
     new_cache = Cache(k=k, v=v, valid_BxS=valid_BxS, end=end + t)
     return _rms_norm(x, self.norm[...], cfg.norm_eps), new_cache
 
