@@ -43,7 +43,6 @@ object (nothing is written into the trained run's directories).
 from __future__ import annotations
 
 import errno
-import os
 import sys
 import time
 
@@ -202,10 +201,10 @@ def _batch() -> dict:
   from neo_jax.run import serving  # pylint: disable=g-import-not-at-top
   if not _BATCH_OUT.value:
     raise UserError('--batch_in needs --batch_out (where the answers go)')
-  if not os.path.exists(_BATCH_IN.value):
+  if not atomic.as_path(_BATCH_IN.value).exists():  # local paths or URIs
     raise UserError(f'--batch_in={_BATCH_IN.value}: no such file')
-  if (os.path.exists(_BATCH_OUT.value) and os.path.getsize(_BATCH_OUT.value) > 0
-      and not _RESUME.value):
+  out = atomic.as_path(_BATCH_OUT.value)
+  if out.exists() and out.stat().length > 0 and not _RESUME.value:
     raise UserError(f'--batch_out={_BATCH_OUT.value} exists; pass --resume to answer only the '
                     'lines it lacks, or remove it')
   svc, facts = _service(batch_size=_BATCH_SIZE.value or 16)

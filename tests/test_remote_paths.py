@@ -276,3 +276,24 @@ def test_local_only_parts_refuse_a_uri_by_name(tmp_path, monkeypatch):
                    'workdir only, and gs://b/w is remote']
   assert experiment._lanes(cfg, str(tmp_path / 'w'), lines.append) == 2 and len(lines) == 1
   assert os.listdir(tmp_path) == []
+
+
+def test_dense_baseline_cache(where):
+  """The dense baseline's embedding cache: written once, read back (not encoded again), and
+  a changed catalog writes a new one."""
+  from neo_jax.baselines import dense
+  from test_multihost_writers import TITLES, _dataset, _encoder
+  enc = _encoder()
+  ds, _ = _dataset()
+  model = dense.Dense(encoder=enc, cache_dir=where.join('baselines', 'dense'))
+  first, cached = model.item_embeddings(ds.catalog)
+  assert not cached
+  assert sorted(os.listdir(where.local('baselines', 'dense'))) == ['dense_items.json',
+                                                                    'dense_items.npy']
+  encoded = enc.encoded
+  again, cached = model.item_embeddings(ds.catalog)
+  assert cached and enc.encoded == encoded
+  assert (again == first).all()
+  changed, _ = _dataset(TITLES[:-1] + ['Something else entirely'])
+  assert not model.item_embeddings(changed.catalog)[1]
+  assert model.item_embeddings(changed.catalog)[1]
