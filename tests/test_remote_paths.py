@@ -253,16 +253,11 @@ def test_tensorboard_events_reach_the_workdir(where, monkeypatch):
 
 
 def test_local_only_parts_refuse_a_uri_by_name(tmp_path, monkeypatch):
-  """What stays local (TFDS builds, Hugging Face weights, catalog updates, lanes) says so
-  for a URI instead of writing a local folder named gs:."""
-  from neo_jax.catalog import tfds_builders
+  """What stays local (Hugging Face weights, catalog updates, lanes) says so for a URI
+  instead of writing a local folder named gs:."""
   from neo_jax.model import checkpoints
   from neo_jax.run import catalog_update, experiment
   monkeypatch.chdir(tmp_path)
-  with pytest.raises(ValueError, match=r'gs://b/w: TFDS builds .* experiments.export_dataset'):
-    tfds_builders.build('movielens100k', 'gs://b/w')
-  with pytest.raises(ValueError, match=r'gs://b/w/tfds/movielens100k: TFDS builds'):
-    tfds_builders.load_built('gs://b/w/tfds/movielens100k')
   with pytest.raises(ValueError, match=r'gs://b/hf: Hugging Face and GGUF weights'):
     checkpoints.load_safetensors_dir('gs://b/hf')
   with pytest.raises(catalog_update.CatalogUpdateError, match='needs a local workdir'):
@@ -297,3 +292,29 @@ def test_dense_baseline_cache(where):
   changed, _ = _dataset(TITLES[:-1] + ['Something else entirely'])
   assert not model.item_embeddings(changed.catalog)[1]
   assert model.item_embeddings(changed.catalog)[1]
+
+
+def test_tfds_build_round_trip(where, tmp_path):
+  """A TFDS build (array_record) into a bucket: built locally and uploaded, the tables'
+  dataset_info.json last; read back through a local copy, equal to its source."""
+  from neo_jax.catalog import io as catalog_io
+  from neo_jax.catalog import tfds_builders
+  from neo_jax.catalog.types import DatasetError
+  from test_catalog_tfds import _dir, assert_same
+  src = _dir(tmp_path)
+  ds, report, built = tfds_builders.build('generic', where.join('tfds'), source=str(src))
+  uploads = list(where.fake.calls) if where.fake else []
+  assert built == (where.join('tfds', 'generic') if where.fake
+                   else os.path.abspath(where.join('tfds', 'generic')))
+  assert report == {} and tfds_builders.built_report(built) == {}
+  assert_same(ds, catalog_io.load_dataset(src))
+  assert_same(tfds_builders.load_built(built), ds)
+  if where.fake:
+    writes = [p.rsplit('/generic/', 1)[1] for op, p in uploads
+              if op == 'open' and '/tfds/generic/' in p]
+    infos = [w for w in writes if w.endswith('/dataset_info.json')]
+    assert len(infos) == len(tfds_builders.TABLES) and writes[-len(infos):] == infos
+  with pytest.raises(FileExistsError, match='exists'):
+    tfds_builders.build('generic', where.join('tfds'), source=str(src))
+  with pytest.raises(DatasetError, match=r'nothing/items: missing built table'):
+    tfds_builders.load_built(where.join('nothing'))

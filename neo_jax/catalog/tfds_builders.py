@@ -33,9 +33,12 @@ Builders (`build(...)` makes all tables):
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -221,7 +224,9 @@ def build(name: str, data_dir: str, overwrite: bool = False,
       error (TFDS would otherwise keep old tables beside new ones from another source).
       The build is atomic: every table is written into a staging folder beside the target,
       which is renamed into place at the end, so `<data_dir>/<name>` is either absent, the
-      previous build or the complete new one, whatever stops the build.
+      previous build or the complete new one, whatever stops the build. A remote `data_dir`
+      (`atomic.is_remote`): built in a local staging folder and uploaded, each table's
+      `dataset_info.json` (what makes `load_built` see a table) last.
     **kwargs: passed to the builder (`source=`, and for 'generic' the load policies).
 
   Returns:
@@ -235,12 +240,13 @@ def build(name: str, data_dir: str, overwrite: bool = False,
   if name not in BUILDERS:
     raise ValueError(f'unknown dataset {name!r}; known: {sorted(BUILDERS)}')
   cls = BUILDERS[name]
-  _local_only(data_dir)
-  data_dir = os.path.abspath(os.fspath(data_dir))
+  remote = atomic.is_remote(data_dir)
+  data_dir = atomic.location(data_dir)
   target = os.path.join(data_dir, cls.name)
-  if os.path.exists(target) and not overwrite:
+  if atomic.as_path(target).exists() and not overwrite:
     raise FileExistsError(f'{target} exists; pass overwrite=True to rebuild it')
-  first = cls(data_dir=data_dir, config='meta', **kwargs)
+  # A builder of the source only (nothing written); TFDS itself is given local folders.
+  first = cls(data_dir=tempfile.gettempdir() if remote else data_dir, config='meta', **kwargs)
   loaded = first.loaded()  # Reads and validates the source before anything is written.
   # Built in a staging data_dir beside the target and renamed into place when every table is
   # written: a build killed half-way leaves no `target` (the next build starts over and
@@ -252,19 +258,30 @@ def build(name: str, data_dir: str, overwrite: bool = False,
       builder = cls(data_dir=staging, config=table, loaded=loaded, **kwargs)
       builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
           download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
-    atomic.replace_directory(os.path.join(staging, cls.name), target)
+    built = os.path.join(staging, cls.name)
+    atomic.replace_directory(built, target, last=_infos(built) if remote else ())
   return loaded[0], loaded[1], target
 
 
-def _local_only(path: str | os.PathLike) -> None:
-  """TFDS builds are local folders here: a URI (`atomic.is_remote`) is a ValueError saying
-  how to put the dataset in a bucket instead."""
-  if atomic.is_remote(path):
-    raise ValueError(
-        f'{os.fspath(path)}: TFDS builds (array_record files) are written and read on local '
-        'paths only; to use a bucket, build the dataset on a local path, export it in the '
-        'generic format there (python -m experiments.export_dataset --built=LOCAL/tfds/<name> '
-        '--workdir=gs://BUCKET/DIR) and pass --data_dir=gs://BUCKET/DIR/data')
+def _infos(built: str) -> list[str]:
+  """The `dataset_info.json` of every table under the local build `built` (relative)."""
+  return sorted(os.path.relpath(os.path.join(root, 'dataset_info.json'), built)
+                for root, _, names in os.walk(built) if 'dataset_info.json' in names)
+
+
+@contextlib.contextmanager
+def _readable(built: str | os.PathLike) -> Iterator[str]:
+  """`built` as a local folder TFDS reads: itself, or a remote build's local copy (TFDS reads
+  array_record files from local paths), removed after."""
+  if not atomic.is_remote(built):
+    yield os.fspath(built)
+    return
+  tmp = tempfile.mkdtemp(prefix='neo_jax-tfds-')
+  try:
+    atomic.copy_tree(built, tmp)
+    yield tmp
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _table_dir(built: str, table: str) -> str | None:
@@ -297,7 +314,8 @@ def _text(b) -> str:
 
 
 def load_built(built: str | os.PathLike) -> Dataset:
-  """Reads a built dataset (`<data_dir>/<name>`, as `build` returns) back into a `Dataset`.
+  """Reads a built dataset (`<data_dir>/<name>`, as `build` returns; local or a URI) back
+  into a `Dataset`.
 
   Equal to the dataset the builder read from its source, except `Dataset.name`, which comes
   from the meta record, and attributes, which went through JSON (tuples become lists).
@@ -305,11 +323,15 @@ def load_built(built: str | os.PathLike) -> Dataset:
   Raises:
     DatasetError: the folder is not a built dataset (missing items/interactions/meta).
   """
-  _local_only(built)
-  built = os.fspath(built)
+  with _readable(built) as local:
+    return _load_local(local, os.fspath(built))
+
+
+def _load_local(built: str, shown: str) -> Dataset:
+  """`load_built` of the local folder `built`; errors name `shown` (where it came from)."""
   for table in ('items', 'interactions', 'meta'):
     if _table_dir(built, table) is None:
-      raise DatasetError(os.path.join(built, table), None, None,
+      raise DatasetError(os.path.join(shown, table), None, None,
                          f'missing built table {table!r} (run the builder first)')
   meta = json.loads(_text(_read_table(built, 'meta')[0]['json']))
 
@@ -365,8 +387,8 @@ def load_built(built: str | os.PathLike) -> Dataset:
 
 def built_report(built: str | os.PathLike) -> dict[str, Any]:
   """The build report stored in a built dataset's meta record."""
-  built = os.fspath(built)
-  return json.loads(_text(_read_table(built, 'meta')[0]['json']))['report']
+  with _readable(built) as local:
+    return json.loads(_text(_read_table(local, 'meta')[0]['json']))['report']
 
 
 def export_generic(built: str | os.PathLike, out_dir: str | os.PathLike,
