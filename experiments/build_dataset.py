@@ -75,7 +75,7 @@ def _builder(workdir: str) -> tuple[str, dict]:
       raise config_lib.UserError('--data_dir does not apply to --dataset=synthetic (it is '
                                  'generated)')
     source = os.path.join(workdir, 'synthetic_source')
-    if not os.path.exists(os.path.join(source, 'items.jsonl')):
+    if not atomic.as_path(os.path.join(source, 'items.jsonl')).exists():
       synthetic.write_synthetic(synthetic.SyntheticConfig(
           **config_lib.defaults().data.synthetic.to_dict()), source)
     return 'generic', dict(source=source)
@@ -87,13 +87,13 @@ def _build_args(name: str, kwargs: dict) -> dict:
   and policies."""
   args = {'builder': name, **kwargs}
   if args.get('source'):
-    args['source'] = os.path.abspath(args['source'])
+    args['source'] = atomic.location(args['source'])
   return json.loads(atomic.dumps(args, sort_keys=True))
 
 
 def _recorded(path: str) -> dict | None:
   try:
-    with open(path, encoding='utf-8') as f:
+    with atomic.open_text(path) as f:
       return json.load(f)
   except (FileNotFoundError, ValueError):
     return None
@@ -112,10 +112,10 @@ def main(argv):
   # A rerun of the same command (after a kill) reuses what the interrupted run completed: the
   # TFDS build and the export are each written atomically, so what exists is whole.
   resuming = not _OVERWRITE.value and _recorded(args_path) == args
-  if not _OVERWRITE.value and os.path.exists(built) and not resuming:
+  if not _OVERWRITE.value and atomic.as_path(built).exists() and not resuming:
     raise FileExistsError(f'{built} exists; pass --overwrite or choose another --workdir')
   atomic.write_json(args_path, args, indent=1, sort_keys=True)
-  if resuming and os.path.exists(built):
+  if resuming and atomic.as_path(built).exists():
     source_ds, source_report = None, tfds_builders.built_report(built)
   else:
     source_ds, source_report, built = tfds_builders.build(name, tfds_dir,

@@ -140,3 +140,31 @@ def test_tiny_run_on_a_gs_workdir(tmp_path, monkeypatch, local_result):
     assert (run.stage, run.step) == ('capability', 8)
     _serve_from_the_bucket(run, uri, bucket)
   assert os.listdir(cwd) == [], 'a remote path was written as a local one'
+
+
+@pytest.mark.skipif(importlib.util.find_spec('recbole') is None,
+                    reason='recbole (assets) not installed')
+def test_build_dataset_into_a_bucket(tmp_path):
+  """`experiments.build_dataset --dataset=movielens100k --export --workdir=gs://...` under the
+  fake (tests/gcs_run.py): the TFDS build and its generic export land in the bucket and read
+  back whole; the same command again resumes from what is there."""
+  cmd = [sys.executable, '-m', 'gcs_run', 'experiments.build_dataset',
+         '--dataset=movielens100k', '--export', '--workdir=gs://bucket/ml']
+  env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.path.join(REPO, 'tests'),
+             GCS_ROOT=str(tmp_path / 'gcs'))
+  for resumed in (False, True):
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (result['num_users'], result['num_items'], result['num_interactions']) == (
+        943, 1682, 100_000)
+    assert result['resumed'] is resumed
+    assert result['tfds_dir'] == 'gs://bucket/ml/tfds/movielens100k'
+  bucket = tmp_path / 'gcs' / 'bucket' / 'ml'
+  assert json.loads((bucket / 'result.json').read_text()) == result
+  assert {'items', 'interactions', 'users', 'meta'} <= set(
+      os.listdir(bucket / 'tfds' / 'movielens100k'))
+  with fake_gcs(tmp_path / 'gcs'):
+    from neo_jax.catalog import io as catalog_io  # pylint: disable=g-import-not-at-top
+    assert len(catalog_io.load_dataset('gs://bucket/ml/data').interactions) == 100_000
+  assert not [p for p in os.listdir(REPO) if p.startswith('gs:')]
