@@ -66,7 +66,11 @@ _PROMPT = flags.DEFINE_string('prompt', 'The capital of France is', 'text to con
 _MAX_NEW = flags.DEFINE_integer('max_new_tokens', None,
                                 'tokens to generate at most (default: 8 with --backbone, 48 '
                                 'with --workdir)')
-_DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'compute dtype')
+_DTYPE = flags.DEFINE_enum('dtype', None, ['auto', 'model', 'float32', 'bfloat16'],
+                           "precision: with --backbone the compute dtype (default float32; "
+                           "'auto' and 'model' mean float32); with --workdir the one NEO ranks "
+                           "and generates in (default: the run's eval.dtype, 'auto' = bfloat16 "
+                           'on a CPU)')
 
 _RESUME = flags.DEFINE_bool(
     'resume', False, 'with --batch_out holding answers of an interrupted run of the same '
@@ -79,7 +83,8 @@ _CHUNK = flags.DEFINE_integer(
 def _run_backbone() -> dict:
   from neo_jax.model import backbones  # pylint: disable=g-import-not-at-top
   t0 = time.perf_counter()
-  model, tok = backbones.load_backbone(_BACKBONE.value, dtype=_DTYPE.value)
+  dtype = _DTYPE.value if _DTYPE.value in ('float32', 'bfloat16') else 'float32'
+  model, tok = backbones.load_backbone(_BACKBONE.value, dtype=dtype)
   if tok is None:
     raise UserError(f'{_BACKBONE.value} has no tokenizer this tool can read yet; use a '
                          '.gguf backbone')
@@ -92,7 +97,7 @@ def _run_backbone() -> dict:
   return {'backbone': _BACKBONE.value, 'prompt': _PROMPT.value, 'text': text,
           'new_tokens': len(ids), 'seconds_load': seconds_load,
           'seconds_first_call': timing['seconds_first_call'], 'seconds': timing['seconds'],
-          'tokens_per_second': timing['tokens_per_second'], 'dtype': _DTYPE.value}
+          'tokens_per_second': timing['tokens_per_second'], 'dtype': dtype}
 
 
 def _service(batch_size: int):
@@ -105,9 +110,11 @@ def _service(batch_size: int):
   svc = serving.Service(run.artifacts, prompt_len=int(cfg.train.seq_len) - 8,
                         history_len=int(cfg.tasks.history_len), batch_size=batch_size,
                         max_new_tokens=_MAX_NEW.value or 48,
-                        catalog_base=catalog_update.base_of(run))
+                        catalog_base=catalog_update.base_of(run),
+                        dtype=_DTYPE.value or cfg.eval.dtype)
   facts = {f'run/{k}': v for k, v in workdir_lib.describe(run).items()}
   facts.update(_catalog_facts(svc))
+  facts['serving/dtype'] = svc.ranker.dtype or 'model'
   facts['seconds_load'] = time.perf_counter() - t0
   return svc, facts
 

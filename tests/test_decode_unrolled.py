@@ -13,11 +13,13 @@ from flax import nnx
 from neo_jax.decode.beam_search import first_level_tokens, sid_beam_search
 from neo_jax.decode.cache import left_pad
 from neo_jax.decode.interface import Constraints, prefill
-from neo_jax.decode.ranker import default_unroll_layers, search_batch, serving_model
+from neo_jax.decode.ranker import (default_unroll_layers, search_batch, serving_dtype,
+                                    serving_model)
 from neo_jax.decode.trie import SIDTrie, SIDVocabArrays, request_filter
 from neo_jax.model.config import get_config
 from neo_jax.model.decoder import NEG_INF, Decoder, UnrolledLayers, run_layers
 from neo_jax.model.lora import apply_lora
+from neo_jax.run import config as config_lib
 from neo_jax.sid.types import SIDMap
 from neo_jax.tokenizer.sid_vocab import SIDVocab
 
@@ -140,3 +142,17 @@ def test_run_layers_and_unrolled_layers_checks():
   np.testing.assert_array_equal(ys, [0.0, 2.0, 4.0])
   assert default_unroll_layers(None) is False and default_unroll_layers('float32') is False
   assert default_unroll_layers('bfloat16') == (jax.default_backend() == 'cpu')
+
+
+def test_serving_precision_choices_and_the_config_key():
+  cpu = jax.default_backend() == 'cpu'
+  assert serving_dtype('auto') == ('bfloat16' if cpu else None)
+  assert serving_dtype('model') is None
+  assert serving_dtype('float32') == 'float32' and serving_dtype('bfloat16') == 'bfloat16'
+  with pytest.raises(ValueError, match="unknown serving precision 'fp8'"):
+    serving_dtype('fp8')
+  cfg = config_lib.defaults()
+  assert cfg.eval.dtype == 'auto'
+  cfg.eval.dtype = 'half'
+  with pytest.raises(config_lib.ConfigError, match='eval.dtype'):
+    config_lib.validate(cfg)

@@ -33,6 +33,26 @@ def service(w, batch_size=4):
                          max_new_tokens=12, catalog_base=cu.base_of(loaded))
 
 
+def test_service_serves_in_the_chosen_precision(trained):
+  """A Service ranks in `dtype` ('auto', the default: bfloat16 on a CPU, or float32), and a
+  bad precision is refused by name."""
+  loaded = workdir_lib.load_run(trained)
+  cfg = loaded.config
+  answers = {}
+  for dtype in ('auto', 'float32'):
+    svc = serving.Service(loaded.artifacts, prompt_len=cfg.train.seq_len - 8,
+                          history_len=cfg.tasks.history_len, batch_size=4, max_new_tokens=12,
+                          dtype=dtype)
+    assert svc.ranker.dtype == serving.serving_dtype(dtype)
+    req = svc.parse({'task': 'recommend', 'user': next(iter(svc.histories)), 'type': 'movie',
+                     'k': 3})
+    answers[dtype] = svc.answer([req])[0]
+  assert len(answers['auto']['items']) == len(answers['float32']['items']) == 3
+  with pytest.raises(ValueError, match='serving precision'):
+    serving.Service(loaded.artifacts, prompt_len=cfg.train.seq_len - 8,
+                    history_len=cfg.tasks.history_len, dtype='half')
+
+
 def ids_of(ans):
   return [it['id'] for it in ans['items']]
 

@@ -34,7 +34,7 @@ from neo_jax.baselines.dense import Dense
 from neo_jax.catalog import atomic
 from neo_jax.catalog import io as catalog_io
 from neo_jax.catalog.splits import make_split
-from neo_jax.decode.ranker import NEORanker
+from neo_jax.decode.ranker import NEORanker, serving_dtype
 from neo_jax.decode.trie import SIDTrie
 from neo_jax.eval import cold
 from neo_jax.run import stages
@@ -62,7 +62,8 @@ def _ranker(run: workdir_lib.TrainedRun, sid_map, batch_size: int, log: Log | No
   art, cfg = run.artifacts, run.config
   trie = SIDTrie.build(sid_map, art.tokenizer.sid)
   return NEORanker(art.model, art.tokenizer, trie, prompt_len=cfg.train.seq_len - 8,
-                   batch_size=batch_size, log=log, progress_label=label)
+                   batch_size=batch_size, log=log, progress_label=label,
+                   dtype=serving_dtype(cfg.eval.dtype))
 
 
 def run_cold(cfg: ml_collections.ConfigDict, workdir: str, fraction: float, log: Log = print,

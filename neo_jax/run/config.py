@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping
 import ml_collections
 
 from neo_jax.catalog.splits import SPLIT_METHODS
+from neo_jax.decode.ranker import SERVING_DTYPE_CHOICES
 from neo_jax.model.config import PRESETS, REMAT_POLICIES
 from neo_jax.tasks.types import TASKS
 
@@ -351,6 +352,11 @@ SCHEMA = Section('a NEO run', {
                               state=False),
         'batch_size': Field(50, 'requests per compiled decoding batch', check=_at_least(1),
                             state=False),
+        'dtype': Field('auto', "precision NEO ranks and generates in, in evaluation, validation "
+                       "and serving ('auto': bfloat16 on a CPU, where it is as good on "
+                       "validation and faster, else the model's own; 'model': the model's "
+                       "own; see neo_jax/decode/ranker.serving_dtype)",
+                       choices=SERVING_DTYPE_CHOICES, state=False),
         'exclude_history': Field('auto', "primary protocol: exclude the user's history from "
                                  "every ranking ('auto': when no user repeats an item in the "
                                  'training events); the other protocol is reported beside it',

@@ -47,7 +47,7 @@ from neo_jax.baselines import registry as baselines_lib
 from neo_jax.catalog import atomic
 from neo_jax.catalog import multihost
 from neo_jax.catalog.types import Query
-from neo_jax.decode.ranker import NEORanker
+from neo_jax.decode.ranker import NEORanker, serving_dtype
 from neo_jax.decode.trie import SIDTrie
 from neo_jax.eval import metrics
 from neo_jax.eval import stats
@@ -199,7 +199,8 @@ class Rankers:
     ranker = self._by_art.get(id(art))
     if ranker is None:
       ranker = NEORanker(model, art.tokenizer, art.trie, prompt_len=self.cfg.train.seq_len - 8,
-                         batch_size=self.cfg.eval.batch_size, log=self.log)
+                         batch_size=self.cfg.eval.batch_size, log=self.log,
+                         dtype=serving_dtype(self.cfg.eval.dtype))
       self._by_art[id(art)] = ranker
     ranker.set_model(model)
     ranker.progress_label = label

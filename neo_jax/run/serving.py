@@ -58,7 +58,7 @@ import numpy as np
 
 from neo_jax.catalog import atomic
 from neo_jax.catalog.splits import user_sequences
-from neo_jax.decode.ranker import NEORanker
+from neo_jax.decode.ranker import NEORanker, serving_dtype
 from neo_jax.run import catalog_update
 from neo_jax.run.stages import Artifacts
 from neo_jax.tasks import builders
@@ -121,10 +121,13 @@ class Service:
     catalog_base: the run's trained catalog (`catalog_update.base_of(run)`): the Service
       answers from its current catalog state (items added and withdrawn by
       `experiments.add_items`) and can `reload_catalog`. None: `art` as it is, no reload.
+    dtype: the precision it ranks and generates in (`neo_jax.decode.ranker.serving_dtype`:
+      'auto', the run's `eval.dtype` default, is bfloat16 on a CPU).
   """
 
   def __init__(self, art: Artifacts, *, prompt_len: int, history_len: int, batch_size: int = 16,
-               max_new_tokens: int = 48, catalog_base: catalog_update.Base | None = None):
+               max_new_tokens: int = 48, catalog_base: catalog_update.Base | None = None,
+               dtype: str = 'auto'):
     if art.model is None or art.trie is None:
       raise ValueError('Service needs artifacts with a model and a trie')
     self.base = catalog_base
@@ -138,7 +141,8 @@ class Service:
     self.history_len = int(history_len)
     self.max_new_tokens = int(max_new_tokens)
     self.ranker = NEORanker(art.model, art.tokenizer, art.trie, prompt_len=prompt_len,
-                            batch_size=batch_size, progress_label='serving')
+                            batch_size=batch_size, progress_label='serving',
+                            dtype=serving_dtype(dtype))
     self.histories = user_sequences(art.dataset.interactions)
     self.reachable = art.sid_map.reachable()
 

@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from neo_jax.decode.ranker import NEORanker
+from neo_jax.decode.ranker import NEORanker, serving_dtype
 from neo_jax.decode.trie import SIDTrie
 from neo_jax.eval import metrics
 from neo_jax.eval.protocol import subsample
@@ -189,7 +189,8 @@ def make_recall_eval_fn(cfg: ml_collections.ConfigDict, tok: Tokenizer, sid_map:
     if 'ranker' not in holder:
       holder['ranker'] = NEORanker(model, tok, trie, prompt_len=cfg.train.seq_len - 8,
                                    batch_size=cfg.eval.batch_size, log=log,
-                                   progress_label='validation')
+                                   progress_label='validation',
+                                   dtype=serving_dtype(cfg.eval.dtype))
     ranker = holder['ranker']
     ranker.set_model(model)
     items, _ = ranker.rank(prompts_, types, num_beams=k)
