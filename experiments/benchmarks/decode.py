@@ -29,6 +29,8 @@ Per preset, measured in the same run, after one compile of each program (warm ti
     answers on the host) and throughput at batch `throughput_batch` (requests per second), in
     float32 and with dtype='bfloat16' (each with the ranker's default `unroll_layers`: on a CPU
     bfloat16 runs its layers unrolled), and the batch-1 latency of float32 unrolled;
+    `latency_ms_p50_served` is the one of the precision the run layer serves in by default
+    (`eval.dtype` 'auto': bfloat16 on a CPU, `served_dtype`);
   * valid fraction: constrained items / generated SID spans checked against the catalog in
     numpy, and unconstrained beams' token sequences checked the same way;
   * interleaved generation (ids format, sampled codes) per token: constrained with the
@@ -60,7 +62,7 @@ from neo_jax.decode.beam_search import code_beam_search, sid_beam_search, vocab_
 from neo_jax.decode.cache import left_pad
 from neo_jax.decode.generate import GenerateSettings, generate
 from neo_jax.decode.interface import Constraints, prefill
-from neo_jax.decode.ranker import NEORanker
+from neo_jax.decode.ranker import NEORanker, serving_dtype
 from neo_jax.decode.trie import (SIDTrie, SIDVocabArrays, build_trie_arrays, lookup_items,
                                  request_filter)
 from neo_jax.model.config import get_config
@@ -429,6 +431,11 @@ def run_preset(preset: str, settings: dict, sid_map: SIDMap, trie: SIDTrie,
       'latency_ms_p50_bf16': p50_bf16, 'latency_ms_p99_bf16': p99_bf16,
       'throughput_requests_per_s_bf16': throughput_bf16,
       'latency_ms_p50_float32_unrolled': p50_unrolled,
+      # What the run layer serves in by default (eval.dtype 'auto'): bfloat16 on a CPU.
+      'served_dtype': serving_dtype('auto') or 'float32',
+      'latency_ms_p50_served': p50_bf16 if serving_dtype('auto') == 'bfloat16' else p50,
+      'throughput_requests_per_s_served':
+          throughput_bf16 if serving_dtype('auto') == 'bfloat16' else throughput,
       'catalog_update_ms': 1e3 * update_s, 'catalog_update_items': int(removed.size),
       'removed_items_returned': returned_removed,
   }

@@ -3,7 +3,8 @@
 # the other: the machine's load, the peer (transformers beam search with a dict trie,
 # ../shared/peers/run.sh after its setup.sh), the load, neo_jax's decode benchmark with the same
 # model shape, prompt length, beam width and catalog size, the load again; then the ratio of the
-# peer's median trie request to our served-path p50 (float32 and bfloat16) and our throughput.
+# peer's median trie request to our served-path p50 (in the precision served by default,
+# eval.dtype 'auto': bfloat16 on a CPU; and float32 and bfloat16 each) and our throughput.
 #
 #   nice -n 19 bash experiments/benchmarks/decode_vs_peer.sh [OUT]     (default OUT /tmp/decode_vs_peer)
 #
@@ -46,6 +47,9 @@ summary = {
     'neo_jax_throughput_batch': ours['throughput_batch'],
     'neo_jax_throughput_requests_per_s': ours['throughput_requests_per_s'],
     'neo_jax_throughput_requests_per_s_bf16': ours['throughput_requests_per_s_bf16'],
+    'neo_jax_served_dtype': ours['served_dtype'],
+    'neo_jax_latency_ms_p50_served': ours['latency_ms_p50_served'],
+    'peer_over_neo_jax_served_p50': peer_ms / ours['latency_ms_p50_served'],
     'peer_over_neo_jax_p50': peer_ms / ours['latency_ms_p50'],
     'peer_over_neo_jax_p50_bf16': peer_ms / ours['latency_ms_p50_bf16'],
 }
