@@ -10,6 +10,7 @@ import pytest
 
 from neo_jax.catalog import progress
 from neo_jax.decode.trie import SIDTrie
+from neo_jax.run import config as config_lib
 from neo_jax.run import experiment
 from neo_jax.run import training
 from neo_jax.tasks.types import Example
@@ -31,8 +32,10 @@ def every_call(monkeypatch):
 
 
 def _cfg(batch_size=2, seq_len=72):
-  return ml_collections.ConfigDict({'train': {'seq_len': seq_len, 'batch_size': 4},
-                                    'eval': {'batch_size': batch_size}})
+  """The run config's defaults with a small decoding batch (several batches per call)."""
+  c = config_lib.defaults()
+  c.train.seq_len, c.eval.batch_size = seq_len, batch_size
+  return c
 
 
 def test_validation_ranker_lines_go_to_the_stage_log(every_call):
