@@ -123,8 +123,8 @@ def serving_dtype(choice: str) -> str | None:
   faster. On MovieLens-100k (the 254fbbe NEO-multi weights, 2026-12-06) bfloat16 against
   float32 was within noise on validation (HR@10 -0.001 [-0.003, 0.000], NDCG@10 +0.0002
   [-0.0008, +0.0013], search equal), and on the 2-core CPU it serves a SmolLM2-135M-shaped
-  request ~1.8x faster (batch 1) and ~2.2x faster at batch 64: the f32 path there is bound by
-  reading the weights from memory, 4 passes of 0.43 GB per request."""
+  request ~1.7x faster at batch 1 (260 against 434 ms) and ~2.1x faster at batch 64: the f32
+  path there is bound by reading the weights from memory, 4 passes of 0.43 GB per request."""
   if choice not in SERVING_DTYPE_CHOICES:
     raise ValueError(f'unknown serving precision {choice!r}; known: {SERVING_DTYPE_CHOICES}')
   if choice == 'auto':
