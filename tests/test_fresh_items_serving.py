@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from jit_compiles import compiled
@@ -39,11 +40,13 @@ def test_service_serves_in_the_chosen_precision(trained):
   loaded = workdir_lib.load_run(trained)
   cfg = loaded.config
   answers = {}
-  for dtype in ('auto', 'float32'):
+  cpu = jax.default_backend() == 'cpu'
+  for dtype, want in (('auto', 'bfloat16' if cpu else None), ('float32', 'float32')):
     svc = serving.Service(loaded.artifacts, prompt_len=cfg.train.seq_len - 8,
                           history_len=cfg.tasks.history_len, batch_size=4, max_new_tokens=12,
                           dtype=dtype)
-    assert svc.ranker.dtype == serving.serving_dtype(dtype)
+    assert svc.ranker.dtype == want
+    assert svc.ranker.unroll_layers == (want == 'bfloat16' and cpu)
     req = svc.parse({'task': 'recommend', 'user': next(iter(svc.histories)), 'type': 'movie',
                      'k': 3})
     answers[dtype] = svc.answer([req])[0]

@@ -6,9 +6,7 @@ packing (`training.pack_stage`, `resolve_budgets`)."""
 import types
 
 import ml_collections
-import pytest
 
-from neo_jax.catalog import progress
 from neo_jax.decode.trie import SIDTrie
 from neo_jax.run import config as config_lib
 from neo_jax.run import experiment
@@ -22,15 +20,6 @@ PROMPTS = [f'Task: recommend. Type: movie. Format: ids. History: {w}. Answer: '
            for w in ('a', 'a b', 'b c a', 'c', 'b', 'a c')]
 
 
-@pytest.fixture
-def every_call(monkeypatch):
-  """Progress on, a line at every update; the process-wide switch restored after."""
-  monkeypatch.setattr(progress, 'EVERY_S', 1e-9)
-  progress.set_enabled(True)
-  yield
-  progress.set_enabled(None)
-
-
 def _cfg(batch_size=2, seq_len=72):
   """The run config's defaults with a small decoding batch (several batches per call)."""
   c = config_lib.defaults()
@@ -38,7 +27,7 @@ def _cfg(batch_size=2, seq_len=72):
   return c
 
 
-def test_validation_ranker_lines_go_to_the_stage_log(every_call):
+def test_validation_ranker_lines_go_to_the_stage_log(progress_on):
   sid_map, tok, model = _setup()
   requests = [Example(task='recommend', prompt=p, completion='', output_format='ids',
                       target_type='movie', target_items=(0,)) for p in PROMPTS]
@@ -50,7 +39,7 @@ def test_validation_ranker_lines_go_to_the_stage_log(every_call):
   assert lines[-1].startswith('validation rank: 6 requests in ')
 
 
-def test_experiment_rankers_name_the_system_and_the_split(every_call):
+def test_experiment_rankers_name_the_system_and_the_split(progress_on):
   sid_map, tok, model = _setup()
   art = types.SimpleNamespace(tokenizer=tok, trie=SIDTrie.build(sid_map, tok.sid))
   lines = []
@@ -63,7 +52,7 @@ def test_experiment_rankers_name_the_system_and_the_split(every_call):
   assert lines and all(line.startswith('neo_multi test rank: ') for line in lines)
 
 
-def test_stage_packing_lines_go_to_the_log(every_call):
+def test_stage_packing_lines_go_to_the_log(progress_on):
   lines = []
   tcfg = ml_collections.ConfigDict({'seq_len': 64, 'batch_size': 4})
   packed = training.pack_stage(_examples(30, seed=5), CharTokenizer(), tcfg, seed=1,

@@ -3,7 +3,6 @@ requests (examples) done / total, rate and ETA when progress is on, none when it
 the same results either way."""
 
 import numpy as np
-import pytest
 
 from neo_jax.catalog import progress
 from neo_jax.decode.ranker import NEORanker
@@ -15,14 +14,6 @@ from test_train_data import CharTokenizer, _examples
 
 PROMPTS = [f'Task: recommend. Type: movie. Format: ids. History: {w}. Answer: '
            for w in ('a', 'a b', 'b c a', 'c', 'b', 'a c')]
-
-
-@pytest.fixture
-def every_call(monkeypatch):
-  """Progress lines at every update (no 10 s wait); the enabled state restored after."""
-  monkeypatch.setattr(progress, 'EVERY_S', 1e-9)
-  yield
-  progress.set_enabled(None)
 
 
 def _ranker(log, **kwargs):

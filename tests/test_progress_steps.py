@@ -3,22 +3,12 @@ to the step's log when progress is on, none when it is off (as in every other te
 
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from neo_jax.baselines import registry
 from neo_jax.baselines import training
 from neo_jax.catalog import progress
 from neo_jax.sid import kmeans as km
 from neo_jax.sid import stream_kmeans as sk
-
-
-@pytest.fixture
-def every_call(monkeypatch):
-  """Progress on, a line at every update."""
-  monkeypatch.setattr(progress, 'EVERY_S', 1e-9)
-  progress.set_enabled(True)
-  yield
-  progress.set_enabled(None)
 
 
 def _toy_training(log, epochs=3):
@@ -29,7 +19,7 @@ def _toy_training(log, epochs=3):
                                        label='toy', log=log)
 
 
-def test_baseline_epochs_report_progress(every_call):
+def test_baseline_epochs_report_progress(progress_on):
   lines = []
   _toy_training(lines.append)
   # Each epoch: a line per batch (3 batches), the closing line, then the epoch's record.
@@ -59,7 +49,7 @@ def test_registry_gives_its_log_to_the_baselines():
   assert not hasattr(registry.make_baseline('popularity', {}, log=log), 'log')
 
 
-def test_kmeans_reports_passes_and_levels(every_call, capsys):
+def test_kmeans_reports_passes_and_levels(progress_on, capsys):
   x = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
   lines = []
   _, _, info = sk.residual_kmeans_streaming(x, (4, 2), seed=0, iters=3, batch_size=16,

@@ -394,6 +394,7 @@ def run_preset(preset: str, settings: dict, sid_map: SIDMap, trie: SIDTrie,
                                                   prompts_ids, n, None)
   p50_bf16, p99_bf16, _, throughput_bf16, _ = _served_latency(preset, settings, model, vocab, trie,
                                                            prompts_ids, n, 'bfloat16')
+  served_bf16 = serving_dtype('auto') == 'bfloat16'
   # float32 with the layers unrolled as bfloat16 is served on a CPU (ranker.default_unroll_layers).
   p50_unrolled, _, _, _, _ = _served_latency(preset, settings, model, vocab, trie, prompts_ids, n,
                                              None, unroll=True, throughput=False)
@@ -432,10 +433,9 @@ def run_preset(preset: str, settings: dict, sid_map: SIDMap, trie: SIDTrie,
       'throughput_requests_per_s_bf16': throughput_bf16,
       'latency_ms_p50_float32_unrolled': p50_unrolled,
       # What the run layer serves in by default (eval.dtype 'auto'): bfloat16 on a CPU.
-      'served_dtype': serving_dtype('auto') or 'float32',
-      'latency_ms_p50_served': p50_bf16 if serving_dtype('auto') == 'bfloat16' else p50,
-      'throughput_requests_per_s_served':
-          throughput_bf16 if serving_dtype('auto') == 'bfloat16' else throughput,
+      'served_dtype': 'bfloat16' if served_bf16 else 'float32',
+      'latency_ms_p50_served': p50_bf16 if served_bf16 else p50,
+      'throughput_requests_per_s_served': throughput_bf16 if served_bf16 else throughput,
       'catalog_update_ms': 1e3 * update_s, 'catalog_update_items': int(removed.size),
       'removed_items_returned': returned_removed,
   }
