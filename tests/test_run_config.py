@@ -101,6 +101,17 @@ def test_trained_state_diff_ignores_what_does_not_change_training():
       'model.d_model: 0 -> 64', 'seed: 0 -> 3', 'tasks.mixture: "" -> "search:1"']
 
 
+def test_a_key_newer_than_the_recorded_config_counts_as_what_those_runs_trained_with():
+  """A run recorded before `model.sid_init` existed trained its SID rows with 'mean': its
+  config matches 'mean' and differs from 'random'."""
+  old = config_lib.defaults().to_dict()
+  del old['model']['sid_init']
+  mean = _with(model__sid_init='mean').to_dict()
+  assert config_lib.trained_state_diff(old, mean) == []
+  assert config_lib.trained_state_diff(old, _with(model__sid_init='random').to_dict()) == [
+      'model.sid_init: "mean" -> "random"']
+
+
 def test_claim_refuses_a_changed_config_and_keeps_the_recorded_one(tmp_path):
   w = str(tmp_path / 'w')
   first = config_lib.validate(_with(model__d_model=32))

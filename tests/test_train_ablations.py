@@ -18,6 +18,7 @@ from neo_jax.run import stages
 from neo_jax.run import workdir as workdir_lib
 from neo_jax.model import backbones, lora
 from neo_jax.model.config import get_config
+from neo_jax.model.decoder import Decoder
 from test_quickstart import TINY
 
 
@@ -60,6 +61,33 @@ def test_random_init_builds_the_backbone_shape_without_reading_its_weights(monke
     assert getattr(model.cfg, field) == getattr(preset, field), field
   assert model.cfg.vocab_size == 49152 + 40
   assert model.cfg.remat == 'full'
+
+
+@pytest.mark.parametrize('how, backbone, spread', [
+    ('mean', '', 'near_mean'), ('random', '', 'like_text'), ('auto', '', 'like_text'),
+    ('auto', 'smollm2-135m', 'near_mean')])
+def test_sid_rows_start_as_model_sid_init_says(how, backbone, spread, monkeypatch):
+  """`model.sid_init`: 'mean' starts every SID row at the text rows' mean (1% of their spread
+  apart), 'random' as spread out as the text rows; 'auto' is 'random' for a random decoder and
+  'mean' for a pretrained backbone (here the backbone's shape with random weights, loaded
+  through a stand-in)."""
+  cfg = quickstart.get_config()
+  cfg.model.update(dict(d_model=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
+                        mlp_dim=64, sid_init=how, backbone=backbone))
+  if backbone:
+    def tiny_backbone(name, **kwargs):
+      return Decoder(get_config('tiny', d_model=32, vocab_size=300),
+                            rngs=nnx.Rngs(0)), None
+    monkeypatch.setattr(backbones, 'load_backbone', tiny_backbone)
+  model = stages.build_model(cfg, types.SimpleNamespace(text_vocab_size=300, vocab_size=340))
+  rows = np.asarray(model.embed_tokens[...])
+  text_sd, sid_sd = rows[:300].std(axis=0).mean(), rows[300:].std(axis=0).mean()
+  assert rows.shape == (340, 32)
+  if spread == 'near_mean':
+    assert sid_sd < 0.05 * text_sd
+    np.testing.assert_allclose(rows[300:].mean(0), rows[:300].mean(0), atol=0.05 * text_sd)
+  else:
+    assert 0.7 * text_sd < sid_sd < 1.3 * text_sd
 
 
 def test_pipeline_training_with_mixture_validation_best_and_lora(tmp_path):

@@ -31,6 +31,7 @@ from neo_jax.tasks.types import TASKS
 DATASETS = ('movielens100k', 'synthetic', 'generic')
 BASELINE_NAMES = ('popularity', 'bm25', 'bm25s', 'dense', 'sasrec', 'tiger')
 MONO_TASKS = ('recommend', 'search')
+SID_INITS = ('auto', 'mean', 'random')
 ABLATIONS = ('no_grounding', 'stages_merged', 'random_init', 'random_sids', 'unconstrained')
 _ENCODER_PARTS = ('tfidf', 'minilm', 'cf')
 _DTYPES = ('float32', 'bfloat16', 'float16')
@@ -56,12 +57,15 @@ class Field:
   choices: the allowed values, if they are a fixed set.
   check: value -> an error message, or None when the value is fine.
   state: whether the value changes the trained state (see the module docstring).
+  before: for a key added after runs were recorded: the value those runs trained with (a
+    recorded config without the key is compared as if it held this value).
   """
   default: Any
   help: str
   choices: tuple[Any, ...] | None = None
   check: Callable[[Any], str | None] | None = None
   state: bool = True
+  before: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,6 +287,13 @@ SCHEMA = Section('a NEO run', {
                           ".gguf file or a safetensors directory ('': random initialisation)"),
         'random_init': Field(False, "the ablation 'random initialisation': the backbone's "
                              'tokenizer and shape, random weights'),
+        'sid_init': Field('mean', "the SID token rows added to the vocabulary: 'mean' (the mean "
+                          "of the text rows + 1% noise: the paper's choice for a pretrained "
+                          "backbone, new tokens that do not disturb it), 'random' (drawn with "
+                          "the text rows' per-dimension mean and spread, like every other "
+                          "row of a randomly initialised decoder), 'auto' ('random' for a "
+                          "random decoder, else 'mean')", choices=SID_INITS,
+                          before='mean'),
         'd_model': Field(0, "residual width (0: the preset's)", check=_at_least(0)),
         'num_layers': Field(0, "decoder blocks (0: the preset's)", check=_at_least(0)),
         'num_heads': Field(0, "query heads (0: the preset's)", check=_at_least(0)),
@@ -565,6 +576,16 @@ def describe(cfg: ml_collections.ConfigDict) -> str:
   return '\n'.join(lines)
 
 
+def _field(path: str) -> Field | None:
+  """The Field of a dotted key (None for an open key or one the schema lacks)."""
+  node: Field | Section = SCHEMA
+  for part in path.split('.'):
+    if isinstance(node, Field) or node.open_keys or part not in node.fields:
+      return None
+    node = node.fields[part]
+  return node if isinstance(node, Field) else None
+
+
 def _is_state(path: str) -> bool:
   node: Field | Section = SCHEMA
   for part in path.split('.'):
@@ -577,10 +598,15 @@ def _is_state(path: str) -> bool:
 
 
 def trained_state_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-  """'key: old -> new' for every key that changes the trained state and differs."""
+  """'key: old -> new' for every key that changes the trained state and differs (a key
+  that `old`, recorded before the key existed, lacks counts as its Field's `before`)."""
   a, b = _flat(old), _flat(new)
   out = []
   for path in sorted(set(a) | set(b)):
-    if _is_state(path) and a.get(path) != b.get(path):
-      out.append(f'{path}: {json.dumps(a.get(path))} -> {json.dumps(b.get(path))}')
+    if not _is_state(path):
+      continue
+    field = _field(path)
+    was = a[path] if path in a else (field.before if field is not None else None)
+    if was != b.get(path):
+      out.append(f'{path}: {json.dumps(was)} -> {json.dumps(b.get(path))}')
   return out

@@ -277,8 +277,8 @@ def build_test_examples(cfg: ml_collections.ConfigDict, data: DataSplit, sid_map
 # -- model -------------------------------------------------------------------------------------
 
 def build_model(cfg: ml_collections.ConfigDict, tok: Tokenizer) -> Decoder:
-  """The decoder over the text vocabulary, extended with the SID rows (initialised to the
-  mean of the text rows). With cfg.model.backbone the text part is the pretrained checkpoint;
+  """The decoder over the text vocabulary, extended with the SID rows (initialised as
+  `sid_init` says). With cfg.model.backbone the text part is the pretrained checkpoint;
   otherwise (or with cfg.model.random_init, the ablation: the backbone's tokenizer and shape,
   random weights) a randomly initialised decoder of cfg.model.preset with the shape keys that
   are not 0."""
@@ -296,8 +296,22 @@ def build_model(cfg: ml_collections.ConfigDict, tok: Tokenizer) -> Decoder:
     mcfg = get_config(m.preset, **shape, dtype=m.dtype, param_dtype=m.param_dtype,
                       remat=m.remat, vocab_size=tok.text_vocab_size)
     model = Decoder(mcfg, rngs=nnx.Rngs(seed))
-  vocab_lib.extend_vocab(model, tok.vocab_size, init='mean', rng=jax.random.key(seed + 1))
+  noise = 1.0 if sid_init(cfg) == 'random' else 0.01
+  vocab_lib.extend_vocab(model, tok.vocab_size, init='mean', noise_scale=noise,
+                         rng=jax.random.key(seed + 1))
   return model
+
+
+def sid_init(cfg: ml_collections.ConfigDict) -> str:
+  """`model.sid_init` resolved: 'auto' is 'random' when the decoder starts from random
+  weights (no backbone, or `model.random_init`), else 'mean'. 'random' draws every SID row
+  from the text rows' per-dimension mean and spread (`vocab.extend_vocab`, noise_scale 1), so
+  the SID rows start as distinct as any other rows of a random decoder; 'mean' starts them
+  at the text rows' mean with 1% of their spread, so a pretrained backbone is not disturbed."""
+  how = cfg.model.sid_init
+  if how == 'auto':
+    return 'random' if (not cfg.model.backbone or cfg.model.random_init) else 'mean'
+  return how
 
 
 # -- all of it ---------------------------------------------------------------------------------
