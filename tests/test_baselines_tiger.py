@@ -98,3 +98,28 @@ def _cycle_dataset_with(n):
                        tags=cat.tags[:n], attributes=cat.attributes[:n],
                        popularity=cat.popularity[:n])
   return ds
+
+
+def test_saved_tiger_ranks_as_the_fitted_one(tmp_path):
+  """`save` / `load` hand a fitted TIGER to another process (the lanes of an experiment): the
+  loaded one ranks exactly as the fitted one and keeps its fit facts; another SID map is
+  refused."""
+  ds = _cycle_dataset(n_users=12)
+  split = leave_one_out(ds.interactions)
+  cfg = tiger.TIGERConfig(max_items=4, stride=4, d_model=16, num_heads=2, mlp_dim=32,
+                          epochs_without_valid=2, num_beams=4, eval_batch_size=8)
+  fitted = tiger.TIGER(cfg, sid_map=_sid_map())
+  fitted.fit(ds, split)
+  fitted.save(str(tmp_path))
+  loaded = tiger.TIGER.load(str(tmp_path), ds, split, _sid_map())
+  types = [ds.catalog.type_of(t.target) for t in split.test]
+  excl = [[int(t.history[-1])] for t in split.test]
+  np.testing.assert_array_equal(loaded.rank_recommend(split.test, types, 4, exclude=excl),
+                                fitted.rank_recommend(split.test, types, 4, exclude=excl))
+  assert loaded.fit_facts['epochs'] == fitted.fit_facts['epochs'] == 2
+  other = _sid_map()
+  other.codes[[0, 2]] = other.codes[[2, 0]]
+  with pytest.raises(ValueError, match='SID map'):
+    tiger.TIGER.load(str(tmp_path), ds, split, other)
+  with pytest.raises(RuntimeError, match='fit first'):
+    tiger.TIGER(cfg, sid_map=_sid_map()).save(str(tmp_path / 'x'))

@@ -67,6 +67,9 @@ def test_a_failed_lane_is_named_with_its_exit_status(tmp_path):
 def _config(n_lanes):
   cfg = tiny.get_config()
   cfg.experiment.mono_tasks = ('recommend',)
+  cfg.experiment.baselines = ('popularity', 'bm25', 'tiger')
+  cfg.baseline_args.tiger = {'d_model': 16, 'num_heads': 2, 'mlp_dim': 32, 'max_epochs': 2,
+                             'patience': 1, 'num_beams': 30, 'valid_max_requests': 20}
   cfg.experiment.lanes = n_lanes
   cfg.experiment.steer_requests = 0
   cfg.experiment.understanding_requests = 0
@@ -84,13 +87,18 @@ def test_two_lanes_train_the_serial_runs_models(tmp_path):
   assert 'experiment/lanes' not in serial
   with open(os.path.join(str(tmp_path / 'lanes2'), 'lanes', 'lane1.json')) as f:
     lane_facts = json.load(f)
-  # The lane trained NEO-multi (its own training time, not the main process's reload).
+  # The lane trained NEO-multi (its own training time, not the main process's reload), and
+  # then fitted TIGER, which this process loaded and evaluated.
   assert lane_facts['seconds/train_neo_multi'] == parallel['seconds/train_neo_multi']
+  assert lane_facts['tiger/status'] == 'ok' and 'seconds/baseline_tiger' in lane_facts
+  assert parallel['seconds/baseline_tiger'] == lane_facts['seconds/baseline_tiger']
+  for key in ('tiger/fit/best_epoch', 'tiger/fit/lr'):
+    assert parallel[key] == serial[key], key
   for run in ('neo_multi', 'neo_mono_recommend'):
     for key in (f'{run}/train/grounding_final_loss', f'{run}/train/capability_final_loss'):
       assert parallel[key] == pytest.approx(serial[key], rel=1e-4), key
   for key in ('neo_multi/ndcg@10', 'neo_multi/hr@10', 'neo_multi/search_hr@10',
-              'popularity/ndcg@10', 'bm25/search_hr@10'):
+              'popularity/ndcg@10', 'bm25/search_hr@10', 'tiger/ndcg@10', 'tiger/hr@10'):
     assert parallel[key] == pytest.approx(serial[key], abs=1e-6), key
 
 

@@ -48,6 +48,26 @@ BASELINES: dict[str, Make] = {
 }
 
 
+# Baselines whose fitted model can be saved in one process and loaded in another (`save`,
+# `load`): an experiment's second training lane fits them (`run.experiment`).
+LANE_BASELINES = ('tiger',)
+
+
+def load_fitted(name: str, directory: str, dataset: Dataset, split: Split, sid_map: Any,
+                log: Log | None = None) -> base.Baseline:
+  """A baseline of `LANE_BASELINES` that another process fitted on `dataset` / `split`
+  (with NEO's `sid_map`) and saved to `directory`.
+
+  Raises:
+    ValueError: `name` is not a baseline that can be saved and loaded.
+  """
+  if name not in LANE_BASELINES:
+    raise ValueError(f'baseline {name!r} cannot be loaded from a directory; those that can: '
+                     f'{LANE_BASELINES}')
+  cls = type(make_baseline(name))
+  return cls.load(directory, dataset, split, sid_map, log)
+
+
 def register_baseline(name: str, make: Make) -> None:
   """Adds (or replaces) a baseline by name: `make(args)` returns an unfitted Baseline."""
   if not name or '/' in name:

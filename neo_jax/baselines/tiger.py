@@ -25,6 +25,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
+import json
+import os
 from typing import Any, Callable
 
 import jax
@@ -41,10 +44,11 @@ from neo_jax.decode.interface import Constraints, prefill
 from neo_jax.decode.trie import (SIDTrie, SIDVocabArrays, allowed_types_mask, request_filter)
 from neo_jax.baselines import base
 from neo_jax.baselines import training
+from neo_jax.catalog import atomic
 from neo_jax.catalog import progress
 from neo_jax.model.config import ModelConfig
 from neo_jax.model.decoder import Decoder
-from neo_jax.sid.builder import build_sid_map
+from neo_jax.sid.builder import array_sha256, build_sid_map
 from neo_jax.sid.types import SIDMap
 from neo_jax.tokenizer.sid_vocab import SIDVocab
 
@@ -238,6 +242,57 @@ class TIGER(base.Baseline):
     facts.update(training.stop_facts(r, len(tried), len(self.cfg.lr_grid)))
     return facts
 
+  # -- a fitted model handed to another process ------------------------------------------------
+
+  def save(self, directory: str) -> None:
+    """Writes the fitted model to `directory`: `tiger.npz` (its parameters, in the order of
+    `nnx.split`) and `tiger.json` (the config, the fit facts, the parameter paths and the
+    SID map's shape, which `load` checks)."""
+    if self.model is None:
+      raise RuntimeError('tiger: call fit first')
+    leaves = jax.tree_util.tree_flatten_with_path(nnx.split(self.model)[1])[0]
+    buf = io.BytesIO()
+    np.savez(buf, *[np.asarray(leaf) for _, leaf in leaves])
+    atomic.write_bytes(os.path.join(directory, 'tiger.npz'), buf.getvalue())
+    atomic.write_json(os.path.join(directory, 'tiger.json'), atomic.json_safe({
+        'config': dataclasses.asdict(self.cfg), 'fit_facts': self.fit_facts,
+        'params': [jax.tree_util.keystr(path) for path, _ in leaves],
+        'sid_map': _sid_shape(self.sid_map)}))
+
+  @classmethod
+  def load(cls, directory: str, dataset: Dataset, split: Split, sid_map: SIDMap,
+           log: Callable[[str], None] | None = None) -> 'TIGER':
+    """The model `save` wrote to `directory`, ready to rank for `dataset` / `split` (the
+    ones it was fitted on) with `sid_map` (the one it was fitted with); `fit_facts` as the
+    fit returned them.
+
+    Raises:
+      ValueError: `sid_map` or the parameters are not those of the saved model.
+    """
+    with atomic.open_text(os.path.join(directory, 'tiger.json')) as f:
+      meta = json.load(f)
+    cfg = meta['config']
+    b = cls(TIGERConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}),
+            sid_map, log)
+    if meta['sid_map'] != _sid_shape(sid_map):
+      raise ValueError(f'{directory}: the saved TIGER was fitted with a SID map of shape '
+                       f"{meta['sid_map']}, not {_sid_shape(sid_map)}")
+    b.catalog, b.split, b.fit_facts = dataset.catalog, split, meta['fit_facts']
+    b._setup_sids(dataset, split)  # pylint: disable=protected-access
+    graphdef, state = nnx.split(Decoder(b._model_config(), rngs=nnx.Rngs(params=0)))  # pylint: disable=protected-access
+    paths, treedef = jax.tree_util.tree_flatten_with_path(state)
+    if [jax.tree_util.keystr(p) for p, _ in paths] != meta['params']:
+      raise ValueError(f'{directory}: the saved parameters are not those of this TIGER config')
+    with np.load(atomic.for_reading(os.path.join(directory, 'tiger.npz'))) as z:
+      saved = [z[f'arr_{i}'] for i in range(len(paths))]
+    for (path, leaf), value in zip(paths, saved):
+      if leaf.shape != value.shape:
+        raise ValueError(f'{directory}: parameter {jax.tree_util.keystr(path)} has shape '
+                         f'{value.shape}, this config {leaf.shape}')
+    b.model = nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, saved))
+    b._search_fn = None  # pylint: disable=protected-access
+    return b
+
   # -- ranking ---------------------------------------------------------------------------------
 
   @functools.partial(jax.jit, static_argnames=('self', 'graphdef', 'num_beams'))
@@ -284,3 +339,11 @@ class TIGER(base.Baseline):
                               request, beams)
       out[start:start + real] = np.asarray(items)[:real, :k]
     return out
+
+
+
+def _sid_shape(sid_map: SIDMap) -> dict[str, Any]:
+  """What `TIGER.load` checks of a SID map: its items, types, level sizes and codes."""
+  return {'items': len(sid_map), 'types': list(sid_map.type_names),
+          'levels': {t: [int(n) for n in k] for t, k in sid_map.level_sizes.items()},
+          'codes_sha256': array_sha256(np.asarray(sid_map.codes, np.int64))}

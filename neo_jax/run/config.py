@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping
 
 import ml_collections
 
+from neo_jax.baselines.registry import LANE_BASELINES as LANE_BASELINE_NAMES
 from neo_jax.catalog.splits import SPLIT_METHODS
 from neo_jax.decode.ranker import SERVING_DTYPE_CHOICES
 from neo_jax.model.config import PRESETS, REMAT_POLICIES
@@ -331,6 +332,10 @@ SCHEMA = Section('a NEO run', {
                                 'and the title lower-cased -> SID: queries are typed in lower '
                                 'case, the text vocabulary is cased)',
                                 choices=('title', 'full', 'full_lower')),
+        'title_repeats': Field(1, 'the grounding stage holds each bare title -> SID example '
+                               '(and its lower case, with full_lower) this many times, each '
+                               'copy phrased anew: drills for the title memory search needs',
+                               check=_at_least(1), before=1),
         'mixture': Field('', "capability-stage task proportions, 'task:weight,...' ('': every "
                          'example once)', check=_mixture),
     }),
@@ -404,10 +409,16 @@ SCHEMA = Section('a NEO run', {
         'max_new_tokens': Field(48, 'generated tokens per answer at most', check=_at_least(1),
                                 state=False),
         'lanes': Field(1, 'processes that train side by side on a CPU machine, each on its '
-                       'share of the cores: 2 trains NEO-multi (and the ablations) in a second '
-                       'process while the first fits the baselines and trains NEO-mono (same '
+                       'share of the cores: 2 trains NEO-multi (and the ablations, then '
+                       'experiment.lane_baselines) in a second process while the first fits '
+                       'the other baselines and trains NEO-mono (same '
                        'models; 1: one after the other; 0: 2 on a CPU machine with 2 or more '
                        'cores, else 1)', choices=(0, 1, 2), state=False),
+        'lane_baselines': Field(('tiger',), 'with 2 lanes: the baselines the second process '
+                                'fits after NEO-multi (the others are fitted in the first), '
+                                'chosen so that the lanes end together (' +
+                                ', '.join(LANE_BASELINE_NAMES) + ')',
+                                check=_names_of(LANE_BASELINE_NAMES), state=False),
         'cold_items': Field(0.0, 'cold-start evaluation: this fraction of each type\'s items is '
                             'held out of a second NEO-multi\'s training, added through the '
                             'frozen quantiser and measured (result.json cold/...; trains in '

@@ -283,16 +283,28 @@ def _lane_facts_path(workdir: str) -> str:
   return os.path.join(workdir, 'lanes', 'lane1.json')
 
 
+def _lane_baselines(cfg) -> list[str]:
+  """The baselines the second lane fits after its NEO trainings (`experiment.lane_baselines`
+  of those the config compares), so that both lanes end near the same time."""
+  return [b for b in cfg.experiment.baselines if b in cfg.experiment.lane_baselines]
+
+
+def _lane_baseline_dir(workdir: str, name: str) -> str:
+  return os.path.join(workdir, 'lanes', f'baseline_{name}')
+
+
 def _train_lane(cfg_dict: dict[str, Any], workdir: str, cores: list[int]) -> None:
   """A lane's process (`train_in_lanes`): pins itself to its cores, loads the prepared run
-  (`stages.prepare` finds everything the main process prepared) and trains `_lane_runs`,
-  then writes their facts (training times, step counts) to <workdir>/lanes/lane1.json. Its
+  (`stages.prepare` finds everything the main process prepared), trains `_lane_runs`, fits
+  `_lane_baselines` (each saved to <workdir>/lanes/baseline_<name>), then writes their facts
+  (training times, step counts, fit facts) to <workdir>/lanes/lane1.json. Its
   SplitGuard keeps no record: the main process records the same reads when it loads the
   trained runs."""
   lanes_lib.pin(cores)
   log = functools.partial(print, flush=True)
   cfg = ml_collections.ConfigDict(cfg_dict)
-  log(f'lane 1: cores {cores}, trains ' + ', '.join(n for n, _ in _lane_runs(cfg)))
+  log(f'lane 1: cores {cores}, trains ' + ', '.join([n for n, _ in _lane_runs(cfg)]
+                                                     + _lane_baselines(cfg)))
   art, data, examples, _ = stages.prepare(cfg, workdir, log, with_model=False)
   guard = SplitGuard(examples, data.split, None)
   facts: dict[str, Any] = {}
@@ -302,13 +314,18 @@ def _train_lane(cfg_dict: dict[str, Any], workdir: str, cores: list[int]) -> Non
     else:
       facts.update(train_neo(name, seed_config(cfg, offset) if offset else cfg, art, guard,
                              workdir, log)[1])
+  fitted, fit_facts = fit_baselines(cfg, art, guard, workdir, log, _lane_baselines(cfg))
+  for name, b in fitted.items():
+    b.save(_lane_baseline_dir(workdir, name))
+  facts.update(fit_facts)
   atomic.write_json(_lane_facts_path(workdir), rundir.json_safe(facts))
 
 
 def train_in_lanes(cfg, art, guard, workdir, log):
-  """`experiment.lanes` = L > 1 (CPU only): NEO-multi (every seed) and the trained ablations
-  in a second process on its share of the cores (`_train_lane`), while this process, on the
-  rest, fits the baselines and then trains NEO-mono (each mono run waits for the grounding
+  """`experiment.lanes` = L > 1 (CPU only): NEO-multi (every seed), the trained ablations
+  and then the baselines of `experiment.lane_baselines` (saved there, loaded here) in a
+  second process on its share of the cores (`_train_lane`), while this process, on the rest,
+  fits the other baselines and then trains NEO-mono (each mono run waits for the grounding
   stage of its NEO-multi when it shares it). The same models as a serial run; the time saved
   is the CPU a single training process leaves idle. Returns (fitted baselines, facts: the
   baselines', NEO-mono's and the lane's training facts, `seconds/lanes`)."""
@@ -318,13 +335,15 @@ def train_in_lanes(cfg, art, guard, workdir, log):
   t0 = _now()
   atomic.as_path(os.path.join(workdir, 'lanes')).mkdir(parents=True, exist_ok=True)
   atomic.as_path(_lane_facts_path(workdir)).unlink(missing_ok=True)
-  log(f'lanes: {", ".join(n for n, _ in _lane_runs(cfg))} in a second process; baselines and '
-      'NEO-mono here')
+  there = _lane_baselines(cfg)
+  here = [b for b in e.baselines if b not in there]
+  log(f'lanes: {", ".join([n for n, _ in _lane_runs(cfg)] + there)} in a second process; '
+      f'{", ".join(here + ["NEO-mono"])} here')
   lane = lanes_lib.Lane('1', _train_lane,
                         (cfg.to_dict(), workdir, lanes_lib.cpu_share(1, lanes)))
   with lanes_lib.confined(lanes_lib.cpu_share(0, lanes)):
     try:
-      fitted, facts = fit_baselines(cfg, art, guard, workdir, log)
+      fitted, facts = fit_baselines(cfg, art, guard, workdir, log, here)
       for offset in range(int(e.seeds)):
         scfg = seed_config(cfg, offset) if offset else cfg
         multi = os.path.join(workdir, seed_run(MAIN_RUN, offset))
@@ -337,6 +356,11 @@ def train_in_lanes(cfg, art, guard, workdir, log):
       lane.stop()
   with atomic.open_text(_lane_facts_path(workdir)) as f:
     facts.update(json.load(f))
+  view = guard.fit_view('baselines/fit')
+  for name in there:
+    fitted[name] = baselines_lib.load_fitted(name, _lane_baseline_dir(workdir, name),
+                                             art.dataset, view, art.sid_map, log)
+  fitted = {name: fitted[name] for name in e.baselines if name in fitted}
   _record(facts, 'lanes', t0)
   facts['experiment/lanes'] = lanes
   return fitted, facts
@@ -354,12 +378,13 @@ def excludes_history(cfg, art: stages.Artifacts) -> bool:
 
 # -- baselines and validation ------------------------------------------------------------------
 
-def fit_baselines(cfg, art, guard, workdir, log):
-  """The baselines of the config, fitted on the view (`art.dataset`: training events,
-  training queries) and the split without its test targets, and (with
+def fit_baselines(cfg, art, guard, workdir, log, names=None):
+  """The baselines of the config (or `names` of them), fitted on the view (`art.dataset`:
+  training events, training queries) and the split without its test targets, and (with
   experiment.tune_baselines) tuned on validation requests under the primary protocol (the
   history excluded unless the data repeats items): (fitted by name, facts)."""
   e = cfg.experiment
+  names = list(e.baselines) if names is None else list(names)
   view = guard.fit_view('baselines/fit')
   validator = None
   if e.tune_baselines:
@@ -368,7 +393,7 @@ def fit_baselines(cfg, art, guard, workdir, log):
     validator = Validator(art.dataset.catalog, view.valid, valid_queries,
                           exclude_history=excludes_history(cfg, art))
   args = {name: dict(a) for name, a in cfg.baseline_args.to_dict().items()}
-  return baselines_lib.fit_baselines(e.baselines, args, art.dataset, view, validator, log,
+  return baselines_lib.fit_baselines(names, args, art.dataset, view, validator, log,
                                      cache_root=os.path.join(workdir, 'baselines'),
                                      sid_map=art.sid_map)
 

@@ -4,9 +4,9 @@ own share of the CPU cores (`experiment.lanes`).
 On a CPU, one process training a small model does not keep two cores busy: on the project's
 2-core machine one process trains at ~6,500 tokens/s on both cores and ~5,100 on one, so two
 single-core processes do ~1.6x the work of one two-core process. `run_experiment` with
-`experiment.lanes=2` trains NEO-multi in a second process (a lane) while the first fits the
-baselines and then trains NEO-mono; every model is the one a serial run trains (same config,
-same seed, same examples). This module holds the process side: which cores a lane may use
+`experiment.lanes=2` trains NEO-multi in a second process (a lane), which then fits TIGER
+(handed back through `save` / `load`), while the first fits the other baselines and then trains
+NEO-mono; every model is the one a serial run trains (same config, same seed, same examples). This module holds the process side: which cores a lane may use
 (`cpu_share`), pinning a fresh lane process to them before JAX starts its thread pools (`pin`),
 confining the main process to its share while a lane runs (`confined`), and a lane's process
 (`Lane`: started, waited for, or for a file it writes).
