@@ -18,7 +18,7 @@ from neo_jax.catalog.types import Query
 from neo_jax.sid.types import SIDMap
 from neo_jax.tasks.builders import (recommend_examples, search_examples, split_queries_by_item,
                                     tokenizer_corpus)
-from neo_jax.tasks.prompts import named_type
+from neo_jax.tasks.prompts import named_type, plain_text
 from neo_jax.tasks.queries import generate_queries
 from neo_jax.tasks.suite import (build_task_examples, build_test_examples,
                                  heldout_summary_users, split_search_queries)
@@ -202,3 +202,32 @@ def test_fit_view_and_examples_hold_nothing_of_the_test(spec):
   for e in tests['summary_test']:
     assert e.completion == DS.users[e.user_id].summary  # the given summary, not hidden here
   assert len(tests['search_test']) == len(qs.test)
+
+
+def test_title_repeats_drill_bare_titles_in_the_grounding_stage_only():
+  """`title_repeats=3` with 'full_lower': the grounding stage holds every reachable item's bare
+  title and its lower case (when it differs) two more times, phrased by other prompt draws;
+  the capability stage and every other example are those of title_repeats=1."""
+  split, _ = make_split(DS.interactions, 'leave_one_out')
+  qs = split_search_queries(DS, valid_fraction=0.1, test_fraction=0.1, seed=0)
+  view = fit_view(DS, split, queries=qs.train, hide_summaries=frozenset())
+  once, drilled = (build_task_examples(view, without_test(split), SID_MAP, VOCAB, queries=qs,
+                                       grounding_text='full_lower', title_repeats=n, seed=0)
+                   for n in (1, 3))
+  assert drilled.grounding[:len(once.grounding)] == once.grounding
+  assert drilled.capability == once.capability and drilled.eval == once.eval
+  drills = drilled.grounding[len(once.grounding):]
+  reachable = [r for r in range(len(CAT)) if SID_MAP.codes[r, 0] >= 0]
+  cased = [r for r in reachable if CAT.titles[r].lower() != CAT.titles[r]]
+  assert len(drills) == 2 * (len(reachable) + len(cased))
+  assert {e.task for e in drills} == {'text_to_sid'}
+  for ex in drills:
+    (r,) = ex.target_items
+    assert (plain_text(CAT.titles[r]) in ex.prompt
+            or plain_text(CAT.titles[r].lower()) in ex.prompt)
+    assert plain_text(f'{CAT.titles[r]} - ') not in ex.prompt  # never the full text
+  # The two copies of an item's title are phrased by different prompt draws.
+  by_prompt = collections.Counter(e.prompt for e in drills)
+  assert len(by_prompt) > len(drills) // 2
+  with pytest.raises(ValueError, match='title_repeats'):
+    build_task_examples(view, without_test(split), SID_MAP, VOCAB, queries=qs, title_repeats=0)

@@ -258,7 +258,8 @@ def build_examples(cfg: ml_collections.ConfigDict, data: DataSplit, sid_map: SID
       summary_heldout=data.summary_heldout, history_len=t.history_len,
       train_targets_per_user=t.train_targets_per_user, mixed_fraction=t.mixed_fraction,
       max_relevant=t.max_relevant, history_window=t.history_window,
-      history_context=t.history_context, grounding_text=t.grounding_text, seed=cfg.seed)
+      history_context=t.history_context, grounding_text=t.grounding_text,
+      title_repeats=t.title_repeats, seed=cfg.seed)
   return {'grounding': te.grounding, 'capability': te.capability, **te.eval}
 
 

@@ -511,14 +511,15 @@ def sid_to_text_examples(catalog: Catalog, sid_map: SIDMap, vocab: SIDVocab, *,
 
 def text_to_sid_examples(catalog: Catalog, sid_map: SIDMap, vocab: SIDVocab, *,
                          items: Sequence[int] | None = None, description_words: int = 8,
-                         description_prob: float = 0.5, text: str = 'title', seed: int = 0
-                         ) -> list[Example]:
+                         description_prob: float = 0.5, text: str = 'title', seed: int = 0,
+                         bare: bool = False) -> list[Example]:
   """Grounding: title (+ the first `description_words` words of the description, with
   probability `description_prob`) -> SID span, format ids. text='full': two examples per
   item, the bare title and `title - description words. tags` (the facts search queries
   name), the second left out when it equals the first. text='full_lower': also the bare
   title lower-cased (how search queries are typed; the text vocabulary is cased), left out
-  when it equals the title."""
+  when it equals the title. `bare`: the bare title alone (and, with 'full_lower', its lower
+  case): the drills of `suite.build_task_examples(title_repeats=)`."""
   _check_inputs(catalog, sid_map, vocab)
   _check_text(text)
   if not 0.0 <= description_prob <= 1.0:
@@ -530,7 +531,10 @@ def text_to_sid_examples(catalog: Catalog, sid_map: SIDMap, vocab: SIDVocab, *,
     type_name = catalog.type_of(r)
     title = catalog.titles[r]
     desc = _first_words(catalog.descriptions[r], description_words).rstrip('.')
-    if text != 'title':
+    if bare:
+      texts = [title] + ([title.lower()] if text == 'full_lower' and title.lower() != title
+                         else [])
+    elif text != 'title':
       full = _with_tags(catalog, r, f'{title} - {desc}' if desc else title)
       texts = [title] + ([full] if full != title else [])
       if text == 'full_lower' and title.lower() != title:

@@ -116,7 +116,7 @@ def build_task_examples(ds: Dataset, split: Split, sid_map: SIDMap, vocab: SIDVo
                         mixed_fraction: float = 0.3, max_relevant: int = 20,
                         query_grounding: bool = True, history_window: int = 0,
                         history_context: int = 3, grounding_text: str = 'title',
-                        seed: int = 0) -> TaskExamples:
+                        title_repeats: int = 1, seed: int = 0) -> TaskExamples:
   """All training and validation examples (see the module docstring).
 
   Args:
@@ -130,6 +130,10 @@ def build_task_examples(ds: Dataset, split: Split, sid_map: SIDMap, vocab: SIDVo
     max_relevant: at most this many relevant items per training search completion
       (evaluation examples keep every relevant item).
     grounding_text: 'title', 'full' or 'full_lower' (`builders.text_to_sid_examples`).
+    title_repeats: the grounding stage holds each item's bare title -> SID example (and its
+      lower case, with 'full_lower') this many times in all, each copy phrased by its own
+      prompt draw: drills for the title -> SID memory search needs, at a fraction of a
+      whole grounding pass. The capability stage keeps the grounding examples once.
 
   Grounding = catalog metadata of every item (SID -> text, text -> SID, SID -> type) and,
   with `query_grounding`, training query -> SID. Capability = recommendation (ids, and mixed
@@ -161,6 +165,11 @@ def build_task_examples(ds: Dataset, split: Split, sid_map: SIDMap, vocab: SIDVo
     grounding += builders.query_grounding_examples(queries.train, cat, sid_map, vocab,
                                                    seed=seed,
                                                    skipped=_sub(skipped, 'query_grounding'))
+  if title_repeats < 1:
+    raise ValueError(f'title_repeats must be >= 1, got {title_repeats}')
+  drills = [x for r in range(1, title_repeats)
+            for x in builders.text_to_sid_examples(cat, sid_map, vocab, text=grounding_text,
+                                                   seed=seed + r, bare=True)]
   rec_train = builders.recommend_examples(
       split, cat, sid_map, vocab, mode='train', history_len=history_len,
       max_targets_per_user=train_targets_per_user, mixed_fraction=mixed_fraction, seed=seed,
@@ -186,7 +195,8 @@ def build_task_examples(ds: Dataset, split: Split, sid_map: SIDMap, vocab: SIDVo
       'search_valid': builders.search_examples(queries.valid, cat, sid_map, vocab, seed=seed,
                                                skipped=_sub(skipped, 'search_valid')),
   }
-  return TaskExamples(grounding=grounding, capability=rec_train + history + search_train +
+  return TaskExamples(grounding=grounding + drills,
+                      capability=rec_train + history + search_train +
                       summaries + grounding, eval=evals, query_source=queries.source,
                       queries={'train': list(queries.train), 'valid': list(queries.valid)},
                       generated=queries.generated, skipped=_flatten(skipped),
