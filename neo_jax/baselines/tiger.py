@@ -341,7 +341,6 @@ class TIGER(base.Baseline):
     return out
 
 
-
 def _sid_shape(sid_map: SIDMap) -> dict[str, Any]:
   """What `TIGER.load` checks of a SID map: its items, types, level sizes and codes."""
   return {'items': len(sid_map), 'types': list(sid_map.type_names),
