@@ -62,14 +62,15 @@ the systems to compare, every test user and query evaluated) and two choices of 
   python -m experiments.evaluate --config=experiments/configs/movielens100k.py --workdir=W
 
 What it costs on the quiet 2-core CPU (result.json and report.md record wall and CPU seconds
-per part; commit 031cd14, 27 min 1 s in all): prepare (TFDS build, MiniLM, SIDs, tokenizer,
-examples) ~16 s with its caches; then two lanes (`experiment.lanes`, neo_jax/run/lanes.py):
-NEO-multi (440 + 810 steps) in a second process on one core, 1069 s, while the first process
-on the other core fits the baselines (SASRec its 20 epochs, 481 s; TIGER 239 s; dense ~10 s,
-BM25 / bm25s / popularity ~1 s) and trains NEO-mono recommend (the capability steps of
-NEO-multi from its grounding stage, 797 s); final evaluation (943 users, 402 queries, 30
-beams) + steering 46 s. In one process (`--config.experiment.lanes=1`) the same run took
-32 min 44 s at 254fbbe.
+per part; commit 0449064, 28 min 43 s in all): prepare (TFDS build, MiniLM, SIDs, tokenizer,
+examples) ~17 s with its caches; then two lanes (`experiment.lanes`, neo_jax/run/lanes.py):
+NEO-multi (943 + 830 steps) in a second process on one core, 1592 s (grounding 845 s),
+while the first process on the other core fits the baselines (SASRec its 20 epochs, 487 s;
+TIGER 201 s; dense ~9 s, BM25 / bm25s / popularity ~1 s), waits for NEO-multi's grounding
+stage and trains NEO-mono recommend (the capability steps of NEO-multi from that stage, 749
+s); final evaluation (943 users, 402 queries, 30 beams) + steering 45 s. Before the title
+drills (031cd14, 440 grounding steps) the run took 27 min 1 s; in one process
+(`--config.experiment.lanes=1`) 32 min 44 s at 254fbbe.
 
 `experiment.ablations` is empty by default: each ablation is another NEO run (no_grounding,
 stages_merged: one more NEO-multi training, ~9 min each; random_sids: a preparation with random
