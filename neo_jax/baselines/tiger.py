@@ -220,7 +220,6 @@ class TIGER(base.Baseline):
     windows = self._windows(list(split.train.values()))
     facts.update(train_windows=int(windows[0].shape[0]),
                  train_code_tokens=int(windows[1].sum()))
-    self._search_fn = None
     if validator is None:
       graphdef, r = self._train_one(self.cfg.lr_grid[0], windows, None, None)
       self.model = nnx.merge(graphdef, r.state)
@@ -290,7 +289,6 @@ class TIGER(base.Baseline):
         raise ValueError(f'{directory}: parameter {jax.tree_util.keystr(path)} has shape '
                          f'{value.shape}, this config {leaf.shape}')
     b.model = nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, saved))
-    b._search_fn = None  # pylint: disable=protected-access
     return b
 
   # -- ranking ---------------------------------------------------------------------------------

@@ -356,11 +356,12 @@ def train_in_lanes(cfg, art, guard, workdir, log):
       lane.stop()
   with atomic.open_text(_lane_facts_path(workdir)) as f:
     facts.update(json.load(f))
-  view = guard.fit_view('baselines/fit')
-  for name in there:
-    fitted[name] = baselines_lib.load_fitted(name, _lane_baseline_dir(workdir, name),
-                                             art.dataset, view, art.sid_map, log)
-  fitted = {name: fitted[name] for name in e.baselines if name in fitted}
+  if there:  # what the lane fitted them on
+    view = guard.fit_view('baselines/fit')
+    for name in there:
+      fitted[name] = baselines_lib.load_fitted(name, _lane_baseline_dir(workdir, name),
+                                               art.dataset, view, art.sid_map, log)
+    fitted = {name: fitted[name] for name in e.baselines if name in fitted}
   _record(facts, 'lanes', t0)
   facts['experiment/lanes'] = lanes
   return fitted, facts
