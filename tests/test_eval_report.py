@@ -217,4 +217,9 @@ def test_report_states_the_recipe_with_resolved_budgets(tmp_path):
   assert 'grounding_budget 6 passes = 440 steps' in recipe
   assert 'capability_budget 800 steps;' in recipe and 'grounding_trains all' in recipe
   assert 'history_len 20' in recipe
+  result.update({'recipe/capability_budget': '1.3 passes', 'budget/capability/steps': 830,
+                 'budget/capability/capped': True, 'budget/capability/passes_trained': 1.27})
+  text = open(report.write_report(str(tmp_path), result)).read()
+  recipe = next(l for l in text.splitlines() if l.startswith('- **Recipe.**'))
+  assert 'capability_budget 1.3 passes capped at 830 steps (1.27 passes)' in recipe
   assert '- **Recipe.** Not recorded.' in open(report.write_report(str(tmp_path), {})).read()

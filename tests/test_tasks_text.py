@@ -166,6 +166,33 @@ def test_generated_queries_relevance_and_heldout_templates():
   assert other.train != g.train
 
 
+def test_extra_training_query_draws_leave_evaluation_unchanged():
+  kw = dict(queries_per_item=1, heldout_per_item=1, max_relevant=6, valid_fraction=0.05,
+            test_fraction=0.05, seed=3)
+  base = generate_queries(CAT, **kw)
+  g = generate_queries(CAT, extra_train_draws=3, **kw)
+  # The evaluated queries, and the training queries there were, are exactly the same.
+  assert (g.valid, g.test) == (base.valid, base.test)
+  assert g.train[:len(base.train)] == base.train
+  extra = g.train[len(base.train):]
+  assert len(extra) > 0
+  held = {r for q in g.valid + g.test for r in q.item_index}
+  texts = [q.text.lower() for q in g.train + g.valid + g.test]
+  assert len(texts) == len(set(texts))
+  for q in extra:
+    template = g.template_of[q.text]
+    assert template not in ('title', 'called', 'tag_era', 'tags_year'), q.text
+    want = _brute_relevant(template, q.text)
+    assert set(q.item_index) == want and 1 <= len(want) <= 6, (template, q.text)
+    assert not want & held, q.text  # never a word about an evaluated item
+  # More draws add more (distinct) phrasings; what they could not keep is counted.
+  more = generate_queries(CAT, extra_train_draws=6, **kw)
+  assert len(more.train) > len(g.train)
+  assert sum(v for k, v in more.skipped.items() if k.startswith('extra_train_queries_')) > 0
+  with pytest.raises(ValueError, match='extra_train_draws'):
+    generate_queries(CAT, extra_train_draws=-1)
+
+
 def test_query_examples_from_generated_queries():
   g = generate_queries(CAT, seed=0)
   for build, task in ((search_examples, 'search'), (query_grounding_examples, 'text_to_sid')):

@@ -119,12 +119,18 @@ def test_budgets_in_passes_become_steps_from_the_packed_rows():
   assert resolved.capability.steps == int(-(-2.5 * rows['capability'] // 2))
   assert resolved.grounding.passes == resolved.capability.passes == 0.0
   assert facts['budget/capability/rows'] == rows['capability']
+  assert facts['budget/capability/capped'] is False
+  assert facts['budget/capability/passes_trained'] == pytest.approx(
+      resolved.capability.steps * 2 / rows['capability'], abs=1e-3)
   assert c.grounding.steps == 5  # the input config is left as it was
   # max_steps caps; a stage without passes keeps its steps; no passes at all: no change.
   c.capability.max_steps = 3
   c.grounding.passes = 0.0
   capped, facts = training.resolve_budgets(c, exs, tok)
   assert capped.capability.steps == 3 and capped.grounding.steps == 5
+  assert facts['budget/capability/capped'] is True
+  assert facts['budget/capability/passes_trained'] == pytest.approx(
+      3 * 2 / rows['capability'], abs=1e-3)
   assert 'budget/grounding/steps' not in facts
   c.capability.passes = 0.0
   assert training.resolve_budgets(c, exs, tok) == (c, {})

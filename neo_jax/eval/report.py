@@ -239,7 +239,11 @@ def recipe_lines(result: dict[str, Any]) -> list[str]:
   for stage in ('grounding', 'capability'):
     steps = result.get(f'budget/{stage}/steps')
     if _is_num(steps) and f'{stage}_budget' in got:
-      got[f'{stage}_budget'] = f'{got[f"{stage}_budget"]} = {int(steps)} steps'
+      trained = result.get(f'budget/{stage}/passes_trained')
+      got[f'{stage}_budget'] = (
+          f'{got[f"{stage}_budget"]} capped at {int(steps)} steps ({trained:g} passes)'
+          if result.get(f'budget/{stage}/capped') and _is_num(trained)
+          else f'{got[f"{stage}_budget"]} = {int(steps)} steps')
   return ['- **Recipe.** ' + '; '.join(f'{k} {v}' for k, v in sorted(got.items())) + '. '
           'Each setting was chosen on the validation split (`experiment.open_test=false` runs; '
           'their figures are in RESULTS.md).']

@@ -321,6 +321,11 @@ SCHEMA = Section('a NEO run', {
                                           check=_fraction),
         'max_relevant': Field(8, 'generated queries relevant to more items are dropped '
                               '(counted)', check=_at_least(1)),
+        'extra_query_draws': Field(0, 'generated queries: this many more draws per item of the '
+                                   'training templates, kept for training only when none of '
+                                   'their relevant items is a valid or test query\'s (the '
+                                   'held-out queries are unchanged)', check=_at_least(0),
+                                   before=0),
         'history_window': Field(12, 'history-continuation windows of this many items (0: off)',
                                 check=_at_least(0)),
         'history_context': Field(3, 'prompt items before each history-continuation window',

@@ -645,12 +645,20 @@ def prepare(cfg, workdir, log, overwrite=False):
   facts.update(recipe_facts(cfg))
   cfg, budgets = training.resolve_budgets(cfg, examples, art.tokenizer, log)
   if budgets:
-    log('budgets: ' + ', '.join(f'{s} {budgets[f"budget/{s}/passes"]:g} passes = '
-                                f'{budgets[f"budget/{s}/steps"]} steps'
-                                for s in training.STAGES if f'budget/{s}/steps' in budgets))
+    log('budgets: ' + ', '.join(_budget_text(budgets, s) for s in training.STAGES
+                                if f'budget/{s}/steps' in budgets))
   facts.update(budgets)
   _record(facts, 'prepare', t0)
   return cfg, art, make_guard(cfg, art, data, examples, workdir), facts
+
+
+def _budget_text(budgets: dict[str, Any], stage: str) -> str:
+  """'grounding 6 passes = 943 steps', or with a cap '... capped at 943 steps (4.21 passes)'."""
+  b = lambda k: budgets[f'budget/{stage}/{k}']
+  if b('capped'):
+    return (f'{stage} {b("passes"):g} passes capped at {b("steps")} steps '
+            f'({b("passes_trained"):g} passes)')
+  return f'{stage} {b("passes"):g} passes = {b("steps")} steps'
 
 
 def recipe_facts(cfg: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -157,7 +157,7 @@ def split_data(cfg: ml_collections.ConfigDict, ds: Dataset, log: Log) -> DataSpl
   split, params = make_split(ds.interactions, cfg.data.split)
   queries = suite.split_search_queries(
       ds, valid_fraction=t.query_valid_fraction, test_fraction=t.query_test_fraction,
-      max_relevant=t.max_relevant, seed=cfg.seed)
+      max_relevant=t.max_relevant, extra_query_draws=t.extra_query_draws, seed=cfg.seed)
   held = suite.heldout_summary_users([tg.user_id for tg in split.test],
                                      t.summary_heldout_fraction, cfg.seed)
   view = splits_lib.fit_view(ds, split, queries=queries.train, hide_summaries=held)

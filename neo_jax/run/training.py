@@ -116,7 +116,9 @@ def resolve_budgets(cfg: ml_collections.ConfigDict, examples: dict[str, list[Exa
   after the mixture; `max_steps` caps it), and passes set to 0, so that every later reader
   (run directories, reloading, the ablations) sees plain steps. Resolved once, from the
   examples of the whole suite: NEO-mono, trained on a subset, gets the same number of updates
-  as NEO-multi (the same compute). Returns (config, facts `budget/<stage>/{passes,rows,steps}`).
+  as NEO-multi (the same compute). Returns (config, facts `budget/<stage>/{passes,rows,steps,
+  capped,passes_trained}`: `capped` when max_steps cut the steps, `passes_trained` the passes
+  the steps make).
   """
   if not any(float(cfg[s].passes) > 0 for s in STAGES):
     return cfg, {}
@@ -133,12 +135,16 @@ def resolve_budgets(cfg: ml_collections.ConfigDict, examples: dict[str, list[Exa
     if not plan[stage]:
       raise ValueError(f'{stage}.passes={passes} but the stage has no examples')
     rows = pack_stage(plan[stage], tok, cfg.train, train_seed(cfg), log).num_rows
-    steps = max(1, int(np.ceil(passes * rows / int(cfg.train.batch_size))))
-    if int(cfg[stage].max_steps) > 0:
-      steps = min(steps, int(cfg[stage].max_steps))
+    batch = int(cfg.train.batch_size)
+    steps = max(1, int(np.ceil(passes * rows / batch)))
+    capped = 0 < int(cfg[stage].max_steps) < steps
+    if capped:
+      steps = int(cfg[stage].max_steps)
     c[stage].steps, c[stage].passes = steps, 0.0
+    # The passes the steps make: fewer than asked when max_steps caps them (said, not hidden).
     facts.update({f'budget/{stage}/passes': passes, f'budget/{stage}/rows': rows,
-                  f'budget/{stage}/steps': steps})
+                  f'budget/{stage}/steps': steps, f'budget/{stage}/capped': capped,
+                  f'budget/{stage}/passes_trained': round(steps * batch / rows, 3)})
   return c, facts
 
 

@@ -176,7 +176,7 @@ def generate_queries(catalog: Catalog, *, queries_per_item: int = 1,
                      heldout_per_item: int = 1, max_relevant: int = 20,
                      valid_fraction: float = 0.05, test_fraction: float = 0.05,
                      templates: Sequence[QueryTemplate] = QUERY_TEMPLATES,
-                     seed: int = 0) -> GeneratedQueries:
+                     extra_train_draws: int = 0, seed: int = 0) -> GeneratedQueries:
   """Generated search queries, split by item so that evaluation asks only for items no
   training query is relevant to, and held-out templates are never trained on.
 
@@ -189,12 +189,20 @@ def generate_queries(catalog: Catalog, *, queries_per_item: int = 1,
   test and valid first and never trained on, bare titles never evaluated (title grounding
   trains on them anyway); what the split leaves out is counted in `skipped` too.
 
+  `extra_train_draws` > 0 then adds training queries only (`_extra_training_queries`): that
+  many more draws per item of the training templates other than the bare title, each kept
+  when its text is new, it is not too broad and none of its relevant items is relevant to a
+  valid or test query. They come from their own random stream, after the split, so the valid
+  and test queries are the same with or without them: more phrasings of the items a model
+  may learn from, never a word about an evaluated item.
+
   Returns:
     `GeneratedQueries`; each `Query.item_index` lists the item the query came from first, then
     the other relevant items in row order. Deterministic given the arguments.
   """
-  if queries_per_item < 0 or heldout_per_item < 0:
-    raise ValueError('queries_per_item and heldout_per_item must be >= 0')
+  if queries_per_item < 0 or heldout_per_item < 0 or extra_train_draws < 0:
+    raise ValueError('queries_per_item, heldout_per_item and extra_train_draws must be >= 0, '
+                     f'got {queries_per_item}, {heldout_per_item}, {extra_train_draws}')
   if max_relevant < 1:
     raise ValueError(f'max_relevant must be >= 1, got {max_relevant}')
   names = [t.name for t in templates]
@@ -238,4 +246,49 @@ def generate_queries(catalog: Catalog, *, queries_per_item: int = 1,
       never_train=[q.text for q in generated[True]],
       never_heldout=[q.text for q in generated[False] if template_of[q.text] == 'title'])
   skipped.update(split_skipped)
+  if extra_train_draws:
+    held = {r for q in valid + test for r in q.item_index}
+    extra = _extra_training_queries(catalog, index, templates, extra_train_draws, held, seen,
+                                    max_relevant, seed, skipped)
+    template_of.update({q.text: seen[q.text.lower()] for q in extra})
+    train = train + extra
   return GeneratedQueries(train, valid, test, template_of, heldout_names, dict(skipped))
+
+
+def _extra_training_queries(catalog: Catalog, index: _Index,
+                            templates: Sequence[QueryTemplate], draws: int, held: set[int],
+                            seen: dict[str, str], max_relevant: int, seed: int,
+                            skipped: collections.Counter) -> list[Query]:
+  """`draws` rounds over the items not in `held`: per item one applicable training template
+  other than the bare title, drawn at random and filled. A query is kept when its text is not
+  in `seen` (which it joins), it has at most `max_relevant` relevant items and none of them is
+  in `held`; the others are counted in `skipped` ('extra_train_queries_...')."""
+  pool = [t for t in templates if not t.heldout and t.facts != ('title',)]
+  out = []
+  if not pool:
+    return out
+  for d in range(draws):
+    rng = np.random.default_rng([seed, 7919, d])  # its own stream: the split is unchanged
+    for r in range(len(catalog)):
+      if r in held:
+        continue
+      for n in rng.permutation(len(pool)):
+        got = _fill(pool[n], catalog, r, rng)
+        if got is not None:
+          break
+      else:
+        continue
+      text, keys = got
+      if text.lower() in seen:
+        skipped['extra_train_queries_duplicate_text'] += 1
+        continue
+      relevant = index.rows(keys)
+      if len(relevant) > max_relevant:
+        skipped['extra_train_queries_too_broad'] += 1
+        continue
+      if relevant & held:
+        skipped['extra_train_queries_relevant_items_held_out'] += 1
+        continue
+      seen[text.lower()] = pool[n].name
+      out.append(Query(text, (r,) + tuple(sorted(relevant - {r}))))
+  return out

@@ -76,13 +76,15 @@ class TaskExamples:
 
 def split_search_queries(ds: Dataset, *, valid_fraction: float, test_fraction: float,
                          queries_per_item: int = 1, heldout_queries_per_item: int = 1,
-                         max_relevant: int = 20, seed: int = 0) -> QuerySplit:
+                         max_relevant: int = 20, extra_query_draws: int = 0,
+                         seed: int = 0) -> QuerySplit:
   """The search queries of `ds` split train / valid / test by relevant item.
 
   The dataset's own queries when it has any (`builders.split_queries_by_item`), else queries
   generated from item text (`queries.generate_queries` with `queries_per_item`,
-  `heldout_queries_per_item` and `max_relevant`, which splits them by item too). Call it
-  before fitting anything: the tokenizer and every fitted component see `train` only.
+  `heldout_queries_per_item` and `max_relevant`, which splits them by item too, and with
+  `extra_query_draws` that many more training-template draws per item, for training only).
+  Call it before fitting anything: the tokenizer and every fitted component see `train` only.
   """
   if ds.queries:
     train, valid, test, skipped = builders.split_queries_by_item(
@@ -91,7 +93,7 @@ def split_search_queries(ds: Dataset, *, valid_fraction: float, test_fraction: f
   generated = generate_queries(
       ds.catalog, queries_per_item=queries_per_item, heldout_per_item=heldout_queries_per_item,
       max_relevant=max_relevant, valid_fraction=valid_fraction, test_fraction=test_fraction,
-      seed=seed)
+      extra_train_draws=extra_query_draws, seed=seed)
   return QuerySplit(generated.train, generated.valid, generated.test, 'generated', generated,
                     dict(generated.skipped))
 
