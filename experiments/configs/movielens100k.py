@@ -59,6 +59,12 @@ the systems to compare, every test user and query evaluated) and two choices of 
   against 1.82 after 440 steps). More capability passes and 60 or 100 beams (HR@10 -0.002
   [-0.006, +0.002] and -0.003 [-0.009, +0.002] against 30) were within noise and not kept.
 
+  Not kept (2026-12-07, same protocol, the same 943 + 830 steps as the kept recipe):
+  `tasks.extra_query_draws=4` (765 more generated training queries, 1311 in all, none about
+  an evaluated item) dropped validation search HR@10 from 0.254 to 0.100 (0.075 with search
+  weighted up 3x in the capability stage); `tasks.title_repeats=5` (4.2 grounding passes in
+  the same steps) to 0.194. Recommendation within noise in all three (0.172 to 0.178).
+
   python -m experiments.evaluate --config=experiments/configs/movielens100k.py --workdir=W
 
 What it costs on the quiet 2-core CPU (result.json and report.md record wall and CPU seconds
