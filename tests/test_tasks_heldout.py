@@ -110,6 +110,9 @@ def test_split_search_queries_uses_data_queries_split_by_item():
       DS.queries)
   texts = [{q.text for q in p} for p in (qs.train, qs.valid, qs.test)]
   assert not any(a & b for a, b in itertools.combinations(texts, 2))
+  # Drawing more generated queries makes no sense for the data's own: said, not ignored.
+  with pytest.raises(ValueError, match='extra_query_draws=2.*queries of its own'):
+    split_search_queries(DS, valid_fraction=0.1, test_fraction=0.1, extra_query_draws=2, seed=0)
 
 
 # -- held-out summaries ------------------------------------------------------------------------

@@ -87,6 +87,10 @@ def split_search_queries(ds: Dataset, *, valid_fraction: float, test_fraction: f
   Call it before fitting anything: the tokenizer and every fitted component see `train` only.
   """
   if ds.queries:
+    if extra_query_draws:
+      raise ValueError(f'extra_query_draws={extra_query_draws} draws more generated queries, '
+                       f'but the dataset has {len(ds.queries)} queries of its own and none '
+                       'are generated: set it to 0')
     train, valid, test, skipped = builders.split_queries_by_item(
         ds.queries, valid_fraction, test_fraction, seed)
     return QuerySplit(train, valid, test, 'data', None, dict(skipped))
