@@ -224,18 +224,10 @@ def generate_queries(catalog: Catalog, *, queries_per_item: int = 1,
         if got is not None:
           filled.append((pool[n], *got))
       for template, text, keys in filled:
-        if text.lower() in seen:
-          skipped['generated_queries_duplicate_text'] += 1
-          continue
-        relevant = index.rows(keys)
-        if r not in relevant:
-          raise AssertionError(f'query {text!r} does not match its own item {r}')
-        if len(relevant) > max_relevant:
-          skipped['generated_queries_too_broad'] += 1
-          continue
-        seen[text.lower()] = template.name
-        rows = (r,) + tuple(sorted(relevant - {r}))
-        generated[heldout].append(Query(text, rows))
+        relevant = _vet(text, keys, r, index, seen, max_relevant, skipped, 'generated_queries')
+        if relevant is not None:
+          seen[text.lower()] = template.name
+          generated[heldout].append(Query(text, _rows(r, relevant)))
   queries = [q for q in generated[False] + generated[True]]
   template_of = {q.text: seen[q.text.lower()] for q in queries}
   heldout_names = tuple(t.name for t in templates if t.heldout)
@@ -279,16 +271,34 @@ def _extra_training_queries(catalog: Catalog, index: _Index,
       else:
         continue
       text, keys = got
-      if text.lower() in seen:
-        skipped['extra_train_queries_duplicate_text'] += 1
-        continue
-      relevant = index.rows(keys)
-      if len(relevant) > max_relevant:
-        skipped['extra_train_queries_too_broad'] += 1
+      relevant = _vet(text, keys, r, index, seen, max_relevant, skipped, 'extra_train_queries')
+      if relevant is None:
         continue
       if relevant & held:
         skipped['extra_train_queries_relevant_items_held_out'] += 1
         continue
       seen[text.lower()] = pool[n].name
-      out.append(Query(text, (r,) + tuple(sorted(relevant - {r}))))
+      out.append(Query(text, _rows(r, relevant)))
   return out
+
+
+def _vet(text: str, keys, row: int, index: _Index, seen: dict[str, str], max_relevant: int,
+         skipped: collections.Counter, reason: str) -> set[int] | None:
+  """The rows relevant to a query generated from item `row`, or None (counted in `skipped`
+  as '<reason>_duplicate_text' or '<reason>_too_broad') when its text is already in `seen`
+  (its relevant set is the same) or it has more than `max_relevant` relevant items."""
+  if text.lower() in seen:
+    skipped[f'{reason}_duplicate_text'] += 1
+    return None
+  relevant = index.rows(keys)
+  if row not in relevant:
+    raise AssertionError(f'query {text!r} does not match its own item {row}')
+  if len(relevant) > max_relevant:
+    skipped[f'{reason}_too_broad'] += 1
+    return None
+  return relevant
+
+
+def _rows(row: int, relevant: set[int]) -> tuple[int, ...]:
+  """A query's `item_index`: the item it came from first, then the others in row order."""
+  return (row,) + tuple(sorted(relevant - {row}))
