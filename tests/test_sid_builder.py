@@ -169,6 +169,28 @@ def test_k_specs():
     builder.build_sid_map(CAT, EMB, levels=LEVELS, k=K, collision='first')
 
 
+def test_grown_k_follows_each_type_size():
+  # CAT: 48 movies, 28 books, 2 games. Brute force: the smallest K >= k with K**L >= c*n.
+  def smallest(k, levels, want):
+    return next(x for x in range(k, 10_000) if x ** levels >= want)
+
+  for k, levels, c in ((2, 2, 1.0), (2, 3, 4.0), (3, 2, 0.5), (8, 2, 1.0), (2, 1, 1.5)):
+    got = builder.grown_k(CAT, k, levels, c)
+    assert got == {t: smallest(k, levels, c * len(CAT.items_of_type(t))) for t in CAT.type_names}
+  assert builder.grown_k(CAT, 2, 2, 1.0) == {'book': 6, 'game': 2, 'movie': 7}  # 36>=28, 49>=48
+  assert builder.grown_k(CAT, 5, 2, 0.0) == {'book': 5, 'game': 5, 'movie': 5}
+  assert builder.grown_k(CAT, 2, {'movie': 1, 'book': 2, 'game': 3}, 1.0) == {
+      'book': 6, 'game': 2, 'movie': 48}
+  # The grown K builds: every level of a type has the grown number of codes.
+  sid_map, _ = builder.build_sid_map(CAT, EMB, levels=2, k=builder.grown_k(CAT, 2, 2, 1.0),
+                                     popularity=POP)
+  assert sid_map.level_sizes['book'][:2] == (6, 6)
+  for bad_k, bad_c, msg in ((0, 1.0, 'positive int'), ((2, 2), 1.0, 'positive int'),
+                            (4, -1.0, '>= 0')):
+    with pytest.raises(ValueError, match=msg):
+      builder.grown_k(CAT, bad_k, 2, bad_c)
+
+
 def test_deterministic_by_seed():
   a, _ = builder.build_sid_map(CAT, EMB, levels=LEVELS, k=K, popularity=POP, seed=1)
   b, _ = builder.build_sid_map(CAT, EMB, levels=LEVELS, k=K, popularity=POP, seed=1)
@@ -295,3 +317,17 @@ def test_validate_rejects_contract_violations():
         level_sizes={'a': (2, 2), 'b': (1,)}, type_index=ti))
   with pytest.raises(ValueError, match='share an SID'):
     builder.save_sid_map(SIDMap(codes=cases[0][0], **ok), '/nonexistent/never/written')
+
+
+def test_config_codes_per_item_grows_k_per_type():
+  from neo_jax.run import config as config_lib
+  from neo_jax.run import stages
+  cfg = config_lib.validate(config_lib.defaults())
+  cfg.sid.k, cfg.sid.levels = 2, 2
+  assert stages.sid_k(cfg, CAT) == 2  # codes_per_item 0 (the default): sid.k as given
+  cfg.sid.codes_per_item = 1.0
+  assert stages.sid_k(cfg, CAT) == builder.grown_k(CAT, 2, 2, 1.0)
+  bad = config_lib.defaults()
+  bad.sid.codes_per_item = -1.0
+  with pytest.raises(ValueError, match='codes_per_item'):
+    config_lib.validate(bad)

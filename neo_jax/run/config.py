@@ -262,6 +262,10 @@ SCHEMA = Section('a NEO run', {
                         check=_at_least(1)),
         'k': Field(16, 'codes per level (clamped per type to its number of items)',
                    check=_at_least(2)),
+        'codes_per_item': Field(0.0, 'grow k per entity type to the smallest K >= k with '
+                                'K ** levels >= this x the items of the type, so that the '
+                                'codebook grows with the catalog (0: k for every type)',
+                                check=_at_least(0.0), before=0.0),
         'collision': Field('disambiguate', 'items sharing codes: disambiguate (an extra '
                            'level) or popular (the most popular keeps it, the paper)',
                            choices=('disambiguate', 'popular')),

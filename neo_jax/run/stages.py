@@ -47,6 +47,7 @@ from neo_jax.model import backbones
 from neo_jax.model import vocab as vocab_lib
 from neo_jax.model.config import get_config
 from neo_jax.model.decoder import Decoder
+from neo_jax.sid import builder as sid_builder
 from neo_jax.sid import job as sid_job
 from neo_jax.sid.types import SIDMap
 from neo_jax.tasks import builders
@@ -202,6 +203,15 @@ def embed_items(cfg: ml_collections.ConfigDict, ds: Dataset, split: Split, *,
                        cf_window=s.cf_window)
 
 
+def sid_k(cfg: ml_collections.ConfigDict, catalog) -> int | dict[str, int]:
+  """The k-means K of `cfg.sid` for `catalog`: `sid.k`, or with `sid.codes_per_item` > 0
+  a K per entity type grown with its size (`sid.builder.grown_k`)."""
+  s = cfg.sid
+  if float(s.codes_per_item) <= 0:
+    return s.k
+  return sid_builder.grown_k(catalog, int(s.k), s.levels, float(s.codes_per_item))
+
+
 def build_sids(cfg: ml_collections.ConfigDict, ds: Dataset, split: Split, workdir: str,
                log: Log, emb: tuple[np.ndarray, str] | None = None
                ) -> tuple[SIDMap, dict[str, Any]]:
@@ -211,7 +221,7 @@ def build_sids(cfg: ml_collections.ConfigDict, ds: Dataset, split: Split, workdi
   emb_NxD, encoder_name = emb if emb is not None else embed_items(cfg, ds, split)
   s = cfg.sid
   sid_map, report = sid_job.build_and_save(
-      ds.catalog, emb_NxD, os.path.join(workdir, 'sids'), levels=s.levels, k=s.k,
+      ds.catalog, emb_NxD, os.path.join(workdir, 'sids'), levels=s.levels, k=sid_k(cfg, ds.catalog),
       collision=s.collision, iters=s.iters, method=s.method, tol=s.tol,
       batch_size=s.batch_size, minibatch=s.minibatch, shard=s.shard,
       popularity=_popularity(ds, s.popularity, list(split.train.values())),

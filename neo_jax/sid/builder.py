@@ -109,6 +109,28 @@ def _level_ks(k: KSpec, type_names: tuple[str, ...], levels) -> dict[str, tuple[
   return {t: one(k, 'k', lv[t]) for t in type_names}
 
 
+def grown_k(catalog: Catalog, k: int, levels, codes_per_item: float) -> dict[str, int]:
+  """K per entity type, grown with the type's size: the smallest K >= `k` with
+  K ** levels >= codes_per_item x (items of the type), so that a larger catalog keeps about as
+  few items sharing a full code (which the disambiguation level then tells apart by rank)
+  instead of piling them onto a codebook sized for a small one. `codes_per_item` 0 gives `k`
+  for every type. `levels`: an int or a dict type -> int, as in `build_sid_map`."""
+  if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+    raise ValueError(f'k must be a positive int to grow it per type, got {k!r}')
+  if codes_per_item < 0:
+    raise ValueError(f'codes_per_item must be >= 0, got {codes_per_item}')
+  names = tuple(catalog.type_names)
+  lv = _levels_per_type(levels, names)
+  counts = np.bincount(np.asarray(catalog.type_index), minlength=len(names))
+  out = {}
+  for t, name in enumerate(names):
+    want, kt = codes_per_item * int(counts[t]), int(k)
+    while kt ** lv[name] < want:  # integer powers: no rounding at the boundary
+      kt += 1
+    out[name] = kt
+  return out
+
+
 def _random_codes(n: int, sizes: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
   """(n, len(sizes)) int32 codes, distinct whenever prod(sizes) >= n, else uniform."""
   total = int(np.prod(np.asarray(sizes, dtype=object)))
