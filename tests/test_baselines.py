@@ -213,7 +213,7 @@ def test_registry_fits_tunes_and_reports(monkeypatch, tmp_path):
   assert out['dense/fit/encoder'] == fitted['dense'].fit_facts['encoder']
   assert all(isinstance(v, (int, float, str)) for v in out.values())
   assert fitted['dense'].cache_dir == str(tmp_path / 'dense')
-  assert (tmp_path / 'dense' / 'dense_items.npy').exists()
+  assert (tmp_path / 'dense' / 'text_embeddings.npy').exists()
   assert fitted['tiger'].sid_map == 'neo sids'
   assert len(logs) == 5 and 'tuned on validation' in logs[0]
   # A TIGER with its own SIDs keeps them; no validator: fitted untuned.

@@ -102,3 +102,37 @@ def test_bad_embeddings_are_refused():
     dense.Dense(encoder=NaNEncoder()).fit(ds, split)
   with pytest.raises(RuntimeError, match='fit'):
     dense.Dense(encoder=NaNEncoder()).rank_search(['x'], [None], 1)
+
+
+def test_the_sid_build_and_the_dense_baseline_encode_the_catalog_once(tmp_path, monkeypatch):
+  """`sid.job.embed(cache_dir=)` writes the MiniLM part of the SID embeddings; a second build
+  and the dense baseline read it and encode nothing; a changed catalog encodes again."""
+  from neo_jax.sid import job, minilm
+  ds, split = _dataset()
+  calls = []
+  real = minilm.MiniLMEncoder.encode
+  monkeypatch.setattr(minilm.MiniLMEncoder, 'encode',
+                      lambda self, texts, *a, **k: (calls.append(len(texts)),
+                                                    real(self, texts, *a, **k))[1])
+  emb, name = job.embed(ds.catalog, 'minilm', batch_size=4, progress=False,
+                        cache_dir=str(tmp_path))
+  assert calls == [len(TITLES)] and 'all-MiniLM-L6-v2' in name
+  again, _ = job.embed(ds.catalog, 'minilm', batch_size=4, progress=False,
+                       cache_dir=str(tmp_path))
+  assert calls == [len(TITLES)]
+  np.testing.assert_array_equal(again, emb)
+  # minilm+cf: the MiniLM columns come from the cache too.
+  both, _ = job.embed(ds.catalog, 'minilm+cf', sequences=[np.array([2, 0, 7])], cf_dim=4,
+                      progress=False, cache_dir=str(tmp_path))
+  assert calls == [len(TITLES)]
+  np.testing.assert_allclose(both[:, :384], emb / np.linalg.norm(emb, axis=1, keepdims=True),
+                             rtol=1e-6)
+  model = dense.Dense(batch_size=4, cache_dir=str(tmp_path))
+  assert model.fit(ds, split)['cached'] == 1.0 and calls == [len(TITLES)]
+  np.testing.assert_array_equal(model.item_emb, model._unit(emb, 'item'))
+  ds2, _ = _dataset(TITLES[:-1] + ['Something else entirely'])
+  assert dense.Dense(batch_size=4, cache_dir=str(tmp_path)).fit(ds2, split)['cached'] == 0.0
+  assert calls == [len(TITLES), len(TITLES)]
+  # Without a cache folder the SID build encodes every time, as before.
+  job.embed(ds.catalog, 'minilm', batch_size=4, progress=False)
+  assert calls[-1] == len(TITLES) and len(calls) == 3

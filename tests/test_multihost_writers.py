@@ -92,9 +92,11 @@ def test_the_only_process_writes_the_dense_cache_after_the_check(tmp_path, monke
   assert facts['dense/fit/cached'] == 0.0
   # Every process checks the cache, meets the others, and only then may process 0 write.
   assert seen == [(f'dense cache:{cache}', [])]
-  assert sorted(os.listdir(cache)) == ['dense_items.json', 'dense_items.npy']
-  np.testing.assert_array_equal(np.load(cache / 'dense_items.npy'), first.item_emb)
-  with open(cache / 'dense_items.json') as f:
+  assert sorted(os.listdir(cache)) == ['text_embeddings.json', 'text_embeddings.npy']
+  # The cache holds the encoder's output; the model its unit vectors.
+  np.testing.assert_array_equal(first._unit(np.load(cache / 'text_embeddings.npy'), 'item'),
+                                first.item_emb)
+  with open(cache / 'text_embeddings.json') as f:
     assert json.load(f)['num_items'] == len(TITLES)
   # The next fit reads it: nothing encoded, the same vectors.
   enc = _encoder()
@@ -125,7 +127,7 @@ def test_a_new_dense_cache_drops_the_old_key_before_its_vectors(tmp_path, monkey
   model = dense.Dense(encoder=_encoder(), cache_dir=str(tmp_path))
   ds, _ = _dataset()
   model.item_embeddings(ds.catalog)
-  meta = tmp_path / 'dense_items.json'
+  meta = tmp_path / 'text_embeddings.json'
   with open(meta) as f:
     old_key = json.load(f)
   real_write = dense.atomic.write_bytes
@@ -135,7 +137,7 @@ def test_a_new_dense_cache_drops_the_old_key_before_its_vectors(tmp_path, monkey
   changed, _ = _dataset(TITLES[:-1] + ['Something else entirely'])
   _, cached = model.item_embeddings(changed.catalog)
   assert not cached
-  assert at_write[0] == ('dense_items.npy', False)
+  assert at_write[0] == ('text_embeddings.npy', False)
   with open(meta) as f:
     new_key = json.load(f)
   assert new_key['texts_sha256'] != old_key['texts_sha256']

@@ -283,8 +283,8 @@ def test_dense_baseline_cache(where):
   model = dense.Dense(encoder=enc, cache_dir=where.join('baselines', 'dense'))
   first, cached = model.item_embeddings(ds.catalog)
   assert not cached
-  assert sorted(os.listdir(where.local('baselines', 'dense'))) == ['dense_items.json',
-                                                                    'dense_items.npy']
+  assert sorted(os.listdir(where.local('baselines', 'dense'))) == ['text_embeddings.json',
+                                                                    'text_embeddings.npy']
   encoded = enc.encoded
   again, cached = model.item_embeddings(ds.catalog)
   assert cached and enc.encoded == encoded

@@ -215,8 +215,11 @@ def prepare_data(size: str, out: str, log=print) -> dict[str, Any]:
   log(f'embeddings: {encoder}, {emb.shape} in {time.perf_counter() - t0:.1f}s')
   # The decoder's vocabulary is the text vocabulary plus the SID block (at most levels x k
   # codes + a disambiguation level + markers per type): the probe step is sized by it.
+  # (K per type: sid.k, or grown with the type's size by sid.codes_per_item.)
   types = len(generic.catalog.type_names)
-  sid_tokens = types * (int(cfg.sid.levels) * int(cfg.sid.k) + 64) + 2 + types
+  k = stages.sid_k(cfg, data.view.catalog)
+  ks = list(k.values()) if isinstance(k, dict) else [int(k)] * types
+  sid_tokens = sum(int(cfg.sid.levels) * kt + 64 for kt in ks) + 2 + types
   return {'config': config_name, 'dataset': cfg.data.dataset, 'data_dir': 'data',
           'embeddings': 'embeddings.npy', 'encoder': encoder,
           'embedding_shape': list(emb.shape), 'num_items': len(generic.catalog),

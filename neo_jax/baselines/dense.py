@@ -2,8 +2,9 @@
 embedding-search baseline.
 
 Every item's text (`Catalog.text`: title, description, tags) is encoded once into a unit
-vector, cached under `cache_dir` when one is given (keyed by the encoder's name and a hash of
-the texts, so a changed catalog or encoder re-encodes); a query is encoded the same way and
+vector, cached under `cache_dir` when one is given (`sid.features.read_text_embeddings`: keyed
+by the encoder's name and a hash of the texts, so a changed catalog or encoder re-encodes; the
+SID build shares the cache); a query is encoded the same way and
 items are ranked by cosine similarity within the requested type. For recommendation (a
 content-based recommender, like BM25's) the query vector is the mean of the last `last`
 history items' vectors, `last` tuned on the validation split. Nothing is trained.
@@ -16,10 +17,6 @@ reports the same `cached` fact.
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
-import os
 from typing import Any, Callable
 
 import numpy as np
@@ -27,14 +24,7 @@ import numpy as np
 from neo_jax.baselines import base
 from neo_jax.catalog import atomic
 from neo_jax.catalog import multihost
-
-
-def _texts_digest(texts: list[str]) -> str:
-  h = hashlib.sha256()
-  for t in texts:
-    h.update(t.encode('utf-8'))
-    h.update(b'\0')
-  return h.hexdigest()
+from neo_jax.sid import features
 
 
 class Dense(base.Baseline):
@@ -43,7 +33,7 @@ class Dense(base.Baseline):
   Args:
     encoder: a `sid.features.TextEncoder` (`.name`, `.encode(texts) -> (N, D)`); default the
       packaged all-MiniLM-L6-v2 (`sid.minilm.MiniLMEncoder`).
-    cache_dir: where item embeddings are cached (`dense_items.npy` + `dense_items.json`).
+    cache_dir: where item embeddings are cached (`text_embeddings.npy` + `.json`).
     batch_size: MiniLM texts per forward pass (default encoder only).
     last: how many of the latest history items' vectors are averaged into a recommendation
       query (tuned with a validator that has targets, over `LAST_GRID`).
@@ -82,47 +72,20 @@ class Dense(base.Baseline):
     return emb / np.where(norm > 0, norm, 1.0)
 
   def item_embeddings(self, catalog) -> tuple[np.ndarray, bool]:
-    """((N, D) unit vectors, whether they came from the cache)."""
-    texts = [catalog.text(n) for n in range(len(catalog))]
-    key = {'encoder': self.encoder.name, 'num_items': len(texts),
-           'texts_sha256': _texts_digest(texts)}
-    cached = self._read_cache(key) if self.cache_dir else None
+    """((N, D) unit vectors, whether they came from the cache). The cache
+    (`sid.features.read_text_embeddings`) holds the encoder's output: the SID build of the
+    same run writes it when its encoder has a MiniLM part, so the catalog is encoded once."""
+    texts = features.catalog_texts(catalog)
+    key = features.text_embeddings_key(self.encoder.name, texts)
+    cached = features.read_text_embeddings(self.cache_dir, key) if self.cache_dir else None
     if self.cache_dir:  # every process has checked before process 0 may write
       multihost.barrier(f'dense cache:{atomic.location(self.cache_dir)}')
     if cached is not None:
-      return cached, True
-    emb = self._unit(self.encoder.encode(texts), 'item')
+      return self._unit(cached, 'item'), True
+    emb = np.asarray(self.encoder.encode(texts), np.float32)
     if self.cache_dir and multihost.is_writer():
-      self._write_cache(emb, key)
-    return emb, False
-
-  def _cache_paths(self) -> tuple[str, str]:
-    return (os.path.join(self.cache_dir, 'dense_items.npy'),
-            os.path.join(self.cache_dir, 'dense_items.json'))
-
-  def _read_cache(self, key: dict[str, Any]) -> np.ndarray | None:
-    """The cached embeddings when the cache holds `key`'s, else None (also when a writer of
-    another run removed the key while this one was reading). Local or remote
-    (`catalog.atomic`)."""
-    npy, meta = self._cache_paths()
-    try:
-      with atomic.open_text(meta) as f:
-        if json.load(f) != key:
-          return None
-      emb = np.load(atomic.for_reading(npy))
-    except FileNotFoundError:
-      return None
-    return emb if emb.shape[0] == key['num_items'] else None
-
-  def _write_cache(self, emb: np.ndarray, key: dict[str, Any]) -> None:
-    """Writes the embeddings, then their key, each atomically (unique temporaries). The old
-    key goes first, so a reader never pairs it with the new embeddings."""
-    npy, meta = self._cache_paths()
-    atomic.as_path(meta).unlink(missing_ok=True)
-    buf = io.BytesIO()
-    np.save(buf, emb)
-    atomic.write_bytes(npy, buf.getvalue())
-    atomic.write_json(meta, key)
+      features.write_text_embeddings(self.cache_dir, emb, key)
+    return self._unit(emb, 'item'), False
 
   def _fit(self, dataset, split, validator):
     del split  # nothing is learned from interactions

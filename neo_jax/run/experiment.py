@@ -394,6 +394,8 @@ def fit_baselines(cfg, art, guard, workdir, log, names=None):
     validator = Validator(art.dataset.catalog, view.valid, valid_queries,
                           exclude_history=excludes_history(cfg, art))
   args = {name: dict(a) for name, a in cfg.baseline_args.to_dict().items()}
+  if 'dense' in names:  # the catalog's MiniLM embeddings of the SID build, when it made them
+    args.setdefault('dense', {}).setdefault('cache_dir', stages.embeddings_dir(workdir))
   return baselines_lib.fit_baselines(names, args, art.dataset, view, validator, log,
                                      cache_root=os.path.join(workdir, 'baselines'),
                                      sid_map=art.sid_map)

@@ -191,16 +191,24 @@ def _popularity(ds: Dataset, how: str, train_seqs: list[np.ndarray]) -> np.ndarr
   return np.bincount(rows, minlength=len(ds.catalog)).astype(np.float64)
 
 
+def embeddings_dir(workdir: str) -> str:
+  """<workdir>/embeddings: the run's MiniLM embeddings of the catalog text, written by the
+  SID build and read by the dense baseline (`sid.features.read_text_embeddings`)."""
+  return os.path.join(workdir, 'embeddings')
+
+
 def embed_items(cfg: ml_collections.ConfigDict, ds: Dataset, split: Split, *,
-                progress: bool = True) -> tuple[np.ndarray, str]:
+                progress: bool = True, cache_dir: str | None = None
+                ) -> tuple[np.ndarray, str]:
   """(N, D) item embeddings of `cfg.sid.encoder` and the encoder's name ('cf' parts are
   fitted on the training split only). progress: MiniLM's progress lines (a step under 10 s
-  prints none; `neo_jax.catalog.progress` turns them off everywhere)."""
+  prints none; `neo_jax.catalog.progress` turns them off everywhere). cache_dir: where the
+  MiniLM part is read from or written to (`sid.job.embed`)."""
   s = cfg.sid
   return sid_job.embed(ds.catalog, s.encoder, tfidf_dim=s.feature_dim, seed=cfg.seed,
                        batch_size=s.encoder_batch_size, progress=progress,
                        sequences=list(split.train.values()), cf_dim=s.cf_dim,
-                       cf_window=s.cf_window)
+                       cf_window=s.cf_window, cache_dir=cache_dir)
 
 
 def sid_k(cfg: ml_collections.ConfigDict, catalog) -> int | dict[str, int]:
@@ -216,9 +224,11 @@ def build_sids(cfg: ml_collections.ConfigDict, ds: Dataset, split: Split, workdi
                log: Log, emb: tuple[np.ndarray, str] | None = None
                ) -> tuple[SIDMap, dict[str, Any]]:
   """The SID map of `cfg.sid` (from `emb`, or `embed_items`), written with its quality report
-  and plot under <workdir>/sids. Collisions are ranked by `cfg.sid.popularity`."""
+  and plot under <workdir>/sids (the MiniLM embeddings under `embeddings_dir`). Collisions
+  are ranked by `cfg.sid.popularity`."""
   t0 = time.perf_counter()
-  emb_NxD, encoder_name = emb if emb is not None else embed_items(cfg, ds, split)
+  emb_NxD, encoder_name = emb if emb is not None else embed_items(
+      cfg, ds, split, cache_dir=embeddings_dir(workdir))
   s = cfg.sid
   sid_map, report = sid_job.build_and_save(
       ds.catalog, emb_NxD, os.path.join(workdir, 'sids'), levels=s.levels, k=sid_k(cfg, ds.catalog),

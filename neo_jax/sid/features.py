@@ -8,13 +8,16 @@ sparse random projection and L2-normalised, so that cosine similarity ~ shared (
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import logging
 import math
 import os
 import re
 import time
 import zlib
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -185,6 +188,55 @@ def embed_catalog(catalog: Catalog, encoder: TextEncoder, batch_size: int = 1024
   logging.info('embedded %d items with %s in %.1fs (%.0f items/s)', n, encoder.name, seconds,
                n / max(seconds, 1e-9))
   return out_NxD
+
+
+# -- a cache of catalog text embeddings ----------------------------------------------------------
+# One folder holds one encoder's embeddings of one catalog's texts: `text_embeddings.npy` (the
+# encoder's output, row n = item n) and `text_embeddings.json` (its key: the encoder's name, the
+# number of texts and a hash of them). The SID build and the dense baseline share it, so a run
+# encodes its catalog with MiniLM once.
+TEXT_EMBEDDINGS = 'text_embeddings'
+
+
+def text_embeddings_key(encoder_name: str, texts: Sequence[str]) -> dict[str, Any]:
+  """The key of `texts` encoded by `encoder_name`: another encoder or any changed text (or
+  order) gives another key."""
+  h = hashlib.sha256()
+  for t in texts:
+    h.update(t.encode('utf-8'))
+    h.update(b'\0')
+  return {'encoder': encoder_name, 'num_items': len(texts), 'texts_sha256': h.hexdigest()}
+
+
+def _cache_paths(directory: str) -> tuple[str, str]:
+  return (os.path.join(directory, TEXT_EMBEDDINGS + '.npy'),
+          os.path.join(directory, TEXT_EMBEDDINGS + '.json'))
+
+
+def read_text_embeddings(directory: str, key: dict[str, Any]) -> np.ndarray | None:
+  """The cached (N, D) embeddings when `directory` holds `key`'s, else None (also when a
+  writer of another run removed the key while this one was reading). Local or remote
+  (`catalog.atomic`)."""
+  npy, meta = _cache_paths(directory)
+  try:
+    with atomic.open_text(meta) as f:
+      if json.load(f) != key:
+        return None
+    emb = np.load(atomic.for_reading(npy))
+  except FileNotFoundError:
+    return None
+  return emb if emb.ndim == 2 and emb.shape[0] == key['num_items'] else None
+
+
+def write_text_embeddings(directory: str, emb: np.ndarray, key: dict[str, Any]) -> None:
+  """Writes the embeddings, then their key, each atomically (unique temporaries). The old key
+  goes first, so a reader never pairs it with the new embeddings."""
+  npy, meta = _cache_paths(directory)
+  atomic.as_path(meta).unlink(missing_ok=True)
+  buf = io.BytesIO()
+  np.save(buf, np.asarray(emb))
+  atomic.write_bytes(npy, buf.getvalue())
+  atomic.write_json(meta, key)
 
 
 def load_embeddings(path_npy: str | os.PathLike, catalog: Catalog,

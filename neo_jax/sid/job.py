@@ -34,7 +34,8 @@ ENCODERS = ('minilm', 'tfidf', 'cf', 'npy:<path>')
 
 
 def _embed_one(catalog: Catalog, encoder: str, *, tfidf_dim: int, seed: int, batch_size: int,
-               progress: bool, sequences, cf_dim: int, cf_window: int) -> tuple[np.ndarray, str]:
+               progress: bool, sequences, cf_dim: int, cf_window: int,
+               cache_dir: str | None = None) -> tuple[np.ndarray, str]:
   if encoder.startswith('npy:'):
     path = encoder[len('npy:'):]
     if not path:
@@ -56,11 +57,18 @@ def _embed_one(catalog: Catalog, encoder: str, *, tfidf_dim: int, seed: int, bat
     # One progress line over the whole catalog (the encoder's own would restart at every
     # chunk of 4096 texts).
     enc = minilm.MiniLMEncoder(batch_size=batch_size, progress=False)
+    key = features.text_embeddings_key(enc.name, features.catalog_texts(catalog))
+    cached = features.read_text_embeddings(cache_dir, key) if cache_dir else None
+    if cached is not None:
+      logging.info('minilm: %d cached embeddings from %s', len(catalog), cache_dir)
+      return np.asarray(cached, np.float32), enc.name
     meter = progress_lib.Progress('minilm', len(catalog), unit='texts',
                                   on=None if progress else False)
     emb = features.embed_catalog(catalog, enc, batch_size=4096,
                                  progress=lambda done, _: meter.update(done - meter.done))
     meter.close()
+    if cache_dir and multihost.is_writer():
+      features.write_text_embeddings(cache_dir, emb, key)
     return emb, enc.name
   else:
     raise ValueError(f'unknown encoder {encoder!r}; known: {ENCODERS} or parts of them joined '
@@ -75,7 +83,7 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 
 def embed(catalog: Catalog, encoder: str, *, tfidf_dim: int = 128, seed: int = 0,
           batch_size: int = 64, progress: bool = True, sequences=None, cf_dim: int = 64,
-          cf_window: int = 3) -> tuple[np.ndarray, str]:
+          cf_window: int = 3, cache_dir: str | None = None) -> tuple[np.ndarray, str]:
   """(N, D) float32 item embeddings and the encoder's name.
 
   Args:
@@ -92,6 +100,8 @@ def embed(catalog: Catalog, encoder: str, *, tfidf_dim: int = 128, seed: int = 0
     sequences: per-user (T,) catalog rows, oldest first (the training split only: whatever
       is passed here shapes the SIDs); needed by 'cf'.
     cf_dim, cf_window: the collaborative embedding's size and co-occurrence window.
+    cache_dir: where the MiniLM part is cached (`features.read_text_embeddings`: read when it
+      holds these texts' embeddings, else written); the dense baseline reads the same cache.
   """
   parts = encoder.split('+') if not encoder.startswith('npy:') else [encoder]
   if any(not p for p in parts):
@@ -99,7 +109,7 @@ def embed(catalog: Catalog, encoder: str, *, tfidf_dim: int = 128, seed: int = 0
   if len(set(parts)) != len(parts):
     raise ValueError(f'encoder {encoder!r} names a part twice')
   kwargs = dict(tfidf_dim=tfidf_dim, seed=seed, batch_size=batch_size, progress=progress,
-                sequences=sequences, cf_dim=cf_dim, cf_window=cf_window)
+                sequences=sequences, cf_dim=cf_dim, cf_window=cf_window, cache_dir=cache_dir)
   if len(parts) == 1:
     emb, name = _embed_one(catalog, parts[0], **kwargs)
     return (_unit_rows(emb), name) if parts[0] == 'cf' else (emb, name)
