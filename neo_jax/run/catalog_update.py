@@ -213,8 +213,8 @@ def refreeze(path: str, log: Log | None = None) -> dict[str, Any]:
   emb, name = stages.embed_items(cfg, data.view, data.fit_split)
   s = cfg.sid
   again, _ = builder.build_sid_map(
-      data.view.catalog, emb, levels=s.levels, k=stages.sid_k(cfg, data.view.catalog), collision=s.collision, iters=s.iters,
-      method=s.method, tol=s.tol, batch_size=int(s.batch_size) or None,
+      data.view.catalog, emb, levels=s.levels, k=stages.sid_k(cfg, data.view.catalog),
+      collision=s.collision, iters=s.iters, method=s.method, tol=s.tol, batch_size=int(s.batch_size) or None,
       minibatch=s.minibatch, encoder_name=name, seed=cfg.seed,
       popularity=stages._popularity(  # pylint: disable=protected-access
           data.view, s.popularity, list(data.fit_split.train.values())))

@@ -231,8 +231,8 @@ def build_sids(cfg: ml_collections.ConfigDict, ds: Dataset, split: Split, workdi
       cfg, ds, split, cache_dir=embeddings_dir(workdir))
   s = cfg.sid
   sid_map, report = sid_job.build_and_save(
-      ds.catalog, emb_NxD, os.path.join(workdir, 'sids'), levels=s.levels, k=sid_k(cfg, ds.catalog),
-      collision=s.collision, iters=s.iters, method=s.method, tol=s.tol,
+      ds.catalog, emb_NxD, os.path.join(workdir, 'sids'), levels=s.levels,
+      k=sid_k(cfg, ds.catalog), collision=s.collision, iters=s.iters, method=s.method, tol=s.tol,
       batch_size=s.batch_size, minibatch=s.minibatch, shard=s.shard,
       popularity=_popularity(ds, s.popularity, list(split.train.values())),
       encoder_name=encoder_name, seed=cfg.seed)
