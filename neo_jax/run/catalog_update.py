@@ -214,8 +214,9 @@ def refreeze(path: str, log: Log | None = None) -> dict[str, Any]:
   s = cfg.sid
   again, _ = builder.build_sid_map(
       data.view.catalog, emb, levels=s.levels, k=stages.sid_k(cfg, data.view.catalog),
-      collision=s.collision, iters=s.iters, method=s.method, tol=s.tol, batch_size=int(s.batch_size) or None,
-      minibatch=s.minibatch, encoder_name=name, seed=cfg.seed,
+      collision=s.collision, iters=s.iters, method=s.method, tol=s.tol,
+      batch_size=int(s.batch_size) or None, minibatch=s.minibatch, encoder_name=name,
+      seed=cfg.seed,
       popularity=stages._popularity(  # pylint: disable=protected-access
           data.view, s.popularity, list(data.fit_split.train.values())))
   same = np.asarray(again.codes) == np.asarray(base.sid_map.codes)
