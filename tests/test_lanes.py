@@ -3,6 +3,8 @@ lane's failure named, and an experiment trained in two lanes giving the serial r
 
 import json
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -62,6 +64,45 @@ def test_a_failed_lane_is_named_with_its_exit_status(tmp_path):
   lane = lanes.Lane('boom2', os._exit, (4,))
   with pytest.raises(lanes.LaneError, match='exit status 4'):
     lane.wait_for(str(tmp_path / 'never'), poll_s=0.05)
+
+
+_ORPHAN_PARENT = """
+import sys, time
+from neo_jax.run import lanes
+lane = lanes.Lane('orphan', time.sleep, (120,))
+print(lane._process.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def _ended(pid: int) -> bool:
+  """Whether process `pid` is gone or a zombie waiting to be reaped (it runs no more)."""
+  try:
+    with open(f'/proc/{pid}/status') as f:
+      return any(line.split()[:2] == ['State:', 'Z'] for line in f)
+  except FileNotFoundError:
+    return True
+
+
+def test_a_lane_ends_when_the_process_that_started_it_is_killed():
+  """SIGKILL leaves no chance to stop a daemon child: the lane notices its parent is gone and
+  ends itself instead of training on as an orphan."""
+  parent = subprocess.Popen([sys.executable, '-c', _ORPHAN_PARENT], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+  child = int(parent.stdout.readline())
+  assert not _ended(child)
+  time.sleep(2 * lanes.PARENT_POLL_S)
+  assert not _ended(child)  # the watcher leaves a lane with a live parent alone
+  parent.kill()
+  parent.wait()
+  deadline = time.monotonic() + 20
+  while not _ended(child) and time.monotonic() < deadline:
+    time.sleep(0.1)
+  ended = _ended(child)
+  if not ended:
+    os.kill(child, 9)
+  assert ended, 'the lane outlived its parent'
+  assert 'is gone; stopping' in parent.stderr.read()
 
 
 def _config(n_lanes):

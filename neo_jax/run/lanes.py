@@ -21,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import sys
+import threading
 import time
 from typing import Any, Callable
 
@@ -129,15 +131,41 @@ def check_backend() -> None:
         f'{jax.default_backend()} (set experiment.lanes=1)')
 
 
+# How often a lane checks that the process that started it still runs.
+PARENT_POLL_S = 1.0
+
+
+def _watch_parent(parent_pid: int, name: str, poll_s: float) -> None:
+  """Ends this lane process once the process that started it is gone (killed, or ended
+  without stopping it: a daemon process is only stopped by a parent that exits normally), so
+  that no orphan lane trains on alone. Runs in a daemon thread of the lane."""
+  while os.getppid() == parent_pid:
+    time.sleep(poll_s)
+  print(f'lane {name}: the process that started it (pid {parent_pid}) is gone; stopping',
+        file=sys.stderr, flush=True)
+  os._exit(1)  # pylint: disable=protected-access
+
+
+def _lane_main(parent_pid: int, name: str, poll_s: float, target: Callable[..., Any],
+               args: tuple[Any, ...]) -> None:
+  """A lane process: `target(*args)` while a watcher ends it with its parent."""
+  threading.Thread(target=_watch_parent, args=(parent_pid, name, poll_s), daemon=True,
+                   name='neo-lane-parent-watch').start()
+  target(*args)
+
+
 class Lane:
   """One started lane: `target(*args)` in a fresh ('spawn') process. Its output goes to this
   process's stdout/stderr. `wait_for(path)` waits for a file the lane writes; `join()` waits
-  for its end. Both raise LaneError when the process ended with an error; `stop()` ends it."""
+  for its end. Both raise LaneError when the process ended with an error; `stop()` ends it.
+  A lane ends itself within `PARENT_POLL_S` of this process's end, however it ends (SIGKILL
+  included)."""
 
   def __init__(self, name: str, target: Callable[..., Any], args: tuple[Any, ...]):
     self.name = name
     self._process = multiprocessing.get_context('spawn').Process(
-        target=target, args=args, name=f'neo-lane-{name}', daemon=True)
+        target=_lane_main, args=(os.getpid(), name, PARENT_POLL_S, target, args),
+        name=f'neo-lane-{name}', daemon=True)
     self._process.start()
 
   def _failed(self) -> LaneError:
