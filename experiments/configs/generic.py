@@ -7,6 +7,11 @@ Every entity type in the data is a target type (each test user's next item is as
 its own type; figures per type as `<system>/type_<type>/...`), and search is evaluated on
 D/queries.jsonl when the directory has one (otherwise on queries generated from item text with
 held-out templates).
+
+Cost on the 2-core CPU (2026-12-07, a synthetic catalog of 30,000 items of three types, 20,000
+users; RESULTS.md): preparation ~16 min (MiniLM over the item texts ~10 of them), then
+NEO-multi's capped 1000 + 900 steps at ~1.8 s each in its lane: ~80 min in all, not yet
+within an hour.
 """
 
 import ml_collections
