@@ -88,7 +88,7 @@ def test_scores_are_cosine_and_cache_is_reused(tmp_path):
   assert enc3.encoded == len(TITLES)
 
 
-def test_bad_embeddings_are_refused():
+def test_bad_embeddings_are_refused(tmp_path):
   ds, split = _dataset()
 
   @dataclasses.dataclass
@@ -100,6 +100,9 @@ def test_bad_embeddings_are_refused():
 
   with pytest.raises(ValueError, match='non-finite item embeddings'):
     dense.Dense(encoder=NaNEncoder()).fit(ds, split)
+  with pytest.raises(ValueError, match='non-finite item embeddings'):
+    dense.Dense(encoder=NaNEncoder(), cache_dir=str(tmp_path)).fit(ds, split)
+  assert not list(tmp_path.iterdir())  # refused before anything was cached
   with pytest.raises(RuntimeError, match='fit'):
     dense.Dense(encoder=NaNEncoder()).rank_search(['x'], [None], 1)
 

@@ -83,9 +83,10 @@ class Dense(base.Baseline):
     if cached is not None:
       return self._unit(cached, 'item'), True
     emb = np.asarray(self.encoder.encode(texts), np.float32)
+    unit = self._unit(emb, 'item')  # refuses non-finite vectors before they are cached
     if self.cache_dir and multihost.is_writer():
       features.write_text_embeddings(self.cache_dir, emb, key)
-    return self._unit(emb, 'item'), False
+    return unit, False
 
   def _fit(self, dataset, split, validator):
     del split  # nothing is learned from interactions
