@@ -222,4 +222,13 @@ def test_report_states_the_recipe_with_resolved_budgets(tmp_path):
   text = open(report.write_report(str(tmp_path), result)).read()
   recipe = next(l for l in text.splitlines() if l.startswith('- **Recipe.**'))
   assert 'capability_budget 1.3 passes capped at 830 steps (1.27 passes)' in recipe
+  result.update({'recipe/capability_time_budget': '1000 s', 'recipe/grounding_time_budget':
+                 '1100 s', 'neo_multi/train/capability_steps': 512,
+                 'neo_multi/train/capability_planned_steps': 830,
+                 'neo_multi/train/grounding_steps': 440,
+                 'neo_multi/train/grounding_planned_steps': 440})
+  text = open(report.write_report(str(tmp_path), result)).read()
+  recipe = next(l for l in text.splitlines() if l.startswith('- **Recipe.**'))
+  assert 'capability_time_budget 1000 s (NEO-multi: 512 of 830 steps)' in recipe
+  assert 'grounding_time_budget 1100 s (not reached by NEO-multi)' in recipe
   assert '- **Recipe.** Not recorded.' in open(report.write_report(str(tmp_path), {})).read()

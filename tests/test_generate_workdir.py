@@ -116,6 +116,12 @@ def test_missing_and_inconsistent_pieces_are_named(trained, tmp_path):
   _edit_config(run_dir, lambda cfg: cfg['capability'].update(steps=10))
   with pytest.raises(workdir_lib.WorkdirError, match=r"stage 'capability' stopped at step 4 of 10"):
     workdir_lib.load_run(c)
+  # ... unless the stage's time budget decided 4 steps (loop.budgeted_steps): then it is done.
+  budget = os.path.join(run_dir, 'checkpoints', 'capability', 'budget.json')
+  with open(budget, 'w') as f:
+    json.dump({'steps': 4, 'planned_steps': 10, 'time_budget_s': 60.0}, f)
+  assert workdir_lib.load_run(c).run_dir == run_dir
+  os.remove(budget)
   # A model shape that is not the checkpoint's.
   _edit_config(run_dir, lambda cfg: (cfg['capability'].update(steps=4),
                                      cfg['model'].update(mlp_dim=48)))

@@ -61,6 +61,14 @@ def test_defaults_cover_the_schema_and_validate():
     ({'eval__ks': (1, 50)}, 'must be at least max(eval.ks)=50'),
     ({'data__dataset': 'generic'}, 'needs the dataset directory: --data_dir=D'),
     ({'baseline_args__sasrek': {'max_epochs': 1}}, "did you mean 'sasrec'?"),
+    ({'capability__time_budget_s': -1.0}, 'capability.time_budget_s=-1.0: must be >= 0'),
+    ({'grounding__time_budget_s': 60.0, 'grounding__warmup_steps': 2},
+     'grounding.time_budget_s=60.0 needs grounding.warmup_steps >= 3'),
+    ({'capability__time_budget_s': 60.0, 'train__merge_stages': True},
+     'merged stages train under the sum of grounding.time_budget_s and '
+     'capability.time_budget_s: set both or neither'),
+    ({'capability__time_budget_s': 60.0, 'experiment__ablations': ('stages_merged',)},
+     'set both or neither'),
 ])
 def test_bad_keys_and_values_are_named(changes, message):
   with pytest.raises(config_lib.ConfigError) as err:

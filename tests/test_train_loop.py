@@ -1,5 +1,6 @@
 """The training stage loop: loss masking, grounding row masks, exact resume, NaN stop."""
 
+import json
 import shutil
 
 import jax
@@ -139,3 +140,94 @@ def test_stage_settings_from_a_config_section():
   with pytest.raises(ValueError, match="best_mode must be 'min' or 'max'"):
     loop.train_stage(_model(), _data(), s, name='x', workdir='/nonexistent',
                      checkpoints=loop.CheckpointPolicy(best_mode='up'))
+
+
+def _budgeted(steps, budget, warmup=3, ckpt_every=0):
+  return loop.StageSettings(
+      steps=steps, learning_rate=1e-2, warmup_steps=warmup, b1=0.9, b2=0.95, weight_decay=0.01,
+      clip_norm=1.0, log_every=100, checkpoint_every=ckpt_every, time_budget_s=budget)
+
+
+def _same_params(a, b):
+  for (p, x), (_, y) in zip(nnx.to_flat_state(nnx.state(a)), nnx.to_flat_state(nnx.state(b))):
+    np.testing.assert_array_equal(np.asarray(x.get_value()), np.asarray(y.get_value()),
+                                  err_msg=str(p))
+
+
+def test_budgeted_steps_fit_the_time_left():
+  kw = dict(steps=1000, warmup_steps=20, probe_step=20)
+  # 30 s spent on 20 steps, 1.5 s a step: (300 - 30) / 1.5 = 180 more steps.
+  assert loop.budgeted_steps(elapsed_s=30.0, step_s=1.5, time_budget_s=300.0, **kw) == 200
+  assert loop.budgeted_steps(elapsed_s=30.0, step_s=1.5, time_budget_s=1e6, **kw) == 1000
+  # Spent already, or nothing left: the warmup and one step (never fewer).
+  assert loop.budgeted_steps(elapsed_s=400.0, step_s=1.5, time_budget_s=300.0, **kw) == 21
+  assert loop.budgeted_steps(elapsed_s=30.0, step_s=1.5, time_budget_s=31.0, **kw) == 21
+  assert loop.budgeted_steps(elapsed_s=30.0, step_s=0.0, time_budget_s=300.0, **kw) == 1000
+  s = _budgeted(10, 5.0)
+  assert s.probe_step() == 3 and _budgeted(10, 0.0).probe_step() == 0
+  assert _budgeted(4, 5.0).probe_step() == 0  # too short for the budget to cut anything
+
+
+def test_time_budget_cut_equals_a_run_planned_with_those_steps(tmp_path):
+  """A budget spent by the end of the warmup cuts the stage to warmup + 1 steps; the model is
+  the one a run planned with that many steps trains (the warmup's learning rates do not
+  depend on the plan), saved at that step, and budget.json records the decision."""
+  data = _data()
+  cut, lines = _model(), []
+  s = loop.train_stage(cut, data, _budgeted(12, 1e-6), name='c', workdir=str(tmp_path / 'a'),
+                       log=lines.append)
+  assert s['steps'] == 4 and s['planned_steps'] == 12 and s['model_step'] == 4
+  assert any('-> 4 of 12 steps' in l for l in lines)
+  budget = json.loads((tmp_path / 'a' / 'checkpoints' / 'c' / 'budget.json').read_text())
+  assert (budget['steps'], budget['planned_steps'], budget['probe_step']) == (4, 12, 3)
+  assert sorted(p.name for p in (tmp_path / 'a' / 'checkpoints' / 'c').iterdir()
+                if p.name.isdigit()) == ['4']
+  planned = _model()
+  loop.train_stage(planned, data, _budgeted(4, 0.0), name='c', workdir=str(tmp_path / 'b'),
+                   log=lambda s: None)
+  _same_params(cut, planned)
+  # A rerun reads the decision: the stage is finished, nothing trains again.
+  again = loop.train_stage(_model(seed=5), data, _budgeted(12, 1e-6), name='c',
+                           workdir=str(tmp_path / 'a'), log=lambda s: None)
+  assert again['steps'] == 4
+  # Another plan in the same folder is refused, naming the file.
+  with pytest.raises(ValueError, match='budget.json decided 4 steps for a plan of 12'):
+    loop.train_stage(_model(), data, _budgeted(20, 1e-6), name='c',
+                     workdir=str(tmp_path / 'a'), log=lambda s: None)
+
+
+def test_time_budget_that_fits_changes_nothing_and_resume_keeps_the_decision(tmp_path):
+  data = _data()
+  free = _model()
+  loop.train_stage(free, data, _budgeted(8, 0.0, ckpt_every=4), name='c',
+                   workdir=str(tmp_path / 'free'), log=lambda s: None)
+  roomy = _model()
+  s = loop.train_stage(roomy, data, _budgeted(8, 1e6, ckpt_every=4), name='c',
+                       workdir=str(tmp_path / 'a'), log=lambda s: None)
+  assert s['steps'] == 8 and s['planned_steps'] == 8
+  _same_params(free, roomy)
+  # Killed after the step-4 checkpoint: the resumed stage keeps budget.json's decision (no
+  # second probe) and ends where the straight run did.
+  shutil.copytree(tmp_path / 'a', tmp_path / 'b')
+  shutil.rmtree(tmp_path / 'b' / 'checkpoints' / 'c' / '8')
+  lines = []
+  resumed = _model(seed=9)
+  loop.train_stage(resumed, data, _budgeted(8, 1e6, ckpt_every=4), name='c',
+                   workdir=str(tmp_path / 'b'), log=lines.append)
+  assert any('resumed from step 4' in l for l in lines)
+  assert not any('time budget' in l for l in lines)
+  _same_params(free, resumed)
+  # No checkpoint before the decision: a checkpoint cadence inside the warmup saves nothing.
+  loop.train_stage(_model(), data, _budgeted(8, 1e6, ckpt_every=1), name='c',
+                   workdir=str(tmp_path / 'c'), log=lambda s: None)
+  saved = sorted(int(p.name) for p in (tmp_path / 'c' / 'checkpoints' / 'c').iterdir()
+                 if p.name.isdigit())
+  assert min(saved) > 3
+
+
+def test_time_budget_needs_a_warmup_to_measure():
+  with pytest.raises(ValueError, match='needs warmup_steps >= 3'):
+    loop.train_stage(_model(), _data(), _budgeted(8, 10.0, warmup=2), name='x',
+                     workdir='/nonexistent')
+  with pytest.raises(ValueError, match='time_budget_s must be >= 0'):
+    loop.train_stage(_model(), _data(), _budgeted(8, -1.0), name='x', workdir='/nonexistent')

@@ -89,6 +89,10 @@ def test_merge_stages_puts_both_stages_examples_in_one_stage():
   assert [p[0] for p in plan] == ['capability']
   name, merged, scfg = plan[0]
   assert scfg.steps == 12 and scfg.learning_rate == quickstart.get_config().capability.learning_rate
+  assert scfg.time_budget_s == 0.0
+  timed = _cfg(merge_stages=True)
+  timed.grounding.time_budget_s, timed.capability.time_budget_s = 100.0, 250.0
+  assert training.stage_plan(timed, exs)[0][2].time_budget_s == 350.0  # both stages' time
   # Every example of both stages, each once (grounding ones were already in capability).
   assert sorted(merged, key=repr) == sorted(set(exs['capability']) | set(exs['grounding']),
                                             key=repr)

@@ -75,4 +75,14 @@ def all_true(flag: bool) -> bool:
   return bool(np.all(np.asarray(flags) == 1))
 
 
-__all__ = ['all_true', 'barrier', 'distributed', 'is_writer', 'process_index']
+def from_process_0(value: int) -> int:
+  """Process 0's `value` in every process (one broadcast in a multi-process job): for a
+  number every process must use alike but each could measure differently, such as the steps
+  a time budget allows."""
+  if not distributed():
+    return int(value)
+  return int(multihost_utils.broadcast_one_to_all(np.asarray(int(value), np.int32)))
+
+
+__all__ = ['all_true', 'barrier', 'distributed', 'from_process_0', 'is_writer',
+           'process_index']

@@ -244,6 +244,13 @@ def recipe_lines(result: dict[str, Any]) -> list[str]:
           f'{got[f"{stage}_budget"]} capped at {int(steps)} steps ({trained:g} passes)'
           if result.get(f'budget/{stage}/capped') and _is_num(trained)
           else f'{got[f"{stage}_budget"]} = {int(steps)} steps')
+    if f'{stage}_time_budget' in got:  # what the time budget left of NEO-multi's steps
+      trained = result.get(f'neo_multi/train/{stage}_steps')
+      planned = result.get(f'neo_multi/train/{stage}_planned_steps')
+      if _is_num(trained) and _is_num(planned):
+        got[f'{stage}_time_budget'] += (
+            f' (NEO-multi: {int(trained)} of {int(planned)} steps)' if trained < planned
+            else ' (not reached by NEO-multi)')
   return ['- **Recipe.** ' + '; '.join(f'{k} {v}' for k, v in sorted(got.items())) + '. '
           'Each setting was chosen on the validation split (`experiment.open_test=false` runs; '
           'their figures are in RESULTS.md).']

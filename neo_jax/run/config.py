@@ -192,6 +192,10 @@ def _stage(steps: int, lr: float, warmup: int, *, lora: bool) -> Section:
                       check=_at_least(0.0)),
       'max_steps': Field(0, 'with passes > 0: at most this many steps (0: no cap)',
                          check=_at_least(0)),
+      'time_budget_s': Field(0.0, 'seconds the stage may take (0: no limit): at the end of '
+                             'the warmup the steps are cut to what the measured step time '
+                             'fits, the cosine ending there (machine-dependent; the trained '
+                             'steps are reported)', check=_at_least(0.0), before=0.0),
       'learning_rate': Field(lr, 'peak learning rate (linear warmup, then cosine decay)',
                              check=_at_least(0.0)),
       'warmup_steps': Field(warmup, 'linear warmup steps', check=_at_least(0)),
@@ -535,6 +539,17 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if c.model.random_init and not c.model.backbone:
     raise ConfigError('config key model.random_init=True needs model.backbone (a decoder '
                       'without one starts from random weights already)')
+  for stage in ('grounding', 'capability'):
+    if c[stage].time_budget_s > 0 and c[stage].warmup_steps < 3:
+      raise ConfigError(f'config key {stage}.time_budget_s={c[stage].time_budget_s} needs '
+                        f'{stage}.warmup_steps >= 3 (the step time is measured over the '
+                        f'warmup), got {c[stage].warmup_steps}')
+  budgets = [c[s].time_budget_s > 0 for s in ('grounding', 'capability')]
+  if any(budgets) and not all(budgets) and (
+      c.train.merge_stages or 'stages_merged' in c.experiment.ablations):
+    raise ConfigError('merged stages train under the sum of grounding.time_budget_s and '
+                      'capability.time_budget_s: set both or neither (got '
+                      f'{c.grounding.time_budget_s} and {c.capability.time_budget_s})')
   for a in c.experiment.ablations:
     if a == 'random_init' and not c.model.backbone:
       raise ConfigError("experiment.ablations: 'random_init' needs a pretrained backbone "

@@ -681,6 +681,9 @@ def recipe_facts(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     passes = float(cfg[stage].passes)
     out[f'recipe/{stage}_budget'] = (f'{passes:g} passes' if passes > 0
                                      else f'{int(cfg[stage].steps)} steps')
+    seconds = float(cfg[stage].get('time_budget_s', 0.0))
+    if seconds > 0:
+      out[f'recipe/{stage}_time_budget'] = f'{seconds:g} s'
   return out
 
 

@@ -154,6 +154,9 @@ def stage_config(cfg: ml_collections.ConfigDict, stage: str) -> ml_collections.C
   if cfg.train.merge_stages and stage == 'capability':
     scfg = ml_collections.ConfigDict(cfg.capability.to_dict())
     scfg.steps = int(cfg.grounding.steps) + int(cfg.capability.steps)
+    # Both stages' time (config.validate: both budgets or neither).
+    scfg.time_budget_s = (float(cfg.grounding.get('time_budget_s', 0.0))
+                          + float(cfg.capability.get('time_budget_s', 0.0)))
     return scfg
   return cfg[stage]
 

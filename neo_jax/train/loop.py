@@ -59,6 +59,13 @@ class StageSettings:
   the validation steps). eval_every: steps between validations (0 = off); eval_batches:
   validation batches per evaluation (0 = all). grad_accum_steps: micro-batches per step (the
   batch size must be a multiple of it; the update equals the one of the whole batch).
+  time_budget_s: seconds the stage may take (0: no limit). The number of steps is then decided
+  once, at the end of the warmup (`probe_step`), from the time the warmup's steps took:
+  `budgeted_steps` (never more than `steps`, never fewer than warmup_steps + 1). The warmup's
+  learning rates do not depend on the number of steps, so the steps before the decision are
+  the ones a run planned with the decided number would take; the cosine then ends at the
+  decided step. The decision is written to the stage's checkpoint folder (budget.json) and a
+  resumed stage keeps it. It depends on the machine's speed: compare runs by their steps.
   """
   steps: int
   learning_rate: float
@@ -73,6 +80,7 @@ class StageSettings:
   eval_every: int = 0
   eval_batches: int = 0
   grad_accum_steps: int = 1
+  time_budget_s: float = 0.0
 
   def __post_init__(self):
     cast = {'int': int, 'float': float}
@@ -96,6 +104,30 @@ class StageSettings:
     return optimizer_lib.make_optimizer(self.schedule(), b1=self.b1, b2=self.b2,
                                         weight_decay=self.weight_decay,
                                         clip_norm=self.clip_norm, update_mask=update_mask)
+
+  def probe_step(self) -> int:
+    """The step after which a time budget decides the number of steps (the last warmup
+    step), or 0 when the stage has no budget or is too short for one to matter (steps <=
+    warmup_steps + 1)."""
+    if self.time_budget_s <= 0 or self.steps <= self.warmup_steps + 1:
+      return 0
+    return self.warmup_steps
+
+
+def budgeted_steps(*, steps: int, warmup_steps: int, probe_step: int, elapsed_s: float,
+                   step_s: float, time_budget_s: float) -> int:
+  """The steps a stage with `time_budget_s` seconds trains: `probe_step` steps done in
+  `elapsed_s` (compilation included), then as many more at `step_s` seconds each as the
+  rest of the budget holds; at most `steps` (the planned number) and at least
+  warmup_steps + 1 (so that the steps already taken keep their learning rates)."""
+  left = float(time_budget_s) - float(elapsed_s)
+  if left <= 0:
+    fit = int(probe_step)
+  elif step_s <= 0:  # too fast to measure: everything fits
+    fit = int(steps)
+  else:
+    fit = int(probe_step) + int(left // float(step_s))
+  return int(min(int(steps), max(fit, int(warmup_steps) + 1)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,6 +342,13 @@ def _check(name: str, settings: StageSettings, policy: CheckpointPolicy, data: P
                      'eval_fn was given')
   if int(policy.keep_last) < 1:
     raise ValueError(f'[{name}] keep_last must be >= 1, got {policy.keep_last}')
+  if settings.time_budget_s < 0:
+    raise ValueError(f'[{name}] time_budget_s must be >= 0 (0 = no limit), got '
+                     f'{settings.time_budget_s}')
+  if settings.time_budget_s > 0 and settings.warmup_steps < 3:
+    raise ValueError(f'[{name}] time_budget_s={settings.time_budget_s} needs warmup_steps >= 3 '
+                     f'(the warmup is where the step time is measured), got '
+                     f'{settings.warmup_steps}')
   best_mode_of(policy.best_metric, policy.best_mode)
 
 
@@ -467,6 +506,28 @@ class _TensorBoard:
       shutil.rmtree(self.local, ignore_errors=True)
 
 
+def _budget_path(ckpt_dir: str) -> str:
+  return os.path.join(ckpt_dir, 'budget.json')
+
+
+def _read_budget(ckpt_dir: str, settings: StageSettings, name: str) -> dict[str, Any] | None:
+  """The time budget's decision recorded in `ckpt_dir` (None: not taken yet). Raises
+  ValueError when it was taken for another plan (other planned steps or budget)."""
+  path = _budget_path(ckpt_dir)
+  if not atomic.as_path(path).exists():
+    return None
+  with atomic.open_text(path) as f:
+    budget = json.load(f)
+  if (int(budget['planned_steps']) != settings.steps
+      or float(budget['time_budget_s']) != settings.time_budget_s):
+    raise ValueError(
+        f'[{name}] {path} decided {budget["steps"]} steps for a plan of '
+        f'{budget["planned_steps"]} steps in {budget["time_budget_s"]} s, not for this one '
+        f'({settings.steps} steps in {settings.time_budget_s} s): start this stage over (delete '
+        'the folder)')
+  return budget
+
+
 def _set_aside(ckpt_dir: str, step: int) -> str:
   """Moves checkpoint `step` out of the stage's checkpoints (orbax no longer sees it) into
   `<ckpt_dir>.set_aside/<step>[-n]`, kept for inspection; returns where. In a multi-process
@@ -544,6 +605,11 @@ class _Run:
   logs: _Logs
   start: int
   set_aside: list[int] = dataclasses.field(default_factory=list)
+  # A time budget: (train_step, eval_step) compiled for other settings (the decided steps'
+  # schedule), the budget's decision (None until taken) and when the stage started.
+  compile_for: Callable[[StageSettings], tuple[Any, Any]] | None = None
+  budget: dict[str, Any] | None = None
+  t_start: float = dataclasses.field(default_factory=time.perf_counter)
 
   def __post_init__(self):
     # Each process loads only its rows of every global batch (all of them in one process)
@@ -626,21 +692,68 @@ class _Run:
       self.t_last, self.step_last = now, step
       self.logs.record(step, m, {k: v for k, v in m.items() if k != 'step'})
 
+  def decide(self, probe: int, t_first: float, first: int) -> None:
+    """The time budget's decision at step `probe` (its metrics computed): the steps after
+    the first one this process ran (`first`, finished at `t_first`, compilation included)
+    give the step time; the same number in every process (process 0's); written to
+    budget.json; a smaller number of steps recompiles the step with its schedule."""
+    now = time.perf_counter()
+    step_s = (now - t_first) / max(probe - first, 1)
+    planned = self.settings.steps
+    steps = multihost.from_process_0(budgeted_steps(
+        steps=planned, warmup_steps=self.settings.warmup_steps, probe_step=probe,
+        elapsed_s=now - self.t_start, step_s=step_s,
+        time_budget_s=self.settings.time_budget_s))
+    self.budget = {'steps': steps, 'planned_steps': planned,
+                   'time_budget_s': self.settings.time_budget_s, 'probe_step': probe,
+                   'probe_seconds': round(now - self.t_start, 3),
+                   'step_seconds': round(step_s, 4)}
+    if multihost.is_writer():
+      atomic.write_json(_budget_path(self.ckpt_dir), self.budget)
+    self.logs.log(f'[{self.name}] time budget {self.settings.time_budget_s:.0f} s: '
+                  f'{step_s:.3f} s/step after {probe} warmup steps ({now - self.t_start:.0f} s '
+                  f'so far) -> {steps} of {planned} steps' +
+                  (' (the schedule ends there)' if steps < planned else ''))
+    if steps < planned:
+      self.settings = dataclasses.replace(self.settings, steps=steps)
+      self.sched = self.settings.schedule()
+      self.train_step, self.eval_step = self.compile_for(self.settings)
+
   def run_steps(self) -> None:
     """Steps start+1 .. steps; validates every eval_every steps and at the last, checkpoints
-    then, every checkpoint_every steps and at the last."""
-    steps, eval_every = self.settings.steps, self.settings.eval_every
+    then, every checkpoint_every steps and at the last. With a time budget not yet decided,
+    the number of steps is decided at the probe step (`decide`); nothing is saved before."""
+    eval_every = self.settings.eval_every
     ckpt_every = self.settings.checkpoint_every
+    probe = self.settings.probe_step() if self.budget is None else 0
+    if probe and self.start:
+      raise ValueError(
+          f'[{self.name}] {self.ckpt_dir} holds a checkpoint of step {self.start} but no '
+          'budget.json: it was not trained with time_budget_s (start this stage over: delete '
+          'the folder)')
+    t_first = 0.0
     pending = None  # (step, metrics on device)
-    for step in range(self.start + 1, steps + 1):
+    step = self.start
+    while step < self.settings.steps:
+      step += 1
       batch = self.put(self.data.batch(step - 1, rows=self.host_rows))
       if step == self.start + 1 and multihost.distributed():
         self.compile_together(batch)
       self.state.params, self.state.opt_state, metrics = self.train_step(
           self.state.params, self.state.opt_state, batch, self.state.frozen)
+      if probe and step in (self.start + 1, probe):
+        jax.block_until_ready(metrics)
+        if step == self.start + 1:
+          t_first = time.perf_counter()
+        if step == probe:
+          self.decide(probe, t_first, self.start + 1)
+          probe = 0
+      steps = self.settings.steps
       if pending is not None:
         self.drain(*pending)
       pending = (step, metrics)
+      if probe:  # no checkpoint (nor validation) before the budget's decision
+        continue
       evaluate = bool(eval_every) and (step % eval_every == 0 or step == steps)
       if evaluate or step == steps or (ckpt_every and step % ckpt_every == 0):
         # Check this step's loss before saving, so that a checkpoint is never non-finite.
@@ -710,6 +823,9 @@ class _Run:
         'model_step': model_step,
         **{f'final_{k}': v for k, v in self.last_valid.items()},
     }
+    if self.budget is not None:
+      summary.update({'planned_steps': self.budget['planned_steps'],
+                      'budget_step_seconds': self.budget['step_seconds']})
     if multihost.is_writer():
       atomic.write_json(summary_path, summary)
     return summary
@@ -750,23 +866,32 @@ def train_stage(model: nnx.Module, data: PackedData, settings: StageSettings, *,
     best_step (-1 without validation), best_value (nan without), restored_best. Logs go to
     <workdir>/logs/<name>.jsonl and <workdir>/tensorboard/<name>.
   """
+  t_start = time.perf_counter()
   _check(name, settings, checkpoints, data, valid_data is not None or eval_fn is not None)
+  ckpt_dir = atomic.location(os.path.join(workdir, 'checkpoints', name))
+  budget = _read_budget(ckpt_dir, settings, name) if settings.time_budget_s > 0 else None
+  if budget is not None:  # decided before this resume: the same steps, the same schedule
+    settings = dataclasses.replace(settings, steps=int(budget['steps']))
   graphdef, params, frozen, rest = nnx.split(model, trainable, nnx.Param, ...)
   tx = settings.optimizer(update_mask)
   batch_sharding = _batch_spec(mesh, rules)
   state = _place(params, frozen, rest, tx, mesh, rules)
-  ckpt_dir = atomic.location(os.path.join(workdir, 'checkpoints', name))
   manager, start, set_aside = _resume(
       lambda: _checkpoint_manager(ckpt_dir, checkpoints, validates=bool(settings.eval_every)),
       state, ckpt_dir, name, log)
-  train_step, eval_step = _compile(graphdef, state, tx, settings.grad_accum_steps, mesh,
-                                   batch_sharding)
+
+  def compile_for(s: StageSettings):
+    return _compile(graphdef, state, s.optimizer(update_mask), s.grad_accum_steps, mesh,
+                    batch_sharding)
+
+  train_step, eval_step = compile_for(settings)
   in_sharding = (batch_sharding if batch_sharding is not None
                  else jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
   run = _Run(name=name, settings=settings, policy=checkpoints, model=model, data=data,
              valid_data=valid_data, eval_fn=eval_fn, state=state, train_step=train_step,
              eval_step=eval_step, in_sharding=in_sharding, manager=manager, ckpt_dir=ckpt_dir,
-             logs=_Logs(workdir, name, log, start), start=start, set_aside=set_aside)
+             logs=_Logs(workdir, name, log, start), start=start, set_aside=set_aside,
+             compile_for=compile_for, budget=budget, t_start=t_start)
   context = jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
   try:
     with context, sharding.axis_rules(rules):
@@ -782,7 +907,7 @@ def train_stage(model: nnx.Module, data: PackedData, settings: StageSettings, *,
   run.logs.close()
   nnx.update(model, state.params)
   summary = run.summary(time.perf_counter() - run.t0,
-                        best_step if restored_best else settings.steps)
+                        best_step if restored_best else run.settings.steps)
   best = {'best_step': best_step if best_step is not None else -1, 'best_value': best_value,
           'restored_best': restored_best}
   return {**summary, **best}
