@@ -273,6 +273,9 @@ def test_early_stopping_keeps_the_best_epoch_and_stops_after_patience():
                                        batch_size=4, seed=0, epochs=5, patience=1,
                                        deadline=0.0)
   assert late.epochs == 1
+  # ... and the first epoch stops at it too (after one batch here: 1 of the 3).
+  assert late.stopped == 'time budget within epoch 1 (1 of 3 batches)'
+  assert plain.stopped == 'max_epochs'
   with pytest.raises(FloatingPointError, match='toy: the loss is nan'):
     training.train_early_stopping(lambda w, x, m: w * jnp.nan, jnp.float32(0.0), arrays,
                                   lr=0.1, batch_size=4, seed=0, epochs=1, patience=1,

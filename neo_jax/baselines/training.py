@@ -109,7 +109,10 @@ def train_early_stopping(loss_fn: Callable[..., jax.Array], state: Any,
     patience: with `evaluate`, stop after this many epochs without a better figure.
     evaluate: evaluate(state) -> validation figures, after every epoch; None: no validation.
     metric: the figure of `evaluate` to maximise.
-    deadline: `time.perf_counter()` value after which no further epoch starts.
+    deadline: `time.perf_counter()` value after which no further epoch starts; the first
+      epoch itself stops at the deadline (after the batch in flight; that partial epoch is
+      validated and kept as usual), so that an epoch longer than the whole budget (a catalog
+      of tens of thousands of items) cannot overrun it. Later epochs run whole.
     label, log: each epoch's record is logged as '<label> key=value ... eta=<time>' (eta: to
       `epochs`, or to the deadline if sooner; patience may stop before), and an epoch longer
       than 10 s logs progress lines over its batches (`neo_jax.catalog.progress`); errors
@@ -144,6 +147,10 @@ def train_early_stopping(loss_fn: Callable[..., jax.Array], state: Any,
       if losses:  # one step in flight at most, so that the progress lines count finished steps
         losses[-1].block_until_ready()
       losses.append(loss)
+      if epoch == 1 and deadline is not None and time.perf_counter() > deadline:
+        if len(losses) < num_batches:
+          stopped = f'time budget within epoch 1 ({len(losses)} of {num_batches} batches)'
+        break
     mean_loss = float(np.mean(jax.device_get(losses)))
     if not np.isfinite(mean_loss):
       raise FloatingPointError(f'{label}: the loss is {mean_loss} at epoch {epoch}')
@@ -164,7 +171,8 @@ def train_early_stopping(loss_fn: Callable[..., jax.Array], state: Any,
       stopped = 'patience'
       break
     if deadline is not None and time.perf_counter() > deadline and epoch < epochs:
-      stopped = 'time budget'
+      if stopped == 'max_epochs':
+        stopped = 'time budget'
       break
   return TrainResult(state=best[1], score=best[0], best_epoch=best[2], epochs=len(history),
                      seconds=time.perf_counter() - t0, history=history, stopped=stopped)
