@@ -146,6 +146,13 @@ def test_report_protocol_comparisons_and_targets(tmp_path):
     assert fact in protocol, fact
   assert '| neo_multi | 600.0 | 0.0600 / 0.2100 | fixed steps: capability 2000 |' in protocol
   assert '| neo_mono_recommend | 300.0 | 0.0500 | not recorded |' in protocol
+  # A stage its time budget cut names the steps it trained of those planned.
+  timed = {**FULL, 'neo_multi/train/capability_planned_steps': 2500,
+           'neo_multi/train/grounding_steps': 400,
+           'neo_multi/train/grounding_planned_steps': 400}
+  text = open(report.write_report(str(tmp_path), timed)).read()
+  assert ('| neo_multi | 600.0 | 0.0600 / 0.2100 | time budget: grounding 400, capability 2000 '
+          'of 2500 |') in text
   # Validation figures are of the first seed only: not the second seed's.
   assert '| neo_multi_seed1 | 590.0 | not recorded / not recorded | not recorded |' in protocol
   assert '| sasrec | 42.0 | 0.0580 | patience 5 |' in protocol

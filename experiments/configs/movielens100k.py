@@ -130,13 +130,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.tasks.title_repeats = 3
   c.model.sid_init = 'auto'  # 'random' for this random decoder, 'mean' for a backbone
   c.capability.passes, c.capability.max_steps = 1.3, 900
-  # A time budget per stage, for catalogs larger than this one (generic.py): at the end of the
-  # warmup a stage keeps only the steps its measured step time fits (neo_jax/train/loop.py).
-  # Sized not to bind here: on the 2-core CPU, in its lane, NEO-multi took 845 s for the 943
-  # grounding steps and ~750 s for the 830 capability steps (0.9 s a step; the budgets fit
-  # 1.17 and 1.2 s), so MovieLens trains the steps above; on a 30,000-item catalog (~1.1-1.8
-  # s a step) they keep NEO's training within the hour.
-  c.grounding.time_budget_s, c.capability.time_budget_s = 1100.0, 1000.0
   # The codebook grows with the catalog: per entity type the smallest K >= 16 with
   # K**3 >= 2 x its items. 16 here (16**3 = 4096 >= 2 x 1682 movies: the SIDs chosen on
   # validation above, unchanged); 28 for a type of 10,000 items, where 16 codes per level

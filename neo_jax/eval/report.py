@@ -179,11 +179,20 @@ def _neo_budget_row(result: dict[str, Any], run: str) -> str:
       f'valid/{system}/{"" if t == "recommend" else "search_"}ndcg@10'))
            for t in tasks if t in ('recommend', 'search')]
   valid = ' / '.join(valid) or NOT_RECORDED
-  steps = [f'{stage} {_count(result, f"{run}/train/{stage}_steps")}'
-           for stage in ('grounding', 'capability') if f'{run}/train/{stage}_steps' in result]
+  steps, timed = [], False
+  for stage in ('grounding', 'capability'):
+    if f'{run}/train/{stage}_steps' not in result:
+      continue
+    trained = result[f'{run}/train/{stage}_steps']
+    planned = result.get(f'{run}/train/{stage}_planned_steps')
+    cut = _is_num(trained) and _is_num(planned) and trained < planned
+    timed = timed or cut  # the stage's time budget cut its steps (neo_jax/train/loop.py)
+    steps.append(f'{stage} {_count(result, f"{run}/train/{stage}_steps")}'
+                 + (f' of {int(planned)}' if cut else ''))
   stopped = result.get(f'{run}/stopped')
   if stopped is None:
-    stopped = ('fixed steps: ' + ', '.join(steps)) if steps else NOT_RECORDED
+    stopped = (('time budget: ' if timed else 'fixed steps: ') + ', '.join(steps)
+               if steps else NOT_RECORDED)
     best = result.get(f'{run}/train/capability_best_step')
     if _is_num(best) and best >= 0 and result.get(f'{run}/train/capability_restored_best'):
       stopped += f'; kept best step {int(best)}'
