@@ -180,7 +180,9 @@ def final_checkpoint(run_dir: str, cfg: ml_collections.ConfigDict) -> tuple[str,
   except ValueError as e:
     raise WorkdirError(f'{run_dir}/config.json: {e}') from None
   ckpt_dir = os.path.join(run_dir, 'checkpoints', stage)
-  steps = _budgeted_steps(ckpt_dir, steps)
+  # Fewer than the config's when the stage's time budget decided so (`loop.StageSettings`).
+  decided = loop.budget_decision(ckpt_dir)
+  steps = int(decided['steps']) if decided is not None else steps
   have = _checkpoint_steps(ckpt_dir)
   if not have:
     raise WorkdirError(f'{ckpt_dir}: no checkpoint; stage {stage!r} never saved one (rerun '
@@ -190,16 +192,6 @@ def final_checkpoint(run_dir: str, cfg: ml_collections.ConfigDict) -> tuple[str,
                        f'{steps} (rerun the command that trained it with the same --workdir '
                        'to resume and finish it)')
   return stage, _model_step(ckpt_dir, steps)
-
-
-def _budgeted_steps(ckpt_dir: str, steps: int) -> int:
-  """The steps the stage trains: `steps` (the config's), or fewer when its time budget
-  decided so (the stage's budget.json, `neo_jax.train.loop`)."""
-  path = os.path.join(ckpt_dir, 'budget.json')
-  if not _exists(path):
-    return steps
-  with atomic.open_text(path) as f:
-    return int(json.load(f)['steps'])
 
 
 def _model_step(ckpt_dir: str, steps: int) -> int:

@@ -510,14 +510,24 @@ def _budget_path(ckpt_dir: str) -> str:
   return os.path.join(ckpt_dir, 'budget.json')
 
 
-def _read_budget(ckpt_dir: str, settings: StageSettings, name: str) -> dict[str, Any] | None:
-  """The time budget's decision recorded in `ckpt_dir` (None: not taken yet). Raises
-  ValueError when it was taken for another plan (other planned steps or budget)."""
+def budget_decision(ckpt_dir: str) -> dict[str, Any] | None:
+  """The time budget's decision a stage recorded in its checkpoint folder `ckpt_dir`
+  (budget.json: steps, planned_steps, time_budget_s, probe_step, probe_seconds,
+  step_seconds), or None when it took none."""
   path = _budget_path(ckpt_dir)
   if not atomic.as_path(path).exists():
     return None
   with atomic.open_text(path) as f:
-    budget = json.load(f)
+    return json.load(f)
+
+
+def _read_budget(ckpt_dir: str, settings: StageSettings, name: str) -> dict[str, Any] | None:
+  """`budget_decision(ckpt_dir)`, checked against `settings`. Raises ValueError when it
+  was taken for another plan (other planned steps or budget)."""
+  budget = budget_decision(ckpt_dir)
+  if budget is None:
+    return None
+  path = _budget_path(ckpt_dir)
   if (int(budget['planned_steps']) != settings.steps
       or float(budget['time_budget_s']) != settings.time_budget_s):
     raise ValueError(
@@ -692,11 +702,12 @@ class _Run:
       self.t_last, self.step_last = now, step
       self.logs.record(step, m, {k: v for k, v in m.items() if k != 'step'})
 
-  def decide(self, probe: int, t_first: float, first: int) -> None:
+  def decide(self, probe: int, t_first: float, first: int) -> bool:
     """The time budget's decision at step `probe` (its metrics computed): the steps after
     the first one this process ran (`first`, finished at `t_first`, compilation included)
     give the step time; the same number in every process (process 0's); written to
-    budget.json; a smaller number of steps recompiles the step with its schedule."""
+    budget.json; a smaller number of steps recompiles the step with its schedule (returns
+    whether it did)."""
     now = time.perf_counter()
     step_s = (now - t_first) / max(probe - first, 1)
     planned = self.settings.steps
@@ -718,6 +729,7 @@ class _Run:
       self.settings = dataclasses.replace(self.settings, steps=steps)
       self.sched = self.settings.schedule()
       self.train_step, self.eval_step = self.compile_for(self.settings)
+    return steps < planned
 
   def run_steps(self) -> None:
     """Steps start+1 .. steps; validates every eval_every steps and at the last, checkpoints
@@ -731,14 +743,15 @@ class _Run:
           f'[{self.name}] {self.ckpt_dir} holds a checkpoint of step {self.start} but no '
           'budget.json: it was not trained with time_budget_s (start this stage over: delete '
           'the folder)')
-    t_first = 0.0
+    t_first, recompiled = 0.0, False
     pending = None  # (step, metrics on device)
     step = self.start
     while step < self.settings.steps:
       step += 1
       batch = self.put(self.data.batch(step - 1, rows=self.host_rows))
-      if step == self.start + 1 and multihost.distributed():
+      if (step == self.start + 1 or recompiled) and multihost.distributed():
         self.compile_together(batch)
+        recompiled = False
       self.state.params, self.state.opt_state, metrics = self.train_step(
           self.state.params, self.state.opt_state, batch, self.state.frozen)
       if probe and step in (self.start + 1, probe):
@@ -746,7 +759,7 @@ class _Run:
         if step == self.start + 1:
           t_first = time.perf_counter()
         if step == probe:
-          self.decide(probe, t_first, self.start + 1)
+          recompiled = self.decide(probe, t_first, self.start + 1)
           probe = 0
       steps = self.settings.steps
       if pending is not None:
@@ -838,7 +851,8 @@ def train_stage(model: nnx.Module, data: PackedData, settings: StageSettings, *,
                 valid_data: PackedData | None = None,
                 eval_fn: Callable[[nnx.Module], Mapping[str, float]] | None = None,
                 checkpoints: CheckpointPolicy = CheckpointPolicy()) -> dict[str, float]:
-  """Trains `model` in place for settings.steps steps on `data`; returns summary metrics.
+  """Trains `model` in place for settings.steps steps on `data` (or fewer when
+  settings.time_budget_s decides so: StageSettings); returns summary metrics.
 
   With `mesh`, parameters and optimizer state are sharded by the logical rules
   (neo_jax/model/sharding.py), the batch is split over the rules' 'batch' axes, and the step
