@@ -34,6 +34,7 @@ every baseline tuned. Reruns resume: each run directory's stages resume from its
 from __future__ import annotations
 
 import functools
+import io
 import json
 import os
 import shutil
@@ -401,15 +402,23 @@ def fit_baselines(cfg, art, guard, workdir, log, names=None):
                                      sid_map=art.sid_map)
 
 
-def neo_validation(cfg, models, rankers, art, guard, beams: int) -> dict[str, Any]:
+def neo_validation(cfg, models, rankers, art, guard, beams: int
+                   ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
   """Every first-seed NEO model on validation requests (primary protocol), as
   `valid/<system>/<metric>`: reported beside the test figures and the training times, never
-  used to choose anything."""
+  used to choose anything here. Also returns the per-request values, for `VALID_PER_REQUEST`:
+  `<system>/<metric>` arrays and, per task, `requests/<task>` (the request keys that pair two
+  runs' arrays, `request_keys`)."""
   out: dict[str, Any] = {}
+  per: dict[str, np.ndarray] = {}
   n = int(cfg.experiment.neo_valid_requests)
   if n <= 0:
-    return out
+    return out, per
   reqs = {task: make_requests(guard, 'valid', task, n, cfg.seed, 'neo/valid') for task in TASKS}
+  ks = tuple(cfg.eval.ks)
+  for task, req in reqs.items():
+    if req.examples:
+      per[f'requests/{task}'] = request_keys(req)
   for name, model in models.items():
     if '_seed' in name:
       continue
@@ -422,7 +431,32 @@ def neo_validation(cfg, models, rankers, art, guard, beams: int) -> dict[str, An
       figures = metrics.ranking_metrics(items, req.relevant, (10,))
       for m in ('hr@10', 'ndcg@10'):
         out[f'valid/{metric_prefix(system_of(name), task)}{m}'] = figures[m]
-  return out
+      for m, v in _per_request(task, items, req, ks).items():
+        per[f'{system_of(name)}/{m}'] = v
+  return out, per
+
+
+VALID_PER_REQUEST = 'valid_per_request.npz'
+
+
+def request_keys(req: Requests) -> np.ndarray:
+  """One string per request that names it the same in every run of the same data and split:
+  the user and target items (recommendation) or the query and its relevant items (search)."""
+  if req.task == 'search':
+    who = list(req.queries or [e.prompt for e in req.examples])
+  else:
+    who = [str(e.user_id) for e in req.examples]
+  return np.array([f'{w}|{",".join(map(str, r))}' for w, r in zip(who, req.relevant)])
+
+
+def write_valid_per_request(workdir: str, per: dict[str, np.ndarray]) -> str | None:
+  """`<workdir>/valid_per_request.npz` (process 0; nothing when there is nothing): what
+  `experiments.compare_runs` pairs across two runs."""
+  if not per or not multihost.is_writer():
+    return None
+  buf = io.BytesIO()
+  np.savez(buf, **per)
+  return atomic.write_bytes(os.path.join(workdir, VALID_PER_REQUEST), buf.getvalue())
 
 
 # -- the final evaluation ----------------------------------------------------------------------
@@ -737,7 +771,9 @@ def run_experiment(cfg: ml_collections.ConfigDict, workdir: str, log: Log = prin
   result['baselines_tuned'] = bool(cfg.experiment.tune_baselines)
   beams = max(int(cfg.eval.num_beams), max(cfg.eval.ks))
   rankers = Rankers(cfg, log)
-  result.update(neo_validation(cfg, models, rankers, art, guard, beams))
+  valid_figures, valid_per = neo_validation(cfg, models, rankers, art, guard, beams)
+  result.update(valid_figures)
+  write_valid_per_request(workdir, valid_per)
   if not cfg.experiment.open_test:
     log('experiment.open_test=false: validation only, the test split left unread')
     _record(result, 'total', t_all)
