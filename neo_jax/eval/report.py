@@ -168,6 +168,14 @@ def _seed_interval_tie_lines(result: dict[str, Any]) -> list[str]:
   return [f'- **Seeds.** {seed}', f'- **Intervals.** {interval}', f'- **Ties.** {tie}']
 
 
+def _steps_cut(result: dict[str, Any], run: str, stage: str) -> int | None:
+  """The steps `run` planned for `stage` when its time budget cut them (it trained fewer:
+  neo_jax/train/loop.py), else None."""
+  trained = result.get(f'{run}/train/{stage}_steps')
+  planned = result.get(f'{run}/train/{stage}_planned_steps')
+  return int(planned) if _is_num(trained) and _is_num(planned) and trained < planned else None
+
+
 def _neo_budget_row(result: dict[str, Any], run: str) -> str:
   system = run.split('_seed')[0]
   tasks = ('recommend', 'search')
@@ -183,12 +191,10 @@ def _neo_budget_row(result: dict[str, Any], run: str) -> str:
   for stage in ('grounding', 'capability'):
     if f'{run}/train/{stage}_steps' not in result:
       continue
-    trained = result[f'{run}/train/{stage}_steps']
-    planned = result.get(f'{run}/train/{stage}_planned_steps')
-    cut = _is_num(trained) and _is_num(planned) and trained < planned
-    timed = timed or cut  # the stage's time budget cut its steps (neo_jax/train/loop.py)
+    planned = _steps_cut(result, run, stage)
+    timed = timed or planned is not None
     steps.append(f'{stage} {_count(result, f"{run}/train/{stage}_steps")}'
-                 + (f' of {int(planned)}' if cut else ''))
+                 + (f' of {planned}' if planned is not None else ''))
   stopped = result.get(f'{run}/stopped')
   if stopped is None:
     stopped = (('time budget: ' if timed else 'fixed steps: ') + ', '.join(steps)
@@ -254,12 +260,12 @@ def recipe_lines(result: dict[str, Any]) -> list[str]:
           if result.get(f'budget/{stage}/capped') and _is_num(trained)
           else f'{got[f"{stage}_budget"]} = {int(steps)} steps')
     if f'{stage}_time_budget' in got:  # what the time budget left of NEO-multi's steps
-      trained = result.get(f'neo_multi/train/{stage}_steps')
-      planned = result.get(f'neo_multi/train/{stage}_planned_steps')
-      if _is_num(trained) and _is_num(planned):
+      if all(_is_num(result.get(f'neo_multi/train/{stage}_{k}'))
+             for k in ('steps', 'planned_steps')):
+        planned = _steps_cut(result, 'neo_multi', stage)
         got[f'{stage}_time_budget'] += (
-            f' (NEO-multi: {int(trained)} of {int(planned)} steps)' if trained < planned
-            else ' (not reached by NEO-multi)')
+            ' (not reached by NEO-multi)' if planned is None else
+            f' (NEO-multi: {int(result[f"neo_multi/train/{stage}_steps"])} of {planned} steps)')
   return ['- **Recipe.** ' + '; '.join(f'{k} {v}' for k, v in sorted(got.items())) + '. '
           'Each setting was chosen on the validation split (`experiment.open_test=false` runs; '
           'their figures are in RESULTS.md).']
