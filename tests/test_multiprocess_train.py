@@ -38,12 +38,14 @@ def _finals(stdout: str) -> list[float]:
           if l.startswith(('[p0] {', '[p1] {'))]
 
 
-def _launch(workdir, spy_dir, kill: str = '', extra=()) -> subprocess.CompletedProcess:
+def _launch(workdir, spy_dir, kill: str = '', extra=(), budget: str = ''
+            ) -> subprocess.CompletedProcess:
   cmd = [sys.executable, '-m', 'experiments.multiprocess', '--processes=2',
          '--devices_per_process=2', '--', 'mp_spy'] + TRAIN + list(extra) + [
              f'--workdir={workdir}']
-  return subprocess.run(cmd, cwd=REPO, env=_env(SPY_DIR=str(spy_dir), SPY_KILL=kill),
-                        capture_output=True, text=True, timeout=TIMEOUT)
+  env = _env(SPY_DIR=str(spy_dir), SPY_KILL=kill, SPY_BUDGET=budget)
+  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=TIMEOUT)
 
 
 @pytest.fixture(scope='module')
@@ -118,15 +120,18 @@ def test_sigkill_of_one_process_stops_the_job_and_the_rerun_resumes(one_process,
 
 
 def test_a_time_budget_decides_the_same_steps_in_both_processes(tmp_path):
-  """A capability stage whose time budget is spent by the end of its warmup: both
-  processes take process 0's decision (warmup + 1 = 4 of 8 steps), recompile the step for
-  it and finish with the same final loss; budget.json and the final checkpoint say 4."""
+  """A capability stage whose time budget is spent by the end of its warmup, process 0
+  deciding warmup + 1 = 4 of 8 steps while process 1 is made to decide 6 (`mp_spy`'s
+  SPY_BUDGET): both take process 0's 4, recompile the step for it and finish with the same
+  final loss; budget.json and the final checkpoint say 4."""
   workdir, spy = tmp_path / 'w', tmp_path / 'spy'
   spy.mkdir()
-  proc = _launch(workdir, spy, extra=['--config.capability.warmup_steps=3',
-                                      '--config.capability.time_budget_s=0.000001'])
+  proc = _launch(workdir, spy, budget='1:6',
+                 extra=['--config.capability.warmup_steps=3',
+                        '--config.capability.time_budget_s=0.000001'])
   assert proc.returncode == 0, proc.stdout[-4000:]
   assert proc.stdout.count('-> 4 of 8 steps') == 2, proc.stdout[-4000:]  # [p0] and [p1]
+  assert '-> 6 of 8' not in proc.stdout
   finals = _finals(proc.stdout)
   assert len(finals) == 2 and finals[0] == finals[1], finals
   stage = workdir / 'neo_multi' / 'checkpoints' / 'capability'
