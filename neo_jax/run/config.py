@@ -409,7 +409,9 @@ SCHEMA = Section('a NEO run', {
         'open_test': Field(True, 'open the test split at the end and measure every system on '
                            'it; false: stop after training, tuning and validation (what '
                            'choosing a setting runs), the test split never read'),
-        'neo_valid_requests': Field(0, 'validation requests NEO-multi is scored on (reported)',
+        'neo_valid_requests': Field(0, 'validation requests every NEO model is scored on '
+                                    '(reported; per request in valid_per_request.npz, which '
+                                    'experiments.compare_runs pairs across runs)',
                                     check=_at_least(0), state=False),
         'steer_requests': Field(20, 'requests of the type/format steerability measures (0: '
                                 'not measured)',
