@@ -65,6 +65,25 @@ the systems to compare, every test user and query evaluated) and two choices of 
   weighted up 3x in the capability stage); `tasks.title_repeats=5` (4.2 grounding passes in
   the same steps) to 0.194. Recommendation within noise in all three (0.172 to 0.178).
 
+  Depth for the CPU budget (2026-12-07, afternoon: the same protocol on this project's 2-core
+  AMD EPYC, one core per run; per-request figures paired by `experiments.compare_runs`; the
+  arms' decoders differ only in the keys named):
+
+  | NEO-multi | valid HR@10 | NDCG@10 | search HR@10 / NDCG@10 | step (one core) |
+  |---|---|---|---|---|
+  | the recipe above, 4 layers, 943 + 830 steps | 0.163 | 0.0897 | 0.249 / 0.146 | 1.06 s |
+  | `model.num_layers=2` | 0.174 | 0.0897 | 0.239 / 0.150 | 0.74 s |
+  | 2 layers, `capability.passes=1.65` (capped: 900 steps, 1.41 passes) (**kept**) | 0.185 | 0.0921 | 0.269 / 0.166 | 0.74 s |
+
+  Against the 4-layer recipe, 2 layers: HR@10 +0.011 [-0.005, +0.027], NDCG@10 +0.000
+  [-0.008, +0.008], search HR@10 -0.010 [-0.085, +0.065]; 2 layers with 900 capability steps:
+  HR@10 +0.021 [+0.001, +0.041], NDCG@10 +0.002 [-0.007, +0.013], search HR@10 +0.020 [-0.050,
+  +0.095] (best of three arms: read the HR@10 interval with that in mind). Half the depth
+  learns as much in these steps at 0.70x the step time (the step of `--config.model.num_layers`
+  timed on one core, 32 x 128 tokens, forward + backward + AdamW); the time saved pays for the
+  longer capability stage and keeps the run within 30 minutes on the slower AMD EPYC. The
+  4-layer decoder is `--config.model.num_layers=4 --config.capability.passes=1.3`.
+
   python -m experiments.evaluate --config=experiments/configs/movielens100k.py --workdir=W
 
 What it costs on the quiet 2-core CPU (result.json and report.md record wall and CPU seconds
@@ -129,7 +148,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.tasks.grounding_text = 'full_lower'
   c.tasks.title_repeats = 3
   c.model.sid_init = 'auto'  # 'random' for this random decoder, 'mean' for a backbone
-  c.capability.passes, c.capability.max_steps = 1.3, 900
+  # Two decoder blocks of the quickstart's four, and the capability steps that saves (the
+  # docstring's depth table): 1.65 passes, capped at 900 steps here.
+  c.model.num_layers = 2
+  c.capability.passes, c.capability.max_steps = 1.65, 900
   # The codebook grows with the catalog: per entity type the smallest K >= 16 with
   # K**3 >= 2 x its items. 16 here (16**3 = 4096 >= 2 x 1682 movies: the SIDs chosen on
   # validation above, unchanged); 28 for a type of 10,000 items, where 16 codes per level

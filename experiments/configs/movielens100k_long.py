@@ -46,9 +46,10 @@ from experiments.configs import movielens100k
 def get_config() -> ml_collections.ConfigDict:
   c = movielens100k.get_config()
   c.tasks.grounding_text = 'full_lower'
-  # As measured above: no title drills, SID rows at the text rows' mean (both later
-  # additions to movielens100k.py).
+  # As measured above: no title drills, SID rows at the text rows' mean, four decoder blocks
+  # (all later changes to movielens100k.py).
   c.tasks.title_repeats, c.model.sid_init = 1, 'mean'
+  c.model.num_layers = 4
   c.grounding.passes, c.grounding.max_steps = 24.0, 2400
   c.capability.passes, c.capability.max_steps = 2.6, 1800
   c.grounding.log_every = c.capability.log_every = 100
