@@ -25,7 +25,8 @@ TINY = {
     'data.synthetic.num_queries': 100, 'sid.k': 4, 'sid.iters': 5,
     'model.d_model': 32, 'model.num_layers': 1, 'model.num_heads': 2, 'model.num_kv_heads': 1,
     'model.head_dim': 16, 'model.mlp_dim': 64, 'train.batch_size': 8,
-    'grounding.steps': 2, 'eval.max_requests': 8, 'eval.batch_size': 8,
+    'grounding.steps': 2, 'grounding.passes': 0, 'capability.passes': 0,
+    'eval.max_requests': 8, 'eval.batch_size': 8,
     'experiment.baselines': '', 'experiment.mono_tasks': 'recommend',
     'experiment.steer_requests': 0, 'experiment.understanding_requests': 0,
     'experiment.open_test': 'false', 'experiment.neo_valid_requests': 12,
@@ -94,6 +95,8 @@ def test_two_validation_runs_compared_end_to_end(tmp_path):
   ra = _evaluate(wa, **{'capability.steps': 6})
   rb = _evaluate(wb, **{'capability.steps': 2})
   assert not any(k.startswith('neo_multi/hr@') for k in ra)  # the test split stayed closed
+  assert (ra['neo_multi/train/capability_steps'], rb['neo_multi/train/capability_steps']) == (
+      6, 2)
   proc = _compare(f'--a={wa}', f'--b={wb}')
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
