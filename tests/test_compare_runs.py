@@ -1,7 +1,7 @@
-"""experiments.compare_runs (neo_jax/run/paired.py): two runs' per-request validation figures (valid_per_request.npz,
-written by experiments.evaluate) paired on the same requests, the interval that of
-`neo_jax.eval.stats.paired_bootstrap`; requests that differ are an error, never a silent
-misalignment."""
+"""experiments.compare_runs (neo_jax/run/paired.py): two runs' per-request validation
+figures (valid_per_request.npz, written by experiments.evaluate) paired on the same requests,
+the interval that of `neo_jax.eval.stats.paired_bootstrap`; requests that differ are an error,
+never a silent misalignment."""
 
 import json
 import os
@@ -17,20 +17,17 @@ from neo_jax.run import config as config_lib
 from neo_jax.run import paired
 from neo_jax.run.experiment import VALID_PER_REQUEST, request_keys
 from neo_jax.tasks.types import Example
+from test_evaluate import TINY as EVALUATE_TINY
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-TINY = {
-    'data.synthetic.items_per_type': 40, 'data.synthetic.num_users': 100,
-    'data.synthetic.num_queries': 100, 'sid.k': 4, 'sid.iters': 5,
-    'model.d_model': 32, 'model.num_layers': 1, 'model.num_heads': 2, 'model.num_kv_heads': 1,
-    'model.head_dim': 16, 'model.mlp_dim': 64, 'train.batch_size': 8,
-    'grounding.steps': 2, 'grounding.passes': 0, 'capability.passes': 0,
-    'eval.max_requests': 8, 'eval.batch_size': 8,
-    'experiment.baselines': '', 'experiment.mono_tasks': 'recommend',
-    'experiment.steer_requests': 0, 'experiment.understanding_requests': 0,
-    'experiment.open_test': 'false', 'experiment.neo_valid_requests': 12,
-}
+# test_evaluate's tiny synthetic run, validation only: NEO-multi and NEO-mono recommend scored
+# on 12 validation requests, no baselines, the test split never opened; steps, not passes.
+TINY = {k: v for k, v in EVALUATE_TINY.items() if not k.startswith('experiment.')}
+TINY.update({'grounding.passes': 0, 'capability.passes': 0, 'experiment.baselines': '',
+             'experiment.mono_tasks': 'recommend', 'experiment.steer_requests': 0,
+             'experiment.understanding_requests': 0, 'experiment.open_test': 'false',
+             'experiment.neo_valid_requests': 12})
 
 
 def _per(rng, n_rec=30, n_search=10, shift=0.0, system='neo_multi'):
