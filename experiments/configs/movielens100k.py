@@ -95,7 +95,10 @@ TIGER 201 s; dense ~9 s, BM25 / bm25s / popularity ~1 s), waits for NEO-multi's 
 stage and trains NEO-mono recommend (the capability steps of NEO-multi from that stage, 749
 s); final evaluation (943 users, 402 queries, 30 beams) + steering 45 s. Before the title
 drills (031cd14, 440 grounding steps) the run took 27 min 1 s; in one process
-(`--config.experiment.lanes=1`) 32 min 44 s at 254fbbe.
+(`--config.experiment.lanes=1`) 32 min 44 s at 254fbbe. With two blocks and 900 capability
+steps (120a7bb) on the AMD EPYC: 33 min 40 s (NEO-multi 1796 s in its lane, grounding 912 s),
+at an hour when that machine ran SASRec's epochs 1.5x slower than in the morning, so that
+SASRec's 480 s ended it at epoch 13 of 20 (RESULTS.md).
 
 `experiment.ablations` is empty by default: each ablation is another NEO run (no_grounding,
 stages_merged: one more NEO-multi training, ~9 min each; random_sids: a preparation with random
