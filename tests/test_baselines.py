@@ -2,6 +2,7 @@
 registry, and the shared training / early-stopping helper."""
 
 import math
+import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -301,3 +302,21 @@ def test_grid_search_picks_the_first_best_within_the_budget():
   tried, best = training.grid_search([1, 2, 3], train, -1.0, label='m', log=logs.append)
   assert [p for p, _, _ in tried] == [1] and best[0] == 1
   assert logs == ['m: time budget spent; 1 of 3 grid points tried']
+
+
+def test_grid_search_whole_first_exempts_only_the_first_point_from_the_deadline():
+  deadlines = []
+
+  def train(point, deadline):
+    deadlines.append(deadline)
+    return None, training.TrainResult(None, float(point), 1, 1, 0.0, [])
+
+  tried, _ = training.grid_search([1, 2, 3], train, 100.0, whole_first=True)
+  assert len(tried) == 3 and deadlines[0] is None
+  assert deadlines[1] == deadlines[2] and deadlines[1] > time.perf_counter()
+  deadlines.clear()
+  tried, _ = training.grid_search([1, 2, 3], train, 100.0)
+  assert deadlines[0] is not None and len(set(deadlines)) == 1
+  deadlines.clear()  # a spent budget: the first point still runs whole, no other starts
+  tried, best = training.grid_search([1, 2, 3], train, -1.0, whole_first=True)
+  assert deadlines == [None] and best[0] == 1

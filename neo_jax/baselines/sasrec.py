@@ -50,7 +50,9 @@ LOSSES = ('ce', 'bce')
 class SASRecConfig:
   """Hyperparameters. Units: `lr` per Adam step, `batch_size` in windows, `time_budget_s`
   seconds of training for the whole tuning grid (a grid point starts only while time is
-  left; each runs to early stopping or `max_epochs`)."""
+  left; each runs to early stopping or `max_epochs`, or stops at the budget's end unless
+  `whole_first_point` exempts the first point from it: then a slower machine tries fewer
+  grid points but trains the first as long as a fast one)."""
 
   max_len: int = 50
   hidden: int = 64
@@ -69,6 +71,7 @@ class SASRecConfig:
   grid: tuple[tuple[float, float], ...] = ((0.5, 1e-3), (0.2, 1e-3), (0.5, 3e-3),
                                            (0.2, 3e-3))
   time_budget_s: float = 1800.0
+  whole_first_point: bool = False
   valid_max_requests: int | None = None
   eval_batch_size: int = 256
   seed: int = 0
@@ -274,7 +277,7 @@ class SASRec(base.Baseline):
     points = [dataclasses.replace(cfg, dropout=dropout, lr=lr) for dropout, lr in cfg.grid]
     tried, (point, graphdef, r) = training.grid_search(
         points, lambda p, deadline: self._train_one(p, num_items, windows, validator, deadline),
-        cfg.time_budget_s, label='sasrec', log=self.log)
+        cfg.time_budget_s, whole_first=cfg.whole_first_point, label='sasrec', log=self.log)
     for p, _, pr in tried:
       facts[f'{key}/dropout={p.dropout},lr={p.lr}'] = pr.score
       facts[f'best_epoch/dropout={p.dropout},lr={p.lr}'] = pr.best_epoch

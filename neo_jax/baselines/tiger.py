@@ -59,7 +59,8 @@ SID_BASE = 3  # [SID] = 3, [/SID] = 4, then the code tokens
 @dataclasses.dataclass(frozen=True)
 class TIGERConfig:
   """Hyperparameters. `lr_grid` is tried in order while `time_budget_s` (seconds of
-  training, whole grid) lasts; `num_beams` is the beam width of every ranking (at least k)."""
+  training, whole grid) lasts, the first point exempt from it with `whole_first_point` (as in
+  SASRecConfig); `num_beams` is the beam width of every ranking (at least k)."""
 
   max_items: int = 20
   stride: int = 10
@@ -76,6 +77,7 @@ class TIGERConfig:
   eval_batch_size: int = 64
   valid_max_requests: int | None = 500
   time_budget_s: float = 1800.0
+  whole_first_point: bool = False
   # SIDs built here when none are given: hashed TF-IDF of the item text, residual k-means.
   sid_levels: int = 3
   sid_k: int = 16
@@ -230,7 +232,8 @@ class TIGER(base.Baseline):
     key = f'valid_{validator.metric}'
     tried, (lr, graphdef, r) = training.grid_search(
         self.cfg.lr_grid, lambda lr, deadline: self._train_one(lr, windows, validator, deadline),
-        self.cfg.time_budget_s, label='tiger', log=self.log)
+        self.cfg.time_budget_s, whole_first=self.cfg.whole_first_point, label='tiger',
+        log=self.log)
     for point_lr, _, pr in tried:
       facts[f'{key}/lr={point_lr}'] = pr.score
       facts[f'best_epoch/lr={point_lr}'] = pr.best_epoch

@@ -187,14 +187,17 @@ def stop_facts(result: TrainResult, tried: int, points: int) -> dict[str, Any]:
 
 
 def grid_search(points: Sequence[Point],
-                train: Callable[[Point, float], tuple[Any, TrainResult]], budget_s: float, *,
-                label: str = 'grid', log: Log = lambda s: None
-                ) -> tuple[list[Tried], Tried]:
+                train: Callable[[Point, float | None], tuple[Any, TrainResult]],
+                budget_s: float, *, whole_first: bool = False, label: str = 'grid',
+                log: Log = lambda s: None) -> tuple[list[Tried], Tried]:
   """Trains each point in order while time is left (the first point always runs):
   `train(point, deadline)` -> (what the caller needs beside the state, e.g. the model's
   graphdef; the result), deadline a `time.perf_counter()` value `budget_s` seconds from the
-  start. Returns (every (point, aux, result) tried, in order; the first with the highest
-  score)."""
+  start. whole_first: the first point gets no deadline (it trains to its own stopping rule
+  however long that takes, so that a slower machine narrows the grid but never shortens the
+  first point's training); the budget, counted from the start, then only decides whether
+  further points start. Returns (every (point, aux, result) tried, in order; the first with
+  the highest score)."""
   deadline = time.perf_counter() + budget_s
   tried: list[Tried] = []
   best = None
@@ -202,7 +205,7 @@ def grid_search(points: Sequence[Point],
     if tried and time.perf_counter() > deadline:
       log(f'{label}: time budget spent; {len(tried)} of {len(points)} grid points tried')
       break
-    aux, result = train(point, deadline)
+    aux, result = train(point, None if whole_first and not tried else deadline)
     tried.append((point, aux, result))
     if best is None or result.score > best[2].score:
       best = tried[-1]
