@@ -59,7 +59,7 @@ def test_different_requests_are_an_error_naming_the_first_difference():
     paired.compare(a, b, 'neo_multi', 'neo_multi')
   with pytest.raises(config_lib.UserError, match='30 against 20 requests'):
     paired.compare(a, _per(rng, n_rec=20), 'neo_multi', 'neo_multi')
-  with pytest.raises(config_lib.UserError, match=r"--b has no figures of 'neo_mono'"):
+  with pytest.raises(config_lib.UserError, match=r"run b has no figures of 'neo_mono'"):
     paired.compare(a, b, 'neo_multi', 'neo_mono')
 
 
