@@ -98,7 +98,9 @@ drills (031cd14, 440 grounding steps) the run took 27 min 1 s; in one process
 (`--config.experiment.lanes=1`) 32 min 44 s at 254fbbe. With two blocks and 900 capability
 steps (120a7bb) on the AMD EPYC: 33 min 40 s (NEO-multi 1796 s in its lane, grounding 912 s),
 at an hour when that machine ran SASRec's epochs 1.5x slower than in the morning, so that
-SASRec's 480 s ended it at epoch 13 of 20 (RESULTS.md).
+SASRec's 480 s ended it at epoch 13 of 20 (RESULTS.md). With SASRec exempt from that budget
+(e8945f4, `whole_first_point`): 35 min 50 s on the EPYC, SASRec's 20 epochs 824 s, its lane
+(then TIGER and NEO-mono) now the longer one.
 
 `experiment.ablations` is empty by default: each ablation is another NEO run (no_grounding,
 stages_merged: one more NEO-multi training, ~9 min each; random_sids: a preparation with random
