@@ -10,20 +10,6 @@ import pytest
 os.environ['NEO_PROGRESS'] = '0'
 
 
-def pytest_configure(config):
-  config.addinivalue_line(
-      'markers', 'slow: 45 s or more on the 2-core CI machine (`-m "not slow"` for a quick run)')
-
-
-def pytest_collection_modifyitems(config, items):
-  """The modules with a slow test run first, each in its own order (its module fixtures set up
-  once): with `-n 2` the long tests then start early and the short ones fill the end, instead
-  of one worker finishing a five-minute test while the other waits."""
-  del config
-  slow = {item.path for item in items if item.get_closest_marker('slow')}
-  items.sort(key=lambda item: item.path not in slow)  # stable: the order within each group
-
-
 @pytest.fixture(scope='session', autouse=True)
 def _shared_compilation_cache(tmp_path_factory):
   """The commands tests start (experiments.evaluate, quickstart, the multi-process runs, the

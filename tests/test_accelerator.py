@@ -25,7 +25,6 @@ def _run(args: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
                         text=True, timeout=timeout)
 
 
-@pytest.mark.slow
 def test_tiny_run_from_a_prepared_folder(tmp_path):
   folder, out = tmp_path / 'prepared', tmp_path / 'out'
   prep = _run(['experiments.benchmarks.accelerator_prepare', '--size=tiny', '--nowheels',

@@ -87,7 +87,6 @@ def _compare(*args):
                         capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.slow
 def test_two_validation_runs_compared_end_to_end(tmp_path):
   wa, wb = tmp_path / 'a', tmp_path / 'b'
   ra = _evaluate(wa, **{'capability.steps': 6})

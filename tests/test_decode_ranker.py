@@ -75,7 +75,6 @@ def _exhaustive(model, tok, sid_map, prompt, type_name, score='vocab'):
   return dict(zip(items.tolist(), scores.tolist()))
 
 
-@pytest.mark.slow
 def test_ranker_equals_exhaustive_full_forward():
   sid_map, tok, model = _setup()
   trie = SIDTrie.build(sid_map, tok.sid)
@@ -100,7 +99,6 @@ def test_ranker_equals_exhaustive_full_forward():
     np.testing.assert_allclose(got_scores, [ref[i] for i in got_items], rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.slow
 def test_rows_only_ranker_with_constraints_equals_exhaustive():
   """score='codes' (the default) computes only the current level's LM-head rows inside the
   span; with an exclusion list, an allow-list and a catalog removal it still equals exhaustive
@@ -201,7 +199,6 @@ def test_parse_sids_against_the_sid_map():
   assert got[0] == -1 and got[4] == -1 and got[1] == 1
 
 
-@pytest.mark.slow
 def test_unconstrained_generation_and_rows_head_generation():
   """generate(constrained=False) equals greedy decoding by full forward passes with no mask,
   its spans parsed independently; constrained generation with the rows-only head equals the
@@ -332,7 +329,6 @@ def test_set_model_equals_a_fresh_ranker_without_retracing(monkeypatch):
   assert not np.array_equal(swapped[1], before[1])  # the parameters did change
 
 
-@pytest.mark.slow
 def test_length_buckets_group_requests_and_keep_their_order(monkeypatch):
   """Prompts of several lengths in one call: grouped by bucket, each batch padded to its
   bucket's width and a power of two of rows; the answers, in request order, equal ranking each

@@ -9,8 +9,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY = {
@@ -28,7 +26,6 @@ SYSTEMS = ('neo_multi', 'neo_mono', 'popularity', 'bm25')
 SEARCH_SYSTEMS = ('neo_multi', 'popularity', 'bm25')
 
 
-@pytest.mark.slow
 def test_evaluate_end_to_end(tmp_path):
   workdir = tmp_path / 'w'
   cmd = [sys.executable, '-m', 'experiments.evaluate',

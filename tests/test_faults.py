@@ -8,12 +8,9 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.slow
 def test_bounded_fault_injection(tmp_path):
   w = tmp_path / 'faults'
   proc = subprocess.run(

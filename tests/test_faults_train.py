@@ -50,7 +50,6 @@ def _flat(tree):
           jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-@pytest.mark.slow
 def test_non_finite_gradient_is_not_applied_and_stops_naming_the_last_checkpoint(tmp_path):
   data, quiet = _data(), (lambda s: None)
   model = Scaled(_model(), 1.0)

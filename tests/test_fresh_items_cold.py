@@ -79,7 +79,6 @@ def test_config_key_checks_the_fraction():
   assert warm.experiment.cold_items == 0.0 and warm.data.dataset == 'generic'
 
 
-@pytest.mark.slow
 def test_run_cold_measures_every_system(cold_run):
   cfg, w, res = cold_run
   assert 'neo_multi/hr@10' in res  # the experiment ran in full, the cold part beside it

@@ -196,7 +196,6 @@ def _until(proc, pattern):
       return ''.join(seen)
 
 
-@pytest.mark.slow
 def test_generate_batch_and_interactive_see_added_and_withdrawn_items(run, tmp_path):
   cu.add_items(run, write_items(tmp_path / 'new.jsonl', NEW_ITEMS), added_at=1000)
   cu.remove_items(run, ['movie-new-2'])

@@ -58,7 +58,6 @@ def _generate(run, args, stdin=None):
                         timeout=600, env=env)
 
 
-@pytest.mark.slow
 def test_batch_answers_good_lines_and_names_bad_ones(run, tmp_path):
   w, cfg, art, _ = run
   cat = art.dataset.catalog

@@ -118,7 +118,6 @@ def _config(n_lanes):
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason='needs 2 cores')
-@pytest.mark.slow
 def test_two_lanes_train_the_serial_runs_models(tmp_path):
   results = {}
   for n in (1, 2):

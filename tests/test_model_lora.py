@@ -104,7 +104,6 @@ with tempfile.TemporaryDirectory() as d:
 '''
 
 
-@pytest.mark.slow
 def test_lora_stage_on_a_2x2x2_mesh_equals_one_device():
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8 '
              '--xla_backend_optimization_level=0', JAX_PLATFORMS='cpu', PYTHONPATH=REPO)

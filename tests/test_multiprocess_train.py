@@ -64,7 +64,6 @@ def _rows(spy_dir, process: int) -> list[dict]:
     return [json.loads(l) for l in f]
 
 
-@pytest.mark.slow
 def test_two_processes_equal_one(one_process, tmp_path):
   workdir, spy = tmp_path / 'w', tmp_path / 'spy'
   spy.mkdir()
@@ -90,7 +89,6 @@ def test_two_processes_equal_one(one_process, tmp_path):
   assert {'ocdbt.process_0', 'ocdbt.process_1'} <= names, sorted(names)
 
 
-@pytest.mark.slow
 def test_sigkill_of_one_process_stops_the_job_and_the_rerun_resumes(one_process, tmp_path):
   """Process 1 is SIGKILLed in the capability stage: the launcher names it, no final
   checkpoint exists, and the rerun resumes both stages to the one-process final loss.
@@ -121,7 +119,6 @@ def test_sigkill_of_one_process_stops_the_job_and_the_rerun_resumes(one_process,
     assert got == pytest.approx(one_process['final_loss'], rel=1e-6, abs=1e-6)
 
 
-@pytest.mark.slow
 def test_a_time_budget_decides_the_same_steps_in_both_processes(tmp_path):
   """A capability stage whose time budget is spent by the end of its warmup, process 0
   deciding warmup + 1 = 4 of 8 steps while process 1 is made to decide 6 (`mp_spy`'s

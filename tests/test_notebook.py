@@ -69,7 +69,6 @@ def test_notebook_opens_in_colab_from_the_repository():
     assert make_colab_demo.COLAB_URL in f.read()
 
 
-@pytest.mark.slow
 def test_notebook_runs_end_to_end_on_the_tiny_size(tmp_path):
   nb = make_colab_demo.build_notebook()
   seconds = make_colab_demo.execute(nb, 'tiny', workdir=str(tmp_path / 'run'))

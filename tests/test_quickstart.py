@@ -7,8 +7,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY = {
@@ -21,7 +19,6 @@ TINY = {
 }
 
 
-@pytest.mark.slow
 def test_quickstart_runs_end_to_end(tmp_path):
   workdir = tmp_path / 'w'
   cmd = [sys.executable, '-m', 'experiments.quickstart', f'--workdir={workdir}']
@@ -59,7 +56,6 @@ def test_quickstart_runs_end_to_end(tmp_path):
     assert (workdir / path).exists(), path
 
 
-@pytest.mark.slow
 def test_tiny_config_runs_the_whole_pipeline(tmp_path):
   """experiments/configs/tiny.py (the smoke run): every stage on the synthetic catalog, with
   the steerability and understanding measures of the comparison."""

@@ -27,7 +27,6 @@ def _env(**extra) -> dict[str, str]:
   return env
 
 
-@pytest.mark.slow
 def test_two_processes_write_one_run_to_a_bucket(tmp_path):
   one = subprocess.run(
       [sys.executable, '-m'] + TRAIN + [f'--workdir={tmp_path / "local"}'], cwd=REPO,

@@ -99,7 +99,6 @@ def local_result(tmp_path_factory):
   return _quickstart(str(tmp_path_factory.mktemp('local') / 'w'))
 
 
-@pytest.mark.slow
 def test_tiny_run_on_a_gs_workdir(tmp_path, monkeypatch, local_result):
   cwd = tmp_path / 'cwd'
   cwd.mkdir()

@@ -90,7 +90,6 @@ def test_sid_rows_start_as_model_sid_init_says(how, backbone, spread, monkeypatc
     assert 0.7 * text_sd < sid_sd < 1.3 * text_sd
 
 
-@pytest.mark.slow
 def test_pipeline_training_with_mixture_validation_best_and_lora(tmp_path):
   cfg = quickstart.get_config()
   for key, value in TINY.items():

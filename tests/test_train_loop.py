@@ -86,7 +86,6 @@ def test_grounding_mask_trains_only_sid_rows(tmp_path):
                                     err_msg=str(path))
 
 
-@pytest.mark.slow
 def test_training_lowers_loss_and_resume_is_exact(tmp_path):
   data = _data()
   straight = _model()
@@ -169,7 +168,6 @@ def test_budgeted_steps_fit_the_time_left():
   assert _budgeted(4, 5.0).probe_step() == 0  # too short for the budget to cut anything
 
 
-@pytest.mark.slow
 def test_time_budget_cut_equals_a_run_planned_with_those_steps(tmp_path):
   """A budget spent by the end of the warmup cuts the stage to warmup + 1 steps; the model is
   the one a run planned with that many steps trains (the warmup's learning rates do not
@@ -198,7 +196,6 @@ def test_time_budget_cut_equals_a_run_planned_with_those_steps(tmp_path):
                      workdir=str(tmp_path / 'a'), log=lambda s: None)
 
 
-@pytest.mark.slow
 def test_time_budget_that_fits_changes_nothing_and_resume_keeps_the_decision(tmp_path):
   data = _data()
   free = _model()

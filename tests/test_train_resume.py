@@ -7,8 +7,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from test_quickstart import REPO, TINY
 
 OVERRIDES = dict(TINY, **{'data.dataset': 'synthetic', 'capability.steps': 60,
@@ -27,7 +25,6 @@ def _run(workdir):
   return proc.stdout, json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.slow
 def test_sigkill_then_rerun_reaches_the_same_final_loss(tmp_path):
   _, straight = _run(tmp_path / 'straight')
 

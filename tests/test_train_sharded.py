@@ -7,7 +7,6 @@ import sys
 import textwrap
 
 import numpy as np
-import pytest
 
 from neo_jax.train import loop
 
@@ -74,7 +73,6 @@ with tempfile.TemporaryDirectory() as d:
 '''
 
 
-@pytest.mark.slow
 def test_sharded_step_equals_single_device_on_8_fake_devices():
   # Optimisation level 0 cuts compile time; the values do not depend on it.
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8 '
@@ -86,7 +84,6 @@ def test_sharded_step_equals_single_device_on_8_fake_devices():
   assert proc.stdout.count('ok ') == 3, proc.stdout
 
 
-@pytest.mark.slow
 def test_grad_accumulation_equals_whole_batch(tmp_path):
   ns = {}
   exec(_COMMON, ns)  # the same model/data/config factories as the subprocess test

@@ -6,7 +6,6 @@ import json
 
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from flax import nnx
 
 from experiments.configs import quickstart
@@ -38,7 +37,6 @@ def _direct_loss(model, data):
   return total / count
 
 
-@pytest.mark.slow
 def test_best_checkpoint_by_an_eval_metric_is_kept_and_restored(tmp_path):
   # A scripted metric: its best (max) is at the 2nd evaluation, step 2.
   scores = iter([0.1, 0.5, 0.3, 0.2, 0.4, 0.0])
