@@ -7,7 +7,8 @@ r"""Fault injection: every stage survives SIGKILL, and damaged files are detecte
 Kills. For each stage it runs the stage's command once uninterrupted (the reference, on the
 tiny config), then, `--kills` times, starts the same command in a fresh directory, kills its
 process group with SIGKILL at a seeded random moment of the stage's window (measured on the
-reference), reruns the same command and checks that the rerun finishes and that its result
+reference, and found again in the killed run by its output: after the same output line, at
+most the same seconds later), reruns the same command and checks that the rerun finishes and that its result
 equals the reference:
   dataset     build_dataset (generic data): the result's figures and the exported files
   sids        build_sids: the result's figures and the SID codes
@@ -45,10 +46,12 @@ import errno
 import glob
 import json
 import os
+import queue
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, Callable
 from unittest import mock
@@ -115,19 +118,50 @@ def run(cmd: list[str], log_path: str, timeout: float) -> tuple[int, list[tuple[
   return p.wait(), lines
 
 
-def run_and_kill(cmd: list[str], log_path: str, at_s: float) -> bool:
-  """Starts `cmd` and kills its process group with SIGKILL `at_s` seconds later; False when it
-  had finished before."""
-  p = _popen(cmd, log_path)
+def run_and_kill(cmd: list[str], log_path: str, after_line: int, delay_s: float) -> bool:
+  """Starts `cmd` and kills its process group with SIGKILL `delay_s` seconds after it printed
+  output line `after_line` (0-based; -1: after the start), or as soon as it prints the next
+  line if that comes first; False when it had finished before.
+
+  The moment follows the command's own output, not the clock: a run faster than the
+  reference (a warm compilation cache, a faster machine) is killed at the same point of its
+  work, between the same two output lines."""
+  p = _popen(cmd, log_path, stdout=subprocess.PIPE)
+  lines: queue.Queue[str | None] = queue.Queue()
+
+  def read():
+    with open(log_path, 'a', encoding='utf-8', errors='replace') as log:
+      for raw in p.stdout:
+        line = raw.decode('utf-8', 'replace')
+        log.write(line)
+        log.flush()
+        lines.put(line)
+    lines.put(None)
+
+  reader = threading.Thread(target=read, daemon=True)
+  reader.start()
+  seen = 0
+  while seen <= after_line:  # up to and with line `after_line`
+    if lines.get() is None:
+      return _reaped(p, reader)
+    seen += 1
   try:
-    p.wait(timeout=at_s)
-    return False
-  except subprocess.TimeoutExpired:
-    os.killpg(p.pid, signal.SIGKILL)
-    p.wait()
-    with open(log_path, 'a') as log:
-      log.write(f'\n### SIGKILL at {at_s:.2f}s\n')
-    return True
+    if lines.get(timeout=delay_s) is None:
+      return _reaped(p, reader)
+  except queue.Empty:
+    pass
+  os.killpg(p.pid, signal.SIGKILL)
+  _reaped(p, reader)
+  with open(log_path, 'a') as log:
+    log.write(f'\n### SIGKILL after output line {after_line + 1} (+{delay_s:.2f}s)\n')
+  return True
+
+
+def _reaped(p: subprocess.Popen, reader: threading.Thread) -> bool:
+  """Waits for `p` and its output's reader; False (the command was not killed)."""
+  p.wait()
+  reader.join()
+  return False
 
 
 def _last_line(log_path: str) -> str:
@@ -334,9 +368,14 @@ class Harness:
     d = self._dir('kills', f'{stage}_{n}')
     self.prepare(stage, d)
     log_path = os.path.join(self.w, 'logs', f'kill_{stage}_{n}.log')
-    for _ in range(3):  # a run faster than the reference may end first: kill earlier
+    ref_lines = self.reference(stage)[2]
+    for _ in range(3):  # a run that prints less than the reference may end first: kill earlier
       at = float(rng.uniform(lo, hi))
-      if run_and_kill(self.command(stage, d), log_path, at):
+      # The reference's last output line before `at`, and the seconds after it.
+      i = sum(t <= at for t, _ in ref_lines) - 1
+      delay = at - (ref_lines[i][0] if i >= 0 else 0.0)
+      if run_and_kill(self.command(stage, d), log_path, i, delay):
+        where = f'after output line {i + 1} (+{delay:.1f}s at most; the reference\'s {at:.1f}s)'
         break
       lo, hi = lo / 2, hi / 2
     else:
@@ -344,11 +383,11 @@ class Harness:
     at_line = _last_line(log_path)
     rc, lines = run(self.command(stage, d), log_path, self.timeout)
     if not self.finished(stage, rc, lines):
-      return True, (f'FAILED: killed at {at:.1f}s ({at_line!r}); the rerun failed (exit {rc}): '
+      return True, (f'FAILED: killed {where} ({at_line!r}); the rerun failed (exit {rc}): '
                     + ' | '.join(l for _, l in lines[-2:]))
     failed = self.check(stage, d)
-    return True, (f'FAILED: killed at {at:.1f}s ({at_line!r}); {failed}' if failed else
-                  f'ok: killed at {at:.1f}s ({at_line!r}), the rerun equals the reference')
+    return True, (f'FAILED: killed {where} ({at_line!r}); {failed}' if failed else
+                  f'ok: killed {where} ({at_line!r}), the rerun equals the reference')
 
 
 # -- damage ---------------------------------------------------------------------------------------

@@ -4,9 +4,33 @@ tests that check the lines turn them on themselves."""
 
 import os
 
+import jax  # pylint: disable=unused-import
 import pytest
 
 os.environ['NEO_PROGRESS'] = '0'
+
+
+@pytest.fixture(scope='session', autouse=True)
+def _shared_compilation_cache(tmp_path_factory):
+  """The commands tests start (experiments.evaluate, quickstart, the multi-process runs, the
+  notebook's kernel, ...) share one persistent XLA compilation cache for the test run: most of
+  a tiny run's time is compiling (the tiny quickstart: 161 s cold, 39 s with its programs
+  cached), and many commands compile the same programs. The cache sits in the run's
+  temporary folder (with xdist the workers' common parent), which pytest's retention
+  removes; a size limit turns on jax's file lock, so two workers' commands never read an entry
+  half written. Only started commands see it: this process read its jax config at the
+  `import jax` above, before these variables, so the tests that count compilations in process
+  (tests/jit_compiles.py) still see every one."""
+  run_dir = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    run_dir = run_dir.parent
+  cache = run_dir / 'xla_compilation_cache'
+  cache.mkdir(exist_ok=True)
+  os.environ.update(JAX_COMPILATION_CACHE_DIR=str(cache),
+                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0',
+                    JAX_COMPILATION_CACHE_MAX_SIZE=str(8 << 30))
+  yield
 
 
 @pytest.fixture
