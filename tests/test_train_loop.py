@@ -67,6 +67,48 @@ def test_masked_lm_loss_matches_numpy():
   assert float(m['loss_tokens']) == 6
 
 
+@pytest.mark.parametrize('rows_per_group', [1, 2, 4])
+def test_loss_at_loss_positions_equals_the_full_head(rows_per_group):
+  """The LM head at the loss positions only (per row, per 2 rows, per batch) gives the full
+  head's loss, accuracy, token count and gradients; a bound one short drops a target."""
+  model = _model()
+  data = _data(rows=4, seq_len=16)
+  mask = data.loss_mask.copy()
+  mask[0] = False  # a row without a loss position
+  mask[1, 1:8] = True  # 7 targets in segment 1, and 2 in segment 2: 9
+  data = PackedData(data.tokens, data.segment_ids, data.positions, mask, 4, 0, {})
+  k = loop.loss_positions_bound(data, rows_per_group)
+  assert k == {1: 9, 2: 15, 4: 21}[rows_per_group]  # rows of 9, 6, 6 and 0 targets
+  assert loop.head_positions(model, data, rows_per_group, multiple=1) == k
+  assert loop.head_positions(model, data, 1) == 0  # 16 >= seq_len - 1: nothing saved
+  batch = {n: jnp.asarray(getattr(data, n)) for n in ('tokens', 'segment_ids', 'positions',
+                                                       'loss_mask')}
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  def loss(p, bound):
+    m = nnx.merge(graphdef, p, rest)
+    if bound == 0:
+      return loop.masked_lm_loss(m(batch['tokens'], batch['positions'], batch['segment_ids']),
+                                 batch)
+    return loop.masked_lm_loss_at(m, batch, bound, rows_per_group)
+
+  (full, fm), fg = jax.value_and_grad(loss, has_aux=True)(params, 0)
+  (at, am), ag = jax.value_and_grad(loss, has_aux=True)(params, k)
+  np.testing.assert_allclose(float(at), float(full), rtol=1e-6)
+  for key in ('accuracy', 'loss_tokens'):
+    np.testing.assert_allclose(float(am[key]), float(fm[key]), rtol=1e-6)
+  for (path, a), (_, b) in zip(nnx.to_flat_state(fg), nnx.to_flat_state(ag)):
+    np.testing.assert_allclose(np.asarray(b.get_value()), np.asarray(a.get_value()),
+                               rtol=1e-5, atol=1e-7, err_msg=str(path))
+  # This batch's fullest group (9, then 9 / 12, then 21 targets) is the tight bound: one less
+  # drops a target.
+  tight = {1: 9, 2: 12, 4: 21}[rows_per_group]
+  (_, exact), _ = jax.value_and_grad(loss, has_aux=True)(params, tight)
+  (_, short), _ = jax.value_and_grad(loss, has_aux=True)(params, tight - 1)
+  assert float(exact['loss_tokens']) == float(fm['loss_tokens']) == 21
+  assert float(short['loss_tokens']) == 20
+
+
 def test_grounding_mask_trains_only_sid_rows(tmp_path):
   model = _model()
   before = jax.tree.map(np.array, nnx.state(model))

@@ -142,18 +142,18 @@ class CheckpointPolicy:
   keep_last: int = 2
 
 
-def masked_lm_loss(logits_BxLxV: jax.Array, batch: dict[str, jax.Array]
-                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Next-token cross-entropy on the tokens whose loss_mask is set (the completions).
-
-  Position t predicts token t+1; a target counts only if it is in the same packed segment as
-  its input, so no example ever learns from its neighbour.
-  """
-  targets = batch['tokens'][:, 1:]
+def _targets_and_weights(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+  """(B, L-1) next tokens and float weights: position t predicts token t+1, which counts only
+  when its loss_mask is set and it is in the same (non-padding) packed segment as its input."""
   weights = (batch['loss_mask'][:, 1:]
              & (batch['segment_ids'][:, 1:] == batch['segment_ids'][:, :-1])
              & (batch['segment_ids'][:, 1:] > 0)).astype(jnp.float32)
-  logits = logits_BxLxV[:, :-1].astype(jnp.float32)
+  return batch['tokens'][:, 1:], weights
+
+
+def _weighted_ce(logits: jax.Array, targets: jax.Array, weights: jax.Array
+                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  logits = logits.astype(jnp.float32)
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
   count = jnp.maximum(weights.sum(), 1.0)
   loss = (losses * weights).sum() / count
@@ -162,9 +162,66 @@ def masked_lm_loss(logits_BxLxV: jax.Array, batch: dict[str, jax.Array]
                 'loss_tokens': weights.sum()}
 
 
+def masked_lm_loss(logits_BxLxV: jax.Array, batch: dict[str, jax.Array]
+                   ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Next-token cross-entropy on the tokens whose loss_mask is set (the completions).
+
+  Position t predicts token t+1; a target counts only if it is in the same packed segment as
+  its input, so no example ever learns from its neighbour.
+  """
+  targets, weights = _targets_and_weights(batch)
+  return _weighted_ce(logits_BxLxV[:, :-1], targets, weights)
+
+
+def loss_positions_bound(data: PackedData, rows: int) -> int:
+  """The most loss positions (targets `masked_lm_loss` counts) that any `rows` distinct rows
+  of `data` hold together: the sum of the `rows` largest rows' counts, an exact bound for
+  `masked_lm_loss_at` whatever rows a batch draws."""
+  mask, segs = data.loss_mask, data.segment_ids
+  counted = (mask[:, 1:] & (segs[:, 1:] == segs[:, :-1]) & (segs[:, 1:] > 0)).sum(1)
+  return int(np.sort(counted)[::-1][:max(int(rows), 1)].sum())
+
+
+def masked_lm_loss_at(model: nnx.Module, batch: dict[str, jax.Array], positions: int,
+                      rows_per_group: int = 1) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """`masked_lm_loss` of `model` on `batch`, with the LM head and the softmax computed only at
+  the loss positions instead of all B x L: the same loss (up to the order of float sums) for
+  a fraction of the head's cost when completions are short (`model` has `hidden` and
+  `logits_from_hidden`, as `Decoder`).
+
+  The batch's rows are taken in groups of `rows_per_group` consecutive rows (1: each row on
+  its own; B: the whole batch), and each group's first `positions` loss positions get the
+  head. Exact only when no group holds more (`loss_positions_bound(data, rows_per_group)`);
+  a group is one device's rows when the batch is sharded, so the gather stays on it."""
+  h_BxLxD = model.hidden(batch['tokens'], batch['positions'], batch['segment_ids'])[:, :-1]
+  targets, weights = _targets_and_weights(batch)
+  b, l = weights.shape
+  if b % rows_per_group:
+    raise ValueError(f'rows_per_group={rows_per_group} does not divide the batch of {b} rows')
+  group = lambda x: x.reshape((b // rows_per_group, rows_per_group * l) + x.shape[2:])
+  # Each group's loss positions first, in order (a stable sort of 'not a loss position').
+  at_GxK = jnp.argsort(group(weights) <= 0, axis=1, stable=True)[:, :int(positions)]
+  take = lambda x: jnp.take_along_axis(group(x), at_GxK, axis=1)
+  h_GxKxD = jnp.take_along_axis(group(h_BxLxD), at_GxK[..., None], axis=1)
+  return _weighted_ce(model.logits_from_hidden(h_GxKxD), take(targets), take(weights))
+
+
+def head_positions(model: nnx.Module, data: PackedData, rows_per_group: int,
+                   multiple: int = 8) -> int:
+  """The loss positions per group of `rows_per_group` rows at which a train step on `data`
+  runs the LM head (`make_train_step`'s loss_positions): `loss_positions_bound` rounded up
+  to `multiple`; 0 (every position) when that saves nothing or `model` cannot compute logits
+  from hidden states."""
+  if not (hasattr(model, 'hidden') and hasattr(model, 'logits_from_hidden')):
+    return 0
+  k = -(-loss_positions_bound(data, rows_per_group) // multiple) * multiple
+  return k if 0 < k < rows_per_group * (data.seq_len - 1) else 0
+
+
 def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State,
                     tx: optax.GradientTransformation, grad_accum_steps: int = 1, *,
-                    with_frozen: bool = False):
+                    with_frozen: bool = False, loss_positions: int = 0,
+                    rows_per_group: int = 1):
   """The pure train step `(params, opt_state, batch) -> (params, opt_state, metrics)`.
 
   The loss is the token-weighted mean of `masked_lm_loss` over the whole batch; with
@@ -173,14 +230,20 @@ def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State,
   with_frozen: the step takes a fourth argument, the frozen parameters (split from the model
   between the trained ones and `rest`: `nnx.split(model, trainable, nnx.Param, ...)`), which
   get no gradient and no optimizer state (LoRA).
+  loss_positions > 0: the LM head and softmax run only at that many loss positions per group
+  of `rows_per_group` rows of a micro-batch (`masked_lm_loss_at`; the caller guarantees no
+  group holds more); 0: at every position.
   """
   accum = int(grad_accum_steps)
 
   def loss_and_grads(params, frozen, batch):
     def loss_fn(p, micro):
       m = nnx.merge(graphdef, p, frozen, rest) if with_frozen else nnx.merge(graphdef, p, rest)
-      logits = m(micro['tokens'], micro['positions'], micro['segment_ids'])
-      loss, metrics = masked_lm_loss(logits, micro)
+      if loss_positions:
+        loss, metrics = masked_lm_loss_at(m, micro, loss_positions, rows_per_group)
+      else:
+        loss, metrics = masked_lm_loss(m(micro['tokens'], micro['positions'],
+                                         micro['segment_ids']), micro)
       # Token-weighted sums, so that micro-batches add up to the whole batch's mean.
       return loss * metrics['loss_tokens'], metrics
 
@@ -403,11 +466,28 @@ def _checkpoint_manager(ckpt_dir: str, policy: CheckpointPolicy,
   return ocp.CheckpointManager(ckpt_dir, options=options)
 
 
+def _head_group(batch_size: int, grad_accum_steps: int, mesh: Mesh | None,
+                batch_sharding: NamedSharding | None) -> int:
+  """Rows per group of `masked_lm_loss_at`: one device's rows of a micro-batch (all of them
+  without a mesh), so that gathering a group's loss positions never crosses devices; 1 (each
+  row alone) when the micro-batch does not split evenly over the devices."""
+  rows = batch_size // grad_accum_steps
+  if mesh is None or batch_sharding is None:
+    return rows
+  axes = batch_sharding.spec[0] if len(batch_sharding.spec) else None
+  axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+  shards = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+  return rows // shards if rows % shards == 0 else 1
+
+
 def _compile(graphdef: nnx.GraphDef, placed: _Placed, tx: optax.GradientTransformation,
-             grad_accum_steps: int, mesh: Mesh | None, batch_sharding: NamedSharding | None):
+             grad_accum_steps: int, mesh: Mesh | None, batch_sharding: NamedSharding | None,
+             head_at: tuple[int, int] = (0, 1)):
   """(train_step, eval_step), jitted: `train_step(params, opt_state, batch, frozen)` donates
-  the state; with a mesh both have explicit in/out shardings."""
-  step_fn = make_train_step(graphdef, placed.rest, tx, grad_accum_steps, with_frozen=True)
+  the state; with a mesh both have explicit in/out shardings. head_at: `make_train_step`'s
+  (loss_positions, rows_per_group) (the train step only)."""
+  step_fn = make_train_step(graphdef, placed.rest, tx, grad_accum_steps, with_frozen=True,
+                            loss_positions=head_at[0], rows_per_group=head_at[1])
   eval_loss_fn = make_eval_step(graphdef, placed.rest)
   if mesh is None:
     return jax.jit(step_fn, donate_argnums=(0, 1)), jax.jit(eval_loss_fn)
@@ -894,9 +974,15 @@ def train_stage(model: nnx.Module, data: PackedData, settings: StageSettings, *,
       lambda: _checkpoint_manager(ckpt_dir, checkpoints, validates=bool(settings.eval_every)),
       state, ckpt_dir, name, log)
 
+  group = _head_group(data.batch_size, settings.grad_accum_steps, mesh, batch_sharding)
+  head_at = (head_positions(model, data, group), group)
+  if head_at[0]:
+    log(f'[{name}] LM head at most at {head_at[0]} of the {group * (data.seq_len - 1)} '
+        f'positions of {group} rows: every loss position, and only those')
+
   def compile_for(s: StageSettings):
     return _compile(graphdef, state, s.optimizer(update_mask), s.grad_accum_steps, mesh,
-                    batch_sharding)
+                    batch_sharding, head_at)
 
   train_step, eval_step = compile_for(settings)
   in_sharding = (batch_sharding if batch_sharding is not None
