@@ -109,6 +109,24 @@ def test_loss_at_loss_positions_equals_the_full_head(rows_per_group):
   assert float(short['loss_tokens']) == 20
 
 
+def test_loss_positions_bound_counts_the_rows_a_small_data_repeats(tmp_path, monkeypatch):
+  """Fewer rows than a batch: `PackedData.batch` repeats them, and the bound counts every row
+  as often as a group can hold it; the stage then trains on every loss position (its losses
+  equal those of the head at every position)."""
+  data = _data(rows=3, seq_len=16, batch_size=8)  # 6 targets a row
+  assert loop.loss_positions_bound(data, 2) == 12
+  assert loop.loss_positions_bound(data, 3) == 18
+  assert loop.loss_positions_bound(data, 8) == 3 * 18  # 8 rows of 3: each up to 3 times
+  assert len(data.batch(0)['tokens']) == 8
+  at = loop.train_stage(_model(), data, _cfg(3), name='c', workdir=str(tmp_path / 'at'),
+                        log=lambda s: None)
+  assert loop.head_positions(_model(), data, 8) == 56  # 54 rounded up: the head path ran
+  monkeypatch.setattr(loop, 'head_positions', lambda *a, **k: 0)
+  full = loop.train_stage(_model(), data, _cfg(3), name='c', workdir=str(tmp_path / 'full'),
+                          log=lambda s: None)
+  np.testing.assert_allclose(at['final_loss'], full['final_loss'], rtol=1e-5)
+
+
 def test_grounding_mask_trains_only_sid_rows(tmp_path):
   model = _model()
   before = jax.tree.map(np.array, nnx.state(model))

@@ -174,12 +174,17 @@ def masked_lm_loss(logits_BxLxV: jax.Array, batch: dict[str, jax.Array]
 
 
 def loss_positions_bound(data: PackedData, rows: int) -> int:
-  """The most loss positions (targets `masked_lm_loss` counts) that any `rows` distinct rows
-  of `data` hold together: the sum of the `rows` largest rows' counts, an exact bound for
-  `masked_lm_loss_at` whatever rows a batch draws."""
+  """The most loss positions (targets `masked_lm_loss` counts) that `rows` consecutive rows
+  of a batch of `data` can hold together, an exact bound for `masked_lm_loss_at` whatever rows
+  a batch draws: the sum of the `rows` largest rows' counts, since consecutive rows of a batch
+  are distinct rows of the data (`PackedData.batch`), except when the data has fewer rows
+  than that, and a batch repeats them: then every row as often as it can appear."""
   mask, segs = data.loss_mask, data.segment_ids
   counted = (mask[:, 1:] & (segs[:, 1:] == segs[:, :-1]) & (segs[:, 1:] > 0)).sum(1)
-  return int(np.sort(counted)[::-1][:max(int(rows), 1)].sum())
+  rows = max(int(rows), 1)
+  if rows > len(counted):
+    return int(-(-rows // max(len(counted), 1)) * counted.sum())
+  return int(np.sort(counted)[::-1][:rows].sum())
 
 
 def masked_lm_loss_at(model: nnx.Module, batch: dict[str, jax.Array], positions: int,
