@@ -63,6 +63,7 @@ SIZES: dict[str, dict[str, list[str]]] = {
         'backbone_step': ['--backbone=smollm2-135m', '--batch=1', '--seq_len=128', '--steps=2'],
         'baselines': ['--methods=popularity,bm25,sasrec', '--sasrec_max_epochs=2',
                       '--sasrec_grid=0.5:1e-3', '--sasrec_budget_s=60'],
+        'loss_head': ['--rounds=3'],
     },
     'full': {
         'train': ['--presets=tiny,smollm2-135m'],
@@ -71,6 +72,7 @@ SIZES: dict[str, dict[str, list[str]]] = {
         'backbone_step': ['--backbone=smollm2-135m', '--batch=8', '--seq_len=1024',
                           '--dtype=bfloat16', '--steps=10'],
         'baselines': [],
+        'loss_head': [],
     },
 }
 # The figures the table shows per benchmark (regular expressions over result keys, in order);
@@ -85,6 +87,7 @@ KEY_FIGURES = {
     'sids': [r'num_items$', r'seconds$', r'items_per_s$', r'peak_rss_mib$', r'mse_l\d+$'],
     'backbone_step': [r'seconds_per_step_(mean|min)$', r'seconds_compile_and_first_step$',
                       r'seconds_load$'],
+    'loss_head': [r'.*/per_batch/ratio$', r'.*/per_row/ratio$'],
     'baselines': [r'[a-z0-9_]+/test/(hr|ndcg)@10$', r'[a-z0-9_]+/test/search_(hr|ndcg)@10$',
                   r'[a-z0-9_]+/fit_seconds$'],
 }

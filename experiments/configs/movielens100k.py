@@ -100,7 +100,10 @@ steps (120a7bb) on the AMD EPYC: 33 min 40 s (NEO-multi 1796 s in its lane, grou
 at an hour when that machine ran SASRec's epochs 1.5x slower than in the morning, so that
 SASRec's 480 s ended it at epoch 13 of 20 (RESULTS.md). With SASRec exempt from that budget
 (e8945f4, `whole_first_point`): 35 min 50 s on the EPYC, SASRec's 20 epochs 824 s, its lane
-(then TIGER and NEO-mono) now the longer one.
+(then TIGER and NEO-mono) now the longer one. With the LM head at the loss positions only
+(b6ce069): NEO-multi's lane 1563 s instead of 1829 (grounding 792 s, capability 761 s),
+NEO-mono 773 s instead of 869; the run 36 min 3 s, SASRec's lane slowed by another job on
+its core (about 34 min without it; RESULTS.md).
 
 `experiment.ablations` is empty by default: each ablation is another NEO run (no_grounding,
 stages_merged: one more NEO-multi training, ~9 min each; random_sids: a preparation with random
