@@ -118,14 +118,16 @@ def run(cmd: list[str], log_path: str, timeout: float) -> tuple[int, list[tuple[
   return p.wait(), lines
 
 
-def run_and_kill(cmd: list[str], log_path: str, after_line: int, delay_s: float) -> bool:
+def run_and_kill(cmd: list[str], log_path: str, after_line: int, delay_s: float,
+                 timeout: float) -> bool:
   """Starts `cmd` and kills its process group with SIGKILL `delay_s` seconds after it printed
   output line `after_line` (0-based; -1: after the start), or as soon as it prints the next
   line if that comes first; False when it had finished before.
 
   The moment follows the command's own output, not the clock: a run faster than the
   reference (a warm compilation cache, a faster machine) is killed at the same point of its
-  work, between the same two output lines."""
+  work, between the same two output lines. A command that prints less and then hangs is
+  killed after `timeout` seconds in all, and that is a Failure."""
   p = _popen(cmd, log_path, stdout=subprocess.PIPE)
   lines: queue.Queue[str | None] = queue.Queue()
 
@@ -140,9 +142,16 @@ def run_and_kill(cmd: list[str], log_path: str, after_line: int, delay_s: float)
 
   reader = threading.Thread(target=read, daemon=True)
   reader.start()
-  seen = 0
+  seen, t0 = 0, time.perf_counter()
   while seen <= after_line:  # up to and with line `after_line`
-    if lines.get() is None:
+    try:
+      line = lines.get(timeout=max(timeout - (time.perf_counter() - t0), 0.0))
+    except queue.Empty:
+      os.killpg(p.pid, signal.SIGKILL)
+      _reaped(p, reader)
+      raise Failure(f'the command printed {seen} lines, not the {after_line + 1} the kill '
+                    f'waits for, within {timeout:.0f}s: {" ".join(cmd)}') from None
+    if line is None:
       return _reaped(p, reader)
     seen += 1
   try:
@@ -374,7 +383,7 @@ class Harness:
       # The reference's last output line before `at`, and the seconds after it.
       i = sum(t <= at for t, _ in ref_lines) - 1
       delay = at - (ref_lines[i][0] if i >= 0 else 0.0)
-      if run_and_kill(self.command(stage, d), log_path, i, delay):
+      if run_and_kill(self.command(stage, d), log_path, i, delay, self.timeout):
         where = f'after output line {i + 1} (+{delay:.1f}s at most; the reference\'s {at:.1f}s)'
         break
       lo, hi = lo / 2, hi / 2
