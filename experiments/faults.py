@@ -8,8 +8,8 @@ Kills. For each stage it runs the stage's command once uninterrupted (the refere
 tiny config), then, `--kills` times, starts the same command in a fresh directory, kills its
 process group with SIGKILL at a seeded random moment of the stage's window (measured on the
 reference, and found again in the killed run by its output: after the same output line, at
-most the same seconds later), reruns the same command and checks that the rerun finishes and that its result
-equals the reference:
+most the same seconds later), reruns the same command and checks that the rerun finishes and
+that its result equals the reference:
   dataset     build_dataset (generic data): the result's figures and the exported files
   sids        build_sids: the result's figures and the SID codes
   tokenizer, grounding, capability

@@ -102,7 +102,8 @@ def make_mesh(data: int, fsdp: int, tensor: int, *, devices=None) -> jax.shardin
                        devices=devices)
 
 
-def _mesh_axes_of(name: str, rules: Mapping[str, MeshAxes]) -> tuple[str, ...]:
+def mesh_axes_of(name: str, rules: Mapping[str, MeshAxes]) -> tuple[str, ...]:
+  """The mesh axes the logical axis `name` is split over by `rules` (() : replicated)."""
   if name not in rules:
     raise KeyError(f'logical axis {name!r} has no entry in the sharding rules; known: '
                    f'{sorted(rules)}')
@@ -117,7 +118,7 @@ def logical_to_spec(logical_axes: Sequence[str | None],
   """The PartitionSpec of logical axis names (None = replicated dimension)."""
   spec, used = [], {}
   for name in logical_axes:
-    axes = () if name is None else _mesh_axes_of(name, rules)
+    axes = () if name is None else mesh_axes_of(name, rules)
     for a in axes:
       if a in used:
         raise ValueError(f'mesh axis {a!r} is used by both logical axes {used[a]!r} and '

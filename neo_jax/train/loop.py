@@ -179,8 +179,9 @@ def loss_positions_bound(data: PackedData, rows: int) -> int:
   a batch draws: the sum of the `rows` largest rows' counts, since consecutive rows of a batch
   are distinct rows of the data (`PackedData.batch`), except when the data has fewer rows
   than that, and a batch repeats them: then every row as often as it can appear."""
-  mask, segs = data.loss_mask, data.segment_ids
-  counted = (mask[:, 1:] & (segs[:, 1:] == segs[:, :-1]) & (segs[:, 1:] > 0)).sum(1)
+  _, weights = _targets_and_weights({'tokens': data.tokens, 'loss_mask': data.loss_mask,
+                                     'segment_ids': data.segment_ids})
+  counted = np.asarray(weights).sum(1).astype(np.int64)
   rows = max(int(rows), 1)
   if rows > len(counted):
     return int(-(-rows // max(len(counted), 1)) * counted.sum())
@@ -472,16 +473,15 @@ def _checkpoint_manager(ckpt_dir: str, policy: CheckpointPolicy,
 
 
 def _head_group(batch_size: int, grad_accum_steps: int, mesh: Mesh | None,
-                batch_sharding: NamedSharding | None) -> int:
+                rules: Mapping[str, Any]) -> int:
   """Rows per group of `masked_lm_loss_at`: one device's rows of a micro-batch (all of them
   without a mesh), so that gathering a group's loss positions never crosses devices; 1 (each
   row alone) when the micro-batch does not split evenly over the devices."""
   rows = batch_size // grad_accum_steps
-  if mesh is None or batch_sharding is None:
+  if mesh is None:
     return rows
-  axes = batch_sharding.spec[0] if len(batch_sharding.spec) else None
-  axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-  shards = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+  axes = sharding.mesh_axes_of('batch', rules) if 'batch' in rules else ()  # as _batch_spec
+  shards = math.prod(mesh.shape[a] for a in axes)
   return rows // shards if rows % shards == 0 else 1
 
 
@@ -979,7 +979,7 @@ def train_stage(model: nnx.Module, data: PackedData, settings: StageSettings, *,
       lambda: _checkpoint_manager(ckpt_dir, checkpoints, validates=bool(settings.eval_every)),
       state, ckpt_dir, name, log)
 
-  group = _head_group(data.batch_size, settings.grad_accum_steps, mesh, batch_sharding)
+  group = _head_group(data.batch_size, settings.grad_accum_steps, mesh, rules)
   head_at = (head_positions(model, data, group), group)
   if head_at[0]:
     log(f'[{name}] LM head at most at {head_at[0]} of the {group * (data.seq_len - 1)} '
